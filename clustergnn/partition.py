@@ -1,0 +1,78 @@
+"""Which partition owns which vertex.
+
+Every vertex has exactly one owner.  The default is a hash map that any producer in any language can
+compute: ``owner(v) = v mod P`` (the non-negative remainder, so ``-1 mod 4 == 3``), as GraphLearn's
+dynamic graph service routes ``vid % N``.  :class:`TablePartitionMap` takes an explicit assignment
+(e.g. a METIS partitioning of the initial graph) and falls back to the hash for vertices it does not
+list, so new vertices always have an owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class PartitionMap(Protocol):
+    num_partitions: int
+
+    def owner(self, ids: np.ndarray) -> np.ndarray:
+        """The owning partition (int32) of each vertex id in ``ids`` (int64)."""
+        ...
+
+
+def _check_partitions(num_partitions: int) -> None:
+    if not isinstance(num_partitions, (int, np.integer)) or num_partitions < 1:
+        raise ValueError(f"num_partitions must be an integer >= 1, got {num_partitions!r}")
+
+
+@dataclass(frozen=True)
+class HashPartitionMap:
+    """``owner(v) = v mod num_partitions`` (non-negative remainder)."""
+
+    num_partitions: int
+
+    def __post_init__(self) -> None:
+        _check_partitions(self.num_partitions)
+
+    def owner(self, ids: np.ndarray) -> np.ndarray:
+        return np.mod(np.asarray(ids, dtype=np.int64), self.num_partitions).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class TablePartitionMap:
+    """An explicit ``id -> partition`` table; ids it does not list fall back to the hash map."""
+
+    num_partitions: int
+    ids: np.ndarray
+    owners: np.ndarray
+    _sorted_ids: np.ndarray = field(init=False, repr=False)
+    _sorted_owners: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_partitions(self.num_partitions)
+        ids = np.asarray(self.ids, dtype=np.int64)
+        owners = np.asarray(self.owners, dtype=np.int32)
+        if ids.shape != owners.shape:
+            raise ValueError(f"ids and owners differ in shape: {ids.shape} != {owners.shape}")
+        if owners.size and (owners.min() < 0 or owners.max() >= self.num_partitions):
+            bad = int(owners[(owners < 0) | (owners >= self.num_partitions)][0])
+            raise ValueError(f"owner {bad} is outside [0, {self.num_partitions})")
+        order = np.argsort(ids, kind="stable")
+        sids = ids[order]
+        if sids.size > 1 and (dup := np.flatnonzero(sids[1:] == sids[:-1])).size:
+            raise ValueError(f"vertex {int(sids[dup[0]])} is assigned more than once")
+        object.__setattr__(self, "_sorted_ids", sids)
+        object.__setattr__(self, "_sorted_owners", owners[order])
+
+    def owner(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.mod(ids, self.num_partitions).astype(np.int32)
+        if self._sorted_ids.size:
+            pos = np.searchsorted(self._sorted_ids, ids)
+            pos_c = np.minimum(pos, self._sorted_ids.size - 1)
+            hit = self._sorted_ids[pos_c] == ids
+            out[hit] = self._sorted_owners[pos_c[hit]]
+        return out
