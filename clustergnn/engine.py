@@ -1,0 +1,528 @@
+"""The single-process incremental engine: a mutable graph plus every layer's cached state.
+
+``Engine.apply(batch)`` first applies the batch's structural and feature edits (all or nothing), then
+brings every layer's cache up to date with one of three modes, so one benchmark can compare them:
+
+* ``"incremental"`` (default): the exact rules of :mod:`clustergnn.rules`; work is proportional to what
+  actually changes, and propagation stops at vertices whose output did not change.
+* ``"khop"``: recompute, from scratch, every row a mutation can reach (the naive incremental baseline).
+* ``"full"``: recompute every row of every layer (what users without clustergnn do).
+
+Layers are indexed like DGL's examples build models: ``h_0`` = input features, ``h_{l+1} =
+act(layer_l(g, h_l))`` with ``act`` between layers, not after the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from clustergnn._dgl import dgl
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.graph import EdgeLog, MutableGraph
+from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.rules import Aggregation, LayerRule, rules_from_dgl
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["incremental", "khop", "full"]
+MODES: tuple[str, ...] = ("incremental", "khop", "full")
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """What one layer did in one batch.
+
+    Attributes:
+        layer: output index ``l`` (1..L): the cache ``h_l`` this entry describes.
+        affected: rows finished (recomputed or delta-updated) in this layer.
+        changed_ids: external ids whose ``h_l`` changed bit-for-bit.
+    """
+
+    layer: int
+    affected: int
+    changed_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    num_mutations: int
+    layers: list[LayerDelta]
+    added_ids: np.ndarray
+    removed_ids: np.ndarray
+    feature_changed_ids: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def affected_per_layer(self) -> list[int]:
+        return [d.affected for d in self.layers]
+
+    @property
+    def changed_per_layer(self) -> list[int]:
+        return [len(d.changed_ids) for d in self.layers]
+
+
+@dataclass
+class _Pending:
+    """Everything a batch changed structurally, in local slots (see ``Engine._apply_structure``)."""
+
+    edges: EdgeLog = field(default_factory=EdgeLog.new)
+    new: list[np.ndarray] = field(default_factory=list)
+    removed: list[np.ndarray] = field(default_factory=list)
+    feat: list[np.ndarray] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class Engine:
+    """Exact incremental GNN inference on a mutable graph.  Build it with :meth:`from_dgl`.
+
+    Example::
+
+        conv1, conv2 = dgl.nn.SAGEConv(16, 32, "mean"), dgl.nn.SAGEConv(32, 8, "mean")
+        eng = Engine.from_dgl([conv1, conv2], g, g.ndata["x"])
+        eng.apply(MutationBatch.add_edges([0, 1], [2, 2]))
+        eng.embeddings([2])          # (1, 8), equal to a full DGL forward on the new graph
+    """
+
+    def __init__(
+        self,
+        rules: list[LayerRule],
+        *,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        capacity: int = 1024,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.device = torch.device(device)
+        self.rules = [r.to(self.device) for r in rules]
+        self.activation = activation
+        self.mode: Mode = mode
+        self.graph = MutableGraph(capacity)
+        self.dims = [rules[0].in_dim] + [r.out_dim for r in rules]
+        self._cap = 0
+        self.h: list[torch.Tensor] = [self._zeros(0, d) for d in self.dims]
+        self.msg: list[torch.Tensor] = [self._zeros(0, r.msg_dim) for r in rules]
+        self.agg: list[torch.Tensor | None] = [self._agg_zeros(r, 0) for r in rules]
+        self._grow(self.graph.capacity)
+        self.stats = {"batches": 0, "mutations": 0}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dgl(
+        cls,
+        layers: list[torch.nn.Module] | torch.nn.ModuleList,
+        graph: dgl.DGLGraph,
+        features: torch.Tensor,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        vertex_ids: np.ndarray | None = None,
+    ) -> Engine:
+        """An engine over ``graph`` (vertex ids = its node ids unless ``vertex_ids`` is given) whose
+        caches equal ``layers``' forward pass on it.
+
+        Args:
+            layers: a trained DGL model's conv layers, in order (``model.layers`` in DGL's examples).
+            graph: the initial homogeneous graph.
+            features: ``(graph.num_nodes(), F)`` float32.
+            activation: applied between layers, not after the last; ``None`` for none.
+            device: where the caches live ("cpu", "cuda", "cuda:1", ...).
+            mode: "incremental", "khop" or "full" (see the module docstring).
+        """
+        features = torch.as_tensor(features)
+        if features.dtype != torch.float32:
+            raise MutationError(f"features must be float32, got {features.dtype}")
+        n = graph.num_nodes()
+        if features.ndim != 2 or features.shape[0] != n:
+            raise MutationError(f"features must have shape ({n}, F), got {tuple(features.shape)}")
+        rules = rules_from_dgl(list(layers), int(features.shape[1]))
+        eng = cls(rules, activation=activation, device=device, mode=mode, capacity=max(n, 16))
+        ids = np.arange(n, dtype=np.int64) if vertex_ids is None else np.asarray(vertex_ids, dtype=np.int64)
+        src, dst = (t.numpy() for t in graph.edges())
+        eng.load(ids, features, ids[src], ids[dst])
+        return eng
+
+    def load(self, ids: np.ndarray, features: torch.Tensor, src: np.ndarray, dst: np.ndarray) -> None:
+        """Bulk-load vertices and edges, then compute every cache with one full pass."""
+        batch = MutationBatch.concat([MutationBatch.add_vertices(ids, features), MutationBatch.add_edges(src, dst)])
+        mode, self.mode = self.mode, "full"
+        try:
+            self.apply(batch)
+        finally:
+            self.mode = mode
+
+    # ------------------------------------------------------------------ storage
+    def _zeros(self, n: int, d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(n, d, dtype=dtype, device=self.device)
+
+    def _agg_zeros(self, rule: LayerRule, n: int) -> torch.Tensor | None:
+        if rule.aggregation is Aggregation.SUM:
+            return self._zeros(n, rule.msg_dim, torch.float64)
+        if rule.aggregation is Aggregation.MAX:
+            return self._zeros(n, rule.msg_dim)
+        return None
+
+    def _grow(self, capacity: int) -> None:
+        if capacity <= self._cap:
+            return
+
+        def grown(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            new = torch.zeros(capacity, t.shape[1], dtype=t.dtype, device=self.device)
+            new[: t.shape[0]] = t
+            return new
+
+        self.h = [grown(t) for t in self.h]
+        self.msg = [grown(t) for t in self.msg]
+        self.agg = [grown(t) for t in self.agg]
+        self._cap = capacity
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def num_layers(self) -> int:
+        return len(self.rules)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.graph.num_vertices
+
+    @property
+    def num_edges(self) -> int:
+        return self.graph.num_edges
+
+    def _layer_index(self, layer: int) -> int:
+        top = self.num_layers
+        if not isinstance(layer, (int, np.integer)) or not -top - 1 <= layer <= top:
+            raise ValueError(f"layer must be in [{-top - 1}, {top}] (0 = input features, {top} or -1 = output), got {layer!r}")
+        return int(layer) % (top + 1)
+
+    def embeddings(self, ids, layer: int = -1) -> torch.Tensor:
+        """``(len(ids), D_layer)`` float32 rows of ``h_layer`` (0 = features, -1 = final output).
+
+        Raises ``UnknownVertexError`` naming the first id that is not a live vertex.
+        """
+        li = self._layer_index(layer)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        slots = self.graph.slots_of(ids)
+        return self.h[li][self._t(slots)].clone()
+
+    def vertex_ids(self) -> np.ndarray:
+        """External ids of all live vertices (in slot order)."""
+        return self.graph.ext_of[self.graph.alive_slots()]
+
+    def to_dgl(self) -> tuple[dgl.DGLGraph, torch.Tensor, np.ndarray]:
+        """The current graph as a DGL graph with its features, and the external id of each DGL node."""
+        alive = self.graph.alive_slots()
+        pos = np.full(self.graph.capacity, -1, dtype=np.int64)
+        pos[alive] = np.arange(len(alive))
+        src, dst = self.graph.edges()
+        g = dgl.graph((torch.from_numpy(pos[src]), torch.from_numpy(pos[dst])), num_nodes=len(alive))
+        return g, self.h[0][self._t(alive)].cpu(), self.graph.ext_of[alive]
+
+    def memory_bytes(self) -> dict[str, int]:
+        caches = sum(t.numel() * t.element_size() for t in [*self.h, *self.msg, *(a for a in self.agg if a is not None)])
+        return {"structure": self.graph.structure_nbytes(), "caches": caches}
+
+    # ------------------------------------------------------------------ writes
+    def apply(self, batch: MutationBatch) -> ApplyResult:
+        """Apply ``batch`` (as if its mutations were applied one by one, in order) and update every cache.
+
+        Raises ``MutationError`` naming the offending value; then nothing has changed.
+        """
+        t0 = time.perf_counter()
+        if not isinstance(batch, MutationBatch):
+            raise MutationError(f"apply takes a MutationBatch, got {type(batch).__name__}")
+        with torch.no_grad():
+            pend = self._apply_structure(batch)
+            self._grow(self.graph.capacity)
+            new = _cat(pend.new)
+            removed = _cat(pend.removed)
+            alive = self.graph.alive
+            new = new[alive[new]] if new.size else new
+            feat = np.unique(_cat(pend.feat))
+            feat = feat[alive[feat]] if feat.size else feat
+            if self.mode == "full":
+                deltas = self._full()
+            else:
+                deltas = self._propagate(pend.edges, np.union1d(feat, new), new)
+            if removed.size:
+                self._clear_rows(removed)
+            self.graph.end_batch()
+        self.stats["batches"] += 1
+        self.stats["mutations"] += len(batch)
+        ext = self.graph.ext_of
+        return ApplyResult(
+            num_mutations=len(batch),
+            layers=deltas,
+            added_ids=ext[new],
+            removed_ids=np.asarray(batch.src[batch.kind == MutationKind.REMOVE_VERTEX]),
+            feature_changed_ids=ext[feat],
+            seconds=time.perf_counter() - t0,
+        )
+
+    def _clear_rows(self, slots: np.ndarray) -> None:
+        idx = self._t(slots)
+        for t in [*self.h, *self.msg, *self.agg]:
+            if t is not None:
+                t[idx] = 0
+
+    def _check_features(self, feats: torch.Tensor, where: str) -> torch.Tensor:
+        want = self.dims[0]
+        if feats.dtype != torch.float32:
+            raise MutationError(f"{where}: features must be float32, got {feats.dtype}")
+        if feats.ndim != 2 or feats.shape[1] != want:
+            raise MutationError(f"{where}: features have width {feats.shape[-1]}, the model expects {want}")
+        if feats.numel() and not bool(torch.isfinite(feats).all()):
+            raise MutationError(f"{where}: features must be finite, got NaN or inf")
+        return feats.to(self.device)
+
+    def _apply_structure(self, batch: MutationBatch) -> _Pending:
+        """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails."""
+        g = self.graph
+        pend = _Pending()
+        frow = batch.feature_row_index()
+        try:
+            for kind, a, b in batch.runs():
+                where = f"mutations [{a}, {b}) ({kind.name.lower()})"
+                try:
+                    self._apply_run(pend, kind, batch, a, b, frow, where)
+                except UnknownVertexError as e:
+                    raise MutationError(f"{where}: {e}") from None
+                except MutationError as e:
+                    raise MutationError(f"{where}: {e}") from None
+        except BaseException:
+            for undo in reversed(pend.undo):
+                undo()
+            g._pending_free = []
+            raise
+        return pend
+
+    def _apply_run(self, pend: _Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
+                   frow: np.ndarray, where: str) -> None:
+        g = self.graph
+        src, dst = batch.src[a:b], batch.dst[a:b]
+        if kind is MutationKind.ADD_VERTEX:
+            feats = self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
+            slots = g.add_vertices(src)
+            self._grow(g.capacity)
+            self.h[0][self._t(slots)] = feats
+            pend.new.append(slots)
+
+            def undo_add(slots=slots, ids=src) -> None:
+                g.alive[slots] = False
+                g._unbind(ids)
+                g._return_slots(slots)
+                self._clear_rows(slots)
+
+            pend.undo.append(undo_add)
+        elif kind is MutationKind.UPDATE_FEATURES:
+            feats = self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
+            slots = g.slots_of(src)
+            # a slot updated twice keeps its last row, as applying one by one would
+            _, last_rev = np.unique(slots[::-1], return_index=True)
+            keep = len(slots) - 1 - last_rev
+            slots = slots[keep]
+            idx = self._t(slots)
+            old = self.h[0][idx].clone()
+            self.h[0][idx] = feats[self._t(keep)]
+            pend.feat.append(slots)
+
+            def undo_update(idx=idx, old=old) -> None:
+                self.h[0][idx] = old
+
+            pend.undo.append(undo_update)
+        elif kind is MutationKind.REMOVE_VERTEX:
+            slots, (rs, rd) = g.remove_vertices(src)
+            pend.removed.append(slots)
+            pend.edges.rem_src.append(rs)
+            pend.edges.rem_dst.append(rd)
+            pend.undo.append(lambda ids=src, slots=slots, e=(rs, rd): g.restore_vertices(ids, slots, e))
+        elif kind is MutationKind.ADD_EDGE:
+            s, d = g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex")
+            g.add_edges_slots(s, d)
+            pend.edges.add_src.append(s)
+            pend.edges.add_dst.append(d)
+            pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
+        elif kind is MutationKind.REMOVE_EDGE:
+            s, d = g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex")
+            g.remove_edges_slots(s, d)
+            pend.edges.rem_src.append(s)
+            pend.edges.rem_dst.append(d)
+            pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))
+        else:  # pragma: no cover - MutationBatch rejects unknown kinds
+            raise MutationError(f"unknown mutation kind {kind!r}")
+
+    # ------------------------------------------------------------------ propagation
+    def _finish(self, li: int, rows: np.ndarray, agg_rows: torch.Tensor | None = None) -> torch.Tensor:
+        rule = self.rules[li]
+        idx = self._t(rows)
+        indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
+        agg = agg_rows if agg_rows is not None else self.agg[li][idx]
+        out = rule.finish(self.h[li][idx], agg, indeg, self.msg[li][idx])
+        if li < self.num_layers - 1 and self.activation is not None:
+            out = self.activation(out)
+        return out
+
+    def _recompute_agg(self, li: int, rows: np.ndarray) -> torch.Tensor:
+        """The exact aggregate of ``rows`` from their current in-edges and messages."""
+        src, dst = self.graph.in_edges(rows)
+        seg = np.repeat(np.arange(len(rows)), self.graph.in_degree(rows))
+        return self.rules[li].aggregate(self.msg[li], self._t(src), self._t(seg), len(rows), self.msg[li][self._t(rows)])
+
+    def _store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool) -> np.ndarray:
+        """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
+        idx = self._t(rows)
+        if detect:
+            diff = (out != self.h[li + 1][idx]).any(dim=1).cpu().numpy()
+            changed = rows[diff]
+            if force.size:
+                changed = np.union1d(changed, force)
+        else:
+            changed = rows
+        self.h[li + 1][idx] = out
+        return changed
+
+    def _full(self) -> list[LayerDelta]:
+        g = self.graph
+        rows = g.alive_slots()
+        idx = self._t(rows)
+        outdeg = torch.from_numpy(g.out_degree(rows)).to(self.device)
+        deltas = []
+        for li, rule in enumerate(self.rules):
+            self.msg[li][idx] = rule.message(self.h[li][idx], outdeg)
+            agg = self._recompute_agg(li, rows)
+            if self.agg[li] is not None:
+                self.agg[li][idx] = agg
+            self.h[li + 1][idx] = self._finish(li, rows, agg)
+            deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows]))
+        return deltas
+
+    def _propagate(self, edges: EdgeLog, changed: np.ndarray, new: np.ndarray) -> list[LayerDelta]:
+        g = self.graph
+        alive = g.alive
+        add_src, add_dst = edges.added()
+        rem_src, rem_dst = edges.removed()
+        endpoints_src = np.unique(np.concatenate([add_src, rem_src]))
+        endpoints_src = endpoints_src[alive[endpoints_src]]
+        touched_dst = np.unique(np.concatenate([add_dst, rem_dst]))
+        touched_dst = touched_dst[alive[touched_dst]]
+        incremental = self.mode == "incremental"
+        deltas = []
+        for li, rule in enumerate(self.rules):
+            srcs = np.union1d(changed, endpoints_src) if rule.message_uses_outdeg else changed
+            s_idx = self._t(srcs)
+            m_old = self.msg[li][s_idx]
+            m_new = rule.message(self.h[li][s_idx], torch.from_numpy(g.out_degree(srcs)).to(self.device))
+            se, de = g.out_edges(srcs)
+            se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
+            parts = [de, touched_dst, new]
+            if rule.uses_self:
+                parts.append(changed)
+            rows = np.unique(np.concatenate(parts))
+            rows = rows[alive[rows]]
+            agg_rows = None
+            if not incremental or rule.aggregation is Aggregation.ATTENTION:
+                self.msg[li][s_idx] = m_new
+                agg_rows = self._recompute_agg(li, rows)
+                if self.agg[li] is not None:
+                    self.agg[li][self._t(rows)] = agg_rows
+            elif rule.aggregation is Aggregation.SUM:
+                self._sum_delta(li, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst)
+            else:
+                self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, add_src, add_dst, rem_src, rem_dst)
+            out = self._finish(li, rows, agg_rows)
+            changed = self._store(li, rows, out, new, detect=incremental)
+            deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[changed]))
+        return deltas
+
+    def _sum_delta(self, li, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
+        """STAG additivity (rules.py): a'_v = a_v + sum_{G', S} dm + sum_{E+} m_old - sum_{E-} m_old."""
+        agg, msg = self.agg[li], self.msg[li]
+        if add_src.size:
+            agg.index_add_(0, self._t(add_dst), msg[self._t(add_src)].double())
+        if rem_src.size:
+            agg.index_add_(0, self._t(rem_dst), msg[self._t(rem_src)].double(), alpha=-1)
+        if de.size:
+            dm = m_new.double() - m_old.double()
+            agg.index_add_(0, self._t(de), dm[self._t(se_pos)])
+        msg[s_idx] = m_new
+
+    def _max_update(self, li, rows, m_old, m_new, s_idx, se, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
+        """InkStream's monotonic max rule (rules.py); re-aggregates only rows whose max may have shrunk."""
+        g = self.graph
+        agg, msg = self.agg[li], self.msg[li]
+        suspect = []
+        if de.size:
+            pos, d = self._t(se_pos), self._t(de)
+            mo, mn, cur = m_old[pos], m_new[pos], agg[d]
+            flag = ((mo >= cur) & (mn < mo)).any(dim=1).cpu().numpy()
+            suspect.append(de[flag])
+        if rem_src.size:
+            flag = (msg[self._t(rem_src)] >= agg[self._t(rem_dst)]).any(dim=1).cpu().numpy()
+            suspect.append(rem_dst[flag])
+        # rows whose old in-degree was 0 held DGL's empty max (0), which is not a lower bound
+        old_deg = g.in_degree(rows).copy()
+        for arr, sign in ((add_dst, -1), (rem_dst, 1)):
+            if arr.size:
+                u, c = np.unique(arr, return_counts=True)
+                pos_r = np.searchsorted(rows, u)
+                ok = (pos_r < len(rows)) & (rows[np.minimum(pos_r, len(rows) - 1)] == u)
+                np.add.at(old_deg, pos_r[ok], sign * c[ok])
+        suspect.append(rows[old_deg == 0])
+        redo = np.intersect1d(np.concatenate(suspect), rows)
+        msg[s_idx] = m_new
+        keep = np.ones(g.capacity, dtype=bool)
+        keep[redo] = False
+        keep &= g.alive
+        srcs_all = np.concatenate([se, add_src])
+        dsts_all = np.concatenate([de, add_dst])
+        sel = keep[dsts_all]
+        if sel.any():
+            d = self._t(dsts_all[sel])
+            s = self._t(srcs_all[sel])
+            agg.scatter_reduce_(0, d.unsqueeze(1).expand(-1, agg.shape[1]), msg[s], reduce="amax", include_self=True)
+        if redo.size:
+            agg[self._t(redo)] = self._recompute_agg(li, redo)
+
+
+def dgl_forward(
+    layers: list[torch.nn.Module],
+    graph: dgl.DGLGraph,
+    features: torch.Tensor,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+) -> list[torch.Tensor]:
+    """DGL's own full forward, structured as :class:`Engine` does (the reference for exactness).
+
+    Returns ``[h_0, h_1, ..., h_L]``.  GAT heads are flattened after hidden layers and averaged after
+    the last; zero in-degree vertices are allowed (as the engine allows them).
+    """
+    hs = [features]
+    h = features
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            last = i == len(layers) - 1
+            if hasattr(layer, "set_allow_zero_in_degree"):
+                layer.set_allow_zero_in_degree(True)
+            h = layer(graph, h)
+            if h.ndim == 3:
+                h = h.mean(1) if last else h.flatten(1)
+            if not last and activation is not None:
+                h = activation(h)
+            hs.append(h)
+    return hs

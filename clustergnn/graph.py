@@ -1,0 +1,415 @@
+"""A mutable directed multigraph with external int64 ids, built for O(batch + touched adjacency) edits.
+
+Storage (``BlockAdjacency``, one for in-edges and one for out-edges): every vertex owns a contiguous
+block of an ``int32`` pool holding its neighbours' local slots, with a capacity that doubles when it
+fills (amortised O(1) appends, like a vector).  A block that outgrows its capacity moves to the pool's
+tail and leaves garbage; the pool compacts itself when garbage exceeds the live entries, which costs
+O(live) once per doubling and is therefore amortised O(1) per edit.  Removing an edge rewrites only the
+blocks it touches.  With both directions stored, capacity slack (< 2x) and garbage (< 2x) the structure
+stays well under 64 bytes per directed edge (each direction costs 4 bytes per entry).
+
+Ids: external ``int64`` ids map to dense local *slots*.  Ids in ``[0, DIRECT_ID_LIMIT)`` resolve through
+a direct-address table (vectorised); other ids (negative, or huge such as hashes) through a dict.  A
+slot freed by a vertex removal is reused only after the batch that freed it, so every slot means one
+vertex for the whole of a batch (the incremental rules rely on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clustergnn.errors import MutationError, UnknownVertexError
+
+DIRECT_ID_LIMIT = 1 << 28  # ids below this use a table (4 bytes per id up to the largest id seen)
+_MIN_BLOCK = 4
+
+
+def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``range(starts[i], starts[i] + lengths[i])`` for all i, vectorised."""
+    lengths = lengths.astype(np.int64, copy=False)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(starts.astype(np.int64, copy=False) - offs, lengths) + np.arange(total, dtype=np.int64)
+
+
+class BlockAdjacency:
+    """Per-vertex neighbour blocks in one growable ``int32`` pool (see module docstring)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.start = np.zeros(capacity, dtype=np.int64)
+        self.length = np.zeros(capacity, dtype=np.int64)
+        self.cap = np.zeros(capacity, dtype=np.int64)
+        self.pool = np.zeros(1024, dtype=np.int32)
+        self.used = 0  # pool entries handed out (live blocks + garbage)
+        self.garbage = 0
+
+    # --------------------------------------------------------------- sizing
+    def grow_vertices(self, capacity: int) -> None:
+        n = len(self.start)
+        if capacity <= n:
+            return
+        for name in ("start", "length", "cap"):
+            arr = getattr(self, name)
+            new = np.zeros(capacity, dtype=arr.dtype)
+            new[:n] = arr
+            setattr(self, name, new)
+
+    def _reserve_pool(self, extra: int) -> None:
+        need = self.used + extra
+        if need <= len(self.pool):
+            return
+        new = np.zeros(max(need, 2 * len(self.pool)), dtype=np.int32)
+        new[: self.used] = self.pool[: self.used]
+        self.pool = new
+
+    def nbytes(self) -> int:
+        return self.pool.nbytes + self.start.nbytes + self.length.nbytes + self.cap.nbytes
+
+    @property
+    def num_entries(self) -> int:
+        return int(self.length.sum())
+
+    # --------------------------------------------------------------- reads
+    def gather(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All entries of ``owners``' blocks: ``(owner repeated per entry, neighbour)``, owner-major."""
+        owners = np.asarray(owners, dtype=np.int64)
+        lens = self.length[owners]
+        pos = segment_positions(self.start[owners], lens)
+        return np.repeat(owners, lens), self.pool[pos].astype(np.int64)
+
+    def neighbours(self, v: int) -> np.ndarray:
+        s = int(self.start[v])
+        return self.pool[s : s + int(self.length[v])].astype(np.int64)
+
+    # --------------------------------------------------------------- edits
+    def append(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
+        """Append ``nbrs[i]`` to the block of ``owners[i]`` (vectorised, grouped by owner)."""
+        if len(owners) == 0:
+            return
+        order = np.argsort(owners, kind="stable")
+        o, nb = owners[order], nbrs[order]
+        uniq, first, counts = np.unique(o, return_index=True, return_counts=True)
+        need = self.length[uniq] + counts
+        grow = need > self.cap[uniq]
+        if grow.any():
+            g = uniq[grow]
+            new_cap = np.maximum(np.maximum(need[grow], 2 * self.cap[g]), _MIN_BLOCK)
+            self._reserve_pool(int(new_cap.sum()))
+            new_start = self.used + np.cumsum(new_cap) - new_cap
+            old_pos = segment_positions(self.start[g], self.length[g])
+            new_pos = segment_positions(new_start, self.length[g])
+            self.pool[new_pos] = self.pool[old_pos]
+            self.garbage += int(self.cap[g].sum())
+            self.used += int(new_cap.sum())
+            self.start[g] = new_start
+            self.cap[g] = new_cap
+        rank = np.arange(len(o)) - np.repeat(first, counts)
+        self.pool[self.start[o] + self.length[o] + rank] = nb
+        self.length[uniq] += counts
+        if self.garbage > max(self.used // 2, 1 << 16):
+            self.compact()
+
+    def find(self, owners: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Match each ``(owners[i], nbrs[i])`` to a distinct entry (multi-edges: one copy each).
+
+        Returns ``(uniq_owners, entry_owner, entry_value, entry_removed)`` over the gathered blocks of
+        the owners, and raises ``MutationError`` naming the first pair without enough copies.
+        """
+        uniq = np.unique(owners)
+        e_owner, e_val = self.gather(uniq)
+        want = (owners.astype(np.int64) << 32) | nbrs.astype(np.int64)
+        have = (e_owner << 32) | e_val
+        wk, wc = np.unique(want, return_counts=True)
+        order = np.argsort(have, kind="stable")
+        hs = have[order]
+        gstart = np.searchsorted(hs, hs, side="left")
+        rank = np.arange(len(hs)) - gstart
+        idx = np.minimum(np.searchsorted(wk, hs), max(len(wk) - 1, 0))
+        needed = np.where(wk[idx] == hs, wc[idx], 0) if len(wk) else np.zeros(len(hs), np.int64)
+        removed_sorted = rank < needed
+        avail = np.searchsorted(hs, wk, side="right") - np.searchsorted(hs, wk, side="left")
+        short = np.flatnonzero(avail < wc)
+        if short.size:
+            k = int(wk[short[0]])
+            raise _MissingEntry(k >> 32, k & 0xFFFFFFFF, int(wc[short[0]]), int(avail[short[0]]))
+        removed = np.zeros(len(have), dtype=bool)
+        removed[order] = removed_sorted
+        return uniq, e_owner, e_val, removed
+
+    def rewrite(self, uniq: np.ndarray, e_owner: np.ndarray, e_val: np.ndarray, keep: np.ndarray) -> None:
+        """Rewrite the blocks of ``uniq`` (gathered as ``e_owner, e_val``) keeping only ``keep`` entries."""
+        k_owner = e_owner[keep]
+        counts = np.bincount(np.searchsorted(uniq, k_owner), minlength=len(uniq))
+        pos = segment_positions(self.start[uniq], counts)
+        self.pool[pos] = e_val[keep]
+        self.length[uniq] = counts
+
+    def remove(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
+        """Remove one entry per ``(owners[i], nbrs[i])`` pair; raise before changing anything if missing."""
+        if len(owners) == 0:
+            return
+        uniq, e_owner, e_val, removed = self.find(owners, nbrs)
+        self.rewrite(uniq, e_owner, e_val, ~removed)
+
+    def remove_values(self, owners: np.ndarray, drop: np.ndarray) -> None:
+        """In the blocks of ``owners`` drop every entry whose neighbour is marked in boolean ``drop``."""
+        uniq = np.unique(owners)
+        e_owner, e_val = self.gather(uniq)
+        self.rewrite(uniq, e_owner, e_val, ~drop[e_val])
+
+    def clear(self, owners: np.ndarray) -> None:
+        self.length[owners] = 0
+
+    def compact(self) -> None:
+        """Copy every live block to a fresh pool, dropping garbage (amortised: see module docstring)."""
+        n = len(self.start)
+        cap = np.where(self.length > 0, np.maximum(self.cap, _MIN_BLOCK), 0)
+        cap = np.minimum(cap, np.maximum(2 * self.length, _MIN_BLOCK) * (self.length > 0))
+        new_start = np.cumsum(cap) - cap
+        total = int(cap.sum())
+        pool = np.zeros(max(total * 2, 1024), dtype=np.int32)
+        pool[segment_positions(new_start, self.length)] = self.pool[segment_positions(self.start, self.length)]
+        self.pool, self.start, self.cap = pool, new_start.astype(np.int64), cap.astype(np.int64)
+        self.start[:n][cap == 0] = 0
+        self.used, self.garbage = total, 0
+
+
+class _MissingEntry(Exception):
+    def __init__(self, owner: int, nbr: int, wanted: int, present: int) -> None:
+        super().__init__(owner, nbr, wanted, present)
+        self.owner, self.nbr, self.wanted, self.present = owner, nbr, wanted, present
+
+
+@dataclass
+class EdgeLog:
+    """Directed edges added and removed by a batch, as local slots (removals include vertex removals)."""
+
+    add_src: list[np.ndarray]
+    add_dst: list[np.ndarray]
+    rem_src: list[np.ndarray]
+    rem_dst: list[np.ndarray]
+
+    @classmethod
+    def new(cls) -> EdgeLog:
+        return cls([], [], [], [])
+
+    @staticmethod
+    def _cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def added(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._cat(self.add_src), self._cat(self.add_dst)
+
+    def removed(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._cat(self.rem_src), self._cat(self.rem_dst)
+
+
+class MutableGraph:
+    """Vertices (external id <-> slot), in- and out-adjacency.  Knows nothing of features or models."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = 0
+        self.ext_of = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.inn = BlockAdjacency()
+        self.out = BlockAdjacency()
+        self._table = np.full(0, -1, dtype=np.int32)  # direct-address: ext id -> slot
+        self._dict: dict[int, int] = {}  # ids outside the table's range
+        self._next = 0  # slots [0, _next) have been handed out at some point
+        self._free: list[np.ndarray] = []  # freed slots, reusable after the batch
+        self._pending_free: list[np.ndarray] = []
+        self._grow(capacity)
+
+    # --------------------------------------------------------------- sizes
+    def _grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+        ext = np.full(capacity, -1, dtype=np.int64)
+        ext[: self.capacity] = self.ext_of
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self.capacity] = self.alive
+        self.ext_of, self.alive = ext, alive
+        self.inn.grow_vertices(capacity)
+        self.out.grow_vertices(capacity)
+        self.capacity = capacity
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.alive.sum())
+
+    @property
+    def num_edges(self) -> int:
+        return self.inn.num_entries
+
+    def in_degree(self, slots: np.ndarray | None = None) -> np.ndarray:
+        return self.inn.length if slots is None else self.inn.length[slots]
+
+    def out_degree(self, slots: np.ndarray | None = None) -> np.ndarray:
+        return self.out.length if slots is None else self.out.length[slots]
+
+    def alive_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.alive)
+
+    def structure_nbytes(self) -> int:
+        """Bytes held by the graph structure (adjacency pools, per-vertex arrays, id maps)."""
+        dict_bytes = len(self._dict) * 100  # rough CPython dict entry + two ints
+        return (
+            self.inn.nbytes() + self.out.nbytes() + self.ext_of.nbytes + self.alive.nbytes
+            + self._table.nbytes + dict_bytes
+        )
+
+    # --------------------------------------------------------------- ids
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of external ``ids``; ``-1`` where the id is not a live vertex."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        direct = (ids >= 0) & (ids < len(self._table))
+        out[direct] = self._table[ids[direct]]
+        other = np.flatnonzero(~direct & ((ids < 0) | (ids >= DIRECT_ID_LIMIT)))
+        if other.size and self._dict:
+            get = self._dict.get
+            out[other] = [get(int(i), -1) for i in ids[other]]
+        return out
+
+    def slots_of(self, ids: np.ndarray, what: str = "vertex") -> np.ndarray:
+        """Slots of ``ids``; ``UnknownVertexError`` naming the first id that is not a live vertex."""
+        slots = self.lookup(ids)
+        bad = np.flatnonzero(slots < 0)
+        if bad.size:
+            raise UnknownVertexError(f"unknown {what} id {int(np.asarray(ids)[bad[0]])} (not in the graph or removed)")
+        return slots
+
+    def _bind(self, ids: np.ndarray, slots: np.ndarray) -> None:
+        direct = (ids >= 0) & (ids < DIRECT_ID_LIMIT)
+        if direct.any():
+            top = int(ids[direct].max()) + 1
+            if top > len(self._table):
+                table = np.full(max(top, 2 * len(self._table)), -1, dtype=np.int32)
+                table = table[: max(top, min(2 * len(self._table), DIRECT_ID_LIMIT))]
+                table[: len(self._table)] = self._table
+                self._table = table
+            self._table[ids[direct]] = slots[direct]
+        for i, s in zip(ids[~direct].tolist(), slots[~direct].tolist()):
+            self._dict[i] = s
+
+    def _unbind(self, ids: np.ndarray) -> None:
+        direct = (ids >= 0) & (ids < DIRECT_ID_LIMIT)
+        self._table[ids[direct]] = -1
+        for i in ids[~direct].tolist():
+            self._dict.pop(i, None)
+
+    # --------------------------------------------------------------- vertex edits
+    def add_vertices(self, ids: np.ndarray) -> np.ndarray:
+        """Bind new ids to slots; ``MutationError`` (nothing changed) if any exists or repeats."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        existing = np.flatnonzero(self.lookup(ids) >= 0)
+        if existing.size:
+            raise MutationError(f"cannot add vertex {int(ids[existing[0]])}: it already exists")
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise MutationError(f"cannot add vertex {int(uniq[counts > 1][0])}: it already exists (added twice in one batch)")
+        slots = self._take_slots(len(ids))
+        self.ext_of[slots] = ids
+        self.alive[slots] = True
+        self.inn.length[slots] = 0
+        self.out.length[slots] = 0
+        self._bind(ids, slots)
+        return slots
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        free = np.concatenate(self._free) if self._free else np.zeros(0, dtype=np.int64)
+        reuse, rest = free[:n], free[n:]
+        self._free = [rest] if rest.size else []
+        fresh_n = n - len(reuse)
+        if self._next + fresh_n > self.capacity:
+            self._grow(self._next + fresh_n)
+        fresh = np.arange(self._next, self._next + fresh_n, dtype=np.int64)
+        self._next += fresh_n
+        return np.concatenate([reuse, fresh])
+
+    def _return_slots(self, slots: np.ndarray) -> None:
+        """Undo of ``add_vertices``: the slots were never visible, so they are free at once."""
+        self._free.insert(0, slots)
+
+    def remove_vertices(self, ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Remove vertices and all their edges.  Returns their slots and the removed directed edges."""
+        slots = self.slots_of(ids)
+        uniq, counts = np.unique(slots, return_counts=True)
+        if (counts > 1).any():
+            raise UnknownVertexError(
+                f"unknown vertex id {int(self.ext_of[uniq[counts > 1][0]])} (removed twice in one batch)"
+            )
+        gone = np.zeros(self.capacity, dtype=bool)
+        gone[slots] = True
+        o_src, o_dst = self.out.gather(slots)  # v -> w
+        i_dst, i_src = self.inn.gather(slots)  # u -> v
+        keep_in = ~gone[i_src]  # an edge between two removed vertices is listed once, as an out-edge
+        rem_src = np.concatenate([o_src, i_src[keep_in]])
+        rem_dst = np.concatenate([o_dst, i_dst[keep_in]])
+        # readers of the removed vertices lose them from their in-blocks; writers from their out-blocks
+        w = o_dst[~gone[o_dst]]
+        if w.size:
+            self.inn.remove_values(w, gone)
+        u = i_src[keep_in]
+        if u.size:
+            self.out.remove_values(u, gone)
+        self.inn.clear(slots)
+        self.out.clear(slots)
+        self.alive[slots] = False
+        self._unbind(np.asarray(ids, dtype=np.int64))
+        self._pending_free.append(slots)
+        return slots, (rem_src, rem_dst)
+
+    def restore_vertices(self, ids: np.ndarray, slots: np.ndarray, edges: tuple[np.ndarray, np.ndarray]) -> None:
+        """Undo of ``remove_vertices`` within the same batch."""
+        self.alive[slots] = True
+        self.ext_of[slots] = ids
+        self._bind(np.asarray(ids, dtype=np.int64), slots)
+        self._pending_free = [p for p in self._pending_free if p is not slots]
+        self.add_edges_slots(*edges)
+
+    def end_batch(self) -> np.ndarray:
+        """Release slots freed by this batch for reuse by later batches; returns them."""
+        freed = np.concatenate(self._pending_free) if self._pending_free else np.zeros(0, dtype=np.int64)
+        if freed.size:
+            self._free.append(freed)
+        self._pending_free = []
+        return freed
+
+    # --------------------------------------------------------------- edge edits
+    def add_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        self.inn.append(dst, src)
+        self.out.append(src, dst)
+
+    def remove_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Remove one copy of each edge; ``MutationError`` naming the first missing edge, nothing changed."""
+        if len(src) == 0:
+            return
+        try:
+            found = self.inn.find(dst, src)
+        except _MissingEntry as e:
+            s_id, d_id = int(self.ext_of[e.nbr]), int(self.ext_of[e.owner])
+            have = "it does not exist" if e.present == 0 else f"only {e.present} of {e.wanted} copies exist"
+            raise MutationError(f"cannot remove edge {s_id} -> {d_id}: {have}") from None
+        self.inn.rewrite(found[0], found[1], found[2], ~found[3])
+        self.out.remove(src, dst)  # present: the two directions always mirror each other
+
+    def in_edges(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(src, dst)`` of every in-edge of ``slots`` (dst-major)."""
+        dst, src = self.inn.gather(slots)
+        return src, dst
+
+    def out_edges(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(src, dst)`` of every out-edge of ``slots`` (src-major)."""
+        return self.out.gather(slots)
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every directed edge as ``(src slot, dst slot)``, grouped by destination."""
+        return self.in_edges(self.alive_slots())

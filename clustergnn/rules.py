@@ -1,0 +1,356 @@
+"""Exact incremental rules for DGL's message-passing layers.
+
+Every supported layer is written as three pieces over a cached per-vertex *message* ``m_u``:
+
+    m_u     = message(h_u, outdeg_u)                       # source side, cached per vertex
+    a_v     = AGG_{u in N_in(v)} m_u                       # cached per vertex (sum: float64)
+    out_v   = finish(h_v, a_v, indeg_v, m_v)               # row-wise
+
+The engine keeps ``m``, ``a`` and ``out`` for every vertex and layer.  When a batch changes the graph or
+some inputs ``h``, the rule's :class:`Aggregation` says how ``a`` can be brought up to date:
+
+* ``SUM`` (SAGE mean/gcn, GraphConv, GIN sum/mean) - STAG's additivity.  With ``S`` the vertices whose
+  message changed, ``E+``/``E-`` the edges added/removed and ``G'`` the new graph,
+
+      a'_v - a_v = sum_{(u,v) in G', u in S} (m'_u - m_u) + sum_{(u,v) in E+} m_u - sum_{(u,v) in E-} m_u
+
+  (``m`` = message before the batch, 0 for new vertices).  This is an identity of multiset sums, so the
+  update is exact up to rounding; ``a`` is accumulated in float64 so millions of deltas do not drift
+  measurably from a float32 full recompute.  Because ``finish`` is applied after the sum, messages are
+  cached *after* the linear map where that is cheaper (DGL's ``lin_before_mp``), so a reader's update is
+  a vector add, not a matmul.
+* ``MAX`` (SAGE pool, GIN max) - InkStream's monotonic rule.  Adding edges or increasing messages can
+  only raise a max: ``a' = max(a, new messages)``.  A vertex is re-aggregated from all its in-neighbours
+  only if a removed or decreased message was equal to the current max in some dimension (it may have
+  been the extreme), or if it had no in-edges (DGL defines the empty max as 0, which is not a lower
+  bound).  Both cases give exactly ``max`` over the new multiset.
+* ``ATTENTION`` (GAT) - the softmax couples all in-edges of a vertex, so every affected row is recomputed
+  from its in-neighbours' cached messages (``fc(h)`` and the left attention term).
+
+Propagation stops at vertices whose layer output did not change bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from clustergnn._dgl import dglnn
+from clustergnn.errors import UnsupportedModelError
+from clustergnn.kernels import segment_max, segment_softmax, segment_sum
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Aggregation(enum.Enum):
+    SUM = "sum"
+    MAX = "max"
+    ATTENTION = "attention"
+
+
+SUPPORTED = (
+    "dgl.nn.SAGEConv(aggregator_type in {'mean', 'gcn', 'pool'})",
+    "dgl.nn.GraphConv(norm in {'both', 'right', 'left', 'none'}, with or without weight/bias)",
+    "dgl.nn.GINConv(aggregator_type in {'sum', 'mean', 'max'}, any apply_func, fixed or learned eps)",
+    "dgl.nn.GATConv(any number of heads, residual or not)",
+)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class LayerRule:
+    """One layer as message / aggregate / finish (see the module docstring).
+
+    Attributes:
+        aggregation: how the cached aggregate is kept current.
+        in_dim, msg_dim, out_dim: widths of ``h`` (input), ``m`` and the layer output (heads flattened).
+        uses_self: the output of ``v`` reads ``h_v`` or ``m_v`` (so a change of ``h_v`` re-finishes ``v``).
+        message_uses_outdeg: ``m_u`` depends on ``u``'s out-degree (GraphConv ``left``/``both`` norm).
+        name: for errors and tables.
+    """
+
+    aggregation: Aggregation
+    in_dim: int
+    msg_dim: int
+    out_dim: int
+    uses_self: bool
+    message_uses_outdeg: bool
+    name: str
+
+    def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
+        """``(n, in_dim) -> (n, msg_dim)``."""
+        raise NotImplementedError
+
+    def finish(self, h: torch.Tensor, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
+        """``(n, in_dim), (n, msg_dim) -> (n, out_dim)`` for the rows being finished (heads flattened)."""
+        raise NotImplementedError
+
+    def aggregate(self, msg: torch.Tensor, src: torch.Tensor, seg: torch.Tensor, n_rows: int,
+                  dst_msg: torch.Tensor) -> torch.Tensor:
+        """Recompute the aggregate of ``n_rows`` rows from their in-edges ``(src, seg)``, destination-sorted."""
+        if self.aggregation is Aggregation.SUM:
+            return segment_sum(msg, src, seg, n_rows).double()
+        if self.aggregation is Aggregation.MAX:
+            return segment_max(msg, src, seg, n_rows)
+        raise NotImplementedError
+
+    def to(self, device: torch.device) -> LayerRule:
+        for k, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.to(device))
+            elif isinstance(v, torch.nn.Module):
+                setattr(self, k, v.to(device))
+        return self
+
+
+def _linear(lin: torch.nn.Linear | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if lin is None:
+        return None, None
+    return lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone()
+
+
+def _apply(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None = None) -> torch.Tensor:
+    if w is None:
+        return x if b is None else x + b
+    return F.linear(x, w, b)
+
+
+def _check_dropout_free(layer: torch.nn.Module, name: str) -> None:
+    for attr in ("feat_drop", "attn_drop"):
+        mod = getattr(layer, attr, None)
+        if isinstance(mod, torch.nn.Dropout) and mod.p > 0 and layer.training:
+            raise UnsupportedModelError(f"{name}: {attr}={mod.p} in training mode; call model.eval() before serving")
+
+
+def _post(layer: torch.nn.Module, attr: str = "activation") -> Activation:
+    """The layer's own row-wise post-processing (activation, then SAGE's norm), as DGL applies it."""
+    act = getattr(layer, attr, None)
+    norm = getattr(layer, "norm", None) if isinstance(layer, dglnn.SAGEConv) else None
+    if act is None and norm is None:
+        return _identity
+
+    def post(x: torch.Tensor) -> torch.Tensor:
+        if act is not None:
+            x = act(x)
+        if norm is not None:
+            x = norm(x)
+        return x
+
+    return post
+
+
+class SageRule(LayerRule):
+    """``dgl.nn.SAGEConv`` (Hamilton et al., https://arxiv.org/abs/1706.02216).
+
+    mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``; sum kept of ``m_u = W_neigh h_u`` (or of
+    ``h_u`` when ``in <= out``, then ``W_neigh`` after the mean, as DGL does).  Empty mean = 0.
+    gcn:  ``out_v = W_neigh (sum_{u->v} h_u + h_v) / (indeg_v + 1) + b``.
+    pool: ``out_v = W_self h_v + W_neigh max_{u->v} relu(W_pool h_u + b_pool) + b``; empty max = 0.
+    """
+
+    def __init__(self, layer: dglnn.SAGEConv) -> None:
+        kind = layer._aggre_type
+        if kind not in ("mean", "gcn", "pool"):
+            raise UnsupportedModelError(f"SAGEConv aggregator_type={kind!r} is not supported; supported: {SUPPORTED}")
+        _check_dropout_free(layer, "SAGEConv")
+        in_dim, out_dim = layer._in_src_feats, layer._out_feats
+        if layer._in_dst_feats != in_dim:
+            raise UnsupportedModelError("SAGEConv with different source/destination input widths is not supported")
+        self.kind = kind
+        self.w_neigh, _ = _linear(layer.fc_neigh)
+        self.w_self, self.b_self = _linear(getattr(layer, "fc_self", None)) if kind != "gcn" else (None, None)
+        self.bias = layer.bias.detach().clone() if kind == "gcn" and getattr(layer, "bias", None) is not None else None
+        self.post = _post(layer)
+        if kind == "pool":
+            self.w_pool, self.b_pool = _linear(layer.fc_pool)
+            agg, msg_dim = Aggregation.MAX, in_dim
+            self.lin_before = False
+        else:
+            agg = Aggregation.SUM
+            self.lin_before = in_dim > out_dim
+            msg_dim = out_dim if self.lin_before else in_dim
+        super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
+
+    def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
+        if self.kind == "pool":
+            return F.relu(F.linear(h, self.w_pool, self.b_pool))
+        return F.linear(h, self.w_neigh) if self.lin_before else h
+
+    def finish(self, h, agg, indeg, msg):
+        if self.kind == "pool":
+            neigh = F.linear(agg, self.w_neigh)
+        else:
+            deg = indeg.to(agg.dtype).unsqueeze(1)
+            if self.kind == "mean":
+                neigh = (agg / deg.clamp(min=1)).float()
+            else:
+                neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
+            if not self.lin_before:
+                neigh = F.linear(neigh, self.w_neigh)
+        if self.kind == "gcn":
+            out = neigh if self.bias is None else neigh + self.bias
+        else:
+            out = _apply(h, self.w_self, self.b_self) + neigh
+        return self.post(out)
+
+
+class GraphConvRule(LayerRule):
+    """``dgl.nn.GraphConv`` (Kipf & Welling, https://arxiv.org/abs/1609.02907).
+
+    ``out_v = c_in(v) * sum_{u->v} c_out(u) h_u W + b`` with ``c = deg^-1/2`` (both), ``1/deg`` (left on the
+    source, right on the destination) or 1 (none); degrees clamped at 1 as in DGL.  The cached message
+    ``m_u = c_out(u) h_u [W]`` depends on ``u``'s out-degree, so a source whose out-degree changes
+    re-sends its message to all its readers.  Zero in-degree vertices get ``b`` (DGL raises unless
+    ``allow_zero_in_degree``; here the graph changes all the time, so they are always allowed).
+    """
+
+    def __init__(self, layer: dglnn.GraphConv) -> None:
+        self.norm = layer._norm
+        self.w = None if layer.weight is None else layer.weight.detach().clone()
+        self.bias = None if layer.bias is None else layer.bias.detach().clone()
+        self.post = _post(layer, "_activation")
+        in_dim = layer._in_feats
+        out_dim = layer._out_feats if self.w is not None else in_dim
+        self.lin_before = self.w is not None and in_dim > out_dim
+        msg_dim = out_dim if self.lin_before else in_dim
+        super().__init__(Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"),
+                         f"GraphConv[{self.norm}]")
+
+    def message(self, h, outdeg):
+        if self.norm in ("left", "both"):
+            d = outdeg.to(h.dtype).clamp(min=1).unsqueeze(1)
+            h = h * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
+        return torch.matmul(h, self.w) if self.lin_before else h
+
+    def finish(self, h, agg, indeg, msg):
+        rst = agg.float()
+        if self.w is not None and not self.lin_before:
+            rst = torch.matmul(rst, self.w)
+        if self.norm in ("right", "both"):
+            d = indeg.to(rst.dtype).clamp(min=1).unsqueeze(1)
+            rst = rst * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
+        if self.bias is not None:
+            rst = rst + self.bias
+        return self.post(rst)
+
+
+class GinRule(LayerRule):
+    """``dgl.nn.GINConv`` (Xu et al., https://arxiv.org/abs/1810.00826).
+
+    ``out_v = f((1 + eps) h_v + AGG_{u->v} h_u)`` with ``AGG`` in sum/mean/max and ``f`` the (row-wise)
+    ``apply_func``; the raw ``h_u`` is cached as message since ``f`` is nonlinear.  Empty aggregates = 0.
+    """
+
+    def __init__(self, layer: dglnn.GINConv, in_dim: int) -> None:
+        kind = layer._aggregator_type
+        self.kind = kind
+        self.eps = layer.eps.detach().clone()
+        self.apply_func = layer.apply_func
+        self.post = _post(layer)
+        with torch.no_grad():
+            probe = torch.zeros(2, in_dim)
+            out_dim = int((self.apply_func(probe) if self.apply_func is not None else probe).shape[1])
+        agg = Aggregation.MAX if kind == "max" else Aggregation.SUM
+        super().__init__(agg, in_dim, in_dim, out_dim, True, False, f"GINConv[{kind}]")
+
+    def message(self, h, outdeg):
+        return h
+
+    def finish(self, h, agg, indeg, msg):
+        if self.kind == "mean":
+            agg = agg / indeg.to(agg.dtype).clamp(min=1).unsqueeze(1)
+        rst = (1 + self.eps) * h + agg.float()
+        if self.apply_func is not None:
+            rst = self.apply_func(rst)
+        return self.post(rst)
+
+
+class GatRule(LayerRule):
+    """``dgl.nn.GATConv`` (Velickovic et al., https://arxiv.org/abs/1710.10903).
+
+    ``z_u = W h_u`` split in ``H`` heads, ``e_uv = LeakyReLU(a_l . z_u + a_r . z_v)``,
+    ``alpha_uv = softmax_{u->v}(e_uv)``, ``out_v = sum_u alpha_uv z_u (+ residual) + b``.  The message
+    cached per vertex is ``[z_u, a_l . z_u]``; any change to an in-neighbour or to the in-edge set
+    re-normalises the softmax, so affected rows are recomputed from their in-edges (exact by
+    construction).  Hidden layers flatten heads to ``H * F``; the last layer averages them (DGL's example).
+    """
+
+    def __init__(self, layer: dglnn.GATConv, last: bool) -> None:
+        if hasattr(layer, "fc_src"):
+            raise UnsupportedModelError("GATConv with separate source/destination widths is not supported")
+        _check_dropout_free(layer, "GATConv")
+        self.heads, self.f = layer._num_heads, layer._out_feats
+        self.w, _ = _linear(layer.fc)
+        self.attn_l = layer.attn_l.detach().clone().view(self.heads, self.f)
+        self.attn_r = layer.attn_r.detach().clone().view(self.heads, self.f)
+        self.slope = layer.leaky_relu.negative_slope
+        res = layer.res_fc
+        self.res_w, self.res_b = (_linear(res) if isinstance(res, torch.nn.Linear) else (None, None))
+        self.res_identity = res is not None and not isinstance(res, torch.nn.Linear)
+        self.has_res = res is not None
+        self.bias = layer.bias.detach().clone() if getattr(layer, "has_explicit_bias", False) else None
+        self.post = _post(layer)
+        self.last = last
+        in_dim = layer._in_src_feats
+        hf = self.heads * self.f
+        super().__init__(Aggregation.ATTENTION, in_dim, hf + self.heads, self.f if last else hf, True, False,
+                         f"GATConv[{self.heads} heads]")
+
+    def message(self, h, outdeg):
+        z = F.linear(h, self.w)
+        el = (z.view(-1, self.heads, self.f) * self.attn_l).sum(-1)
+        return torch.cat([z, el], dim=1)
+
+    def aggregate(self, msg, src, seg, n_rows, dst_msg):
+        hf = self.heads * self.f
+        er = (dst_msg[:, :hf].view(-1, self.heads, self.f) * self.attn_r).sum(-1)  # (n_rows, H)
+        e = F.leaky_relu(msg[src, hf:] + er[seg], self.slope)
+        a = segment_softmax(e, seg, n_rows)  # (E, H)
+        z = msg[:, :hf]
+        outs = [segment_sum(z[:, k * self.f : (k + 1) * self.f], src, seg, n_rows, a[:, k]) for k in range(self.heads)]
+        return torch.cat(outs, dim=1)
+
+    def finish(self, h, agg, indeg, msg):
+        rst = agg.view(-1, self.heads, self.f)
+        if self.has_res:
+            res = h if self.res_identity else F.linear(h, self.res_w, self.res_b)
+            rst = rst + res.view(-1, self.heads, self.f)
+        if self.bias is not None:
+            rst = rst + self.bias.view(1, self.heads, self.f)
+        rst = self.post(rst)
+        return rst.mean(1) if self.last else rst.flatten(1)
+
+
+def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule]:
+    """One rule per DGL layer, in order; ``UnsupportedModelError`` naming an unsupported layer."""
+    if not layers:
+        raise UnsupportedModelError("at least one layer is needed")
+    rules: list[LayerRule] = []
+    width = in_dim
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        if isinstance(layer, dglnn.SAGEConv):
+            rule: LayerRule = SageRule(layer)
+        elif isinstance(layer, dglnn.GraphConv):
+            rule = GraphConvRule(layer)
+        elif isinstance(layer, dglnn.GINConv):
+            rule = GinRule(layer, width)
+        elif isinstance(layer, dglnn.GATConv):
+            rule = GatRule(layer, last)
+        else:
+            raise UnsupportedModelError(
+                f"layer {i} is {type(layer).__module__}.{type(layer).__name__}, which has no exact incremental "
+                f"rule; supported: {'; '.join(SUPPORTED)}"
+            )
+        if rule.in_dim != width:
+            raise UnsupportedModelError(f"layer {i} ({rule.name}) expects {rule.in_dim} input features, but gets {width}")
+        rules.append(rule)
+        width = rule.out_dim
+    return rules
