@@ -1,0 +1,270 @@
+"""Read an owner's Kafka partitions and decode them into :class:`MutationBatch` es.
+
+An owner reads exactly its partitions (manual assignment: no consumer group, no rebalancing) from
+offsets it chooses, and keeps its position itself; it never asks the broker for end offsets.
+
+Each :meth:`MutationConsumer.poll` returns one :class:`PolledBatch` per partition that had records:
+all valid records of that poll concatenated in offset order, plus which offsets they cover.  Bad
+records go to the dead-letter topic (reason and source partition/offset in headers) and are left
+out; the offsets they occupied are still covered, so the position moves past them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from clustergnn.mutations import MutationBatch
+from clustergnn.partition import PartitionMap
+from streams.errors import StreamError
+from streams.topics import dead_letter_topic_for, ensure_topic
+from streams.wire import DecodedRecord, DecodeError, columns_to_batch, decode_record
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PARTITION_FETCH_BYTES = 32 << 20
+DEFAULT_FETCH_MAX_BYTES = 64 << 20
+
+# Dead-letter headers (values are UTF-8; numbers in ASCII decimal)
+H_REASON = "dlq.reason"
+H_DETAIL = "dlq.detail"
+H_TOPIC = "dlq.source.topic"
+H_PARTITION = "dlq.source.partition"
+H_OFFSET = "dlq.source.offset"
+H_TIMESTAMP = "dlq.source.timestamp_ms"
+
+
+@dataclass(frozen=True, eq=False)
+class PolledBatch:
+    """The valid mutations one poll read from one Kafka partition, in offset order.
+
+    ``[first_offset, next_offset)`` is the range of offsets this poll consumed (dead-lettered
+    records included); after applying ``batch`` the owner's position is ``next_offset``.  The
+    ``record_*`` arrays describe the valid records, one entry each, in order: mutation ``i`` of
+    ``batch`` came from the record at :meth:`mutation_offsets` ``[i]``.
+    """
+
+    partition: int
+    batch: MutationBatch
+    first_offset: int
+    next_offset: int
+    record_offsets: np.ndarray  # int64
+    record_timestamps_ms: np.ndarray  # int64, the Kafka record timestamps: a mutation's time
+    record_sizes: np.ndarray  # int64, mutations per record
+    dead_letters: int = 0
+
+    def mutation_offsets(self) -> np.ndarray:
+        """The Kafka offset of each mutation (its identity is ``(partition, offset)`` plus its row in the record)."""
+        return np.repeat(self.record_offsets, self.record_sizes)
+
+    def mutation_timestamps_ms(self) -> np.ndarray:
+        return np.repeat(self.record_timestamps_ms, self.record_sizes)
+
+    def __repr__(self) -> str:
+        return (
+            f"PolledBatch(partition={self.partition}, offsets=[{self.first_offset}, {self.next_offset}), "
+            f"records={len(self.record_offsets)}, dead_letters={self.dead_letters}, {self.batch!r})"
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One rejected record, as sent to the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    error: DecodeError
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (H_REASON, self.error.code.value.encode()),
+            (H_DETAIL, self.error.message.encode("utf-8", errors="replace")),
+            (H_TOPIC, self.topic.encode()),
+            (H_PARTITION, str(self.partition).encode()),
+            (H_OFFSET, str(self.offset).encode()),
+            (H_TIMESTAMP, str(self.timestamp_ms).encode()),
+        ]
+
+
+class MutationConsumer:
+    """Consume ``partitions`` of ``topic`` (manual assignment) and decode them into mutation batches.
+
+    ``start_offsets`` maps a partition to the offset to read first (e.g. a snapshot's offset);
+    partitions it does not name start at the earliest offset the broker still has.
+    ``feature_dim`` is the expected feature width; ``None`` pins it to the first width seen.
+    ``dead_letter_topic`` defaults to ``<topic>.dlq`` and is created if missing.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: Sequence[int],
+        partition_map: PartitionMap,
+        *,
+        start_offsets: Mapping[int, int] | None = None,
+        feature_dim: int | None = None,
+        dead_letter_topic: str | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partitions = sorted(set(int(p) for p in partitions))
+        if not self.partitions:
+            raise StreamError("a consumer needs at least one partition")
+        bad = [p for p in self.partitions if not 0 <= p < partition_map.num_partitions]
+        if bad:
+            raise StreamError(f"partitions {bad} are outside [0, {partition_map.num_partitions})")
+        self.partition_map = partition_map
+        self.feature_dim = feature_dim
+        self.dead_letter_topic = dead_letter_topic or dead_letter_topic_for(topic)
+        self.dead_letters_sent = 0
+        self._bootstrap = bootstrap
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": "clustergnn-consumer",
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": DEFAULT_MAX_PARTITION_FETCH_BYTES,
+            "fetch_max_bytes": DEFAULT_FETCH_MAX_BYTES,
+            "max_poll_records": 100_000,
+        }
+        config.update(kafka_config or {})
+        self._consumer = KafkaConsumer(**config)
+        known = self._consumer.partitions_for_topic(topic)
+        if not known:
+            self._consumer.close()
+            raise StreamError(f"topic {topic!r} does not exist; create it first (streams.topics.ensure_topics)")
+        if len(known) != partition_map.num_partitions:
+            self._consumer.close()
+            raise StreamError(
+                f"topic {topic!r} has {len(known)} partitions, but the partition map has "
+                f"{partition_map.num_partitions} owners; Kafka partitions and owners are 1:1"
+            )
+        self._tps = {p: TopicPartition(topic, p) for p in self.partitions}
+        self._consumer.assign(list(self._tps.values()))
+        self._position: dict[int, int | None] = {p: None for p in self.partitions}
+        start_offsets = dict(start_offsets or {})
+        unknown = sorted(set(start_offsets) - set(self.partitions))
+        if unknown:
+            raise StreamError(f"start_offsets names partitions {unknown} that this consumer does not read ({self.partitions})")
+        for p in self.partitions:
+            if p in start_offsets:
+                self.seek(p, start_offsets[p])
+        rest = [self._tps[p] for p in self.partitions if p not in start_offsets]
+        if rest:
+            self._consumer.seek_to_beginning(*rest)
+        self._dlq: KafkaProducer | None = None
+        self._dlq_partitions: int | None = None
+
+    # ------------------------------------------------------------------ positions
+    def seek(self, partition: int, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next (resume from a snapshot, or replay)."""
+        if partition not in self._tps:
+            raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
+        if offset < 0:
+            raise StreamError(f"offset must be >= 0, got {offset}")
+        self._consumer.seek(self._tps[partition], offset)
+        self._position[partition] = offset
+
+    def position(self, partition: int) -> int | None:
+        """The next offset to read from ``partition``: ``next_offset`` of the last poll, or the seek
+        offset; ``None`` before anything was read from a partition that started at the beginning."""
+        if partition not in self._position:
+            raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
+        return self._position[partition]
+
+    # ------------------------------------------------------------------ polling
+    def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[PolledBatch]:
+        """Fetch what is available (waiting up to ``timeout_ms``) and decode it; one entry per partition."""
+        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[PolledBatch] = []
+        dead: list[DeadLetter] = []
+        for tp in sorted(fetched, key=lambda t: t.partition):
+            records = fetched[tp]
+            if records:
+                out.append(self._decode_partition(tp.partition, records, dead))
+        if dead:
+            self._send_dead_letters(dead, fetched)
+        return out
+
+    def _decode_partition(self, partition: int, records: list[Any], dead: list[DeadLetter]) -> PolledBatch:
+        valid: list[DecodedRecord] = []
+        offsets: list[int] = []
+        stamps: list[int] = []
+        n_dead = 0
+        for rec in records:
+            decoded = decode_record(rec.value, rec.key, partition, self.partition_map, self.feature_dim)
+            if isinstance(decoded, DecodeError):
+                dead.append(DeadLetter(self.topic, partition, rec.offset, rec.timestamp, decoded))
+                n_dead += 1
+                continue
+            if self.feature_dim is None and decoded.feature_dim is not None:
+                self.feature_dim = decoded.feature_dim  # pinned: every later record must match
+                logger.info("feature width pinned to %s by %s[%s]@%s", self.feature_dim, self.topic, partition, rec.offset)
+            valid.append(decoded)
+            offsets.append(rec.offset)
+            stamps.append(rec.timestamp)
+        next_offset = int(records[-1].offset) + 1
+        self._position[partition] = next_offset
+        return PolledBatch(
+            partition=partition,
+            batch=columns_to_batch(valid, self.feature_dim),
+            first_offset=int(records[0].offset),
+            next_offset=next_offset,
+            record_offsets=np.asarray(offsets, dtype=np.int64),
+            record_timestamps_ms=np.asarray(stamps, dtype=np.int64),
+            record_sizes=np.asarray([len(v) for v in valid], dtype=np.int64),
+            dead_letters=n_dead,
+        )
+
+    # ------------------------------------------------------------------ dead letters
+    def _send_dead_letters(self, dead: list[DeadLetter], fetched: Mapping[TopicPartition, list[Any]]) -> None:
+        """Write dead letters and wait for them: a crash after this poll must not lose one."""
+        if self._dlq is None:
+            ensure_topic(
+                self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False
+            )
+            self._dlq = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id="clustergnn-dlq",
+                acks="all",
+                max_request_size=DEFAULT_MAX_PARTITION_FETCH_BYTES,
+            )
+            self._dlq_partitions = len(self._dlq.partitions_for(self.dead_letter_topic) or [0])
+        by_offset = {(tp.partition, r.offset): r for tp, recs in fetched.items() for r in recs}
+        futures = []
+        for d in dead:
+            rec = by_offset[(d.partition, d.offset)]
+            logger.warning("dead letter %s[%s]@%s: %s", d.topic, d.partition, d.offset, d.error)
+            futures.append(
+                self._dlq.send(
+                    self.dead_letter_topic,
+                    value=rec.value,
+                    key=rec.key,
+                    headers=d.headers(),
+                    partition=d.partition % (self._dlq_partitions or 1),
+                )
+            )
+        for f in futures:
+            f.get(timeout=30)
+        self.dead_letters_sent += len(dead)
+
+    def close(self) -> None:
+        self._consumer.close()
+        if self._dlq is not None:
+            self._dlq.close()
+            self._dlq = None
+
+    def __enter__(self) -> MutationConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

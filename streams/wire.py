@@ -1,0 +1,502 @@
+"""The Kafka wire format of graph mutations: encode and decode one Kafka record.
+
+The normative description, written for producers in other languages, is ``docs/wire-format.md``.  In
+short, a record's value is one of
+
+* **Arrow**: an Arrow IPC *stream* (it starts with the continuation marker ``FF FF FF FF``) whose
+  schema carries the metadata ``clustergnn.schema_version = "1"`` and exactly the columns
+  ``kind: int8``, ``src: int64``, ``dst: int64``, ``features: fixed_size_list<float32>[F]``
+  (null on rows without features) -- a whole batch of mutations per record;
+* **JSON**: one UTF-8 JSON object (``{"v": 1, "op": "add_edge", "src": 1, "dst": 2}``) -- one
+  mutation per record, for hand-written producers and ``kcat``.
+
+Every mutation routes to the owner of its *routing vertex*: the destination of an edge mutation, the
+vertex itself otherwise.  A record must sit in the Kafka partition ``owner(routing vertex)``; a JSON
+record's key is the routing vertex in ASCII decimal.
+
+Decoding never raises on bad input: :func:`decode_record` returns a :class:`DecodedRecord` or a
+:class:`DecodeError` (the reason, quoting the bad value), which the consumer dead-letters.
+Decoding Arrow is vectorised: Arrow buffers are viewed as numpy arrays, no per-row Python code.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from clustergnn.mutations import KIND_NAMES, MutationBatch, MutationKind, edge_kinds_mask, feature_kinds_mask
+from clustergnn.partition import PartitionMap
+
+SCHEMA_VERSION = 1
+"""The one schema version this code reads and writes (Arrow metadata and JSON ``"v"``)."""
+
+SCHEMA_VERSION_KEY = "clustergnn.schema_version"
+"""Arrow schema metadata key holding the schema version as ASCII decimal."""
+
+ARROW_COLUMNS: dict[str, pa.DataType] = {"kind": pa.int8(), "src": pa.int64(), "dst": pa.int64()}
+FEATURES_COLUMN = "features"
+
+JSON_EDGE_FIELDS = frozenset({"v", "op", "src", "dst"})
+JSON_VERTEX_FIELDS = frozenset({"v", "op", "id"})
+JSON_FEATURE_FIELDS = frozenset({"v", "op", "id", "features"})
+
+_ARROW_MAGIC = b"\xff\xff\xff\xff"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+Format = Literal["arrow", "json"]
+Compression = Literal["none", "lz4", "zstd"]
+
+
+class DecodeErrorCode(str, enum.Enum):
+    """Why a record was rejected.  The value is the ``dlq.reason`` header of its dead letter."""
+
+    NOT_ARROW_OR_JSON = "not_arrow_or_json"
+    BAD_ARROW = "bad_arrow"
+    BAD_JSON = "bad_json"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    MISSING_FIELD = "missing_field"
+    EXTRA_FIELD = "extra_field"
+    BAD_TYPE = "bad_type"
+    BAD_VALUE = "bad_value"
+    UNKNOWN_KIND = "unknown_kind"
+    FEATURE_WIDTH = "feature_width"
+    NON_FINITE = "non_finite"
+    BAD_KEY = "bad_key"
+    KEY_MISMATCH = "key_mismatch"
+    PARTITION_MISMATCH = "partition_mismatch"
+
+
+@dataclass(frozen=True)
+class DecodeError:
+    """A rejected record: a machine-readable ``code`` and a message quoting the bad value."""
+
+    code: DecodeErrorCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedRecord:
+    """The mutations of one valid record, as numpy columns (cheap to concatenate across records).
+
+    ``features`` is ``(n_with_features, F)`` float32, one row per ADD_VERTEX / UPDATE_FEATURES
+    mutation in record order; ``F`` is ``None`` when the record has no such mutation.
+    """
+
+    kind: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    features: np.ndarray
+    feature_dim: int | None
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def to_batch(self, feature_dim: int | None = None) -> MutationBatch:
+        return columns_to_batch([self], feature_dim)
+
+
+def columns_to_batch(records: list[DecodedRecord], feature_dim: int | None = None) -> MutationBatch:
+    """One :class:`MutationBatch` holding ``records`` in order (all valid; widths already agreed)."""
+    widths = {r.feature_dim for r in records if r.feature_dim is not None}
+    if len(widths) > 1:  # the consumer pins one width per stream, so this is a programming error
+        raise ValueError(f"records disagree on feature width: {sorted(widths)}")
+    width = widths.pop() if widths else (feature_dim or 0)
+    if not records:
+        return MutationBatch.empty(width)
+    if len(records) == 1:
+        r = records[0]
+        kind, src, dst = r.kind, r.src, r.dst
+        feats = [r.features] if r.feature_dim is not None else []
+    else:
+        kind = np.concatenate([r.kind for r in records])
+        src = np.concatenate([r.src for r in records])
+        dst = np.concatenate([r.dst for r in records])
+        feats = [r.features for r in records if r.feature_dim is not None and len(r.features)]
+    if feats:
+        f = feats[0] if len(feats) == 1 else np.concatenate(feats)
+        features = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
+    else:
+        features = torch.zeros(0, width)
+    # MutationBatch re-checks kinds and feature-row counts: cheap, vectorised, and a last line of defence
+    return MutationBatch(kind, src, dst, features)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def routing_ids(kind: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The routing vertex of each mutation: ``dst`` for edge mutations, ``src`` (the vertex) otherwise."""
+    return np.where(edge_kinds_mask(kind), dst, src)
+
+
+def batch_routing_ids(batch: MutationBatch) -> np.ndarray:
+    return routing_ids(batch.kind, batch.src, batch.dst)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _arrow_schema(width: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("kind", pa.int8(), nullable=False),
+            pa.field("src", pa.int64(), nullable=False),
+            pa.field("dst", pa.int64(), nullable=False),
+            pa.field(FEATURES_COLUMN, pa.list_(pa.float32(), width), nullable=True),
+        ],
+        metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)},
+    )
+
+
+def encode_arrow_columns(
+    kind: np.ndarray, src: np.ndarray, dst: np.ndarray, features: np.ndarray, compression: Compression = "none"
+) -> bytes:
+    """Encode columns (``features``: rows of the feature-bearing mutations only) as one Arrow record.
+
+    A record without feature-bearing mutations is written with ``F = 1`` (all null): Arrow has no
+    zero-width fixed-size lists, and the width of an all-null column means nothing.
+    """
+    n = len(kind)
+    has = feature_kinds_mask(kind)
+    n_feat = int(has.sum())
+    if n_feat:
+        width = int(features.shape[1])
+        if width < 1:
+            raise ValueError(f"feature-bearing mutations need a feature width >= 1, got {width}")
+        if n_feat == n:
+            dense = np.ascontiguousarray(features, dtype=np.float32)
+        else:
+            dense = np.zeros((n, width), dtype=np.float32)
+            dense[has] = features
+        values = pa.array(dense.reshape(-1), type=pa.float32())
+        feats = pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array(~has) if n_feat < n else None)
+    else:
+        width = 1
+        feats = pa.nulls(n, type=pa.list_(pa.float32(), 1))
+    schema = _arrow_schema(width)
+    rb = pa.RecordBatch.from_arrays(
+        [pa.array(kind, type=pa.int8()), pa.array(src, type=pa.int64()), pa.array(dst, type=pa.int64()), feats],
+        schema=schema,
+    )
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+        writer.write_batch(rb)
+    return sink.getvalue().to_pybytes()
+
+
+def encode_arrow(batch: MutationBatch, compression: Compression = "none") -> bytes:
+    """Encode a whole batch as one Arrow record value (the caller routes it; see :func:`split_by_owner`)."""
+    return encode_arrow_columns(batch.kind, batch.src, batch.dst, batch.features.numpy(), compression)
+
+
+def encode_json_columns(
+    kind: np.ndarray, src: np.ndarray, dst: np.ndarray, features: np.ndarray
+) -> list[tuple[bytes, bytes]]:
+    """One ``(key, value)`` JSON record per mutation; the key is the routing vertex in ASCII decimal."""
+    names = [k.name.lower() for k in MutationKind]
+    is_edge = edge_kinds_mask(kind).tolist()
+    has = feature_kinds_mask(kind).tolist()
+    feats = features.tolist() if len(features) else []
+    out: list[tuple[bytes, bytes]] = []
+    fi = 0
+    for k, s, d, e, h in zip(kind.tolist(), src.tolist(), dst.tolist(), is_edge, has):  # JSON is per-row by nature
+        if e:
+            obj: dict[str, Any] = {"v": SCHEMA_VERSION, "op": names[k], "src": s, "dst": d}
+            route = d
+        else:
+            obj = {"v": SCHEMA_VERSION, "op": names[k], "id": s}
+            route = s
+            if h:
+                obj["features"] = feats[fi]
+                fi += 1
+        out.append((str(route).encode(), json.dumps(obj, separators=(",", ":")).encode()))
+    return out
+
+
+def encode_json(batch: MutationBatch) -> list[tuple[bytes, bytes]]:
+    return encode_json_columns(batch.kind, batch.src, batch.dst, batch.features.numpy())
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def sniff_format(value: bytes | None) -> Format | None:
+    """``"arrow"`` for an Arrow IPC stream, ``"json"`` for a JSON object, else ``None``."""
+    if not value:
+        return None
+    if value[:4] == _ARROW_MAGIC:
+        return "arrow"
+    if value.lstrip(b" \t\r\n")[:1] == b"{":
+        return "json"
+    return None
+
+
+def _preview(value: bytes | None, limit: int = 40) -> str:
+    if value is None:
+        return "None"
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
+    """Decode an Arrow record value (format, schema, kinds, feature placement and finiteness)."""
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(value))
+        schema = reader.schema
+        table = reader.read_all()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return DecodeError(DecodeErrorCode.BAD_ARROW, f"not a readable Arrow IPC stream ({exc}); starts {_preview(value)}")
+    meta = schema.metadata or {}
+    version = meta.get(SCHEMA_VERSION_KEY.encode())
+    if version is None:
+        return DecodeError(
+            DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
+            f"schema metadata lacks {SCHEMA_VERSION_KEY!r}; has {sorted(k.decode(errors='replace') for k in meta)}",
+        )
+    if version != str(SCHEMA_VERSION).encode():
+        return DecodeError(
+            DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
+            f"schema version {version.decode(errors='replace')!r} is not supported; allowed: [{SCHEMA_VERSION}]",
+        )
+    names = schema.names
+    expected = [*ARROW_COLUMNS, FEATURES_COLUMN]
+    missing = [c for c in expected if c not in names]
+    if missing:
+        return DecodeError(DecodeErrorCode.MISSING_FIELD, f"columns {missing} are missing; got {names}")
+    extra = [c for c in names if c not in expected]
+    if extra or len(names) != len(expected):
+        return DecodeError(DecodeErrorCode.EXTRA_FIELD, f"unexpected columns {extra or names}; allowed: {expected}")
+    for name, typ in ARROW_COLUMNS.items():
+        got = schema.field(name).type
+        if got != typ:
+            return DecodeError(DecodeErrorCode.BAD_TYPE, f"column {name!r} must be {typ}, got {got}")
+    ftype = schema.field(FEATURES_COLUMN).type
+    if not pa.types.is_fixed_size_list(ftype) or ftype.value_type != pa.float32():
+        return DecodeError(DecodeErrorCode.BAD_TYPE, f"column 'features' must be fixed_size_list<float32>[F], got {ftype}")
+
+    cols = {}
+    for name in (*ARROW_COLUMNS, FEATURES_COLUMN):
+        col = table.column(name)
+        cols[name] = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        if name != FEATURES_COLUMN and cols[name].null_count:
+            return DecodeError(DecodeErrorCode.BAD_VALUE, f"column {name!r} holds {cols[name].null_count} nulls")
+    n = table.num_rows
+    if n == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return DecodedRecord(np.zeros(0, dtype=np.int8), e, e.copy(), np.zeros((0, 0), np.float32), None)
+    kind = cols["kind"].to_numpy(zero_copy_only=True)
+    src = cols["src"].to_numpy(zero_copy_only=True)
+    dst = cols["dst"].to_numpy(zero_copy_only=True)
+    bad_kind = (kind < 0) | (kind >= len(MutationKind))
+    if bad_kind.any():
+        i = int(np.flatnonzero(bad_kind)[0])
+        return DecodeError(
+            DecodeErrorCode.UNKNOWN_KIND, f"row {i} has kind {int(kind[i])}; allowed: {[int(k) for k in MutationKind]}"
+        )
+    is_edge = edge_kinds_mask(kind)
+    if not is_edge.all():
+        bad_dst = ~is_edge & (dst != -1)
+        if bad_dst.any():
+            i = int(np.flatnonzero(bad_dst)[0])
+            return DecodeError(
+                DecodeErrorCode.BAD_VALUE, f"row {i} ({MutationKind(int(kind[i])).name}) has dst {int(dst[i])}; must be -1"
+            )
+    has = feature_kinds_mask(kind)
+    fcol = cols[FEATURES_COLUMN]
+    n_feat = int(has.sum())
+    if fcol.null_count == n and n_feat == 0:  # the common edge-only record: nothing more to look at
+        return DecodedRecord(kind, src, dst, np.zeros((0, 0), np.float32), None)
+    valid = fcol.is_valid().to_numpy(zero_copy_only=False)
+    if not np.array_equal(valid, has):
+        i = int(np.flatnonzero(valid != has)[0])
+        what = "lacks" if has[i] else "must not carry"
+        code = DecodeErrorCode.MISSING_FIELD if has[i] else DecodeErrorCode.EXTRA_FIELD
+        return DecodeError(code, f"row {i} ({MutationKind(int(kind[i])).name}) {what} features")
+    width = ftype.list_size
+    flat = fcol.values.slice(fcol.offset * width, n * width).to_numpy(zero_copy_only=True)
+    dense = flat.reshape(n, width)
+    feats = dense if n_feat == n else dense[has]
+    finite = np.isfinite(feats)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        return DecodeError(
+            DecodeErrorCode.NON_FINITE,
+            f"feature row {row} holds a non-finite value {float(feats[row][~finite[row]][0])!r}",
+        )
+    return DecodedRecord(kind, src, dst, feats, width)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not allowed")
+
+
+def decode_json(value: bytes) -> DecodedRecord | DecodeError:
+    """Decode a JSON record value: exactly one mutation object (see ``docs/wire-format.md``)."""
+    try:
+        obj = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return DecodeError(DecodeErrorCode.BAD_JSON, f"invalid JSON ({exc}); starts {_preview(value)}")
+    if not isinstance(obj, dict):
+        return DecodeError(DecodeErrorCode.BAD_JSON, f"a record must be one JSON object, got {type(obj).__name__}")
+    if "v" not in obj:
+        return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'v' (schema version) is missing; got {sorted(obj)}")
+    if obj["v"] != SCHEMA_VERSION or not _is_int(obj["v"]):
+        return DecodeError(
+            DecodeErrorCode.UNKNOWN_SCHEMA_VERSION, f"schema version {obj['v']!r} is not supported; allowed: [{SCHEMA_VERSION}]"
+        )
+    if "op" not in obj:
+        return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'op' is missing; got {sorted(obj)}")
+    op = obj["op"]
+    kind = KIND_NAMES.get(op) if isinstance(op, str) else None
+    if kind is None:
+        return DecodeError(DecodeErrorCode.UNKNOWN_KIND, f"op {op!r} is unknown; allowed: {sorted(KIND_NAMES)}")
+    fields = JSON_EDGE_FIELDS if kind.is_edge else JSON_FEATURE_FIELDS if kind.has_features else JSON_VERTEX_FIELDS
+    keys = set(obj)
+    if missing := sorted(fields - keys):
+        return DecodeError(DecodeErrorCode.MISSING_FIELD, f"{op} lacks fields {missing}; needs {sorted(fields)}")
+    if extra := sorted(keys - fields):
+        return DecodeError(DecodeErrorCode.EXTRA_FIELD, f"{op} has unexpected fields {extra}; allowed: {sorted(fields)}")
+    ids = ("src", "dst") if kind.is_edge else ("id",)
+    for name in ids:
+        x = obj[name]
+        if not _is_int(x):
+            return DecodeError(DecodeErrorCode.BAD_TYPE, f"field {name!r} must be an integer vertex id, got {x!r}")
+        if not _INT64_MIN <= x <= _INT64_MAX:
+            return DecodeError(DecodeErrorCode.BAD_VALUE, f"field {name!r} = {x} does not fit in int64")
+    if kind.is_edge:
+        src, dst = obj["src"], obj["dst"]
+    else:
+        src, dst = obj["id"], -1
+    feats = np.zeros((0, 0), dtype=np.float32)
+    width: int | None = None
+    if kind.has_features:
+        raw = obj["features"]
+        if not isinstance(raw, list) or not raw:
+            return DecodeError(DecodeErrorCode.BAD_TYPE, f"field 'features' must be a non-empty list of numbers, got {raw!r}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+            bad = next(x for x in raw if not isinstance(x, (int, float)) or isinstance(x, bool))
+            return DecodeError(DecodeErrorCode.BAD_TYPE, f"field 'features' must hold numbers, got {bad!r}")
+        try:
+            with np.errstate(over="ignore"):
+                feats = np.asarray(raw, dtype=np.float32).reshape(1, -1)
+        except OverflowError:
+            return DecodeError(DecodeErrorCode.NON_FINITE, "field 'features' holds an integer too large for float32")
+        if not np.isfinite(feats).all():
+            i = int(np.flatnonzero(~np.isfinite(feats[0]))[0])
+            shown = raw[i] if not math.isfinite(float(raw[i])) else f"{raw[i]!r} (overflows float32)"
+            return DecodeError(DecodeErrorCode.NON_FINITE, f"features[{i}] is non-finite: {shown}")
+        width = feats.shape[1]
+    return DecodedRecord(
+        np.array([int(kind)], dtype=np.int8),
+        np.array([src], dtype=np.int64),
+        np.array([dst], dtype=np.int64),
+        feats,
+        width,
+    )
+
+
+def parse_key(key: bytes | None) -> int | DecodeError:
+    """A JSON record's key: the routing vertex id in ASCII decimal (optional leading ``-``)."""
+    if key is None:
+        return DecodeError(DecodeErrorCode.BAD_KEY, "a JSON record needs a key (its routing vertex id), got none")
+    try:
+        text = key.decode("ascii")
+    except UnicodeDecodeError:
+        return DecodeError(DecodeErrorCode.BAD_KEY, f"key {_preview(key)} is not ASCII decimal")
+    body = text[1:] if text.startswith("-") else text
+    if not body.isdigit() or not body.isascii():
+        return DecodeError(DecodeErrorCode.BAD_KEY, f"key {text!r} is not an ASCII decimal vertex id")
+    v = int(text)
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        return DecodeError(DecodeErrorCode.BAD_KEY, f"key {text!r} does not fit in int64")
+    return v
+
+
+def decode_record(
+    value: bytes | None,
+    key: bytes | None,
+    partition: int,
+    partition_map: PartitionMap,
+    feature_dim: int | None = None,
+) -> DecodedRecord | DecodeError:
+    """Decode and validate one Kafka record read from ``partition``.
+
+    Beyond the format checks of :func:`decode_arrow` / :func:`decode_json`: feature rows must be
+    ``feature_dim`` wide (when given), every mutation must route to ``partition``, and a JSON
+    record's key must name the mutation's routing vertex.  A rejected record changes nothing.
+    """
+    fmt = sniff_format(value)
+    if fmt is None or value is None:
+        return DecodeError(DecodeErrorCode.NOT_ARROW_OR_JSON, f"value is neither an Arrow IPC stream nor a JSON object; starts {_preview(value)}")
+    key_id: int | None = None
+    if fmt == "json":
+        parsed_key = parse_key(key)
+        if isinstance(parsed_key, DecodeError):
+            return parsed_key
+        key_id = parsed_key
+        decoded = decode_json(value)
+    else:
+        decoded = decode_arrow(value)
+    if isinstance(decoded, DecodeError):
+        return decoded
+    if feature_dim is not None and decoded.feature_dim is not None and decoded.feature_dim != feature_dim:
+        return DecodeError(DecodeErrorCode.FEATURE_WIDTH, f"features are {decoded.feature_dim} wide; expected {feature_dim}")
+    if len(decoded) == 0:
+        return decoded
+    route = routing_ids(decoded.kind, decoded.src, decoded.dst)
+    if key_id is not None:
+        if int(partition_map.owner(np.array([key_id], dtype=np.int64))[0]) != partition:
+            return DecodeError(
+                DecodeErrorCode.PARTITION_MISMATCH,
+                f"key {key_id} is owned by partition {int(partition_map.owner(np.array([key_id]))[0])}, "
+                f"but the record is in partition {partition}",
+            )
+        if int(route[0]) != key_id:
+            return DecodeError(DecodeErrorCode.KEY_MISMATCH, f"key {key_id} is not the routing vertex {int(route[0])} of the mutation")
+    else:
+        owners = partition_map.owner(route)
+        wrong = owners != partition
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            return DecodeError(
+                DecodeErrorCode.PARTITION_MISMATCH,
+                f"{int(wrong.sum())} of {len(route)} mutations do not route to partition {partition}; "
+                f"first: row {i}, routing vertex {int(route[i])} is owned by partition {int(owners[i])}",
+            )
+    return decoded
+
+
+def split_by_owner(batch: MutationBatch, partition_map: PartitionMap) -> dict[int, MutationBatch]:
+    """The mutations of ``batch`` per owning partition, each keeping batch order."""
+    n = len(batch)
+    if n == 0:
+        return {}
+    owners = partition_map.owner(batch_routing_ids(batch))
+    if (owners == owners[0]).all():
+        return {int(owners[0]): batch}
+    order = np.argsort(owners, kind="stable")
+    sorted_owners = owners[order]
+    cuts = np.flatnonzero(sorted_owners[1:] != sorted_owners[:-1]) + 1
+    frow = batch.feature_row_index()
+    feats = batch.features
+    out: dict[int, MutationBatch] = {}
+    for idx in np.split(order, cuts):
+        fr = frow[idx]
+        fr = fr[fr >= 0]
+        f = feats[torch.from_numpy(fr)] if len(fr) else torch.zeros(0, batch.feature_dim)
+        out[int(owners[idx[0]])] = MutationBatch(batch.kind[idx], batch.src[idx], batch.dst[idx], f)
+    return out
