@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streams import cli as streams_cli
 
     streams_cli.add_commands(sub)
+    from actors.gateway import cli as gateway_cli
+
+    gateway_cli.add_commands(sub)
     return parser
 
 

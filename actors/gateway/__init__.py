@@ -1,0 +1,6 @@
+"""The gRPC edge of clustergnn: ``clustergnn.v1`` services over any ``EmbeddingBackend``.
+
+``server`` (GatewayServer, GatewayConfig), ``client`` (GatewayClient), ``auth``, ``metrics``,
+``health``, ``cli``; the wire schema is ``proto/clustergnn/v1/clustergnn.proto`` and its generated
+code lives in ``_gen`` (regenerate with ``scripts/gen_proto.py``).  See docs/gateway.md.
+"""

@@ -1,0 +1,126 @@
+"""``clustergnn query`` and ``clustergnn status``: talk to a running gateway.
+
+Connection options (both commands): ``--target`` (default ``$CLUSTERGNN_GATEWAY`` or
+127.0.0.1:50051), ``--token``/``--token-file`` (default ``$CLUSTERGNN_TOKEN``), ``--root-cert`` (CA
+PEM; turns TLS on) or ``--tls`` (system roots).  Without either TLS option the connection is
+plaintext, which the client only allows with a token towards a loopback target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from actors.gateway.client import GatewayClient
+from actors.gateway.config import client_defaults, parse_tokens
+from clustergnn.errors import ClusterGNNError
+from clustergnn.serving import ClusterStatus, ReadResult
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    target, _ = client_defaults()
+    p.add_argument("--target", default=target or DEFAULT_TARGET, help="gateway host:port (default: %(default)s)")
+    p.add_argument("--token", default=None, help="bearer token (default: $CLUSTERGNN_TOKEN)")
+    p.add_argument("--token-file", type=Path, default=None, help="file whose first token is used")
+    p.add_argument("--root-cert", type=Path, default=None, help="CA certificate (PEM) of the gateway; enables TLS")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="call deadline in seconds (default: %(default)s)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("query", help="print embeddings of vertices, with their freshness")
+    q.add_argument("ids", nargs="+", type=int, metavar="ID", help="vertex ids")
+    q.add_argument("--layer", type=int, default=None, help="layer (default: the last)")
+    q.add_argument("--max-staleness-ms", type=float, default=None, help="freshness bound in ms (default: none)")
+    q.add_argument("--values", type=int, default=4, help="embedding values shown per vertex (default: %(default)s)")
+    _connection_args(q)
+    q.set_defaults(func=cmd_query)
+    s = sub.add_parser("status", help="print partitions, watermarks, lag and rates")
+    _connection_args(s)
+    s.set_defaults(func=cmd_status)
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    token = args.token
+    if token is None and args.token_file is not None:
+        tokens = parse_tokens(args.token_file.read_text())
+        token = tokens[0] if tokens else None
+    if token is None:
+        token = client_defaults()[1]
+    return GatewayClient(args.target, token=token, root_cert=args.root_cert, tls=args.tls or None)
+
+
+def abbreviate(row: np.ndarray, shown: int) -> str:
+    """``[0.1234, -0.5, ..., 0.9]`` with at most ``shown`` values (half from each end)."""
+    vals = [f"{v:.4f}" for v in row.tolist()]
+    if len(vals) > shown:
+        head = max(1, math.ceil(shown / 2))
+        vals = [*vals[:head], "...", *vals[len(vals) - (shown - head) :]] if shown > head else [*vals[:head], "..."]
+    return "[" + ", ".join(vals) + "]"
+
+
+def format_read(ids: list[int], res: ReadResult, shown: int = 4) -> str:
+    wm = ", ".join(f"{p}:{o}" for p, o in sorted(res.watermark.items()))
+    lines = [f"layer {res.layer}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"]
+    width = max(len(str(v)) for v in ids)
+    for v, ver, row in zip(ids, res.versions.tolist(), res.embeddings):
+        lines.append(f"  {v:>{width}}  v{ver:<4} {abbreviate(row, shown)}")
+    return "\n".join(lines)
+
+
+def format_status(st: ClusterStatus) -> str:
+    wm = ", ".join(f"{p}:{o}" for p, o in sorted(st.watermark.items()))
+    lines = [
+        f"{'healthy' if st.healthy else 'UNHEALTHY'}  layers {st.num_layers} dims {st.embedding_dims}  watermark {{{wm}}}",
+        f"  {'part':>4} {'alive':>5} {'vertices':>9} {'lag':>8} {'applied':>10} {'mut/s':>9}  watermark",
+    ]
+    for p in st.partitions:
+        pwm = ", ".join(f"{k}:{o}" for k, o in sorted(p.watermark.items()))
+        lines.append(
+            f"  {p.partition:>4} {'yes' if p.alive else 'NO':>5} {p.num_vertices:>9} {p.lag:>8} "
+            f"{p.applied_mutations:>10} {p.mutations_per_s:>9.1f}  {{{pwm}}}"
+        )
+    for k, v in sorted(st.extra.items()):
+        lines.append(f"  {k}: {v:g}")
+    return "\n".join(lines)
+
+
+def _fail(e: Exception, out: TextIO) -> int:
+    code = getattr(e, "code", None)
+    name = code().name if callable(code) else type(e).__name__
+    details = e.details() if callable(getattr(e, "details", None)) else str(e)
+    print(f"error: {name}: {details}", file=out)
+    return 1
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import grpc
+
+    try:
+        with _client(args) as c:
+            res = c.get_embeddings(
+                args.ids, layer=args.layer, max_staleness_ms=args.max_staleness_ms, timeout_s=args.timeout_s
+            )
+    except (ClusterGNNError, grpc.RpcError, ValueError, OSError) as e:
+        return _fail(e, sys.stderr)
+    print(format_read(args.ids, res, args.values))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    try:
+        with _client(args) as c:
+            st = c.status(timeout_s=args.timeout_s)
+    except (ClusterGNNError, grpc.RpcError, ValueError, OSError) as e:
+        return _fail(e, sys.stderr)
+    print(format_status(st))
+    return 0

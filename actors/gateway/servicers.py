@@ -1,0 +1,237 @@
+"""The ``clustergnn.v1`` servicers over any :class:`~clustergnn.serving.EmbeddingBackend`.
+
+They validate requests (naming the bad value and the allowed range), call the backend, map its
+errors to gRPC status codes, and record metrics.  Every error carries trailing metadata
+``clustergnn-error: <exception class>`` so the Python client can re-raise the same exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from actors.gateway import convert
+from actors.gateway._gen import clustergnn_pb2 as pb
+from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
+from actors.gateway.config import GatewayConfig
+from actors.gateway.metrics import GatewayMetrics
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.serving import (
+    ClusterStatus,
+    EmbeddingBackend,
+    InvalidReadError,
+    PartitionUnavailableError,
+    StalenessDeadlineError,
+)
+
+logger = logging.getLogger(__name__)
+
+ERROR_METADATA_KEY = "clustergnn-error"
+# The server answers a read a little before the client's deadline so the client gets the server's
+# DEADLINE_EXCEEDED message (what was not met) rather than a bare local timeout.
+DEADLINE_MARGIN_S = 0.005
+
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (UnknownVertexError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidReadError, grpc.StatusCode.INVALID_ARGUMENT),
+    (MutationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StalenessDeadlineError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (PartitionUnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+class _Refused(Exception):
+    """A refusal that is not one of the contract's errors (e.g. too many watches)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _classify(e: BaseException) -> grpc.StatusCode:
+    if isinstance(e, _Refused):
+        return e.code
+    for cls, code in _CODES:
+        if isinstance(e, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, e: BaseException, method: str) -> grpc.StatusCode:
+    code = _classify(e)
+    if code is grpc.StatusCode.INTERNAL:
+        logger.exception("%s failed", method)
+        message = f"internal error in {method}: {type(e).__name__}: {e}"
+    else:
+        message = str(e)
+    context.set_trailing_metadata(((ERROR_METADATA_KEY, type(e).__name__),))
+    context.abort(code, message)
+    return code  # unreachable: abort raises
+
+
+R = TypeVar("R")
+
+
+class _Base:
+    def __init__(self, backend: EmbeddingBackend, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+        self._backend = backend
+        self._config = config
+        self._metrics = metrics
+
+    def _unary(self, method: str, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return fn()
+        except Exception as e:
+            code = _classify(e)
+            _abort(context, e, method)
+            raise  # unreachable
+        finally:
+            self._metrics.observe(method, code, time.perf_counter() - t0)
+
+
+class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        latest_status: Callable[[], ClusterStatus | None] = lambda: None,
+    ) -> None:
+        super().__init__(backend, config, metrics)
+        self._latest_status = latest_status
+        self._watch_slots = threading.BoundedSemaphore(config.max_watches)
+
+    # ------------------------------------------------------------------ validation
+    def _ids(self, values: Any) -> np.ndarray:
+        n = len(values)
+        limit = self._config.max_ids_per_request
+        if n == 0:
+            raise InvalidReadError(f"vertex_ids is empty; give 1..{limit} ids")
+        if n > limit:
+            raise InvalidReadError(f"vertex_ids has {n} ids; at most {limit} allowed per request")
+        return np.fromiter(values, dtype=np.int64, count=n)
+
+    def _layer(self, request: Any) -> int:
+        layer = request.layer if request.HasField("layer") else -1
+        st = self._latest_status()
+        if st is not None and st.num_layers > 0 and not -st.num_layers <= layer < st.num_layers:
+            raise InvalidReadError(f"layer must be in [{-st.num_layers}, {st.num_layers - 1}], got {layer}")
+        return layer
+
+    @staticmethod
+    def _format(fmt: int) -> int:
+        try:
+            return convert.resolve_format(fmt)
+        except ValueError as e:
+            raise InvalidReadError(str(e)) from None
+
+    def _timeout_s(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        timeout = self._config.default_deadline_s
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining - DEADLINE_MARGIN_S))
+        return timeout
+
+    # ------------------------------------------------------------------ RPCs
+    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+        return self._unary("GetEmbeddings", context, lambda: self._get(request, context))
+
+    def _get(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+        ids = self._ids(request.vertex_ids)
+        layer = self._layer(request)
+        bound: float | None = None
+        if request.HasField("max_staleness_ms"):
+            bound = request.max_staleness_ms
+            if not (math.isfinite(bound) and bound >= 0):
+                raise InvalidReadError(f"max_staleness_ms must be a finite number >= 0, got {bound}")
+        min_offsets: dict[int, int] | None = None
+        if request.HasField("min_offsets"):
+            min_offsets = dict(request.min_offsets.offsets)
+            for p, off in sorted(min_offsets.items()):
+                if p < 0 or off < 0:
+                    raise InvalidReadError(f"min_offsets must map partitions >= 0 to offsets >= 0, got {{{p}: {off}}}")
+        fmt = self._format(request.format)
+        self._metrics.ids_per_request.observe(len(ids))
+        res = self._backend.read(
+            ids, layer=layer, max_staleness_ms=bound, min_offsets=min_offsets, timeout_s=self._timeout_s(context)
+        )
+        self._metrics.served_staleness_ms.observe(res.staleness_ms)
+        return convert.read_result_to_response(res, ids, fmt, int(time.time() * 1000))
+
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        acquired = False
+        try:
+            ids = self._ids(request.vertex_ids)
+            layer = self._layer(request)
+            fmt = self._format(request.format)
+            if not self._watch_slots.acquire(blocking=False):
+                raise _Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many Watch streams: at most {self._config.max_watches} at once on this gateway",
+                )
+            acquired = True
+            self._metrics.active_watches.inc()
+            yield from self._watch(ids, layer, fmt, request.min_interval_ms / 1000.0, context)
+        except Exception as e:
+            code = _classify(e)
+            _abort(context, e, "Watch")
+        finally:
+            if acquired:
+                self._watch_slots.release()
+                self._metrics.active_watches.dec()
+            self._metrics.observe("Watch", code, time.perf_counter() - t0)
+
+    def _watch(
+        self, ids: np.ndarray, layer: int, fmt: int, min_interval_s: float, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchResponse]:
+        stop = threading.Event()
+        context.add_callback(stop.set)  # runs when the client cancels or the call ends
+        interval_s = max(self._config.watch_poll_interval_s, min_interval_s)
+        last: np.ndarray | None = None
+        while context.is_active() and not stop.is_set():
+            res = self._backend.read(ids, layer=layer, timeout_s=self._config.default_deadline_s)
+            versions = np.asarray(res.versions, dtype=np.int64)
+            changed = np.ones(len(ids), dtype=bool) if last is None else versions != last
+            if changed.any():
+                sel_ids, sel_versions = ids[changed], versions[changed]
+                yield pb.WatchResponse(
+                    initial=last is None,
+                    vertex_ids=sel_ids.tolist(),
+                    versions=sel_versions.tolist(),
+                    embeddings=convert.encode_matrix(np.asarray(res.embeddings)[changed], sel_ids, sel_versions, fmt),
+                    staleness_ms=float(res.staleness_ms),
+                    watermark={int(k): int(v) for k, v in res.watermark.items()},
+                    layer=int(res.layer),
+                    answered_at_unix_ms=int(time.time() * 1000),
+                )
+            last = versions
+            stop.wait(interval_s)
+
+
+class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
+    def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
+        return self._unary("Apply", context, lambda: self._apply(request))
+
+    def _apply(self, request: pb.ApplyRequest) -> pb.ApplyResponse:
+        batch = convert.request_to_batch(request, self._config.max_mutations_per_request)
+        if len(batch) == 0:
+            raise MutationError("request holds 0 mutations; give at least 1")
+        offsets = self._backend.apply(batch)
+        self._metrics.mutations_written.inc(len(batch))
+        return pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))
+
+
+class AdminServicer(_Base, pb_grpc.AdminServiceServicer):
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        return self._unary("Status", context, lambda: convert.status_to_proto(self._backend.status()))

@@ -1,0 +1,229 @@
+"""An in-memory :class:`~clustergnn.serving.EmbeddingBackend` for gateway tests (no Ray, no Kafka).
+
+It keeps the shape of the real thing so the gateway's freshness semantics can be tested end to end:
+
+* a *fake log*: ``apply`` appends one record per mutation to Kafka partition ``src % P`` and returns
+  partition -> offset of its last record, as the real backend does;
+* a *watermark* per Kafka partition that advances when records are applied: immediately
+  (``apply_delay_s=0``), after a delay (``apply_delay_s > 0``), or only on ``advance()``
+  (``apply_delay_s=None``, for lag and deadline tests);
+* per-vertex versions, bumped by every applied mutation that touches the vertex, and embeddings that
+  are a deterministic function of (vertex, layer, version) (:meth:`expected`);
+* owners that can be marked down (``set_alive``) and a ``status()`` that can be made to fail.
+
+Advancing is lazy (done inside ``read``/``status``), so the fake needs no thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.serving import (
+    ClusterStatus,
+    InvalidReadError,
+    Offsets,
+    PartitionStatus,
+    PartitionUnavailableError,
+    ReadResult,
+    StalenessDeadlineError,
+)
+
+
+@dataclass(frozen=True)
+class _Record:
+    kind: MutationKind
+    src: int
+    dst: int
+    produced_s: float
+
+
+class FakeBackend:
+    """A small graph ``0..num_vertices-1`` with ``len(dims)`` layers; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        num_vertices: int = 16,
+        dims: Sequence[int] = (8, 4),
+        num_kafka_partitions: int = 2,
+        num_owners: int = 2,
+        apply_delay_s: float | None = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dims = tuple(int(d) for d in dims)
+        self.num_kafka_partitions = num_kafka_partitions
+        self.num_owners = num_owners
+        self.apply_delay_s = apply_delay_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._versions: dict[int, int] = {v: 0 for v in range(num_vertices)}
+        self._log: list[list[_Record]] = [[] for _ in range(num_kafka_partitions)]
+        self._watermark = [0] * num_kafka_partitions
+        self._alive = [True] * num_owners
+        self.mutations_per_s = 0.0
+        self.status_error: Exception | None = None
+        self.read_count = 0
+        self.last_timeout_s: float | None = None
+
+    # ----------------------------------------------------------------- test controls
+    def expected(self, vertex: int, layer: int = -1, version: int | None = None) -> np.ndarray:
+        """The embedding the fake serves for ``vertex`` at ``layer`` (current version by default)."""
+        layer = layer % len(self.dims)
+        if version is None:
+            version = self._versions[vertex]
+        x = np.arange(self.dims[layer], dtype=np.float64)
+        return np.sin(0.37 * x + 1.3 * vertex + 0.7 * version + layer).astype(np.float32)
+
+    def version(self, vertex: int) -> int:
+        return self._versions[vertex]
+
+    def set_alive(self, owner: int, alive: bool) -> None:
+        with self._cond:
+            self._alive[owner] = alive
+            self._cond.notify_all()
+
+    def advance(self) -> None:
+        """Apply every pending record now (whatever ``apply_delay_s`` says)."""
+        with self._cond:
+            self._advance_locked(math.inf)
+            self._cond.notify_all()
+
+    def bump(self, vertex: int) -> None:
+        """Write and apply one UPDATE_FEATURES-like change of ``vertex`` (a new version)."""
+        with self._cond:
+            self._versions[vertex] += 1
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- EmbeddingBackend
+    def apply(self, batch: MutationBatch) -> dict[int, int]:
+        if len(batch) == 0:
+            raise MutationError("batch is empty; give at least 1 mutation")
+        now = self._clock()
+        last: dict[int, int] = {}
+        with self._cond:
+            for kind, src, dst in zip(batch.kind.tolist(), batch.src.tolist(), batch.dst.tolist()):
+                p = src % self.num_kafka_partitions
+                self._log[p].append(_Record(MutationKind(kind), src, dst, now))
+                last[p] = len(self._log[p]) - 1
+            self._cond.notify_all()
+        return last
+
+    def read(
+        self,
+        ids: np.ndarray,
+        *,
+        layer: int = -1,
+        max_staleness_ms: float | None = None,
+        min_offsets: Offsets | None = None,
+        timeout_s: float = 5.0,
+    ) -> ReadResult:
+        n_layers = len(self.dims)
+        if not -n_layers <= layer < n_layers:
+            raise InvalidReadError(f"layer must be in [{-n_layers}, {n_layers - 1}], got {layer}")
+        if max_staleness_ms is not None and not max_staleness_ms >= 0:
+            raise InvalidReadError(f"max_staleness_ms must be >= 0, got {max_staleness_ms}")
+        for p in (min_offsets or {}):
+            if not 0 <= p < self.num_kafka_partitions:
+                raise InvalidReadError(
+                    f"min_offsets names Kafka partition {p}; partitions are 0..{self.num_kafka_partitions - 1}"
+                )
+        self.read_count += 1
+        self.last_timeout_s = timeout_s
+        deadline = self._clock() + timeout_s
+        with self._cond:
+            while True:
+                down = [o for o, a in enumerate(self._alive) if not a]
+                if down:
+                    raise PartitionUnavailableError(f"partition owner {down[0]} is down")
+                now = self._clock()
+                self._advance_locked(now)
+                staleness_ms = self._staleness_ms_locked(now)
+                fresh = max_staleness_ms is None or staleness_ms <= max_staleness_ms
+                caught_up = all(self._watermark[p] > o for p, o in (min_offsets or {}).items())
+                if fresh and caught_up:
+                    break
+                if now >= deadline:
+                    raise StalenessDeadlineError(
+                        f"bound not met within {timeout_s:.3f} s: staleness {staleness_ms:.1f} ms "
+                        f"(max_staleness_ms={max_staleness_ms}), watermark {self._watermark}, "
+                        f"min_offsets {dict(min_offsets or {})}"
+                    )
+                self._cond.wait(min(deadline - now, 0.002))
+            layer_idx = layer % n_layers
+            ids = np.asarray(ids, dtype=np.int64)
+            rows, versions = [], []
+            for v in ids.tolist():
+                if v not in self._versions:
+                    raise UnknownVertexError(f"vertex {v} is not in the graph")
+                versions.append(self._versions[v])
+                rows.append(self.expected(v, layer_idx))
+            emb = np.stack(rows) if rows else np.zeros((0, self.dims[layer_idx]), dtype=np.float32)
+            return ReadResult(
+                embeddings=emb,
+                versions=np.asarray(versions, dtype=np.int64),
+                staleness_ms=staleness_ms,
+                watermark=dict(enumerate(self._watermark)),
+                layer=layer_idx,
+            )
+
+    def status(self) -> ClusterStatus:
+        if self.status_error is not None:
+            raise self.status_error
+        with self._cond:
+            self._advance_locked(self._clock())
+            parts = []
+            for o in range(self.num_owners):
+                owned = [p for p in range(self.num_kafka_partitions) if p % self.num_owners == o]
+                parts.append(
+                    PartitionStatus(
+                        partition=o,
+                        alive=self._alive[o],
+                        num_vertices=sum(1 for v in self._versions if v % self.num_owners == o),
+                        watermark={p: self._watermark[p] for p in owned},
+                        lag=sum(len(self._log[p]) - self._watermark[p] for p in owned),
+                        applied_mutations=sum(self._watermark[p] for p in owned),
+                        mutations_per_s=self.mutations_per_s,
+                    )
+                )
+            return ClusterStatus(
+                partitions=parts,
+                watermark=dict(enumerate(self._watermark)),
+                num_layers=len(self.dims),
+                embedding_dims=list(self.dims),
+                extra={"fake": 1.0},
+            )
+
+    # ----------------------------------------------------------------- internals
+    def _staleness_ms_locked(self, now: float) -> float:
+        pending = [self._log[p][w].produced_s for p, w in enumerate(self._watermark) if w < len(self._log[p])]
+        return max(0.0, (now - min(pending)) * 1000.0) if pending else 0.0
+
+    def _advance_locked(self, now: float) -> None:
+        if self.apply_delay_s is None and now != math.inf:
+            return
+        delay = 0.0 if now == math.inf else float(self.apply_delay_s or 0.0)
+        for p, log in enumerate(self._log):
+            while self._watermark[p] < len(log) and log[self._watermark[p]].produced_s + delay <= now:
+                self._apply_record(log[self._watermark[p]])
+                self._watermark[p] += 1
+
+    def _apply_record(self, r: _Record) -> None:
+        if r.kind is MutationKind.ADD_VERTEX:
+            self._versions[r.src] = self._versions[r.src] + 1 if r.src in self._versions else 0
+        elif r.kind is MutationKind.REMOVE_VERTEX:
+            self._versions.pop(r.src, None)
+        elif r.kind is MutationKind.UPDATE_FEATURES:
+            if r.src in self._versions:
+                self._versions[r.src] += 1
+        else:  # an edge changes both endpoints' embeddings (a bad edge would go to dead letters)
+            for v in {r.src, r.dst}:
+                if v in self._versions:
+                    self._versions[v] += 1
