@@ -124,6 +124,8 @@ def columns_to_batch(records: list[DecodedRecord], feature_dim: int | None = Non
         feats = [r.features for r in records if r.feature_dim is not None and len(r.features)]
     if feats:
         f = feats[0] if len(feats) == 1 else np.concatenate(feats)
+        if not f.flags.writeable:  # a zero-copy view of the Kafka record: torch wants its own memory
+            f = f.copy()
         features = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
     else:
         features = torch.zeros(0, width)
