@@ -45,11 +45,14 @@ class SendResult:
 
     def get(self, timeout_s: float | None = 30.0) -> dict[int, int]:
         """Wait for every record; the last offset written to each partition."""
-        out: dict[int, int] = {}
+        return {p: last for p, (_, last) in self.ranges(timeout_s).items()}
+
+    def ranges(self, timeout_s: float | None = 30.0) -> dict[int, tuple[int, int]]:
+        """Wait for every record; ``(first, last)`` offset written to each partition."""
+        out: dict[int, tuple[int, int]] = {}
         for p, futs in self.futures.items():
-            for f in futs:
-                md = f.get(timeout=timeout_s)
-            out[p] = md.offset
+            offs = [f.get(timeout=timeout_s).offset for f in futs]
+            out[p] = (min(offs), max(offs))
         return out
 
 
