@@ -479,7 +479,7 @@ class Engine:
         # rows whose old in-degree was 0 held DGL's empty max (0), which is not a lower bound
         old_deg = g.in_degree(rows).copy()
         for arr, sign in ((add_dst, -1), (rem_dst, 1)):
-            if arr.size:
+            if arr.size and rows.size:
                 u, c = np.unique(arr, return_counts=True)
                 pos_r = np.searchsorted(rows, u)
                 ok = (pos_r < len(rows)) & (rows[np.minimum(pos_r, len(rows) - 1)] == u)

@@ -31,7 +31,7 @@ def segment_sum(
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=table.device)
     torch.cumsum(counts, 0, out=crow[1:])
     vals = weight.to(table.dtype) if weight is not None else torch.ones(src.numel(), dtype=table.dtype, device=table.device)
-    a = torch.sparse_csr_tensor(crow, src, vals, size=(n_rows, table.shape[0]))
+    a = torch.sparse_csr_tensor(crow, src, vals, size=(n_rows, table.shape[0]), check_invariants=False)
     return a @ table
 
 
