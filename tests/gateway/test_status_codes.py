@@ -1,0 +1,190 @@
+"""Every status code the gateway promises, over real gRPC on 127.0.0.1, with messages that name the
+offending value; and the Python client maps each back to the contract's exception."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from actors.gateway._gen import clustergnn_pb2 as pb
+from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
+from actors.gateway.client import GatewayClient
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.mutations import MutationBatch
+from clustergnn.serving import InvalidReadError, PartitionUnavailableError, StalenessDeadlineError
+from tests.gateway.conftest import GatewayFactory
+from tests.gateway.fakes import FakeBackend
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _get(gw, **fields) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with grpc.insecure_channel(gw.target) as ch:
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        timeout = fields.pop("_timeout", 5)
+        try:
+            stub.GetEmbeddings(pb.GetEmbeddingsRequest(**fields), timeout=timeout)
+        except grpc.RpcError as e:
+            return e.code(), e.details(), {m.key: m.value for m in e.trailing_metadata() or ()}
+    return grpc.StatusCode.OK, "", {}
+
+
+def _apply(gw, req: pb.ApplyRequest) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(gw.target) as ch:
+        try:
+            pb_grpc.MutationServiceStub(ch).Apply(req, timeout=5)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"vertex_ids": [1, 12345]}, "12345"),
+        ({"vertex_ids": [1], "layer": 7}, "got 7"),
+        ({"vertex_ids": [1], "layer": -3}, "got -3"),
+        ({"vertex_ids": [1], "max_staleness_ms": -5.0}, "got -5.0"),
+        ({"vertex_ids": [1], "max_staleness_ms": float("nan")}, "got nan"),
+        ({"vertex_ids": []}, "empty"),
+        ({"vertex_ids": list(range(11))}, "11 ids; at most 10"),
+        ({"vertex_ids": [1], "min_offsets": pb.Offsets(offsets={0: -4})}, "{0: -4}"),
+        ({"vertex_ids": [1], "min_offsets": pb.Offsets(offsets={9: 0})}, "partition 9"),
+        ({"vertex_ids": [1], "format": 42}, "got 42"),
+    ],
+)
+def test_invalid_argument_names_the_value(make_gateway: GatewayFactory, fields: dict, needle: str) -> None:
+    gw = make_gateway(max_ids_per_request=10)
+    code, details, trailing = _get(gw, **fields)
+    assert code is INVALID, details
+    assert needle in details
+    assert trailing["clustergnn-error"] in {"UnknownVertexError", "InvalidReadError"}
+
+
+def test_unknown_vertex_maps_back_to_unknown_vertex_error(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway()
+    with GatewayClient(gw.target) as c, pytest.raises(UnknownVertexError, match="vertex 777"):
+        c.get_embeddings([1, 777])
+    with GatewayClient(gw.target) as c, pytest.raises(InvalidReadError, match="got 9"):
+        c.get_embeddings([1], layer=9)
+
+
+@pytest.mark.parametrize(
+    ("req", "needle"),
+    [
+        (pb.ApplyRequest(), "exactly one of arrow_ipc or mutations"),
+        (pb.ApplyRequest(arrow_ipc=b"not arrow"), "not a readable Arrow IPC stream"),
+        (pb.ApplyRequest(mutations=[pb.Mutation(kind=0, src=1)]), "mutations[0].kind must be one of"),
+        (pb.ApplyRequest(mutations=[pb.Mutation(kind=1, src=1)]), "needs features"),
+        (pb.ApplyRequest(mutations=[pb.Mutation(kind=3, src=1, dst=2, features=[1.0])]), "takes no features"),
+        (
+            pb.ApplyRequest(
+                mutations=[pb.Mutation(kind=1, src=50, features=[1.0]), pb.Mutation(kind=5, src=2, features=[1.0, 2.0])]
+            ),
+            "widths [1, 2]",
+        ),
+        (pb.ApplyRequest(mutations=[pb.Mutation(kind=5, src=1, features=[float("inf")])]), "finite"),
+        (pb.ApplyRequest(mutations=[pb.Mutation(kind=3, src=1, dst=2)] * 6), "6 mutations; at most 5"),
+    ],
+)
+def test_malformed_mutations_are_invalid_argument(make_gateway: GatewayFactory, req: pb.ApplyRequest, needle: str) -> None:
+    gw = make_gateway(max_mutations_per_request=5)
+    code, details = _apply(gw, req)
+    assert code is INVALID, details
+    assert needle in details
+
+
+def test_mutation_error_maps_back(make_gateway: GatewayFactory) -> None:
+    class Refusing(FakeBackend):
+        def apply(self, batch: MutationBatch) -> dict[int, int]:
+            raise MutationError(f"feature width must be 8, got {batch.feature_dim}")
+
+    gw = make_gateway(Refusing())
+    with GatewayClient(gw.target) as c:
+        with pytest.raises(MutationError, match="0 mutations"):
+            c.apply(MutationBatch.empty())
+        with pytest.raises(MutationError, match="must be 8, got 3"):
+            c.apply(MutationBatch.update_features([1], np.ones((1, 3), dtype=np.float32)))
+
+
+def test_deadline_exceeded_when_bound_not_met(make_gateway: GatewayFactory) -> None:
+    fake = FakeBackend(apply_delay_s=None)  # nothing becomes visible until advance()
+    gw = make_gateway(fake)
+    with GatewayClient(gw.target) as c:
+        offsets = c.apply(MutationBatch.add_edges([1], [2]))
+        with pytest.raises(StalenessDeadlineError, match="bound not met"):
+            c.get_embeddings([1], max_staleness_ms=0.0, timeout_s=0.2)
+        with pytest.raises(StalenessDeadlineError, match="min_offsets"):
+            c.get_embeddings([1], min_offsets=offsets, timeout_s=0.2)
+        # without a bound the same read answers at once, saying how stale it is
+        res = c.get_embeddings([1], timeout_s=0.2)
+        assert res.staleness_ms > 0
+    code, details, trailing = _get(gw, vertex_ids=[1], max_staleness_ms=0.0, _timeout=0.3)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert trailing.get("clustergnn-error") == "StalenessDeadlineError"
+
+
+def test_server_default_deadline_caps_a_longer_client_deadline(make_gateway: GatewayFactory) -> None:
+    fake = FakeBackend(apply_delay_s=None)
+    gw = make_gateway(fake, default_deadline_s=0.1)
+    with GatewayClient(gw.target) as c:
+        c.apply(MutationBatch.add_edges([1], [2]))
+        with pytest.raises(StalenessDeadlineError):
+            c.get_embeddings([1], max_staleness_ms=0.0, timeout_s=10.0)
+    assert fake.last_timeout_s is not None and fake.last_timeout_s <= 0.1
+
+
+def test_client_deadline_shorter_than_default_is_passed_to_the_backend(make_gateway: GatewayFactory) -> None:
+    fake = FakeBackend()
+    gw = make_gateway(fake, default_deadline_s=5.0)
+    with GatewayClient(gw.target) as c:
+        c.get_embeddings([1], timeout_s=0.5)
+    assert fake.last_timeout_s is not None and 0.3 < fake.last_timeout_s < 0.5
+    with GatewayClient(gw.target) as c:
+        c.get_embeddings([1], timeout_s=60.0)
+    assert fake.last_timeout_s == pytest.approx(5.0)
+
+
+def test_unavailable_when_a_partition_is_down(make_gateway: GatewayFactory) -> None:
+    fake = FakeBackend()
+    gw = make_gateway(fake)
+    fake.set_alive(1, False)
+    code, details, trailing = _get(gw, vertex_ids=[1])
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "partition owner 1" in details
+    with GatewayClient(gw.target) as c, pytest.raises(PartitionUnavailableError, match="owner 1"):
+        c.get_embeddings([1])
+    fake.set_alive(1, True)
+    with GatewayClient(gw.target) as c:
+        assert c.get_embeddings([1]).embeddings.shape == (1, 4)
+
+
+def test_backend_bug_is_internal_and_logged(make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(FakeBackend):
+        def read(self, ids: np.ndarray, **kw: object):  # type: ignore[override]
+            raise ZeroDivisionError("oops")
+
+    gw = make_gateway(Broken())
+    code, details, _ = _get(gw, vertex_ids=[1])
+    assert code is grpc.StatusCode.INTERNAL
+    assert "ZeroDivisionError: oops" in details
+    assert any("GetEmbeddings failed" in r.getMessage() for r in caplog.records)
+
+
+def test_unauthenticated_without_token(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(tokens=("secret-token",))
+    code, details, _ = _get(gw, vertex_ids=[1])
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in details
+
+
+def test_resource_exhausted_beyond_max_watches(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(max_watches=1)
+    with GatewayClient(gw.target) as c:
+        with c.watch([1]) as first:
+            next(iter(first))
+            with c.watch([2]) as second, pytest.raises(grpc.RpcError) as info:
+                next(iter(second))
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 1" in info.value.details()
