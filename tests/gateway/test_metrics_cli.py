@@ -1,0 +1,86 @@
+"""The Prometheus endpoint and the ``query``/``status`` sub-commands, against a real gateway."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import numpy as np
+import pytest
+
+from actors.cli import main
+from actors.gateway.cli import abbreviate
+from actors.gateway.client import GatewayClient
+from clustergnn.mutations import MutationBatch
+from tests.gateway.conftest import TOKENS, Certs, GatewayFactory
+from tests.gateway.fakes import FakeBackend
+
+
+def _value(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    assert m, f"{name}{labels} not in metrics"
+    return float(m.group(1))
+
+
+def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
+    fake = FakeBackend(apply_delay_s=None)
+    fake.mutations_per_s = 12.5
+    gw = make_gateway(fake, metrics_port=0)
+    assert gw.metrics_port
+    with GatewayClient(gw.target) as c:
+        for _ in range(3):
+            c.get_embeddings([1, 2])
+        with pytest.raises(Exception):
+            c.get_embeddings([999])
+        c.apply(MutationBatch.add_edges([1, 3], [2, 4]))
+    gw.monitor.poll_once()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
+    assert _value(text, "clustergnn_gateway_requests_total", '{code="OK",method="GetEmbeddings"}') == 3
+    assert _value(text, "clustergnn_gateway_requests_total", '{code="INVALID_ARGUMENT",method="GetEmbeddings"}') == 1
+    assert _value(text, "clustergnn_gateway_requests_total", '{code="OK",method="Apply"}') == 1
+    assert _value(text, "clustergnn_gateway_request_latency_seconds_count", '{method="GetEmbeddings"}') == 4
+    assert _value(text, "clustergnn_gateway_served_staleness_ms_count") == 3
+    assert _value(text, "clustergnn_gateway_mutations_written_total") == 2
+    assert _value(text, "clustergnn_partition_lag", '{partition="1"}') == 2  # both records on Kafka partition 1
+    assert _value(text, "clustergnn_partition_watermark_offset", '{kafka_partition="1",partition="1"}') == 0
+    assert _value(text, "clustergnn_ingest_mutations_per_second") == 25.0
+    assert _value(text, "clustergnn_cluster_healthy") == 1
+    fake.advance()
+    gw.monitor.poll_once()
+    text = gw.metrics.render().decode()
+    assert _value(text, "clustergnn_watermark_offset", '{kafka_partition="1"}') == 2
+    assert _value(text, "clustergnn_partition_lag", '{partition="1"}') == 0
+
+
+def test_unauthenticated_calls_are_counted(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(tokens=TOKENS)
+    with GatewayClient(gw.target, token="nope") as c, pytest.raises(Exception):
+        c.status()
+    text = gw.metrics.render().decode()
+    assert _value(text, "clustergnn_gateway_requests_total", '{code="UNAUTHENTICATED",method="Status"}') == 1
+
+
+def test_abbreviate() -> None:
+    assert abbreviate(np.array([1, 2], dtype=np.float32), 4) == "[1.0000, 2.0000]"
+    assert abbreviate(np.arange(10, dtype=np.float32), 4) == "[0.0000, 1.0000, ..., 8.0000, 9.0000]"
+    assert abbreviate(np.arange(10, dtype=np.float32), 1) == "[0.0000, ...]"
+
+
+def test_cli_query_and_status(make_gateway: GatewayFactory, certs: Certs, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeBackend(dims=(8, 16))
+    gw = make_gateway(fake, tls_cert_path=certs.cert, tls_key_path=certs.key, tokens=TOKENS, insecure_local=False)
+    conn = ["--target", gw.target, "--token", TOKENS[0], "--root-cert", str(certs.ca)]
+    assert main(["query", "3", "12", "--max-staleness-ms", "100", *conn]) == 0
+    out = capsys.readouterr().out
+    assert "layer 1  staleness 0.0 ms  watermark {0:0, 1:0}  dim 16" in out
+    row = f"{fake.expected(12)[0]:.4f}"
+    assert re.search(rf"^\s+12  v0\s+\[{re.escape(row)}, .*\.\.\.", out, re.MULTILINE), out
+    assert main(["status", *conn]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("healthy  layers 2 dims [8, 16]")
+    assert "part alive" in out
+    # failures print the code and the server's message, exit 1
+    assert main(["query", "4242", *conn]) == 1
+    assert "error: UnknownVertexError: vertex 4242 is not in the graph" in capsys.readouterr().err
+    assert main(["query", "1", "--target", gw.target, "--token", "bad", "--root-cert", str(certs.ca)]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
