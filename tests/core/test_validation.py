@@ -1,0 +1,109 @@
+"""Bad input gets a clear error naming the bad value, and a rejected batch changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clustergnn import Engine, MutationBatch, MutationError, UnknownVertexError, UnsupportedModelError
+from clustergnn._dgl import dgl, dglnn
+from tests.core.models import F_IN, build
+
+
+def snapshot(eng: Engine) -> tuple:
+    g, x, ids = eng.to_dgl()
+    s, d = g.edges()
+    order = np.lexsort((ids[d.numpy()], ids[s.numpy()]))
+    embs = [eng.embeddings(np.sort(ids), layer=l) for l in range(eng.num_layers + 1)]
+    return sorted(ids.tolist()), ids[s.numpy()][order].tolist(), ids[d.numpy()][order].tolist(), embs
+
+
+def assert_same(a: tuple, b: tuple) -> None:
+    assert a[:3] == b[:3]
+    for x, y in zip(a[3], b[3]):
+        assert torch.equal(x, y)
+
+
+@pytest.fixture
+def eng() -> Engine:
+    g = dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4)
+    return Engine.from_dgl(build("sage-pool"), g, torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)))
+
+
+GOOD = lambda: MutationBatch.concat([  # noqa: E731 - a valid prefix that the bad tail must roll back
+    MutationBatch.add_vertices([10], torch.ones(1, F_IN)),
+    MutationBatch.add_edges([10, 0], [0, 10]),
+    MutationBatch.remove_edges([0], [1]),
+    MutationBatch.update_features([2], torch.zeros(1, F_IN)),
+    MutationBatch.remove_vertices([3]),
+])
+
+BAD = {
+    "edge from unknown vertex": (MutationBatch.add_edges([99], [0]), "unknown source vertex id 99"),
+    "edge to unknown vertex": (MutationBatch.add_edges([0], [77]), "unknown destination vertex id 77"),
+    "edge to removed vertex": (MutationBatch.add_edges([0], [3]), "unknown destination vertex id 3"),
+    "remove missing edge": (MutationBatch.remove_edges([2], [0]), "cannot remove edge 2 -> 0: it does not exist"),
+    "remove edge twice": (MutationBatch.remove_edges([1, 1], [2, 2]), "only 1 of 2 copies exist"),
+    "remove missing vertex": (MutationBatch.remove_vertices([42]), "unknown vertex id 42"),
+    "remove vertex twice": (MutationBatch.remove_vertices([3]), "unknown vertex id 3"),
+    "add existing vertex": (MutationBatch.add_vertices([1], torch.zeros(1, F_IN)), "cannot add vertex 1: it already exists"),
+    "add vertex twice": (MutationBatch.add_vertices([5, 5], torch.zeros(2, F_IN)), "cannot add vertex 5"),
+    "wrong feature width": (MutationBatch.update_features([1], torch.zeros(1, F_IN + 1)), f"width {F_IN + 1}, the model expects {F_IN}"),
+    "update unknown vertex": (MutationBatch.update_features([1234], torch.zeros(1, F_IN)), "unknown vertex id 1234"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_batch_is_rejected_whole(eng: Engine, case: str) -> None:
+    bad, message = BAD[case]
+    before = snapshot(eng)
+    with pytest.raises(MutationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        # a batch has one feature width, so the width case gets a feature-free valid prefix
+        prefix = GOOD() if bad.feature_dim in (0, F_IN) else MutationBatch.concat([GOOD().slice(3, 4), GOOD().slice(5, 6)])
+        eng.apply(MutationBatch.concat([prefix, bad]))
+    assert_same(snapshot(eng), before)
+    eng.apply(GOOD())  # and the engine still works afterwards
+    assert eng.num_vertices == 4
+
+
+def test_non_finite_and_wrong_dtype_features_are_rejected() -> None:
+    with pytest.raises(MutationError, match="row 1 holds NaN or inf"):
+        MutationBatch.add_vertices([1, 2], np.array([[0.0] * F_IN, [np.inf] * F_IN], dtype=np.float32))
+    with pytest.raises(MutationError, match="float32, got dtype float64"):
+        MutationBatch.update_features([1], np.zeros((1, F_IN)))
+    with pytest.raises(MutationError, match="integer vertex ids"):
+        MutationBatch.add_edges([0.5], [1.0])
+    with pytest.raises(MutationError, match="differ in length"):
+        MutationBatch.add_edges([1, 2], [3])
+
+
+def test_nan_smuggled_past_the_constructor_is_caught(eng: Engine) -> None:
+    b = MutationBatch.update_features([1], torch.zeros(1, F_IN))
+    b.features[0, 0] = float("nan")  # tensors are mutable; the engine checks again
+    before = snapshot(eng)
+    with pytest.raises(MutationError, match="finite"):
+        eng.apply(b)
+    assert_same(snapshot(eng), before)
+
+
+def test_reads_name_the_bad_id_and_layer(eng: Engine) -> None:
+    with pytest.raises(UnknownVertexError, match="unknown vertex id 55"):
+        eng.embeddings([0, 55])
+    with pytest.raises(ValueError, match=r"layer must be in \[-3, 2\].*got 3"):
+        eng.embeddings([0], layer=3)
+    eng.apply(MutationBatch.remove_vertices([2]))
+    with pytest.raises(UnknownVertexError, match="unknown vertex id 2"):
+        eng.embeddings([2])
+
+
+def test_unsupported_layers_are_named() -> None:
+    g = dgl.graph(([0], [1]), num_nodes=2)
+    with pytest.raises(UnsupportedModelError, match=r"torch.nn.modules.linear.Linear.*supported: dgl.nn.SAGEConv"):
+        Engine.from_dgl([torch.nn.Linear(F_IN, 2)], g, torch.zeros(2, F_IN))
+    with pytest.raises(UnsupportedModelError, match="aggregator_type='lstm'"):
+        Engine.from_dgl([dglnn.SAGEConv(F_IN, 2, "lstm")], g, torch.zeros(2, F_IN))
+    with pytest.raises(UnsupportedModelError, match="expects 5 input features, but gets 6"):
+        Engine.from_dgl([dglnn.SAGEConv(5, 2, "mean")], g, torch.zeros(2, F_IN))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Engine.from_dgl(build("sage-mean"), g, torch.zeros(2, F_IN), mode="fast")
