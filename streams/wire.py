@@ -115,7 +115,8 @@ def columns_to_batch(records: list[DecodedRecord], feature_dim: int | None = Non
         return MutationBatch.empty(width)
     if len(records) == 1:
         r = records[0]
-        kind, src, dst = r.kind, r.src, r.dst
+        # zero-copy views of the record are read-only; the batch's users (torch) want their own memory
+        kind, src, dst = (a if a.flags.writeable else a.copy() for a in (r.kind, r.src, r.dst))
         feats = [r.features] if r.feature_dim is not None else []
     else:
         kind = np.concatenate([r.kind for r in records])
