@@ -115,6 +115,7 @@ class Engine:
         self.h: list[torch.Tensor] = [self._zeros(0, d) for d in self.dims]
         self.msg: list[torch.Tensor] = [self._zeros(0, r.msg_dim) for r in rules]
         self.agg: list[torch.Tensor | None] = [self._agg_zeros(r, 0) for r in rules]
+        self.selfc: list[torch.Tensor | None] = [self._zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules]
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -154,12 +155,29 @@ class Engine:
         eng.load(ids, features, ids[src], ids[dst])
         return eng
 
+    @classmethod
+    def from_layers(
+        cls,
+        layers: list[torch.nn.Module] | torch.nn.ModuleList,
+        feature_dim: int,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        capacity: int = 1024,
+    ) -> Engine:
+        """An empty engine for ``layers``; fill it with :meth:`bulk_load` or :meth:`apply`."""
+        rules = rules_from_dgl(list(layers), feature_dim)
+        return cls(rules, activation=activation, device=device, mode=mode, capacity=capacity)
+
     def load(self, ids: np.ndarray, features: torch.Tensor, src: np.ndarray, dst: np.ndarray) -> None:
         """Bulk-load vertices and edges, then compute every cache with one full pass."""
-        batch = MutationBatch.concat([MutationBatch.add_vertices(ids, features), MutationBatch.add_edges(src, dst)])
+        self.bulk_load(MutationBatch.concat([MutationBatch.add_vertices(ids, features), MutationBatch.add_edges(src, dst)]))
+
+    def bulk_load(self, batch: MutationBatch) -> ApplyResult:
+        """Apply a large batch (an initial graph) with one full recompute instead of propagation."""
         mode, self.mode = self.mode, "full"
         try:
-            self.apply(batch)
+            return self.apply(batch)
         finally:
             self.mode = mode
 
@@ -188,6 +206,7 @@ class Engine:
         self.h = [grown(t) for t in self.h]
         self.msg = [grown(t) for t in self.msg]
         self.agg = [grown(t) for t in self.agg]
+        self.selfc = [grown(t) for t in self.selfc]
         self._cap = capacity
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
@@ -236,7 +255,7 @@ class Engine:
         return g, self.h[0][self._t(alive)].cpu(), self.graph.ext_of[alive]
 
     def memory_bytes(self) -> dict[str, int]:
-        caches = sum(t.numel() * t.element_size() for t in [*self.h, *self.msg, *(a for a in self.agg if a is not None)])
+        caches = sum(t.numel() * t.element_size() for t in [*self.h, *self.msg, *self.agg, *self.selfc] if t is not None)
         return {"structure": self.graph.structure_nbytes(), "caches": caches}
 
     # ------------------------------------------------------------------ writes
@@ -278,7 +297,7 @@ class Engine:
 
     def _clear_rows(self, slots: np.ndarray) -> None:
         idx = self._t(slots)
-        for t in [*self.h, *self.msg, *self.agg]:
+        for t in [*self.h, *self.msg, *self.agg, *self.selfc]:
             if t is not None:
                 t[idx] = 0
 
@@ -374,7 +393,8 @@ class Engine:
         idx = self._t(rows)
         indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
         agg = agg_rows if agg_rows is not None else self.agg[li][idx]
-        out = rule.finish(self.h[li][idx], agg, indeg, self.msg[li][idx])
+        selfv = self.selfc[li][idx] if self.selfc[li] is not None else None
+        out = rule.finish(selfv, agg, indeg, self.msg[li][idx])
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)
         return out
@@ -406,6 +426,8 @@ class Engine:
         deltas = []
         for li, rule in enumerate(self.rules):
             self.msg[li][idx] = rule.message(self.h[li][idx], outdeg)
+            if self.selfc[li] is not None:
+                self.selfc[li][idx] = rule.self_term(self.h[li][idx])
             agg = self._recompute_agg(li, rows)
             if self.agg[li] is not None:
                 self.agg[li][idx] = agg
@@ -429,6 +451,9 @@ class Engine:
             s_idx = self._t(srcs)
             m_old = self.msg[li][s_idx]
             m_new = rule.message(self.h[li][s_idx], torch.from_numpy(g.out_degree(srcs)).to(self.device))
+            if self.selfc[li] is not None and changed.size:
+                c_idx = self._t(changed)
+                self.selfc[li][c_idx] = rule.self_term(self.h[li][c_idx])
             se, de = g.out_edges(srcs)
             se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
             parts = [de, touched_dst, new]

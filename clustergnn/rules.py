@@ -83,13 +83,21 @@ class LayerRule:
     uses_self: bool
     message_uses_outdeg: bool
     name: str
+    has_self_term: bool = False  # set by subclasses after __init__: the rule defines self_term()
+    self_dim: int = 0  # width of self_term() when it differs from out_dim (GAT: heads before averaging)
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim) -> (n, msg_dim)``."""
         raise NotImplementedError
 
-    def finish(self, h: torch.Tensor, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
-        """``(n, in_dim), (n, msg_dim) -> (n, out_dim)`` for the rows being finished (heads flattened)."""
+    def self_term(self, h: torch.Tensor) -> torch.Tensor:
+        """The part of ``out_v`` that reads only ``h_v`` (e.g. ``W_self h_v + b``), cached per vertex so
+        that finishing a row whose own input did not change costs no matmul."""
+        raise NotImplementedError
+
+    def finish(self, selfv: torch.Tensor | None, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
+        """Rows' output ``(n, out_dim)`` (heads flattened) from their cached self term, aggregate,
+        in-degree and own message."""
         raise NotImplementedError
 
     def aggregate(self, msg: torch.Tensor, src: torch.Tensor, seg: torch.Tensor, n_rows: int,
@@ -149,8 +157,8 @@ def _post(layer: torch.nn.Module, attr: str = "activation") -> Activation:
 class SageRule(LayerRule):
     """``dgl.nn.SAGEConv`` (Hamilton et al., https://arxiv.org/abs/1706.02216).
 
-    mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``; sum kept of ``m_u = W_neigh h_u`` (or of
-    ``h_u`` when ``in <= out``, then ``W_neigh`` after the mean, as DGL does).  Empty mean = 0.
+    mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``; the sum kept is of ``m_u = W_neigh h_u``
+    (linearity: ``W mean(h) = mean(W h)``), so a reader's update is a vector add.  Empty mean = 0.
     gcn:  ``out_v = W_neigh (sum_{u->v} h_u + h_v) / (indeg_v + 1) + b``.
     pool: ``out_v = W_self h_v + W_neigh max_{u->v} relu(W_pool h_u + b_pool) + b``; empty max = 0.
     """
@@ -171,34 +179,27 @@ class SageRule(LayerRule):
         if kind == "pool":
             self.w_pool, self.b_pool = _linear(layer.fc_pool)
             agg, msg_dim = Aggregation.MAX, in_dim
-            self.lin_before = False
         else:
-            agg = Aggregation.SUM
-            self.lin_before = in_dim > out_dim
-            msg_dim = out_dim if self.lin_before else in_dim
+            agg, msg_dim = Aggregation.SUM, out_dim
         super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
+        self.has_self_term = kind != "gcn"
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         if self.kind == "pool":
             return F.relu(F.linear(h, self.w_pool, self.b_pool))
-        return F.linear(h, self.w_neigh) if self.lin_before else h
+        return F.linear(h, self.w_neigh)
 
-    def finish(self, h, agg, indeg, msg):
+    def self_term(self, h):
+        return _apply(h, self.w_self, self.b_self)
+
+    def finish(self, selfv, agg, indeg, msg):
         if self.kind == "pool":
-            neigh = F.linear(agg, self.w_neigh)
-        else:
-            deg = indeg.to(agg.dtype).unsqueeze(1)
-            if self.kind == "mean":
-                neigh = (agg / deg.clamp(min=1)).float()
-            else:
-                neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
-            if not self.lin_before:
-                neigh = F.linear(neigh, self.w_neigh)
-        if self.kind == "gcn":
-            out = neigh if self.bias is None else neigh + self.bias
-        else:
-            out = _apply(h, self.w_self, self.b_self) + neigh
-        return self.post(out)
+            return self.post(selfv + F.linear(agg, self.w_neigh))
+        deg = indeg.to(agg.dtype).unsqueeze(1)
+        if self.kind == "mean":
+            return self.post(selfv + (agg / deg.clamp(min=1)).float())
+        neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
+        return self.post(neigh if self.bias is None else neigh + self.bias)
 
 
 class GraphConvRule(LayerRule):
@@ -218,8 +219,8 @@ class GraphConvRule(LayerRule):
         self.post = _post(layer, "_activation")
         in_dim = layer._in_feats
         out_dim = layer._out_feats if self.w is not None else in_dim
-        self.lin_before = self.w is not None and in_dim > out_dim
-        msg_dim = out_dim if self.lin_before else in_dim
+        # the weight is applied before aggregation (linearity), so a reader's update is a vector add
+        msg_dim = out_dim
         super().__init__(Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"),
                          f"GraphConv[{self.norm}]")
 
@@ -227,12 +228,10 @@ class GraphConvRule(LayerRule):
         if self.norm in ("left", "both"):
             d = outdeg.to(h.dtype).clamp(min=1).unsqueeze(1)
             h = h * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
-        return torch.matmul(h, self.w) if self.lin_before else h
+        return h if self.w is None else torch.matmul(h, self.w)
 
-    def finish(self, h, agg, indeg, msg):
+    def finish(self, selfv, agg, indeg, msg):
         rst = agg.float()
-        if self.w is not None and not self.lin_before:
-            rst = torch.matmul(rst, self.w)
         if self.norm in ("right", "both"):
             d = indeg.to(rst.dtype).clamp(min=1).unsqueeze(1)
             rst = rst * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
@@ -259,14 +258,19 @@ class GinRule(LayerRule):
             out_dim = int((self.apply_func(probe) if self.apply_func is not None else probe).shape[1])
         agg = Aggregation.MAX if kind == "max" else Aggregation.SUM
         super().__init__(agg, in_dim, in_dim, out_dim, True, False, f"GINConv[{kind}]")
+        self.has_self_term = True
+        self.self_dim = in_dim  # (1 + eps) h_v, before apply_func
 
     def message(self, h, outdeg):
         return h
 
-    def finish(self, h, agg, indeg, msg):
+    def self_term(self, h):
+        return (1 + self.eps) * h
+
+    def finish(self, selfv, agg, indeg, msg):
         if self.kind == "mean":
             agg = agg / indeg.to(agg.dtype).clamp(min=1).unsqueeze(1)
-        rst = (1 + self.eps) * h + agg.float()
+        rst = selfv + agg.float()
         if self.apply_func is not None:
             rst = self.apply_func(rst)
         return self.post(rst)
@@ -302,6 +306,8 @@ class GatRule(LayerRule):
         hf = self.heads * self.f
         super().__init__(Aggregation.ATTENTION, in_dim, hf + self.heads, self.f if last else hf, True, False,
                          f"GATConv[{self.heads} heads]")
+        self.has_self_term = self.has_res or self.bias is not None
+        self.self_dim = hf
 
     def message(self, h, outdeg):
         z = F.linear(h, self.w)
@@ -317,14 +323,19 @@ class GatRule(LayerRule):
         outs = [segment_sum(z[:, k * self.f : (k + 1) * self.f], src, seg, n_rows, a[:, k]) for k in range(self.heads)]
         return torch.cat(outs, dim=1)
 
-    def finish(self, h, agg, indeg, msg):
-        rst = agg.view(-1, self.heads, self.f)
+    def self_term(self, h):
+        """Residual plus bias, ``(n, H * F)`` (DGL adds the residual, then the bias)."""
+        hf = self.heads * self.f
+        rst = torch.zeros(h.shape[0], hf, dtype=h.dtype, device=h.device)
         if self.has_res:
-            res = h if self.res_identity else F.linear(h, self.res_w, self.res_b)
-            rst = rst + res.view(-1, self.heads, self.f)
+            rst = rst + (h if self.res_identity else F.linear(h, self.res_w, self.res_b))
         if self.bias is not None:
-            rst = rst + self.bias.view(1, self.heads, self.f)
-        rst = self.post(rst)
+            rst = rst + self.bias
+        return rst
+
+    def finish(self, selfv, agg, indeg, msg):
+        rst = agg if selfv is None else agg + selfv
+        rst = self.post(rst.view(-1, self.heads, self.f))
         return rst.mean(1) if self.last else rst.flatten(1)
 
 

@@ -178,23 +178,27 @@ class TemporalGraph:
         return MutationBatch(kind, src, dst, feats)
 
     def stream_batches(
-        self, events_per_batch: int, dim: int | None = None, seed: int = 0, limit: int | None = None
+        self, events_per_batch: int, dim: int | None = None, seed: int = 0, limit: int | None = None,
+        start: int = 0,
     ) -> Iterator[MutationBatch]:
         """The event stream as batches of ``events_per_batch`` dataset events, in time order.
 
         An undirected event becomes ``u->v`` then ``v->u``.  A vertex absent from the graph so far
         gets an ADD_VERTEX (with its features) right before the first edge that uses it, in the same
         batch, ``src`` before ``dst``; so every batch applies cleanly after :meth:`initial_batch` and
-        the batches before it.  ``limit`` caps the number of dataset events.  Arguments are checked
+        the batches before it.  ``limit`` caps the number of dataset events; ``start`` skips the first
+        ``start`` events (a resumed stream: vertices they introduced are not added again).  Arguments are checked
         here, eagerly, not at the first ``next()``.
         """
         if events_per_batch < 1:
             raise ValueError(f"events_per_batch must be >= 1, got {events_per_batch}")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         width = self._width(dim)
         n = self.num_events if limit is None else min(limit, self.num_events)
-        return self._batches(events_per_batch, width, seed, n)
+        return self._batches(events_per_batch, width, seed, n, start)
 
     def _arrivals(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(event index, vertex id)`` of each vertex's first use among events ``[0, n)``, if not initial.
@@ -209,10 +213,10 @@ class TemporalGraph:
         order = np.argsort(first, kind="stable")
         return first[order] // 2, ids[order]
 
-    def _batches(self, per_batch: int, width: int, seed: int, n: int) -> Iterator[MutationBatch]:
+    def _batches(self, per_batch: int, width: int, seed: int, n: int, first: int = 0) -> Iterator[MutationBatch]:
         add_event, add_ids = self._arrivals(n)
         m = 1 if self.directed else 2  # directed mutations per dataset event
-        for start in range(0, n, per_batch):
+        for start in range(first, n, per_batch):
             stop = min(start + per_batch, n)
             nb = stop - start
             a0, a1 = np.searchsorted(add_event, [start, stop])

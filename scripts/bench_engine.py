@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""Engine benchmark: incremental vs khop (naive incremental) vs full recompute vs DGL's own forward.
+
+For each model and batch size, the next batches of the dataset's stream are applied by three engines
+(one per mode) that start from the same initial graph; every mode applies every batch, so the graphs
+stay identical (the full-mode engine times only its first few batches and applies the rest in one
+untimed call: its cost does not depend on the batch).  DGL's full forward is timed on the same graph.
+Exactness: the incremental engine is compared against DGL's forward after each batch size and at the
+end of the stream.
+
+    python scripts/bench_engine.py --dataset facebook-wosn-links            # the issue's table
+    python scripts/bench_engine.py --dataset rmat --rmat-scale 20 --models sage
+    python scripts/bench_engine.py --quick                                   # a 1-2 minute look
+
+Prints a table and writes results/bench_engine.json.  Features are deterministic seeded random
+(the datasets have none), which every table says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clustergnn import Engine, MutationBatch  # noqa: E402
+from clustergnn._dgl import dglnn  # noqa: E402
+from clustergnn.datasets import load  # noqa: E402
+from clustergnn.engine import dgl_forward  # noqa: E402
+
+BATCHES = {1: 200, 16: 150, 256: 60, 4096: 12, 65536: 3}
+FULL_TIMED = 2
+
+
+def model(name: str, f_in: int, hidden: int, f_out: int, seed: int = 0) -> list[torch.nn.Module]:
+    torch.manual_seed(seed)
+    if name == "sage":
+        layers = [dglnn.SAGEConv(f_in, hidden, "mean"), dglnn.SAGEConv(hidden, f_out, "mean")]
+    elif name == "gcn":
+        layers = [dglnn.GraphConv(f_in, hidden, allow_zero_in_degree=True), dglnn.GraphConv(hidden, f_out, allow_zero_in_degree=True)]
+    elif name == "gat":
+        heads = 4
+        layers = [dglnn.GATConv(f_in, hidden // heads, heads, allow_zero_in_degree=True),
+                  dglnn.GATConv(hidden, f_out, 1, allow_zero_in_degree=True)]
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from sage, gcn, gat")
+    for layer in layers:
+        layer.eval()
+    return layers
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+def check_exact(eng: Engine, layers) -> float:
+    g, x, ids = eng.to_dgl()
+    ref = dgl_forward(layers, g, x)[-1]
+    return rel_error(eng.embeddings(ids).cpu(), ref)
+
+
+def time_dgl(eng: Engine, layers, repeats: int = 3) -> float:
+    g, x, _ = eng.to_dgl()
+    g.in_degrees()  # let DGL build its sparse formats outside the timed region
+    g.create_formats_()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dgl_forward(layers, g, x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def bench_model(ds, name: str, args) -> list[dict]:
+    layers = model(name, args.features, args.hidden, args.out)
+    init = ds.initial_batch(dim=args.features, seed=args.seed)
+    engines = {}
+    for mode in ("incremental", "khop", "full"):
+        t = time.perf_counter()
+        eng = Engine.from_layers(layers, args.features, device=args.device, mode=mode, capacity=len(ds.all_vertex_ids()) + 16)
+        eng.bulk_load(init)
+        engines[mode] = eng
+        progress(f"{name}: {mode} engine loaded {eng.num_vertices:,} vertices / {eng.num_edges:,} edges in {time.perf_counter() - t:.1f}s")
+    inc = engines["incremental"]
+    stream_pos = 0
+    rows = []
+    for bsz in args.batch_sizes:
+        n_batches = max(1, int(BATCHES.get(bsz, 5) * args.scale_batches))
+        batches = list(ds.stream_batches(bsz, dim=args.features, seed=args.seed, start=stream_pos,
+                                         limit=stream_pos + bsz * n_batches))
+        if not batches:
+            progress(f"{name}: stream exhausted before batch size {bsz}")
+            break
+        stream_pos += bsz * len(batches)
+        dgl_s = time_dgl(inc, layers)
+        times: dict[str, list[float]] = {m: [] for m in engines}
+        affected = []
+        t_budget = time.perf_counter()
+        for i, b in enumerate(batches):
+            for mode, eng in engines.items():
+                if mode == "full" and i >= FULL_TIMED:
+                    continue
+                t = time.perf_counter()
+                res = eng.apply(b)
+                times[mode].append(time.perf_counter() - t)
+                if mode == "incremental":
+                    affected.append(res.affected_per_layer)
+            if time.perf_counter() - t_budget > 2:
+                progress(f"{name} B={bsz}: {i + 1}/{len(batches)} batches")
+                t_budget = time.perf_counter()
+        if len(batches) > FULL_TIMED:
+            engines["full"].apply(MutationBatch.concat(batches[FULL_TIMED:]))
+        err = check_exact(inc, layers)
+        n_mut = float(np.mean([len(b) for b in batches]))
+        p50 = {m: float(np.percentile(v, 50)) for m, v in times.items()}
+        p99 = {m: float(np.percentile(v, 99)) for m, v in times.items()}
+        mem = inc.memory_bytes()
+        row = {
+            "model": name, "batch_events": bsz, "mutations_per_batch": n_mut, "batches": len(batches),
+            "vertices": inc.num_vertices, "edges": inc.num_edges,
+            "inc_p50_ms": p50["incremental"] * 1e3, "inc_p99_ms": p99["incremental"] * 1e3,
+            "khop_p50_ms": p50["khop"] * 1e3, "full_p50_ms": p50["full"] * 1e3, "dgl_full_ms": dgl_s * 1e3,
+            "inc_mutations_per_s": n_mut / p50["incremental"],
+            "speedup_vs_dgl": dgl_s / p50["incremental"], "speedup_vs_full": p50["full"] / p50["incremental"],
+            "speedup_vs_khop": p50["khop"] / p50["incremental"], "full_vs_dgl": dgl_s / p50["full"],
+            "affected_per_layer": [float(x) for x in np.mean(affected, axis=0)],
+            "max_rel_error": err, "structure_bytes_per_edge": mem["structure"] / max(inc.num_edges, 1),
+            "peak_rss_mib": peak_rss_mib(),
+        }
+        rows.append(row)
+        progress(f"{name} B={bsz}: inc p50 {row['inc_p50_ms']:.2f} ms, x{row['speedup_vs_dgl']:.0f} vs DGL, "
+                 f"x{row['speedup_vs_khop']:.1f} vs khop, err {err:.1e}")
+    if args.to_end:
+        t = time.perf_counter()
+        n = 0
+        for b in ds.stream_batches(65536, dim=args.features, seed=args.seed, start=stream_pos):
+            inc.apply(b)
+            n += len(b)
+            progress(f"{name}: rest of stream, {n:,} mutations applied")
+        err = check_exact(inc, layers)
+        rows.append({"model": name, "batch_events": "end-of-stream", "mutations": n, "seconds": time.perf_counter() - t,
+                     "vertices": inc.num_vertices, "edges": inc.num_edges, "max_rel_error": err,
+                     "structure_bytes_per_edge": inc.memory_bytes()["structure"] / max(inc.num_edges, 1)})
+        progress(f"{name}: end of stream: {inc.num_edges:,} edges, relative error vs DGL {err:.2e}")
+    for eng in engines.values():
+        del eng
+    return rows
+
+
+def print_table(rows: list[dict], meta: dict) -> None:
+    print(f"\nclustergnn engine benchmark: {meta['dataset']} ({meta['features']}), device {meta['device']}, "
+          f"{meta['cpu']}; layers {meta['features_in']}->{meta['hidden']}->{meta['out']}")
+    hdr = (f"{'model':6} {'B(events)':>9} {'mut/b':>7} {'inc p50':>9} {'inc p99':>9} {'khop p50':>9} {'full p50':>9} "
+           f"{'DGL fwd':>9} {'mut/s':>10} {'xDGL':>7} {'xfull':>7} {'xkhop':>6} {'full/DGL':>8} {'affected L1/L2':>15} "
+           f"{'rel err':>8} {'B/edge':>6}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        if r["batch_events"] == "end-of-stream":
+            print(f"{r['model']:6} {'end':>9} {r['mutations']:>7} applied in {r['seconds']:.1f}s; "
+                  f"{r['vertices']:,} vertices, {r['edges']:,} edges; rel err vs DGL {r['max_rel_error']:.1e}; "
+                  f"{r['structure_bytes_per_edge']:.1f} B/edge")
+            continue
+        aff = "/".join(f"{a:.0f}" for a in r["affected_per_layer"])
+        print(f"{r['model']:6} {r['batch_events']:>9} {r['mutations_per_batch']:>7.0f} {r['inc_p50_ms']:>8.2f}ms "
+              f"{r['inc_p99_ms']:>8.2f}ms {r['khop_p50_ms']:>8.2f}ms {r['full_p50_ms']:>8.1f}ms {r['dgl_full_ms']:>8.1f}ms "
+              f"{r['inc_mutations_per_s']:>10.0f} {r['speedup_vs_dgl']:>7.1f} {r['speedup_vs_full']:>7.1f} "
+              f"{r['speedup_vs_khop']:>6.1f} {r['full_vs_dgl']:>8.2f} {aff:>15} {r['max_rel_error']:>8.1e} "
+              f"{r['structure_bytes_per_edge']:>6.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="facebook-wosn-links")
+    p.add_argument("--rmat-scale", type=int, default=20)
+    p.add_argument("--models", default="sage,gcn,gat", help="comma list of sage, gcn, gat")
+    p.add_argument("--batch-sizes", default="1,16,256,4096,65536")
+    p.add_argument("--features", type=int, default=64, help="input width (seeded random features)")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--out", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale-batches", type=float, default=1.0, help="multiply the number of batches per size")
+    p.add_argument("--to-end", action="store_true", help="apply the rest of the stream and check exactness at the end")
+    p.add_argument("--quick", action="store_true", help="sage only, fewer batches, sizes 1,16,256,4096")
+    p.add_argument("--json", default="results/bench_engine.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.scale_batches, args.batch_sizes = "sage", 0.3, "1,16,256,4096"
+    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    torch.set_grad_enabled(False)
+    progress(f"loading dataset {args.dataset}")
+    ds = load(args.dataset, scale=args.rmat_scale) if args.dataset == "rmat" else load(args.dataset)
+    progress(f"{ds!r}")
+    rows = []
+    for name in args.models.split(","):
+        rows += bench_model(ds, name.strip(), args)
+    meta = {"dataset": args.dataset, "features": "seeded random features" if ds.native_features is None else "native features",
+            "features_in": args.features, "hidden": args.hidden, "out": args.out, "device": args.device,
+            "cpu": f"{platform.machine()} x{torch.get_num_threads()} threads", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    print_table(rows, meta)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
