@@ -120,6 +120,7 @@ class EmbeddedBroker:
         self.detach = detach
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_file: Path | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -141,6 +142,8 @@ class EmbeddedBroker:
             raise BrokerError(f"something already answers Kafka requests on {HOST}:{self.port}")
         binary = broker_binary()
         log_path = self.log_path or cache_dir() / f"broker-{self.port}.log"
+        # a default log of an attached broker is removed after a clean stop; a failed start keeps it
+        self._log_file = log_path if self.log_path is None and not self.detach else None
         self._log = open(log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self._proc = subprocess.Popen(
             _command(binary, self.port),
@@ -160,6 +163,7 @@ class EmbeddedBroker:
                 logger.info("broker pid %s ready on %s:%s", self._proc.pid, HOST, self.port)
                 return self.bootstrap
             time.sleep(0.05)
+        self._log_file = None  # keep the log of a failed start
         self.stop()
         raise BrokerError(f"the broker did not answer on {HOST}:{self.port} within {timeout_s} s; see {log_path}")
 
@@ -176,6 +180,9 @@ class EmbeddedBroker:
                 proc.kill()
                 proc.wait(timeout=timeout_s)
         self._cleanup()
+        if self._log_file is not None:
+            self._log_file.unlink(missing_ok=True)
+            self._log_file = None
 
     def _cleanup(self) -> None:
         if self._log is not None:

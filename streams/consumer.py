@@ -27,6 +27,21 @@ from streams.wire import DecodedRecord, DecodeError, columns_to_batch, decode_re
 
 logger = logging.getLogger(__name__)
 
+
+def _warn_if_slow_crc() -> None:
+    """kafka-python checks record CRCs in pure Python (~10 MB/s here) unless the crc32c package is installed."""
+    global _crc_checked
+    if _crc_checked:
+        return
+    _crc_checked = True
+    try:
+        import crc32c  # noqa: F401
+    except ImportError:
+        logger.warning("package crc32c is not installed: Kafka record CRCs are checked in pure Python (~10 MB/s); pip install crc32c")
+
+
+_crc_checked = False
+
 DEFAULT_MAX_PARTITION_FETCH_BYTES = 32 << 20
 DEFAULT_FETCH_MAX_BYTES = 64 << 20
 
@@ -137,6 +152,8 @@ class MutationConsumer:
             "max_poll_records": 100_000,
         }
         config.update(kafka_config or {})
+        if config.get("check_crcs", True):
+            _warn_if_slow_crc()
         self._consumer = KafkaConsumer(**config)
         known = self._consumer.partitions_for_topic(topic)
         if not known:
