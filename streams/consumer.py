@@ -23,7 +23,7 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from streams.errors import StreamError
 from streams.topics import dead_letter_topic_for, ensure_topic
-from streams.wire import DecodedRecord, DecodeError, columns_to_batch, decode_record
+from streams.wire import DecodedRecord, DecodeError, DecodeErrorCode, columns_to_batch, decode_record
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,11 @@ class MutationConsumer:
         stamps: list[int] = []
         n_dead = 0
         for rec in records:
-            decoded = decode_record(rec.value, rec.key, partition, self.partition_map, self.feature_dim)
+            try:
+                decoded = decode_record(rec.value, rec.key, partition, self.partition_map, self.feature_dim)
+            except Exception as exc:  # a decoder bug must not stop ingestion: the record is dead-lettered
+                logger.exception("decoder failed on %s[%s]@%s", self.topic, partition, rec.offset)
+                decoded = DecodeError(DecodeErrorCode.DECODE_FAILED, f"the decoder failed: {exc!r}")
             if isinstance(decoded, DecodeError):
                 dead.append(DeadLetter(self.topic, partition, rec.offset, rec.timestamp, decoded))
                 n_dead += 1

@@ -71,6 +71,7 @@ class DecodeErrorCode(str, enum.Enum):
     BAD_KEY = "bad_key"
     KEY_MISMATCH = "key_mismatch"
     PARTITION_MISMATCH = "partition_mismatch"
+    DECODE_FAILED = "decode_failed"  # the decoder itself raised (a bug): the record is kept in the DLQ
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,14 @@ def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
         code = DecodeErrorCode.MISSING_FIELD if has[i] else DecodeErrorCode.EXTRA_FIELD
         return DecodeError(code, f"row {i} ({MutationKind(int(kind[i])).name}) {what} features")
     width = ftype.list_size
-    flat = fcol.values.slice(fcol.offset * width, n * width).to_numpy(zero_copy_only=True)
+    child = fcol.values.slice(fcol.offset * width, n * width)
+    if child.null_count:  # slots under null rows may be null (pa.nulls does that); values in feature rows may not
+        child_valid = child.is_valid().to_numpy(zero_copy_only=False).reshape(n, width)
+        bad_rows = has & ~child_valid.all(axis=1)
+        if bad_rows.any():
+            i = int(np.flatnonzero(bad_rows)[0])
+            return DecodeError(DecodeErrorCode.BAD_VALUE, f"row {i} ({MutationKind(int(kind[i])).name}) has null feature values")
+    flat = child.to_numpy(zero_copy_only=False)  # zero-copy unless the child has nulls
     dense = flat.reshape(n, width)
     feats = dense if n_feat == n else dense[has]
     finite = np.isfinite(feats)

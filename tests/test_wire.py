@@ -287,6 +287,18 @@ def test_wrong_types_and_values() -> None:
     assert rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": [1, "x", 3]}), b"1").code == DecodeErrorCode.BAD_TYPE
 
 
+def test_null_feature_values() -> None:
+    # nulls under null rows are fine (pa.nulls writes them); a null inside a feature row is not
+    values = pa.array([1.0, 2.0, 3.0, None, None, None], type=pa.float32())
+    feats = pa.FixedSizeListArray.from_arrays(values, F, mask=pa.array([False, True]))
+    t = pa.table({"kind": pa.array([0, 2], pa.int8()), "src": pa.array([1, 0], pa.int64()), "dst": pa.array([-1, 1], pa.int64()), "features": feats})
+    np.testing.assert_array_equal(ok(arrow_bytes(t)).features, [[1, 2, 3]])
+    values = pa.array([1.0, None, 3.0], type=pa.float32())
+    t = vertex_table([1], np.ones((1, F), np.float32)).set_column(3, "features", pa.FixedSizeListArray.from_arrays(values, F))
+    err = rejected(arrow_bytes(t))
+    assert err.code == DecodeErrorCode.BAD_VALUE and "null feature" in err.message
+
+
 def test_wrong_feature_width() -> None:
     assert rejected(arrow_bytes(vertex_table([1], np.ones((1, F + 1), np.float32)))).code == DecodeErrorCode.FEATURE_WIDTH
     err = rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": [1.0, 2.0]}), b"1")

@@ -253,3 +253,25 @@ def test_kinds_survive_the_wire(kafka_bootstrap: str, topic: str) -> None:
     with consumer(kafka_bootstrap, topic, [1]) as c:
         out = joined(drain(c, {1: 1})[1])
     assert out.counts() == {"add_vertex": 0, "remove_vertex": 1, "add_edge": 1, "remove_edge": 1, "update_features": 0}
+
+
+def test_a_decoder_crash_dead_letters_the_record_instead_of_stopping(
+    kafka_bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.consumer as consumer_module
+
+    real = consumer_module.decode_record
+
+    def flaky(value, key, *args):  # type: ignore[no-untyped-def]
+        if key == b"boom":
+            raise IndexError("simulated decoder bug")
+        return real(value, key, *args)
+
+    monkeypatch.setattr(consumer_module, "decode_record", flaky)
+    good = MutationBatch.add_edges([0], [1])
+    raw_send(kafka_bootstrap, topic, [(1, b"boom", encode_arrow(good)), (1, None, encode_arrow(good))])
+    with consumer(kafka_bootstrap, topic, [1]) as c:
+        got = drain(c, {1: 2})[1]
+    assert_same(joined(got), good)
+    (letter,) = read_all(kafka_bootstrap, dead_letter_topic_for(topic), list(range(P)), expect=1)
+    assert dict(letter.headers)[H_REASON] == b"decode_failed"
