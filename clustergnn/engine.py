@@ -8,6 +8,11 @@ brings every layer's cache up to date with one of three modes, so one benchmark 
 * ``"khop"``: recompute, from scratch, every row a mutation can reach (the naive incremental baseline).
 * ``"full"``: recompute every row of every layer (what users without clustergnn do).
 
+``collaborative=True`` is STAG's collaborative serving: updates propagate eagerly through the first
+``L - 1`` layers and keep the last layer's messages current, but the last layer itself is finished at
+read time for the vertices asked about (an aggregation over their in-edges).  Both ways are exact; the
+collaborative one moves the widest fan-out (the last hop) from every update to the few rows read.
+
 Layers are indexed like DGL's examples build models: ``h_0`` = input features, ``h_{l+1} =
 act(layer_l(g, h_l))`` with ``act`` between layers, not after the last.
 """
@@ -25,7 +30,7 @@ import torch
 
 from clustergnn._dgl import dgl
 from clustergnn.errors import MutationError, UnknownVertexError
-from clustergnn.graph import EdgeLog, MutableGraph
+from clustergnn.graph import EdgeLog, MutableGraph, union, unique
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.rules import Aggregation, LayerRule, rules_from_dgl
 
@@ -48,6 +53,7 @@ class LayerDelta:
     layer: int
     affected: int
     changed_ids: np.ndarray
+    deferred: bool = False  # collaborative last layer: finished at read time, changes not enumerated
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,15 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+# index_select / index_copy_ are several times faster than advanced indexing on CPU; rows are unique
+def _sel(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, idx)
+
+
+def _put(t: torch.Tensor, idx: torch.Tensor, v: torch.Tensor) -> None:
+    t.index_copy_(0, idx, v.to(t.dtype))
+
+
 class Engine:
     """Exact incremental GNN inference on a mutable graph.  Build it with :meth:`from_dgl`.
 
@@ -102,9 +117,11 @@ class Engine:
         device: str | torch.device = "cpu",
         mode: Mode = "incremental",
         capacity: int = 1024,
+        collaborative: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.collaborative = bool(collaborative)
         self.device = torch.device(device)
         self.rules = [r.to(self.device) for r in rules]
         self.activation = activation
@@ -130,6 +147,7 @@ class Engine:
         device: str | torch.device = "cpu",
         mode: Mode = "incremental",
         vertex_ids: np.ndarray | None = None,
+        collaborative: bool = False,
     ) -> Engine:
         """An engine over ``graph`` (vertex ids = its node ids unless ``vertex_ids`` is given) whose
         caches equal ``layers``' forward pass on it.
@@ -141,6 +159,7 @@ class Engine:
             activation: applied between layers, not after the last; ``None`` for none.
             device: where the caches live ("cpu", "cuda", "cuda:1", ...).
             mode: "incremental", "khop" or "full" (see the module docstring).
+            collaborative: finish the last layer at read time (see the module docstring).
         """
         features = torch.as_tensor(features)
         if features.dtype != torch.float32:
@@ -149,7 +168,7 @@ class Engine:
         if features.ndim != 2 or features.shape[0] != n:
             raise MutationError(f"features must have shape ({n}, F), got {tuple(features.shape)}")
         rules = rules_from_dgl(list(layers), int(features.shape[1]))
-        eng = cls(rules, activation=activation, device=device, mode=mode, capacity=max(n, 16))
+        eng = cls(rules, activation=activation, device=device, mode=mode, capacity=max(n, 16), collaborative=collaborative)
         ids = np.arange(n, dtype=np.int64) if vertex_ids is None else np.asarray(vertex_ids, dtype=np.int64)
         src, dst = (t.numpy() for t in graph.edges())
         eng.load(ids, features, ids[src], ids[dst])
@@ -164,10 +183,11 @@ class Engine:
         device: str | torch.device = "cpu",
         mode: Mode = "incremental",
         capacity: int = 1024,
+        collaborative: bool = False,
     ) -> Engine:
         """An empty engine for ``layers``; fill it with :meth:`bulk_load` or :meth:`apply`."""
         rules = rules_from_dgl(list(layers), feature_dim)
-        return cls(rules, activation=activation, device=device, mode=mode, capacity=capacity)
+        return cls(rules, activation=activation, device=device, mode=mode, capacity=capacity, collaborative=collaborative)
 
     def load(self, ids: np.ndarray, features: torch.Tensor, src: np.ndarray, dst: np.ndarray) -> None:
         """Bulk-load vertices and edges, then compute every cache with one full pass."""
@@ -239,7 +259,15 @@ class Engine:
         li = self._layer_index(layer)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         slots = self.graph.slots_of(ids)
-        return self.h[li][self._t(slots)].clone()
+        if li == self.num_layers and self._defers_last_layer:
+            with torch.no_grad():
+                last = self.num_layers - 1
+                return self._finish(last, slots, self._recompute_agg(last, slots))
+        return _sel(self.h[li], self._t(slots))
+
+    @property
+    def _defers_last_layer(self) -> bool:
+        return self.collaborative and self.mode != "full"
 
     def vertex_ids(self) -> np.ndarray:
         """External ids of all live vertices (in slot order)."""
@@ -274,12 +302,12 @@ class Engine:
             removed = _cat(pend.removed)
             alive = self.graph.alive
             new = new[alive[new]] if new.size else new
-            feat = np.unique(_cat(pend.feat))
+            feat = unique(_cat(pend.feat))
             feat = feat[alive[feat]] if feat.size else feat
             if self.mode == "full":
                 deltas = self._full()
             else:
-                deltas = self._propagate(pend.edges, np.union1d(feat, new), new)
+                deltas = self._propagate(pend.edges, union(feat, new), new)
             if removed.size:
                 self._clear_rows(removed)
             self.graph.end_batch()
@@ -392,9 +420,9 @@ class Engine:
         rule = self.rules[li]
         idx = self._t(rows)
         indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
-        agg = agg_rows if agg_rows is not None else self.agg[li][idx]
-        selfv = self.selfc[li][idx] if self.selfc[li] is not None else None
-        out = rule.finish(selfv, agg, indeg, self.msg[li][idx])
+        agg = agg_rows if agg_rows is not None else _sel(self.agg[li], idx)
+        selfv = _sel(self.selfc[li], idx) if self.selfc[li] is not None else None
+        out = rule.finish(selfv, agg, indeg, _sel(self.msg[li], idx))
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)
         return out
@@ -403,19 +431,19 @@ class Engine:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
         src, dst = self.graph.in_edges(rows)
         seg = np.repeat(np.arange(len(rows)), self.graph.in_degree(rows))
-        return self.rules[li].aggregate(self.msg[li], self._t(src), self._t(seg), len(rows), self.msg[li][self._t(rows)])
+        return self.rules[li].aggregate(self.msg[li], self._t(src), self._t(seg), len(rows), _sel(self.msg[li], self._t(rows)))
 
     def _store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool) -> np.ndarray:
         """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
         idx = self._t(rows)
         if detect:
-            diff = (out != self.h[li + 1][idx]).any(dim=1).cpu().numpy()
+            diff = (out != _sel(self.h[li + 1], idx)).any(dim=1).cpu().numpy()
             changed = rows[diff]
             if force.size:
-                changed = np.union1d(changed, force)
+                changed = union(changed, force)
         else:
             changed = rows
-        self.h[li + 1][idx] = out
+        _put(self.h[li + 1], idx, out)
         return changed
 
     def _full(self) -> list[LayerDelta]:
@@ -425,13 +453,14 @@ class Engine:
         outdeg = torch.from_numpy(g.out_degree(rows)).to(self.device)
         deltas = []
         for li, rule in enumerate(self.rules):
-            self.msg[li][idx] = rule.message(self.h[li][idx], outdeg)
+            h_rows = _sel(self.h[li], idx)
+            _put(self.msg[li], idx, rule.message(h_rows, outdeg))
             if self.selfc[li] is not None:
-                self.selfc[li][idx] = rule.self_term(self.h[li][idx])
+                _put(self.selfc[li], idx, rule.self_term(h_rows))
             agg = self._recompute_agg(li, rows)
             if self.agg[li] is not None:
-                self.agg[li][idx] = agg
-            self.h[li + 1][idx] = self._finish(li, rows, agg)
+                _put(self.agg[li], idx, agg)
+            _put(self.h[li + 1], idx, self._finish(li, rows, agg))
             deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows]))
         return deltas
 
@@ -440,33 +469,37 @@ class Engine:
         alive = g.alive
         add_src, add_dst = edges.added()
         rem_src, rem_dst = edges.removed()
-        endpoints_src = np.unique(np.concatenate([add_src, rem_src]))
+        endpoints_src = union(add_src, rem_src)
         endpoints_src = endpoints_src[alive[endpoints_src]]
-        touched_dst = np.unique(np.concatenate([add_dst, rem_dst]))
+        touched_dst = union(add_dst, rem_dst)
         touched_dst = touched_dst[alive[touched_dst]]
         incremental = self.mode == "incremental"
         deltas = []
         for li, rule in enumerate(self.rules):
-            srcs = np.union1d(changed, endpoints_src) if rule.message_uses_outdeg else changed
+            srcs = union(changed, endpoints_src) if rule.message_uses_outdeg else changed
             s_idx = self._t(srcs)
-            m_old = self.msg[li][s_idx]
-            m_new = rule.message(self.h[li][s_idx], torch.from_numpy(g.out_degree(srcs)).to(self.device))
+            m_old = _sel(self.msg[li], s_idx)
+            m_new = rule.message(_sel(self.h[li], s_idx), torch.from_numpy(g.out_degree(srcs)).to(self.device))
             if self.selfc[li] is not None and changed.size:
                 c_idx = self._t(changed)
-                self.selfc[li][c_idx] = rule.self_term(self.h[li][c_idx])
+                _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
+            if li == len(self.rules) - 1 and self._defers_last_layer:
+                _put(self.msg[li], s_idx, m_new)  # the last hop is finished on read
+                deltas.append(LayerDelta(li + 1, len(srcs), np.zeros(0, dtype=np.int64), deferred=True))
+                break
             se, de = g.out_edges(srcs)
             se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
             parts = [de, touched_dst, new]
             if rule.uses_self:
                 parts.append(changed)
-            rows = np.unique(np.concatenate(parts))
+            rows = union(*parts)
             rows = rows[alive[rows]]
             agg_rows = None
             if not incremental or rule.aggregation is Aggregation.ATTENTION:
-                self.msg[li][s_idx] = m_new
+                _put(self.msg[li], s_idx, m_new)
                 agg_rows = self._recompute_agg(li, rows)
                 if self.agg[li] is not None:
-                    self.agg[li][self._t(rows)] = agg_rows
+                    _put(self.agg[li], self._t(rows), agg_rows)
             elif rule.aggregation is Aggregation.SUM:
                 self._sum_delta(li, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst)
             else:
@@ -480,13 +513,13 @@ class Engine:
         """STAG additivity (rules.py): a'_v = a_v + sum_{G', S} dm + sum_{E+} m_old - sum_{E-} m_old."""
         agg, msg = self.agg[li], self.msg[li]
         if add_src.size:
-            agg.index_add_(0, self._t(add_dst), msg[self._t(add_src)].double())
+            agg.index_add_(0, self._t(add_dst), _sel(msg, self._t(add_src)).double())
         if rem_src.size:
-            agg.index_add_(0, self._t(rem_dst), msg[self._t(rem_src)].double(), alpha=-1)
+            agg.index_add_(0, self._t(rem_dst), _sel(msg, self._t(rem_src)).double(), alpha=-1)
         if de.size:
             dm = m_new.double() - m_old.double()
-            agg.index_add_(0, self._t(de), dm[self._t(se_pos)])
-        msg[s_idx] = m_new
+            agg.index_add_(0, self._t(de), _sel(dm, self._t(se_pos)))
+        _put(msg, s_idx, m_new)
 
     def _max_update(self, li, rows, m_old, m_new, s_idx, se, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
         """InkStream's monotonic max rule (rules.py); re-aggregates only rows whose max may have shrunk."""
@@ -495,11 +528,11 @@ class Engine:
         suspect = []
         if de.size:
             pos, d = self._t(se_pos), self._t(de)
-            mo, mn, cur = m_old[pos], m_new[pos], agg[d]
+            mo, mn, cur = _sel(m_old, pos), _sel(m_new, pos), _sel(agg, d)
             flag = ((mo >= cur) & (mn < mo)).any(dim=1).cpu().numpy()
             suspect.append(de[flag])
         if rem_src.size:
-            flag = (msg[self._t(rem_src)] >= agg[self._t(rem_dst)]).any(dim=1).cpu().numpy()
+            flag = (_sel(msg, self._t(rem_src)) >= _sel(agg, self._t(rem_dst))).any(dim=1).cpu().numpy()
             suspect.append(rem_dst[flag])
         # rows whose old in-degree was 0 held DGL's empty max (0), which is not a lower bound
         old_deg = g.in_degree(rows).copy()
@@ -511,7 +544,7 @@ class Engine:
                 np.add.at(old_deg, pos_r[ok], sign * c[ok])
         suspect.append(rows[old_deg == 0])
         redo = np.intersect1d(np.concatenate(suspect), rows)
-        msg[s_idx] = m_new
+        _put(msg, s_idx, m_new)
         keep = np.ones(g.capacity, dtype=bool)
         keep[redo] = False
         keep &= g.alive
@@ -521,9 +554,9 @@ class Engine:
         if sel.any():
             d = self._t(dsts_all[sel])
             s = self._t(srcs_all[sel])
-            agg.scatter_reduce_(0, d.unsqueeze(1).expand(-1, agg.shape[1]), msg[s], reduce="amax", include_self=True)
+            agg.scatter_reduce_(0, d.unsqueeze(1).expand(-1, agg.shape[1]), _sel(msg, s), reduce="amax", include_self=True)
         if redo.size:
-            agg[self._t(redo)] = self._recompute_agg(li, redo)
+            _put(agg, self._t(redo), self._recompute_agg(li, redo))
 
 
 def dgl_forward(

@@ -26,6 +26,21 @@ DIRECT_ID_LIMIT = 1 << 28  # ids below this use a table (4 bytes per id up to th
 _MIN_BLOCK = 4
 
 
+def unique(a: np.ndarray) -> np.ndarray:
+    """Sorted unique values (sort-based: several times faster than ``np.unique``'s hashing here)."""
+    if len(a) < 2:
+        return np.asarray(a, dtype=np.int64).copy()
+    a = np.sort(a)
+    keep = np.empty(len(a), dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def union(*arrays: np.ndarray) -> np.ndarray:
+    return unique(np.concatenate(arrays))
+
+
 def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated ``range(starts[i], starts[i] + lengths[i])`` for all i, vectorised."""
     lengths = lengths.astype(np.int64, copy=False)
@@ -92,7 +107,9 @@ class BlockAdjacency:
             return
         order = np.argsort(owners, kind="stable")
         o, nb = owners[order], nbrs[order]
-        uniq, first, counts = np.unique(o, return_index=True, return_counts=True)
+        first = np.flatnonzero(np.concatenate(([True], o[1:] != o[:-1])))
+        uniq = o[first]
+        counts = np.diff(np.append(first, len(o)))
         need = self.length[uniq] + counts
         grow = need > self.cap[uniq]
         if grow.any():
@@ -119,7 +136,7 @@ class BlockAdjacency:
         Returns ``(uniq_owners, entry_owner, entry_value, entry_removed)`` over the gathered blocks of
         the owners, and raises ``MutationError`` naming the first pair without enough copies.
         """
-        uniq = np.unique(owners)
+        uniq = unique(owners)
         e_owner, e_val = self.gather(uniq)
         want = (owners.astype(np.int64) << 32) | nbrs.astype(np.int64)
         have = (e_owner << 32) | e_val
@@ -157,7 +174,7 @@ class BlockAdjacency:
 
     def remove_values(self, owners: np.ndarray, drop: np.ndarray) -> None:
         """In the blocks of ``owners`` drop every entry whose neighbour is marked in boolean ``drop``."""
-        uniq = np.unique(owners)
+        uniq = unique(owners)
         e_owner, e_val = self.gather(uniq)
         self.rewrite(uniq, e_owner, e_val, ~drop[e_val])
 

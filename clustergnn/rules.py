@@ -157,8 +157,10 @@ def _post(layer: torch.nn.Module, attr: str = "activation") -> Activation:
 class SageRule(LayerRule):
     """``dgl.nn.SAGEConv`` (Hamilton et al., https://arxiv.org/abs/1706.02216).
 
-    mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``; the sum kept is of ``m_u = W_neigh h_u``
-    (linearity: ``W mean(h) = mean(W h)``), so a reader's update is a vector add.  Empty mean = 0.
+    mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``.  By linearity (``W mean(h) = mean(W h)``)
+    the sum is kept of whichever of ``h_u`` and ``W_neigh h_u`` is narrower (DGL's ``lin_before_mp``):
+    when the layer narrows, a reader's update is a vector add in the output width; when it widens, it
+    is a vector add in the input width and one small matmul per finished row.  Empty mean = 0.
     gcn:  ``out_v = W_neigh (sum_{u->v} h_u + h_v) / (indeg_v + 1) + b``.
     pool: ``out_v = W_self h_v + W_neigh max_{u->v} relu(W_pool h_u + b_pool) + b``; empty max = 0.
     """
@@ -180,14 +182,15 @@ class SageRule(LayerRule):
             self.w_pool, self.b_pool = _linear(layer.fc_pool)
             agg, msg_dim = Aggregation.MAX, in_dim
         else:
-            agg, msg_dim = Aggregation.SUM, out_dim
+            self.lin_before = in_dim > out_dim
+            agg, msg_dim = Aggregation.SUM, (out_dim if self.lin_before else in_dim)
         super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
         self.has_self_term = kind != "gcn"
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         if self.kind == "pool":
             return F.relu(F.linear(h, self.w_pool, self.b_pool))
-        return F.linear(h, self.w_neigh)
+        return F.linear(h, self.w_neigh) if self.lin_before else h
 
     def self_term(self, h):
         return _apply(h, self.w_self, self.b_self)
@@ -197,8 +200,13 @@ class SageRule(LayerRule):
             return self.post(selfv + F.linear(agg, self.w_neigh))
         deg = indeg.to(agg.dtype).unsqueeze(1)
         if self.kind == "mean":
-            return self.post(selfv + (agg / deg.clamp(min=1)).float())
-        neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
+            neigh = (agg / deg.clamp(min=1)).float()
+        else:
+            neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
+        if not self.lin_before:
+            neigh = F.linear(neigh, self.w_neigh)
+        if self.kind == "mean":
+            return self.post(selfv + neigh)
         return self.post(neigh if self.bias is None else neigh + self.bias)
 
 
@@ -219,8 +227,9 @@ class GraphConvRule(LayerRule):
         self.post = _post(layer, "_activation")
         in_dim = layer._in_feats
         out_dim = layer._out_feats if self.w is not None else in_dim
-        # the weight is applied before aggregation (linearity), so a reader's update is a vector add
-        msg_dim = out_dim
+        # by linearity the weight may go before or after the sum: keep the narrower side cached (as DGL)
+        self.lin_before = self.w is not None and in_dim > out_dim
+        msg_dim = out_dim if self.lin_before else in_dim
         super().__init__(Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"),
                          f"GraphConv[{self.norm}]")
 
@@ -228,10 +237,12 @@ class GraphConvRule(LayerRule):
         if self.norm in ("left", "both"):
             d = outdeg.to(h.dtype).clamp(min=1).unsqueeze(1)
             h = h * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
-        return h if self.w is None else torch.matmul(h, self.w)
+        return torch.matmul(h, self.w) if self.lin_before else h
 
     def finish(self, selfv, agg, indeg, msg):
         rst = agg.float()
+        if self.w is not None and not self.lin_before:
+            rst = torch.matmul(rst, self.w)
         if self.norm in ("right", "both"):
             d = indeg.to(rst.dtype).clamp(min=1).unsqueeze(1)
             rst = rst * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)

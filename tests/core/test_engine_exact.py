@@ -82,14 +82,17 @@ def initial_graph(data: st.DataObject) -> tuple[dgl.DGLGraph, torch.Tensor, list
     return g, x, edges
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "collaborative"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_random_streams_match_dgl(model: str, mode: str, data: st.DataObject) -> None:
     layers = build(model, seed=data.draw(st.integers(0, 100), label="weight seed"))
     g, x, edges = initial_graph(data)
-    eng = Engine.from_dgl(layers, g, x, mode=mode)
+    if mode == "collaborative":
+        eng = Engine.from_dgl(layers, g, x, collaborative=True)
+    else:
+        eng = Engine.from_dgl(layers, g, x, mode=mode)
     assert_matches_dgl(eng, layers)
     state = GraphModel(g.num_nodes(), edges)
     for _ in range(data.draw(st.integers(1, 4), label="batches")):
