@@ -227,12 +227,15 @@ class MutationBatch:
         n = len(self)
         width = self.feature_dim
         has = _FEATURE_KINDS[self.kind]
-        dense = np.zeros((n, width), dtype=np.float32)
-        if width:
+        if width == 0:  # Arrow has no fixed-size list of width 0 with values: an all-null column
+            if has.any():
+                raise MutationError("vertex mutations need features of width >= 1")
+            feats = pa.nulls(n, type=pa.list_(pa.float32(), 0))
+        else:
+            dense = np.zeros((n, width), dtype=np.float32)
             dense[has] = self.features.numpy()
-        values = pa.array(dense.reshape(-1), type=pa.float32())
-        mask = pa.array(~has, type=pa.bool_())
-        feats = pa.FixedSizeListArray.from_arrays(values, width, mask=mask)
+            values = pa.array(dense.reshape(-1), type=pa.float32())
+            feats = pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array(~has, type=pa.bool_()))
         return pa.table(
             {
                 "kind": pa.array(self.kind, type=pa.int8()),

@@ -9,6 +9,10 @@ not yet visible, i.e. every record below it is applied through every layer on ev
 read with ``max_staleness_ms = S`` answers only once the watermark covers every record produced more
 than ``S`` ms before the answer; ``staleness_ms`` of an answer is ``now - (time of the oldest record
 not yet visible)`` (0 when nothing produced is pending).
+
+Read-your-writes: ``min_offsets = {p: o}`` asks that record ``o`` of Kafka partition ``p`` be visible,
+i.e. ``watermark[p] > o``; the offsets a write returns (the last record per partition) can be passed
+back as they are.
 """
 
 from __future__ import annotations
