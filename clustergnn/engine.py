@@ -53,7 +53,8 @@ class LayerDelta:
     layer: int
     affected: int
     changed_ids: np.ndarray
-    deferred: bool = False  # collaborative last layer: finished at read time, changes not enumerated
+    deferred: bool = False  # collaborative last layer: finished at read time; ids are rows whose inputs changed
+    changed_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,20 @@ class _Pending:
     removed: list[np.ndarray] = field(default_factory=list)
     feat: list[np.ndarray] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """A batch's structural changes as the layer steps use them (local slots)."""
+
+    add_src: np.ndarray
+    add_dst: np.ndarray
+    rem_src: np.ndarray
+    rem_dst: np.ndarray
+    out_changed: np.ndarray  # owned vertices whose local out-degree changed
+    touched: np.ndarray  # owned vertices whose in-edges changed
+    new: np.ndarray  # owned vertices added by the batch
+    live: np.ndarray  # bool per slot: alive and owned (not a ghost)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -133,6 +148,10 @@ class Engine:
         self.msg: list[torch.Tensor] = [self._zeros(0, r.msg_dim) for r in rules]
         self.agg: list[torch.Tensor | None] = [self._agg_zeros(r, 0) for r in rules]
         self.selfc: list[torch.Tensor | None] = [self._zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules]
+        self.ghost = np.zeros(0, dtype=bool)  # slots that mirror another partition's vertex
+        self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
+        self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
+        self.round = 0
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -227,6 +246,11 @@ class Engine:
         self.msg = [grown(t) for t in self.msg]
         self.agg = [grown(t) for t in self.agg]
         self.selfc = [grown(t) for t in self.selfc]
+        for name in ("ghost", "remote_out", "version"):
+            old = getattr(self, name)
+            arr = np.zeros(capacity, dtype=old.dtype)
+            arr[: len(old)] = old
+            setattr(self, name, arr)
         self._cap = capacity
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
@@ -297,6 +321,7 @@ class Engine:
             raise MutationError(f"apply takes a MutationBatch, got {type(batch).__name__}")
         with torch.no_grad():
             pend = self._apply_structure(batch)
+            self.round += 1
             self._grow(self.graph.capacity)
             new = _cat(pend.new)
             removed = _cat(pend.removed)
@@ -324,6 +349,8 @@ class Engine:
         )
 
     def _clear_rows(self, slots: np.ndarray) -> None:
+        self.remote_out[slots] = 0
+        self.ghost[slots] = False
         idx = self._t(slots)
         for t in [*self.h, *self.msg, *self.agg, *self.selfc]:
             if t is not None:
@@ -448,9 +475,9 @@ class Engine:
 
     def _full(self) -> list[LayerDelta]:
         g = self.graph
-        rows = g.alive_slots()
+        rows = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
         idx = self._t(rows)
-        outdeg = torch.from_numpy(g.out_degree(rows)).to(self.device)
+        outdeg = torch.from_numpy(self._outdeg(rows)).to(self.device)
         deltas = []
         for li, rule in enumerate(self.rules):
             h_rows = _sel(self.h[li], idx)
@@ -461,53 +488,90 @@ class Engine:
             if self.agg[li] is not None:
                 _put(self.agg[li], idx, agg)
             _put(self.h[li + 1], idx, self._finish(li, rows, agg))
-            deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows]))
+            deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows))
+        self.version[rows] = self.round
         return deltas
 
-    def _propagate(self, edges: EdgeLog, changed: np.ndarray, new: np.ndarray) -> list[LayerDelta]:
+    def _context(self, edges: EdgeLog, new: np.ndarray) -> _Ctx:
+        """What a batch changed structurally, filtered to what the layer steps need."""
         g = self.graph
-        alive = g.alive
+        live = g.alive & ~self.ghost[: g.capacity]
         add_src, add_dst = edges.added()
         rem_src, rem_dst = edges.removed()
-        endpoints_src = union(add_src, rem_src)
-        endpoints_src = endpoints_src[alive[endpoints_src]]
-        touched_dst = union(add_dst, rem_dst)
-        touched_dst = touched_dst[alive[touched_dst]]
-        incremental = self.mode == "incremental"
+        out_changed = union(add_src, rem_src)
+        out_changed = out_changed[live[out_changed]]
+        touched = union(add_dst, rem_dst)
+        touched = touched[live[touched]]
+        return _Ctx(add_src, add_dst, rem_src, rem_dst, out_changed, touched, new, live)
+
+    def _sources(self, li: int, ctx: _Ctx, changed: np.ndarray, extra_out_changed: np.ndarray | None = None) -> np.ndarray:
+        """Owned vertices whose layer-``li`` message changes: new ``h`` or (if it matters) new out-degree."""
+        if not self.rules[li].message_uses_outdeg:
+            return changed
+        parts = [changed, ctx.out_changed] + ([extra_out_changed] if extra_out_changed is not None else [])
+        return union(*parts)
+
+    def _outdeg(self, slots: np.ndarray) -> np.ndarray:
+        """Global out-degree: local edges plus edges held by other partitions (0 in one process)."""
+        return self.graph.out_degree(slots) + self.remote_out[slots]
+
+    def _messages(self, li: int, srcs: np.ndarray) -> torch.Tensor:
+        idx = self._t(srcs)
+        return self.rules[li].message(_sel(self.h[li], idx), torch.from_numpy(self._outdeg(srcs)).to(self.device))
+
+    def _propagate(self, edges: EdgeLog, changed: np.ndarray, new: np.ndarray) -> list[LayerDelta]:
+        ctx = self._context(edges, new)
         deltas = []
-        for li, rule in enumerate(self.rules):
-            srcs = union(changed, endpoints_src) if rule.message_uses_outdeg else changed
-            s_idx = self._t(srcs)
-            m_old = _sel(self.msg[li], s_idx)
-            m_new = rule.message(_sel(self.h[li], s_idx), torch.from_numpy(g.out_degree(srcs)).to(self.device))
-            if self.selfc[li] is not None and changed.size:
-                c_idx = self._t(changed)
-                _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
-            if li == len(self.rules) - 1 and self._defers_last_layer:
-                _put(self.msg[li], s_idx, m_new)  # the last hop is finished on read
-                deltas.append(LayerDelta(li + 1, len(srcs), np.zeros(0, dtype=np.int64), deferred=True))
-                break
-            se, de = g.out_edges(srcs)
-            se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
-            parts = [de, touched_dst, new]
-            if rule.uses_self:
-                parts.append(changed)
-            rows = union(*parts)
-            rows = rows[alive[rows]]
-            agg_rows = None
-            if not incremental or rule.aggregation is Aggregation.ATTENTION:
-                _put(self.msg[li], s_idx, m_new)
-                agg_rows = self._recompute_agg(li, rows)
-                if self.agg[li] is not None:
-                    _put(self.agg[li], self._t(rows), agg_rows)
-            elif rule.aggregation is Aggregation.SUM:
-                self._sum_delta(li, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst)
-            else:
-                self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, add_src, add_dst, rem_src, rem_dst)
-            out = self._finish(li, rows, agg_rows)
-            changed = self._store(li, rows, out, new, detect=incremental)
-            deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[changed]))
+        for li in range(self.num_layers):
+            srcs = self._sources(li, ctx, changed)
+            delta = self._layer(li, ctx, changed, srcs, self._messages(li, srcs))
+            deltas.append(delta)
+            changed = delta.changed_slots
         return deltas
+
+    def _layer(self, li: int, ctx: _Ctx, changed: np.ndarray, srcs: np.ndarray, m_new: torch.Tensor) -> LayerDelta:
+        """One layer of propagation.
+
+        Args:
+            changed: owned rows whose input ``h_li`` changed this batch.
+            srcs, m_new: every vertex whose layer-``li`` message changed, with its new message (owned
+                sources computed here; in a partition, ghost sources received from their owners).
+        Returns the layer's delta; ``changed_slots`` are the owned rows whose ``h_{li+1}`` changed.
+        """
+        g, rule = self.graph, self.rules[li]
+        incremental = self.mode == "incremental"
+        s_idx = self._t(srcs)
+        m_old = _sel(self.msg[li], s_idx)
+        if self.selfc[li] is not None and changed.size:
+            c_idx = self._t(changed)
+            _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
+        se, de = g.out_edges(srcs)
+        parts = [de, ctx.touched, ctx.new]
+        if rule.uses_self:
+            parts.append(changed)
+        rows = union(*parts)
+        rows = rows[ctx.live[rows]]
+        if li == self.num_layers - 1 and self._defers_last_layer:
+            _put(self.msg[li], s_idx, m_new)  # the last hop is finished on read
+            self.version[rows] = self.round
+            return LayerDelta(li + 1, len(srcs), g.ext_of[rows], deferred=True, changed_slots=rows)
+        se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
+        agg_rows = None
+        if not incremental or rule.aggregation is Aggregation.ATTENTION:
+            _put(self.msg[li], s_idx, m_new)
+            agg_rows = self._recompute_agg(li, rows)
+            if self.agg[li] is not None:
+                _put(self.agg[li], self._t(rows), agg_rows)
+        elif rule.aggregation is Aggregation.SUM:
+            self._sum_delta(li, m_old, m_new, s_idx, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src, ctx.rem_dst)
+        else:
+            self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src,
+                             ctx.rem_dst)
+        out = self._finish(li, rows, agg_rows)
+        changed_next = self._store(li, rows, out, ctx.new, detect=incremental)
+        if li == self.num_layers - 1:
+            self.version[changed_next] = self.round
+        return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
     def _sum_delta(self, li, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
         """STAG additivity (rules.py): a'_v = a_v + sum_{G', S} dm + sum_{E+} m_old - sum_{E-} m_old."""
