@@ -275,6 +275,7 @@ class Engine:
             raise ValueError(f"layer must be in [{-top - 1}, {top}] (0 = input features, {top} or -1 = output), got {layer!r}")
         return int(layer) % (top + 1)
 
+    @torch.no_grad()
     def embeddings(self, ids, layer: int = -1) -> torch.Tensor:
         """``(len(ids), D_layer)`` float32 rows of ``h_layer`` (0 = features, -1 = final output).
 
@@ -366,10 +367,14 @@ class Engine:
             raise MutationError(f"{where}: features must be finite, got NaN or inf")
         return feats.to(self.device)
 
-    def _apply_structure(self, batch: MutationBatch) -> _Pending:
-        """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails."""
+    def _apply_structure(self, batch: MutationBatch, into: _Pending | None = None) -> _Pending:
+        """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails.
+
+        With ``into``, the batch's changes are appended to it (several atomic batches in one round).
+        """
         g = self.graph
         pend = _Pending()
+        saved_free = list(g._pending_free)
         frow = batch.feature_row_index()
         try:
             for kind, a, b in batch.runs():
@@ -383,9 +388,18 @@ class Engine:
         except BaseException:
             for undo in reversed(pend.undo):
                 undo()
-            g._pending_free = []
+            g._pending_free = saved_free
             raise
-        return pend
+        if into is None:
+            return pend
+        into.edges.add_src += pend.edges.add_src
+        into.edges.add_dst += pend.edges.add_dst
+        into.edges.rem_src += pend.edges.rem_src
+        into.edges.rem_dst += pend.edges.rem_dst
+        into.new += pend.new
+        into.removed += pend.removed
+        into.feat += pend.feat
+        return into
 
     def _apply_run(self, pend: _Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
                    frow: np.ndarray, where: str) -> None:

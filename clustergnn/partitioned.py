@@ -1,0 +1,513 @@
+"""The partition-local engine and the round protocol that keeps P partitions exact together.
+
+Each partition owns the vertices the partition map gives it: their features, their **in-edges** (an
+edge lives with its destination, which aggregates it) and every layer's caches.  A remote source ``u``
+of an owned in-edge appears locally as a *ghost*: a slot with out-edges to owned vertices and a cached
+copy of ``u``'s per-layer messages, kept current by ``u``'s owner.  The owner knows, per vertex, how many
+of its out-edges each other partition holds (its *readers*), so it knows whom to send changes to and
+the vertex's global out-degree (GraphConv's norm depends on it).
+
+Propagation reuses :meth:`Engine._layer` unchanged: a ghost is just a source whose new message arrives
+in the inbox instead of being computed locally.  So the rules are shared, not re-implemented.
+
+A **round** moves every partition from one consistent state to the next (bulk-synchronous, so that
+"applied through every layer on every partition" has a precise moment, the end of the round):
+
+1. ``ingest(batch)`` (any number of atomic batches): apply local edits; an edge from a remote vertex
+   creates its ghost.  Outbox: reader-count deltas to the owners of ghost sources, and the ids of
+   vertices added/removed here.  Every partition keeps a directory of the cluster's live ids (as of the
+   previous round).  An edge from a remote vertex the directory does not know yet - typically added in
+   the same round by another partition, or by one whose consumer lags - is *deferred*, with every later
+   mutation of the batch that touches one of its vertices (so per-vertex order holds); ``ingest``
+   returns the deferred mutations and the caller feeds them first in the next round (and dead-letters
+   them once they have waited too long: the vertex never came).  Everything else of the batch applies
+   atomically.
+2. ``structure(inbox)``: apply the directory updates, drop ghosts of vertices removed by their owners
+   (with their edges), apply reader deltas; compute layer-0 messages.  Outbox: messages for readers.
+3. ``layer(l, inbox)`` for ``l = 0..L-1``: install received ghost messages, run the layer, compute the
+   next layer's messages.  Outbox: those messages (none after the last layer).
+4. ``end_round()``: drop ghosts that lost their last edge, free slots.
+
+A vertex that gains a new reader partition sends it its current message at every layer in that round,
+even if unchanged; a new ghost starts with zero messages, so the additive rule gives exactly the new
+edges' contributions.  After ``end_round`` on all partitions, every owned vertex's caches equal DGL's
+forward on the union graph (tests/core/test_partitioned.py checks it against DGL for P = 1..4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clustergnn.engine import Engine, LayerDelta, _Pending, _cat
+from clustergnn.errors import MutationError
+from clustergnn.graph import DIRECT_ID_LIMIT, union, unique
+from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.partition import PartitionMap
+
+
+def _subset(batch: MutationBatch, mask: np.ndarray) -> MutationBatch:
+    """The mutations of ``batch`` selected by boolean ``mask``, in order, with their features."""
+    frow = batch.feature_row_index()
+    f = frow[mask & (frow >= 0)]
+    feats = batch.features[torch.from_numpy(f)] if f.size else batch.features[:0]
+    return MutationBatch(batch.kind[mask], batch.src[mask], batch.dst[mask], feats)
+
+
+class IdDirectory:
+    """The cluster's vertex ids as every partition sees them: live, removed (a tombstone), or unknown."""
+
+    UNKNOWN, LIVE, REMOVED = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._table = np.zeros(0, dtype=np.int8)
+        self._other: dict[int, int] = {}
+
+    @staticmethod
+    def _direct(ids: np.ndarray) -> np.ndarray:
+        return (ids >= 0) & (ids < DIRECT_ID_LIMIT)
+
+    def _set(self, ids: np.ndarray, state: int) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        d = self._direct(ids)
+        if d.any():
+            top = int(ids[d].max()) + 1
+            if top > len(self._table):
+                t = np.zeros(max(top, 2 * len(self._table)), dtype=np.int8)
+                t[: len(self._table)] = self._table
+                self._table = t
+            self._table[ids[d]] = state
+        for i in ids[~d].tolist():
+            self._other[i] = state
+
+    def add(self, ids: np.ndarray) -> None:
+        self._set(ids, self.LIVE)
+
+    def remove(self, ids: np.ndarray) -> None:
+        self._set(ids, self.REMOVED)
+
+    def state(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros(len(ids), dtype=np.int8)
+        d = (ids >= 0) & (ids < len(self._table))
+        out[d] = self._table[ids[d]]
+        rest = np.flatnonzero(~self._direct(ids))
+        if rest.size and self._other:
+            out[rest] = [self._other.get(int(i), 0) for i in ids[rest]]
+        return out
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return self.state(ids) == self.LIVE
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StructMsg:
+    """Step-1 message from ``sender``: its added/removed vertices (to all) and reader-count deltas for
+    vertices the receiver owns."""
+
+    sender: int
+    added: np.ndarray = field(default_factory=lambda: _EMPTY)
+    removed: np.ndarray = field(default_factory=lambda: _EMPTY)
+    reader_ids: np.ndarray = field(default_factory=lambda: _EMPTY)
+    reader_deltas: np.ndarray = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def nbytes(self) -> int:
+        return self.added.nbytes + self.removed.nbytes + self.reader_ids.nbytes + self.reader_deltas.nbytes
+
+
+@dataclass(frozen=True)
+class LayerMsg:
+    """New layer-``layer`` messages of vertices ``ids`` owned by ``sender`` (rows of ``values``)."""
+
+    sender: int
+    layer: int
+    ids: np.ndarray
+    values: np.ndarray  # (len(ids), msg_dim) float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.values.nbytes
+
+
+@dataclass
+class _RoundState:
+    pend: _Pending = field(default_factory=_Pending)
+    new_ghosts: list[np.ndarray] = field(default_factory=list)
+    reader_new: dict[int, np.ndarray] = field(default_factory=dict)  # partition -> owned slots it now reads
+    extra_out_changed: np.ndarray = field(default_factory=lambda: _EMPTY)
+    ctx: object = None
+    changed: np.ndarray = field(default_factory=lambda: _EMPTY)
+    next_srcs: np.ndarray = field(default_factory=lambda: _EMPTY)
+    next_msgs: torch.Tensor | None = None
+    deltas: list[LayerDelta] = field(default_factory=list)
+    ingested: int = 0
+    removed_ids: np.ndarray = field(default_factory=lambda: _EMPTY)  # owned ids removed this round (even if re-added)
+    blocked: set[int] = field(default_factory=set)  # vertices touched by deferred mutations
+    dropped: int = 0  # edges whose remote source had been removed
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    partition: int
+    mutations: int
+    affected_per_layer: list[int]
+    changed_per_layer: list[int]
+    ghosts: int
+    owned: int
+
+
+class PartitionEngine(Engine):
+    """One partition of a cluster; see the module docstring for the round protocol."""
+
+    def __init__(self, rules, *, partition: int, partition_map: PartitionMap, **kwargs) -> None:
+        self.partition = int(partition)
+        self.pmap = partition_map
+        self.num_partitions = int(partition_map.num_partitions)
+        if not 0 <= self.partition < self.num_partitions:
+            raise ValueError(f"partition must be in [0, {self.num_partitions}), got {partition}")
+        self.readers = np.zeros((0, self.num_partitions), dtype=np.int64)
+        super().__init__(rules, **kwargs)
+        self.directory = IdDirectory()
+        self._rs: _RoundState | None = None
+
+    def _grow(self, capacity: int) -> None:
+        if capacity > len(self.readers):
+            r = np.zeros((capacity, self.num_partitions), dtype=np.int64)
+            r[: len(self.readers)] = self.readers
+            self.readers = r
+        super()._grow(capacity)
+
+    def _clear_rows(self, slots: np.ndarray) -> None:
+        self.readers[slots] = 0
+        super()._clear_rows(slots)
+
+    # ------------------------------------------------------------------ reads
+    def owned_ids(self) -> np.ndarray:
+        g = self.graph
+        return g.ext_of[np.flatnonzero(g.alive & ~self.ghost[: g.capacity])]
+
+    @torch.no_grad()
+    def embeddings(self, ids, layer: int = -1) -> torch.Tensor:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        slots = self.graph.lookup(ids)
+        bad = np.flatnonzero((slots < 0) | self.ghost[np.maximum(slots, 0)])
+        if bad.size:
+            from clustergnn.errors import UnknownVertexError
+
+            raise UnknownVertexError(f"unknown vertex id {int(ids[bad[0]])} (not owned by partition {self.partition})")
+        return super().embeddings(ids, layer)
+
+    def versions(self, ids) -> np.ndarray:
+        return self.version[self.graph.slots_of(np.asarray(ids, dtype=np.int64).reshape(-1))].copy()
+
+    # ------------------------------------------------------------------ round protocol
+    def begin_round(self) -> None:
+        if self._rs is not None:
+            raise RuntimeError(f"partition {self.partition}: a round is already open")
+        self.round += 1
+        self._rs = _RoundState()
+
+    def _state(self) -> _RoundState:
+        if self._rs is None:
+            raise RuntimeError(f"partition {self.partition}: no round is open (call begin_round)")
+        return self._rs
+
+    @torch.no_grad()
+    def ingest(self, batch: MutationBatch) -> MutationBatch:
+        """Apply ``batch`` atomically except for its deferred part, which is returned (see the module
+        docstring); ``MutationError`` (naming the bad value) if it is invalid: then nothing changed."""
+        rs = self._state()
+        if len(batch) == 0:
+            return batch
+        is_edge = (batch.kind == MutationKind.ADD_EDGE) | (batch.kind == MutationKind.REMOVE_EDGE)
+        route = np.where(is_edge, batch.dst, batch.src)
+        wrong = np.flatnonzero(self.pmap.owner(route) != self.partition)
+        if wrong.size:
+            i = int(wrong[0])
+            raise MutationError(f"mutation {i} routes to partition {int(self.pmap.owner(route[i:i + 1])[0])}, "
+                                f"not {self.partition} (vertex {int(route[i])})")
+        g = self.graph
+        remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
+        srcs = batch.src[remote_edge]
+        state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
+        gone = np.flatnonzero(remote_edge)[state == IdDirectory.REMOVED]
+        if gone.size:
+            # The source was removed by its owner before this edge could apply: the edge goes as it would
+            # have gone with its source (cross-partition order is undefined; this equals "edge first").
+            keep = np.ones(len(batch), dtype=bool)
+            keep[gone] = False
+            rs.dropped += len(gone)
+            batch, is_edge, remote_edge = _subset(batch, keep), is_edge[keep], remote_edge[keep]
+            srcs = batch.src[remote_edge]
+            state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
+        unknown = state == IdDirectory.UNKNOWN
+        if unknown.any() or rs.blocked:
+            keep = self._defer_mask(batch, is_edge, np.flatnonzero(remote_edge)[unknown], rs.blocked)
+            deferred = _subset(batch, ~keep)
+            batch = _subset(batch, keep)
+            is_edge, remote_edge = is_edge[keep], remote_edge[keep]
+        else:
+            deferred = _subset(batch, np.zeros(len(batch), dtype=bool))
+        remote = unique(batch.src[remote_edge])
+        ghosts = _EMPTY
+        if remote.size:
+            missing = remote[g.lookup(remote) < 0]
+            if missing.size:
+                ghosts = g.add_vertices(missing)
+                self._grow(g.capacity)
+                self.ghost[ghosts] = True
+        try:
+            self._apply_structure(batch, into=rs.pend)
+        except BaseException:
+            if ghosts.size:  # ghosts made for this batch have no edges left after the undo
+                g.alive[ghosts] = False
+                g._unbind(g.ext_of[ghosts])
+                g._return_slots(ghosts)
+                self.ghost[ghosts] = False
+            raise
+        self._grow(g.capacity)
+        if ghosts.size:
+            rs.new_ghosts.append(ghosts)
+        rs.ingested += len(batch)
+        return deferred
+
+    @staticmethod
+    def _defer_mask(batch: MutationBatch, is_edge: np.ndarray, unknown_at: np.ndarray, blocked: set[int]) -> np.ndarray:
+        """Which mutations apply now (True) in order: not an edge from an unknown vertex, and touching no
+        vertex of an earlier deferred mutation.  A loop, but only on the rare batches that defer."""
+        keep = np.ones(len(batch), dtype=bool)
+        unknown = np.zeros(len(batch), dtype=bool)
+        unknown[unknown_at] = True
+        src, dst = batch.src.tolist(), batch.dst.tolist()
+        for i in range(len(batch)):
+            touched = (src[i], dst[i]) if is_edge[i] else (src[i],)
+            if unknown[i] or any(v in blocked for v in touched):
+                keep[i] = False
+                blocked.update(touched)
+        return keep
+
+    def _ghost_edge_deltas(self, rs: _RoundState) -> tuple[np.ndarray, np.ndarray]:
+        """Per ghost source: net change of its out-edges held here this round, as (ext id, delta)."""
+        e = rs.pend.edges
+        add_src, rem_src = _cat(e.add_src), _cat(e.rem_src)
+        src = np.concatenate([add_src, rem_src])
+        sign = np.concatenate([np.ones(len(add_src), np.int64), -np.ones(len(rem_src), np.int64)])
+        is_ghost = self.ghost[src]
+        src, sign = src[is_ghost], sign[is_ghost]
+        if not src.size:
+            return _EMPTY, _EMPTY
+        u, inv = np.unique(src, return_inverse=True)
+        d = np.bincount(inv, weights=sign, minlength=len(u)).astype(np.int64)
+        nz = d != 0
+        return self.graph.ext_of[u[nz]], d[nz]
+
+    @torch.no_grad()
+    def structure_outbox(self) -> dict[int, StructMsg]:
+        """Step 1's outbox (after every ``ingest`` of the round)."""
+        rs = self._state()
+        g = self.graph
+        added = g.ext_of[_cat(rs.pend.new)] if rs.pend.new else _EMPTY
+        added = added[g.lookup(added) >= 0] if added.size else added  # added then removed: never existed
+        # A vertex removed and re-added in one round is reported as both: readers drop their ghost of
+        # the old vertex (and its edges); the directory applies removals before additions.
+        removed_slots = _cat(rs.pend.removed)
+        removed = unique(g.ext_of[removed_slots]) if removed_slots.size else _EMPTY
+        rs.removed_ids = removed
+        self.directory.remove(removed)
+        self.directory.add(added)
+        ids, deltas = self._ghost_edge_deltas(rs)
+        owners = self.pmap.owner(ids)
+        out = {}
+        for q in range(self.num_partitions):
+            if q == self.partition:
+                continue
+            m = owners == q
+            out[q] = StructMsg(self.partition, added, removed, ids[m], deltas[m])
+        return out
+
+    @torch.no_grad()
+    def structure(self, inbox: Sequence[StructMsg]) -> dict[int, LayerMsg]:
+        """Step 2: apply other partitions' structural news; return layer-0 messages for readers."""
+        rs = self._state()
+        g = self.graph
+        gone: list[np.ndarray] = []
+        for msg in inbox:
+            self.directory.remove(msg.removed)
+            self.directory.add(msg.added)
+            if msg.removed.size:
+                slots = g.lookup(msg.removed)
+                gone.append(msg.removed[(slots >= 0) & self.ghost[np.maximum(slots, 0)]])
+        gone_ids = unique(_cat(gone))
+        if gone_ids.size:
+            slots, (rs_src, rs_dst) = g.remove_vertices(gone_ids)
+            rs.pend.edges.rem_src.append(rs_src)
+            rs.pend.edges.rem_dst.append(rs_dst)
+            rs.pend.removed.append(slots)
+        out_changed = []
+        for msg in inbox:
+            if not msg.reader_ids.size:
+                continue
+            slots = g.lookup(msg.reader_ids)
+            # deltas for a vertex removed here this round are void: the reader drops its ghost too
+            live = (slots >= 0) & ~self.ghost[np.maximum(slots, 0)] & ~np.isin(msg.reader_ids, rs.removed_ids)
+            slots, d = slots[live], msg.reader_deltas[live]
+            before = self.readers[slots, msg.sender].copy()
+            self.readers[slots, msg.sender] += d
+            self.remote_out[slots] += d
+            if (self.readers[slots, msg.sender] < 0).any():
+                raise RuntimeError(f"partition {self.partition}: negative reader count from {msg.sender}")
+            fresh = slots[(before == 0) & (self.readers[slots, msg.sender] > 0)]
+            if fresh.size:
+                rs.reader_new[msg.sender] = fresh
+            out_changed.append(slots)
+        rs.extra_out_changed = unique(_cat(out_changed))
+        new = _cat(rs.pend.new)
+        new = new[g.alive[new]] if new.size else new
+        rs.ctx = self._context(rs.pend.edges, new)
+        feat = unique(_cat(rs.pend.feat))
+        feat = feat[g.alive[feat]] if feat.size else feat
+        rs.changed = union(feat, new)
+        return self._next_messages(rs, 0)
+
+    def _next_messages(self, rs: _RoundState, li: int) -> dict[int, LayerMsg]:
+        srcs = self._sources(li, rs.ctx, rs.changed, rs.extra_out_changed)
+        msgs = self._messages(li, srcs)
+        rs.next_srcs, rs.next_msgs = srcs, msgs
+        out = {}
+        ext = self.graph.ext_of
+        for q in range(self.num_partitions):
+            if q == self.partition:
+                continue
+            send = self.readers[srcs, q] > 0
+            ids, vals = ext[srcs[send]], msgs[torch.from_numpy(send).to(self.device)]
+            fresh = rs.reader_new.get(q)
+            if fresh is not None and fresh.size:
+                extra = np.setdiff1d(fresh, srcs, assume_unique=True)
+                extra = extra[self.graph.alive[extra]]
+                if extra.size:
+                    ids = np.concatenate([ids, ext[extra]])
+                    vals = torch.cat([vals, self.msg[li][self._t(extra)]])
+            out[q] = LayerMsg(self.partition, li, ids, vals.cpu().numpy())
+        return out
+
+    @torch.no_grad()
+    def layer(self, li: int, inbox: Sequence[LayerMsg]) -> dict[int, LayerMsg]:
+        """Step 3+li: run layer ``li`` with the received ghost messages; return the next layer's outbox."""
+        rs = self._state()
+        g = self.graph
+        ids = [m.ids for m in inbox if m.ids.size]
+        srcs, msgs = rs.next_srcs, rs.next_msgs
+        if ids:
+            gids = np.concatenate(ids)
+            gslots = g.lookup(gids)
+            if (gslots < 0).any() or not self.ghost[gslots].all():
+                bad = gids[(gslots < 0) | ~self.ghost[np.maximum(gslots, 0)]][0]
+                raise RuntimeError(f"partition {self.partition}: message for vertex {int(bad)}, which is no ghost here")
+            vals = torch.from_numpy(np.concatenate([m.values for m in inbox if m.ids.size])).to(self.device)
+            srcs = np.concatenate([srcs, gslots])
+            msgs = torch.cat([msgs, vals])
+        delta = self._layer(li, rs.ctx, rs.changed, srcs, msgs)
+        rs.deltas.append(delta)
+        rs.changed = delta.changed_slots
+        if li + 1 < self.num_layers:
+            return self._next_messages(rs, li + 1)
+        return {}
+
+    @torch.no_grad()
+    def end_round(self) -> RoundSummary:
+        rs = self._state()
+        g = self.graph
+        ghosts = np.flatnonzero(self.ghost[: g.capacity] & g.alive)
+        orphan = ghosts[g.out_degree(ghosts) == 0]
+        if orphan.size:
+            slots, _ = g.remove_vertices(g.ext_of[orphan])
+            rs.pend.removed.append(slots)
+        removed = _cat(rs.pend.removed)
+        if removed.size:
+            self._clear_rows(removed)
+        g.end_batch()
+        self._rs = None
+        self.stats["batches"] += 1
+        self.stats["mutations"] += rs.ingested
+        owned = int((g.alive & ~self.ghost[: g.capacity]).sum())
+        return RoundSummary(self.partition, rs.ingested, [d.affected for d in rs.deltas],
+                            [len(d.changed_slots) for d in rs.deltas], int(g.num_vertices - owned), owned)
+
+
+class LocalCluster:
+    """P partition engines in one process, driven round by round (tests, and the shape the Ray
+    coordinator follows with actors)."""
+
+    def __init__(self, engines: list[PartitionEngine]) -> None:
+        self.engines = engines
+        self.P = len(engines)
+        self.pmap = engines[0].pmap
+        self.message_bytes = 0
+        self.messages = 0
+
+    @classmethod
+    def from_layers(cls, layers, feature_dim: int, partition_map: PartitionMap, **kwargs) -> LocalCluster:
+        from clustergnn.rules import rules_from_dgl
+
+        return cls([PartitionEngine(rules_from_dgl(list(layers), feature_dim), partition=p, partition_map=partition_map,
+                                    **kwargs) for p in range(partition_map.num_partitions)])
+
+    def split(self, batch: MutationBatch) -> list[MutationBatch]:
+        """Route a batch's mutations to their owners, keeping order within each partition."""
+        route = np.where((batch.kind == MutationKind.ADD_EDGE) | (batch.kind == MutationKind.REMOVE_EDGE), batch.dst, batch.src)
+        owner = self.pmap.owner(route)
+        return [_subset(batch, owner == p) for p in range(self.P)]
+
+    def _deliver(self, outboxes: list[dict]) -> list[list]:
+        inbox: list[list] = [[] for _ in range(self.P)]
+        for out in outboxes:
+            for q, msg in out.items():
+                inbox[q].append(msg)
+                self.messages += 1
+                self.message_bytes += msg.nbytes
+        return inbox
+
+    def round(self, per_partition: list[MutationBatch]) -> tuple[list[RoundSummary], list[MutationBatch]]:
+        """One round over the given per-partition batches; returns summaries and deferred mutations."""
+        deferred = []
+        for e, b in zip(self.engines, per_partition):
+            e.begin_round()
+            deferred.append(e.ingest(b))
+        inbox = self._deliver([e.structure_outbox() for e in self.engines])
+        inbox = self._deliver([e.structure(i) for e, i in zip(self.engines, inbox)])
+        for li in range(self.engines[0].num_layers):
+            inbox = self._deliver([e.layer(li, i) for e, i in zip(self.engines, inbox)])
+        return [e.end_round() for e in self.engines], deferred
+
+    def apply(self, batch: MutationBatch, max_rounds: int = 4) -> list[RoundSummary]:
+        """Apply ``batch`` in as many rounds as deferred cross-partition edges need."""
+        todo = self.split(batch)
+        summaries: list[RoundSummary] = []
+        for _ in range(max_rounds):
+            s, todo = self.round(todo)
+            summaries += s
+            if not any(len(b) for b in todo):
+                return summaries
+        left = [int(b.src[0]) for b in todo if len(b)]
+        raise MutationError(f"edges from vertex {left[0]}, which exists nowhere in the cluster")
+
+    def embeddings(self, ids, layer: int = -1) -> torch.Tensor:
+        ids = np.asarray(ids, dtype=np.int64)
+        owner = self.pmap.owner(ids)
+        out = None
+        for p in range(self.P):
+            m = np.flatnonzero(owner == p)
+            if not m.size:
+                continue
+            rows = self.engines[p].embeddings(ids[m], layer)
+            if out is None:
+                out = torch.zeros(len(ids), rows.shape[1])
+            out[torch.from_numpy(m)] = rows.cpu()
+        return out if out is not None else torch.zeros(0, self.engines[0].dims[layer])
