@@ -208,10 +208,11 @@ class PartitionEngine(Engine):
         return self.version[self.graph.slots_of(np.asarray(ids, dtype=np.int64).reshape(-1))].copy()
 
     # ------------------------------------------------------------------ round protocol
-    def begin_round(self) -> None:
+    def begin_round(self, round_id: int | None = None) -> None:
+        """Open a round; ``round_id`` (the cluster's round counter) becomes the version of what changes."""
         if self._rs is not None:
             raise RuntimeError(f"partition {self.partition}: a round is already open")
-        self.round += 1
+        self.round = self.round + 1 if round_id is None else int(round_id)
         self._rs = _RoundState()
 
     def _state(self) -> _RoundState:

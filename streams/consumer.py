@@ -249,17 +249,7 @@ class MutationConsumer:
     # ------------------------------------------------------------------ dead letters
     def _send_dead_letters(self, dead: list[DeadLetter], fetched: Mapping[TopicPartition, list[Any]]) -> None:
         """Write dead letters and wait for them: a crash after this poll must not lose one."""
-        if self._dlq is None:
-            ensure_topic(
-                self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False
-            )
-            self._dlq = KafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                client_id="clustergnn-dlq",
-                acks="all",
-                max_request_size=DEFAULT_MAX_PARTITION_FETCH_BYTES,
-            )
-            self._dlq_partitions = len(self._dlq.partitions_for(self.dead_letter_topic) or [0])
+        self._dlq_producer()
         by_offset = {(tp.partition, r.offset): r for tp, recs in fetched.items() for r in recs}
         futures = []
         for d in dead:
@@ -277,6 +267,35 @@ class MutationConsumer:
         for f in futures:
             f.get(timeout=30)
         self.dead_letters_sent += len(dead)
+
+    def _dlq_producer(self) -> KafkaProducer:
+        if self._dlq is None:
+            ensure_topic(
+                self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False
+            )
+            self._dlq = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id="clustergnn-dlq",
+                acks="all",
+                max_request_size=DEFAULT_MAX_PARTITION_FETCH_BYTES,
+            )
+            self._dlq_partitions = len(self._dlq.partitions_for(self.dead_letter_topic) or [0])
+        return self._dlq
+
+    def reject(self, partition: int, offset: int, timestamp_ms: int, batch: MutationBatch, code: DecodeErrorCode,
+               message: str) -> None:
+        """Dead-letter a record that decoded but was rejected downstream (by the partition owner).
+
+        The payload is the record's mutations re-encoded as Arrow; headers as for decode failures.
+        """
+        from streams.wire import encode_arrow
+
+        producer = self._dlq_producer()
+        d = DeadLetter(self.topic, partition, offset, timestamp_ms, DecodeError(code, message))
+        logger.warning("dead letter %s[%s]@%s: %s", self.topic, partition, offset, d.error)
+        producer.send(self.dead_letter_topic, value=encode_arrow(batch), key=None, headers=d.headers(),
+                      partition=partition % (self._dlq_partitions or 1)).get(timeout=30)
+        self.dead_letters_sent += 1
 
     def close(self) -> None:
         self._consumer.close()

@@ -72,6 +72,9 @@ class DecodeErrorCode(str, enum.Enum):
     KEY_MISMATCH = "key_mismatch"
     PARTITION_MISMATCH = "partition_mismatch"
     DECODE_FAILED = "decode_failed"  # the decoder itself raised (a bug): the record is kept in the DLQ
+    # rejected after decoding, by the partition owner (the payload is the record re-encoded as Arrow)
+    INVALID_MUTATION = "invalid_mutation"  # e.g. an edge to a vertex that does not exist, a duplicate vertex
+    UNKNOWN_VERTEX = "unknown_vertex"  # an edge from a remote vertex that never appeared in time
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,334 @@
+"""The coordinator: creates the partition owners on Ray, drives rounds, and serves reads.
+
+Every Ray call of clustergnn lives in this module (and ``actors/ray_env.py``).  A :class:`Cluster`
+implements :class:`clustergnn.serving.EmbeddingBackend`, so the gRPC gateway serves it directly.
+
+Rounds (see ``clustergnn/partitioned.py``): ``ingest`` on every owner (each polls its Kafka partition);
+if any owner applied something, ``structure``, one ``layer`` step per GNN layer and ``end_round`` follow,
+with the owners' outboxes routed between steps (one message per sender and receiver per step, never
+one per vertex).  When a round ends, every record below each owner's reported offset is applied
+through every layer on every partition: that is the *watermark*.  The *visible time* is the moment up
+to which every produced record is visible: per partition, the start of the last poll that found the
+partition drained (or the timestamp of its oldest record still waiting), minimum over partitions.
+A read with ``max_staleness_ms = S`` waits until ``now - visible_time <= S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clustergnn.config import Config
+from clustergnn.errors import UnknownVertexError
+from clustergnn.models import activation as activation_fn
+from clustergnn.models import feature_dim as model_feature_dim
+from clustergnn.models import load_layers
+from clustergnn.mutations import MutationBatch
+from clustergnn.partition import HashPartitionMap
+from clustergnn.serving import (
+    ClusterStatus,
+    InvalidReadError,
+    Offsets,
+    PartitionStatus,
+    PartitionUnavailableError,
+    ReadResult,
+    StalenessDeadlineError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_IDS_PER_READ = 100_000
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass
+class RoundStats:
+    rounds: int = 0
+    busy_rounds: int = 0
+    mutations: int = 0
+    messages: int = 0
+    message_bytes: int = 0
+    dead_letters: int = 0
+    round_ms: deque = field(default_factory=lambda: deque(maxlen=512))
+
+
+class Cluster:
+    """P partition owners on Ray plus the round loop; an ``EmbeddingBackend`` for the gateway."""
+
+    def __init__(self, config: Config, layers: list[torch.nn.Module] | None = None) -> None:
+        self.config = config
+        self.layers = layers if layers is not None else load_layers(config.model)
+        self.feature_dim = model_feature_dim(self.layers)
+        self.P = config.cluster.partitions
+        self.pmap = HashPartitionMap(self.P)
+        self.owners: list = []
+        self.watermark: dict[int, int] = {p: 0 for p in range(self.P)}
+        self._visible_p: dict[int, float | None] = {p: None for p in range(self.P)}
+        self.visible_ms: float | None = None
+        self.round_id = 0
+        self.stats = RoundStats()
+        self.healthy = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer = None
+        self._owns_ray = False
+        from clustergnn.rules import rules_from_dgl
+
+        rules = rules_from_dgl(self.layers, self.feature_dim)
+        self.num_layers = len(rules)
+        self.dims = [self.feature_dim] + [r.out_dim for r in rules]
+        self._activation = activation_fn(config.model.activation)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Cluster:
+        from actors.ray_env import init_ray
+        import ray
+
+        from actors.owner import PartitionOwner
+        from streams.topics import ensure_topics
+
+        kc, cc = self.config.kafka, self.config.cluster
+        if kc.create_topics:
+            ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq)
+        self._owns_ray = init_ray(cc)
+        remote = ray.remote(PartitionOwner)
+        self.owners = [
+            remote.options(num_cpus=cc.actor_num_cpus, num_gpus=cc.actor_num_gpus, name=f"clustergnn-owner-{p}",
+                           max_restarts=0).remote(p, self.config, self.layers, self.pmap, self.feature_dim,
+                                                  None, self._activation)
+            for p in range(self.P)
+        ]
+        ray.get([o.ping.remote() for o in self.owners], timeout=120)
+        self.healthy = True
+        self._thread = threading.Thread(target=self._run, name="clustergnn-rounds", daemon=True)
+        self._thread.start()
+        log.info("cluster up: %s partitions, model %s", self.P, [type(l).__name__ for l in self.layers])
+        return self
+
+    def stop(self) -> None:
+        import ray
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+        for o in self.owners:
+            try:
+                ray.get(o.close.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - a dead owner has nothing to close
+                pass
+            ray.kill(o)
+        self.owners = []
+        self.healthy = False
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ rounds
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_round()
+            except Exception as exc:  # an owner died or a step failed: stop serving, say why
+                log.exception("round %s failed; the cluster is unavailable until restarted", self.round_id)
+                with self._cond:
+                    self.error = exc
+                    self.healthy = False
+                    self._cond.notify_all()
+                return
+
+    @staticmethod
+    def _route(outboxes: list[dict], P: int) -> tuple[list[list], int, int]:
+        inbox: list[list] = [[] for _ in range(P)]
+        n = nbytes = 0
+        for out in outboxes:
+            for q, msg in out.items():
+                inbox[q].append(msg)
+                n += 1
+                nbytes += msg.nbytes
+        return inbox, n, nbytes
+
+    def run_round(self) -> None:
+        import ray
+
+        t0 = time.perf_counter()
+        self.round_id += 1
+        r = self.round_id
+        max_records = self.config.kafka.max_poll_records
+        reports = ray.get([o.ingest.remote(r, max_records) for o in self.owners])
+        busy = any(rep.busy for rep in reports)
+        if busy:
+            inbox, n, b = self._route([rep.struct_out for rep in reports], self.P)
+            outs = ray.get([o.structure.remote(r, inbox[p]) for p, o in enumerate(self.owners)])
+            for li in range(self.num_layers):
+                inbox, n2, b2 = self._route(outs, self.P)
+                n, b = n + n2, b + b2
+                outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
+            ray.get([o.end_round.remote() for o in self.owners])
+            self.stats.busy_rounds += 1
+            self.stats.messages += n
+            self.stats.message_bytes += b
+        with self._cond:
+            for rep in reports:
+                p = rep.partition
+                self.watermark[p] = rep.visible_offset
+                if rep.oldest_pending_ts_ms is not None:
+                    self._visible_p[p] = float(rep.oldest_pending_ts_ms)
+                elif rep.caught_up_at_ms is not None:
+                    self._visible_p[p] = float(rep.caught_up_at_ms)
+            vs = list(self._visible_p.values())
+            self.visible_ms = None if any(v is None for v in vs) else min(vs)
+            self.stats.rounds += 1
+            self.stats.mutations += sum(rep.mutations for rep in reports)
+            self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
+            self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ writes
+    def producer(self):
+        if self._producer is None:
+            from streams.producer import MutationProducer
+
+            self._producer = MutationProducer(self.config.kafka.bootstrap, self.config.kafka.topic, self.pmap)
+        return self._producer
+
+    def apply(self, batch: MutationBatch) -> dict[int, int]:
+        """Write ``batch`` to Kafka; the last offset written per partition (for ``min_offsets``)."""
+        return self.producer().send(batch)
+
+    def wait_for(self, offsets: Offsets, timeout_s: float = 60.0) -> None:
+        """Block until every ``(partition, offset)`` is visible."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not all(self.watermark.get(int(p), 0) > int(o) for p, o in offsets.items()):
+                self._raise_if_down()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StalenessDeadlineError(f"offsets {dict(offsets)} not visible after {timeout_s}s; "
+                                                 f"watermark {self.watermark}")
+                self._cond.wait(min(left, 0.1))
+
+    # ------------------------------------------------------------------ reads
+    def staleness_ms(self) -> float | None:
+        v = self.visible_ms
+        return None if v is None else max(0.0, now_ms() - v)
+
+    def _raise_if_down(self) -> None:
+        if not self.healthy:
+            why = f": {self.error!r}" if self.error else ""
+            raise PartitionUnavailableError(f"the cluster is not serving{why}")
+
+    def _check_read(self, ids: np.ndarray, layer: int, max_staleness_ms: float | None, min_offsets: Offsets | None) -> int:
+        if ids.ndim != 1:
+            raise InvalidReadError(f"vertex_ids must be one-dimensional, got shape {ids.shape}")
+        if len(ids) > MAX_IDS_PER_READ:
+            raise InvalidReadError(f"too many ids in one read: {len(ids)} > {MAX_IDS_PER_READ}")
+        top = self.num_layers
+        if not -top - 1 <= layer <= top:
+            raise InvalidReadError(f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), got {layer}")
+        if max_staleness_ms is not None and not max_staleness_ms >= 0:
+            raise InvalidReadError(f"max_staleness_ms must be >= 0, got {max_staleness_ms}")
+        for p, o in (min_offsets or {}).items():
+            if not 0 <= int(p) < self.P:
+                raise InvalidReadError(f"min_offsets names partition {p}; partitions are 0..{self.P - 1}")
+            if int(o) < 0:
+                raise InvalidReadError(f"min_offsets[{p}] must be >= 0, got {o}")
+        return layer % (top + 1)
+
+    def read(self, ids, *, layer: int = -1, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None,
+             timeout_s: float = 5.0) -> ReadResult:
+        import ray
+
+        ids = np.asarray(ids, dtype=np.int64)
+        resolved = self._check_read(ids, int(layer), max_staleness_ms, min_offsets)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                while True:
+                    self._raise_if_down()
+                    stale = self.staleness_ms()
+                    ok = max_staleness_ms is None or (stale is not None and stale <= max_staleness_ms)
+                    ok = ok and all(self.watermark.get(int(p), 0) > int(o) for p, o in (min_offsets or {}).items())
+                    if ok:
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise StalenessDeadlineError(
+                            f"bound not met within {timeout_s * 1000:.0f} ms: staleness "
+                            f"{'unknown' if stale is None else f'{stale:.0f} ms'} (max_staleness_ms={max_staleness_ms}), "
+                            f"watermark {self.watermark} (min_offsets={dict(min_offsets or {})})")
+                    self._cond.wait(min(left, 0.05))
+                visible, watermark = self.visible_ms, dict(self.watermark)
+            owner = self.pmap.owner(ids)
+            parts = [(p, np.flatnonzero(owner == p)) for p in range(self.P)]
+            parts = [(p, idx) for p, idx in parts if idx.size]
+            try:
+                got = ray.get([self.owners[p].read.remote(ids[idx], resolved) for p, idx in parts],
+                              timeout=max(deadline - time.monotonic(), 0.001))
+            except ray.exceptions.GetTimeoutError:
+                raise StalenessDeadlineError(f"read of {len(ids)} ids did not finish within {timeout_s * 1000:.0f} ms") from None
+            except ray.exceptions.RayActorError as exc:
+                raise PartitionUnavailableError(f"a partition owner is down: {exc}") from None
+            except UnknownVertexError as exc:
+                raise UnknownVertexError(str(exc.args[0]) if exc.args else str(exc)) from None
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if hasattr(exc, "cause") else exc
+                if isinstance(cause, UnknownVertexError):
+                    raise UnknownVertexError(str(cause)) from None
+                raise
+            emb = np.zeros((len(ids), self.dims[resolved]), dtype=np.float32)
+            ver = np.zeros(len(ids), dtype=np.int64)
+            for (p, idx), (e, v) in zip(parts, got):
+                emb[idx] = e
+                ver[idx] = v
+            stale = 0.0 if visible is None else max(0.0, now_ms() - visible)
+            if max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
+                if max_staleness_ms is not None and stale > max_staleness_ms:
+                    raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {max_staleness_ms} ms")
+                return ReadResult(emb, ver, stale, watermark, resolved)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> ClusterStatus:
+        import ray
+
+        parts = []
+        try:
+            raw = ray.get([o.status.remote() for o in self.owners], timeout=10)
+        except Exception:  # noqa: BLE001 - report the cluster as down rather than fail the status call
+            raw = [None] * self.P
+        for p in range(self.P):
+            s = raw[p]
+            parts.append(PartitionStatus(
+                partition=p, alive=s is not None and self.healthy, num_vertices=(s or {}).get("vertices", 0),
+                watermark={p: self.watermark[p]}, lag=(s or {}).get("pending", 0),
+                applied_mutations=(s or {}).get("applied", 0), mutations_per_s=(s or {}).get("mutations_per_s", 0.0)))
+        rms = list(self.stats.round_ms)
+        extra = {
+            "staleness_ms": self.staleness_ms() if self.staleness_ms() is not None else -1.0,
+            "rounds": float(self.stats.rounds),
+            "busy_rounds": float(self.stats.busy_rounds),
+            "round_ms_p50": float(np.percentile(rms, 50)) if rms else 0.0,
+            "messages": float(self.stats.messages),
+            "message_bytes": float(self.stats.message_bytes),
+            "dead_letters": float(self.stats.dead_letters),
+        }
+        return ClusterStatus(parts, dict(self.watermark), self.num_layers, self.dims[1:], extra)

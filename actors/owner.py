@@ -1,0 +1,194 @@
+"""The partition owner: a thin shell around :class:`clustergnn.partitioned.PartitionEngine`.
+
+It moves bytes and nothing else: it reads its Kafka partition (``streams``), feeds records to the
+engine one atomic record at a time, dead-letters the records the engine rejects, keeps deferred
+mutations for the next round, and answers the coordinator's round steps and the gateway's reads.
+The class is plain Python; ``ray.remote`` is applied where it is created (``actors/cluster.py``), so
+it can be driven in one process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clustergnn.config import Config
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.mutations import MutationBatch
+from clustergnn.partition import PartitionMap
+from clustergnn.partitioned import LayerMsg, PartitionEngine, RoundSummary, StructMsg
+from clustergnn.rules import rules_from_dgl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """A record (or the deferred rest of one) waiting for a remote vertex to appear."""
+
+    batch: MutationBatch
+    offset: int
+    timestamp_ms: int
+    since_s: float
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one partition's ``ingest`` step did (the coordinator derives watermarks from it)."""
+
+    partition: int
+    busy: bool  # anything applied or still pending: the round must run its propagation steps
+    mutations: int
+    visible_offset: int  # every offset below is applied (or dead-lettered) once the round ends
+    oldest_pending_ts_ms: int | None  # Kafka timestamp of the oldest record not yet applied
+    caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
+    dead_letters: int
+    struct_out: dict[int, StructMsg] = field(default_factory=dict)
+
+
+def _device(config: Config) -> str:
+    want = config.cluster.device
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+class PartitionOwner:
+    """Owner of partition ``partition``: its engine, its Kafka partition, its pending records."""
+
+    def __init__(self, partition: int, config: Config, layers: list[torch.nn.Module], partition_map: PartitionMap,
+                 feature_dim: int, start_offset: int | None = None, activation=torch.relu) -> None:
+        from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
+
+        torch.set_num_threads(1)  # P owners share the machine's cores
+        self.partition = partition
+        self.config = config
+        self.device = _device(config)
+        rules = rules_from_dgl(list(layers), feature_dim)
+        self.engine = PartitionEngine(rules, partition=partition, partition_map=partition_map, device=self.device,
+                                      collaborative=config.cluster.collaborative, activation=activation)
+        kc = config.kafka
+        self.consumer = MutationConsumer(kc.bootstrap, kc.topic, [partition], partition_map, feature_dim=feature_dim,
+                                         dead_letter_topic=kc.dlq,
+                                         start_offsets=None if start_offset is None else {partition: start_offset})
+        self.pending: list[_Pending] = []
+        self.next_offset = start_offset or 0
+        self.pending_timeout_s = 10.0
+        self.applied = 0
+        self.dead_letters = 0
+        self.round_id = 0
+        self._open = False
+        self._t_rate = (time.time(), 0)
+        log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
+
+    # ------------------------------------------------------------------ round steps
+    def ingest(self, round_id: int, max_records: int) -> IngestReport:
+        """Step 1: poll, apply records atomically (deferring what waits for remote vertices)."""
+        from streams.wire import DecodeErrorCode
+
+        self.round_id = round_id
+        t_poll_ms = int(time.time() * 1000)
+        polled = self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
+        records: list[_Pending] = []
+        n_dead = 0
+        for pb in polled:
+            n_dead += pb.dead_letters
+            starts = np.concatenate([[0], np.cumsum(pb.record_sizes)])
+            for i, off in enumerate(pb.record_offsets.tolist()):
+                records.append(_Pending(pb.batch.slice(int(starts[i]), int(starts[i + 1])), off,
+                                        int(pb.record_timestamps_ms[i]), time.time()))
+            self.next_offset = pb.next_offset
+        caught_up = sum(len(pb.record_offsets) + pb.dead_letters for pb in polled) < max_records
+        todo = self.pending + records
+        self.pending = []
+        mutations = 0
+        if todo:
+            self._begin(round_id)
+            now = time.time()
+            for rec in todo:
+                try:
+                    deferred = self.engine.ingest(rec.batch)
+                except (MutationError, UnknownVertexError) as exc:
+                    self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, rec.batch,
+                                         DecodeErrorCode.INVALID_MUTATION, str(exc))
+                    n_dead += 1
+                    continue
+                mutations += len(rec.batch) - len(deferred)
+                if len(deferred):
+                    if now - rec.since_s > self.pending_timeout_s:
+                        self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, deferred,
+                                             DecodeErrorCode.UNKNOWN_VERTEX,
+                                             f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
+                                             f"(first: {int(deferred.src[0])})")
+                        n_dead += 1
+                    else:
+                        self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))
+        self.applied += mutations
+        self.dead_letters += n_dead
+        visible = min([p.offset for p in self.pending], default=self.next_offset)
+        struct_out = self.engine.structure_outbox() if self._open else {}
+        return IngestReport(
+            partition=self.partition,
+            busy=self._open,
+            mutations=mutations,
+            visible_offset=visible,
+            oldest_pending_ts_ms=min([p.timestamp_ms for p in self.pending], default=None),
+            caught_up_at_ms=t_poll_ms if caught_up else None,
+            dead_letters=n_dead,
+            struct_out=struct_out,
+        )
+
+    def _begin(self, round_id: int) -> None:
+        if not self._open:
+            self.engine.begin_round(round_id)
+            self._open = True
+
+    def structure(self, round_id: int, inbox: list[StructMsg]) -> dict[int, LayerMsg]:
+        """Step 2 (opens the round here if this partition had nothing to ingest)."""
+        if not self._open:
+            self._begin(round_id)
+            self.engine.structure_outbox()
+        return self.engine.structure(inbox)
+
+    def layer(self, li: int, inbox: list[LayerMsg]) -> dict[int, LayerMsg]:
+        return self.engine.layer(li, inbox)
+
+    def end_round(self) -> RoundSummary:
+        self._open = False
+        return self.engine.end_round()
+
+    # ------------------------------------------------------------------ reads
+    def read(self, ids: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and versions of owned ``ids`` (``UnknownVertexError`` names an unknown id)."""
+        emb = self.engine.embeddings(ids, layer)
+        return emb.cpu().numpy(), self.engine.versions(ids)
+
+    def status(self) -> dict:
+        now = time.time()
+        t0, n0 = self._t_rate
+        rate = (self.applied - n0) / max(now - t0, 1e-9)
+        self._t_rate = (now, self.applied)
+        return {
+            "partition": self.partition,
+            "vertices": int(len(self.engine.owned_ids())),
+            "ghosts": int(self.engine.ghost.sum()),
+            "edges": int(self.engine.num_edges),
+            "applied": self.applied,
+            "pending": len(self.pending),
+            "dead_letters": self.dead_letters,
+            "next_offset": self.next_offset,
+            "mutations_per_s": rate,
+            "device": self.device,
+            "pid": os.getpid(),
+        }
+
+    def ping(self) -> int:
+        return self.partition
+
+    def close(self) -> None:
+        self.consumer.close()
