@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from actors.gateway import cli as gateway_cli
 
     gateway_cli.add_commands(sub)
+    from actors import commands
+
+    commands.add_commands(sub)
     return parser
 
 

@@ -99,8 +99,9 @@ class Cluster:
         from streams.topics import ensure_topics
 
         kc, cc = self.config.kafka, self.config.cluster
+        self.topic_created = False
         if kc.create_topics:
-            ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq)
+            self.topic_created = ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq).created
         self._owns_ray = init_ray(cc)
         remote = ray.remote(PartitionOwner)
         self.owners = [
@@ -214,6 +215,18 @@ class Cluster:
     def apply(self, batch: MutationBatch) -> dict[int, int]:
         """Write ``batch`` to Kafka; the last offset written per partition (for ``min_offsets``)."""
         return self.producer().send(batch)
+
+    def load_dataset(self, name: str, timeout_s: float = 600.0) -> dict[int, int]:
+        """Write a dataset's initial graph to the mutation log and wait until it is visible.
+
+        The initial graph goes through Kafka like any mutation, so the log alone rebuilds the state.
+        """
+        from clustergnn.datasets import load
+
+        ds = load(name)
+        offsets = self.apply(ds.initial_batch(dim=self.feature_dim, seed=self.config.graph.seed))
+        self.wait_for(offsets, timeout_s)
+        return offsets
 
     def wait_for(self, offsets: Offsets, timeout_s: float = 60.0) -> None:
         """Block until every ``(partition, offset)`` is visible."""

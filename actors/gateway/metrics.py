@@ -113,11 +113,12 @@ class GatewayMetrics:
         """The text exposition (what the endpoint serves)."""
         return generate_latest(self.registry)
 
-    def serve(self, port: int) -> int:
-        """Serve ``/metrics`` on 127.0.0.1:``port`` (0 = any free port); returns the port."""
-        self._httpd, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 = any free port; the gateway's host, so a deployed
+        gateway is scrapeable and a local one stays on loopback); returns the port."""
+        self._httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
         bound = int(self._httpd.server_port)
-        logger.info("metrics on http://127.0.0.1:%d/metrics", bound)
+        logger.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
 
     def close(self) -> None:

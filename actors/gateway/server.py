@@ -125,7 +125,7 @@ class GatewayServer:
         server.start()
         self._server, self._port = server, port
         if cfg.metrics_port is not None:
-            self._metrics_port = self.metrics.serve(cfg.metrics_port)
+            self._metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         logger.info(
             "gateway on %s (tls=%s, auth=%s, metrics=%s)",
             _bind_address(cfg.host, port),
