@@ -59,6 +59,12 @@ class RoundStats:
     message_bytes: int = 0
     dead_letters: int = 0
     round_ms: deque = field(default_factory=lambda: deque(maxlen=512))
+    step_ms: dict = field(default_factory=dict)  # step name -> recent durations (busy rounds)
+
+    def step(self, name: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.step_ms.setdefault(name, deque(maxlen=512)).append((now - t0) * 1000)
+        return now
 
 
 class Cluster:
@@ -81,6 +87,7 @@ class Cluster:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_reports: list | None = None  # the next round's ingest, done in this round's last step
         self._producer = None
         self._owns_ray = False
         from clustergnn.rules import rules_from_dgl
@@ -175,16 +182,32 @@ class Cluster:
         self.round_id += 1
         r = self.round_id
         max_records = self.config.kafka.max_poll_records
-        reports = ray.get([o.ingest.remote(r, max_records) for o in self.owners])
+        reports, self._next_reports = self._next_reports, None
+        if reports is None:
+            reports = ray.get([o.ingest.remote(r, max_records) for o in self.owners])
         busy = any(rep.busy for rep in reports)
         if busy:
-            inbox, n, b = self._route([rep.struct_out for rep in reports], self.P)
+            st = self.stats
+            t = st.step("ingest", t0)
+            struct = [rep.struct_out for rep in reports]
+            if self.P > 1 and any(rep.oldest_pending_ts_ms is not None for rep in reports):
+                # something waits for a vertex another partition may have added this very round
+                inbox, _, _ = self._route(struct, self.P)
+                reports = ray.get([o.retry.remote(inbox[p]) for p, o in enumerate(self.owners)])
+                struct += [rep.struct_out for rep in reports]
+                t = st.step("retry", t)
+            inbox, n, b = self._route(struct, self.P)
             outs = ray.get([o.structure.remote(r, inbox[p]) for p, o in enumerate(self.owners)])
+            t = st.step("structure", t)
             for li in range(self.num_layers):
                 inbox, n2, b2 = self._route(outs, self.P)
                 n, b = n + n2, b + b2
-                outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
-            ray.get([o.end_round.remote() for o in self.owners])
+                if li < self.num_layers - 1:
+                    outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
+                else:  # the last layer closes the round, and the same call starts the next one's ingest
+                    self._next_reports = ray.get([o.last_layer_then_ingest.remote(inbox[p], r + 1, max_records)
+                                                  for p, o in enumerate(self.owners)])
+                t = st.step(f"layer{li}", t)
             self.stats.busy_rounds += 1
             self.stats.messages += n
             self.stats.message_bytes += b
@@ -335,7 +358,8 @@ class Cluster:
                 watermark={p: self.watermark[p]}, lag=(s or {}).get("pending", 0),
                 applied_mutations=(s or {}).get("applied", 0), mutations_per_s=(s or {}).get("mutations_per_s", 0.0)))
         rms = list(self.stats.round_ms)
-        extra = {
+        extra = {f"step_{k}_ms_p50": float(np.percentile(list(v), 50)) for k, v in self.stats.step_ms.items() if v}
+        extra |= {
             "staleness_ms": self.staleness_ms() if self.staleness_ms() is not None else -1.0,
             "rounds": float(self.stats.rounds),
             "busy_rounds": float(self.stats.busy_rounds),

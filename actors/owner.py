@@ -75,7 +75,8 @@ class PartitionOwner:
         kc = config.kafka
         self.consumer = MutationConsumer(kc.bootstrap, kc.topic, [partition], partition_map, feature_dim=feature_dim,
                                          dead_letter_topic=kc.dlq,
-                                         start_offsets=None if start_offset is None else {partition: start_offset})
+                                         start_offsets=None if start_offset is None else {partition: start_offset},
+                                         kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms})
         self.pending: list[_Pending] = []
         self.next_offset = start_offset or 0
         self.pending_timeout_s = 10.0
@@ -83,17 +84,29 @@ class PartitionOwner:
         self.dead_letters = 0
         self.round_id = 0
         self._open = False
+        self._caught_up_at: int | None = None
+        self._prev_poll_ms: int | None = None
+        self._round_mutations = 0
+        self._round_dead = 0
+        self.last_round: RoundSummary | None = None
+
         self._t_rate = (time.time(), 0)
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
 
     # ------------------------------------------------------------------ round steps
     def ingest(self, round_id: int, max_records: int) -> IngestReport:
-        """Step 1: poll, apply records atomically (deferring what waits for remote vertices)."""
-        from streams.wire import DecodeErrorCode
+        """Step 1: poll, apply records atomically (deferring what waits for remote vertices).
 
+        Polling here, once per round, rather than in a thread of its own: on a small machine a
+        background poller's fetch loop costs the rounds more CPU than the wait it saves."""
         self.round_id = round_id
         t_poll_ms = int(time.time() * 1000)
         polled = self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
+        # Read up to the high watermark of a fetch answered during this poll or the previous one: every
+        # record produced before the previous poll started has been read.  (The fetch behind the
+        # watermark may have been sent in the previous poll; so the earlier start time, not this one.)
+        caught_up_at = self._prev_poll_ms if self.consumer.caught_up(self.partition) else None
+        self._prev_poll_ms = t_poll_ms
         records: list[_Pending] = []
         n_dead = 0
         for pb in polled:
@@ -103,44 +116,58 @@ class PartitionOwner:
                 records.append(_Pending(pb.batch.slice(int(starts[i]), int(starts[i + 1])), off,
                                         int(pb.record_timestamps_ms[i]), time.time()))
             self.next_offset = pb.next_offset
-        caught_up = sum(len(pb.record_offsets) + pb.dead_letters for pb in polled) < max_records
+        self._caught_up_at = caught_up_at
         todo = self.pending + records
         self.pending = []
-        mutations = 0
+        self._round_mutations, self._round_dead = 0, n_dead
         if todo:
             self._begin(round_id)
-            now = time.time()
-            for rec in todo:
-                try:
-                    deferred = self.engine.ingest(rec.batch)
-                except (MutationError, UnknownVertexError) as exc:
-                    self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, rec.batch,
-                                         DecodeErrorCode.INVALID_MUTATION, str(exc))
-                    n_dead += 1
-                    continue
-                mutations += len(rec.batch) - len(deferred)
-                if len(deferred):
-                    if now - rec.since_s > self.pending_timeout_s:
-                        self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, deferred,
-                                             DecodeErrorCode.UNKNOWN_VERTEX,
-                                             f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
-                                             f"(first: {int(deferred.src[0])})")
-                        n_dead += 1
-                    else:
-                        self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))
-        self.applied += mutations
-        self.dead_letters += n_dead
-        visible = min([p.offset for p in self.pending], default=self.next_offset)
-        struct_out = self.engine.structure_outbox() if self._open else {}
+            self._feed(todo)
+        return self._report()
+
+    def retry(self, inbox: list[StructMsg]) -> IngestReport:
+        """Step 1b (only in rounds where something was deferred): learn the vertices other partitions
+        added this round, then retry the deferred mutations within the same round."""
+        if self._open:
+            self.engine.apply_directory(inbox)
+            todo, self.pending = self.pending, []
+            self._feed(todo)
+        return self._report()
+
+    def _feed(self, todo: list[_Pending]) -> None:
+        from streams.wire import DecodeErrorCode
+
+        now = time.time()
+        for rec in todo:
+            try:
+                deferred = self.engine.ingest(rec.batch)
+            except (MutationError, UnknownVertexError) as exc:
+                self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, rec.batch,
+                                     DecodeErrorCode.INVALID_MUTATION, str(exc))
+                self._round_dead += 1
+                continue
+            self._round_mutations += len(rec.batch) - len(deferred)
+            self.applied += len(rec.batch) - len(deferred)
+            if len(deferred):
+                if now - rec.since_s > self.pending_timeout_s:
+                    self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, deferred,
+                                         DecodeErrorCode.UNKNOWN_VERTEX,
+                                         f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
+                                         f"(first: {int(deferred.src[0])})")
+                    self._round_dead += 1
+                else:
+                    self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))
+
+    def _report(self) -> IngestReport:
         return IngestReport(
             partition=self.partition,
             busy=self._open,
-            mutations=mutations,
-            visible_offset=visible,
+            mutations=self._round_mutations,
+            visible_offset=min([p.offset for p in self.pending], default=self.next_offset),
             oldest_pending_ts_ms=min([p.timestamp_ms for p in self.pending], default=None),
-            caught_up_at_ms=t_poll_ms if caught_up else None,
-            dead_letters=n_dead,
-            struct_out=struct_out,
+            caught_up_at_ms=self._caught_up_at,
+            dead_letters=self._round_dead,
+            struct_out=self.engine.structure_outbox() if self._open else {},
         )
 
     def _begin(self, round_id: int) -> None:
@@ -156,11 +183,19 @@ class PartitionOwner:
         return self.engine.structure(inbox)
 
     def layer(self, li: int, inbox: list[LayerMsg]) -> dict[int, LayerMsg]:
-        return self.engine.layer(li, inbox)
+        """Steps 3..: one GNN layer; the last one also closes the round."""
+        out = self.engine.layer(li, inbox)
+        if li == self.engine.num_layers - 1:
+            self._open = False
+            self.last_round = self.engine.end_round()
+            self.dead_letters += self._round_dead
+        return out
 
-    def end_round(self) -> RoundSummary:
-        self._open = False
-        return self.engine.end_round()
+    def last_layer_then_ingest(self, inbox: list[LayerMsg], next_round: int, max_records: int) -> IngestReport:
+        """The last layer of this round, then the next round's ingest, in one call (one Ray step less
+        per round; the round is closed before the next one starts, so nothing overlaps)."""
+        self.layer(self.engine.num_layers - 1, inbox)
+        return self.ingest(next_round, max_records)
 
     # ------------------------------------------------------------------ reads
     def read(self, ids: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,9 @@ class KafkaConfig:
     """How long an owner's consumer waits for records in one poll."""
     max_poll_records: int = 512
     """Records fetched per poll (each record may carry thousands of mutations)."""
+    fetch_max_wait_ms: int = 5
+    """How long the broker may hold a fetch open waiting for data.  Kafka's default (500 ms) is added
+    to the staleness of every mutation that arrives while a fetch waits, so owners keep it short."""
 
     @property
     def dlq(self) -> str:
@@ -194,4 +197,5 @@ def validate(cfg: Config) -> None:
     _check(isinstance(g.port, int) and 0 <= g.port < 65536, f"gateway.port must be in [0, 65535], got {g.port!r}")
     _check((g.tls_cert is None) == (g.tls_key is None), "gateway.tls_cert and gateway.tls_key go together")
     _check(k.poll_timeout_ms >= 0 and k.max_poll_records >= 1, "kafka.poll_timeout_ms must be >= 0 and max_poll_records >= 1")
+    _check(k.fetch_max_wait_ms >= 0, f"kafka.fetch_max_wait_ms must be >= 0, got {k.fetch_max_wait_ms!r}")
     _check(bool(k.topic), "kafka.topic must not be empty")

@@ -12,6 +12,7 @@ out; the offsets they occupied are still covered, so the position moves past the
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,7 @@ class MutationConsumer:
             self._consumer.seek_to_beginning(*rest)
         self._dlq: KafkaProducer | None = None
         self._dlq_partitions: int | None = None
+        self._dlq_lock = threading.Lock()
 
     # ------------------------------------------------------------------ positions
     def seek(self, partition: int, offset: int) -> None:
@@ -197,6 +199,14 @@ class MutationConsumer:
         if partition not in self._position:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
         return self._position[partition]
+
+    def caught_up(self, partition: int) -> bool:
+        """True when this consumer has read up to the partition's high watermark as last reported by
+        a fetch response (the broker's end of the log at the time it answered that fetch)."""
+        if partition not in self._tps:
+            raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
+        hw = self._consumer.highwater(self._tps[partition])
+        return hw is not None and (self._position[partition] or 0) >= hw
 
     # ------------------------------------------------------------------ polling
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[PolledBatch]:
@@ -269,6 +279,10 @@ class MutationConsumer:
         self.dead_letters_sent += len(dead)
 
     def _dlq_producer(self) -> KafkaProducer:
+        with self._dlq_lock:  # a poller thread and the owner may both dead-letter
+            return self._make_dlq_producer()
+
+    def _make_dlq_producer(self) -> KafkaProducer:
         if self._dlq is None:
             ensure_topic(
                 self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False

@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Cluster benchmark: produce -> visible latency (staleness) at fixed rates, the highest sustained rate,
+and cross-partition traffic, for P = 1, 2, 4 partition owners on local Ray with the embedded broker.
+
+For each P: start a cluster, load the dataset's initial graph through Kafka, then for each rate stream
+the dataset's events (edge insertions) for ``--seconds`` in paced batches.  A monitor notes when each
+batch's offsets become visible (the watermark passes them): visible latency = that moment minus the
+moment the broker acknowledged the batch.  A rate is *sustained* when the p99 latency stays under
+``--sustain-p99-ms`` and the backlog at the end of the window drains within a second.
+
+    python scripts/bench_cluster.py                       # facebook-wosn-links, P = 1,2,4
+    python scripts/bench_cluster.py --partitions 4 --rates 20000 --seconds 10
+
+Prints a table, writes results/bench_cluster.json and results/bench_cluster.png (latency over time).
+Features are seeded random (the dataset has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _producer_process(bootstrap: str, topic: str, P: int, dataset: str, dim: int, start_event: int, rate: float,
+                      seconds: float, batches_per_s: int, out) -> None:
+    """Replays events at ``rate`` from a process of its own (producers live elsewhere in a deployment,
+    and must not share the coordinator's interpreter lock); reports (ack time, offsets, size) per batch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from clustergnn.datasets import load
+    from clustergnn.partition import HashPartitionMap
+    from streams.producer import MutationProducer
+
+    ds = load(dataset)
+    events_per_batch = max(1, int(rate / batches_per_s))
+    n_batches = max(1, int(seconds * batches_per_s))
+    batches = list(ds.stream_batches(events_per_batch, dim=dim, start=start_event,
+                                     limit=start_event + events_per_batch * n_batches))
+    producer = MutationProducer(bootstrap, topic, HashPartitionMap(P))
+    producer.send(batches[0].slice(0, 0))  # connect before the clock starts
+    out.put(("ready", time.time()))
+    t0 = time.time()
+    for k, b in enumerate(batches):
+        delay = t0 + k / batches_per_s - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        offsets = producer.send(b)
+        out.put(("sent", time.time(), offsets, len(b), events_per_batch))
+    out.put(("done", time.time(), t0))
+    producer.close()
+
+
+def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches_per_s: int) -> dict:
+    """Stream events [start_event, ...) at ``rate`` events/s from another process; per-batch visible latency."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    kc = cluster.config.kafka
+    proc = ctx.Process(target=_producer_process, args=(kc.bootstrap, kc.topic, cluster.P, ds.name, cluster.feature_dim,
+                                                        start_event, rate, seconds, batches_per_s, q), daemon=True)
+    proc.start()
+    sent: list[tuple[float, dict[int, int], int]] = []
+    visible_at: dict[int, float] = {}
+    done = threading.Event()
+
+    def monitor() -> None:  # notes the moment each batch's offsets are all below the watermark
+        i = 0
+        with cluster._cond:
+            while not (done.is_set() and i >= len(sent)):
+                while i < len(sent) and all(cluster.watermark[p] > o for p, o in sent[i][1].items()):
+                    visible_at[i] = time.time()
+                    i += 1
+                cluster._cond.wait(0.005)
+
+    mon = threading.Thread(target=monitor, daemon=True)
+    mon.start()
+    events = 0
+    t0 = t_end = None
+    while True:
+        msg = q.get(timeout=120)
+        if msg[0] == "sent":
+            sent.append((msg[1], msg[2], msg[3]))
+            events += msg[4]
+        elif msg[0] == "done":
+            t_end, t0 = msg[1], msg[2]
+            break
+    proc.join(timeout=10)
+    done.set()
+    mon.join(timeout=max(30.0, seconds * 4))
+    lat = np.array([(visible_at[i] - sent[i][0]) * 1000 for i in sorted(visible_at)])
+    drained = len(visible_at) == len(sent)
+    tail = (visible_at.get(len(sent) - 1, time.time()) - t_end) if sent else 0.0
+    mutations = sum(s[2] for s in sent)
+    return {
+        "rate_events_per_s": rate, "events": events, "mutations": mutations,
+        "achieved_mutations_per_s": mutations / max(t_end - t0, 1e-9), "batches": len(sent),
+        "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+        "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+        "latency_ms_max": float(lat.max()) if len(lat) else None,
+        "drain_s": tail, "drained": drained,
+        "series": [((sent[i][0] - t0), float(v)) for i, v in zip(sorted(visible_at), lat)],
+    }
+
+
+def bench_partitions(P: int, ds, args) -> list[dict]:
+    from actors.cluster import Cluster
+    from clustergnn.config import Config
+    from streams.broker import EmbeddedBroker
+
+    rows = []
+    with EmbeddedBroker(port=0) as broker:
+        cfg = Config.from_dict({
+            "kafka": {"bootstrap": broker.bootstrap, "topic": f"bench-{P}", "poll_timeout_ms": args.poll_timeout_ms,
+                      "max_poll_records": args.max_poll_records},
+            "model": {"builtin": "sage", "in_dim": args.features, "hidden": args.hidden, "out_dim": args.out},
+            "cluster": {"partitions": P, "collaborative": args.collaborative, "actor_num_cpus": 0.25},
+            "graph": {"dataset": None},
+        })
+        t = time.time()
+        cluster = Cluster(cfg).start()
+        progress(f"P={P}: cluster up in {time.time() - t:.1f}s; loading {args.dataset} through Kafka")
+        try:
+            t = time.time()
+            cluster.load_dataset(args.dataset, timeout_s=1800)
+            progress(f"P={P}: initial graph loaded in {time.time() - t:.1f}s")
+            pos = 0
+            for rate in args.rates:
+                m0, b0 = cluster.stats.messages, cluster.stats.message_bytes
+                mut0 = cluster.stats.mutations
+                r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s)
+                pos += r["events"]
+                muts = max(cluster.stats.mutations - mut0, 1)
+                r.update({"partitions": P, "messages_per_mutation": (cluster.stats.messages - m0) / muts,
+                          "bytes_per_mutation": (cluster.stats.message_bytes - b0) / muts,
+                          "round_ms_p50": float(np.percentile(list(cluster.stats.round_ms), 50))})
+                r["sustained"] = bool(r["drained"] and r["latency_ms_p99"] is not None
+                                      and r["latency_ms_p99"] <= args.sustain_p99_ms and r["drain_s"] <= 1.0)
+                r["steps_ms_p50"] = {k: float(np.percentile(list(v), 50)) for k, v in cluster.stats.step_ms.items() if v}
+                cluster.stats.step_ms.clear()
+                rows.append(r)
+                progress(f"P={P} rate {rate:,.0f}/s: p50 {r['latency_ms_p50']:.0f} ms p99 {r['latency_ms_p99']:.0f} ms "
+                         f"max {r['latency_ms_max']:.0f} ms; sustained={r['sustained']}; steps p50 "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items()))
+                if not r["drained"] or r["drain_s"] > 10:
+                    progress(f"P={P}: backlog does not drain at {rate:,.0f}/s; stopping the ramp")
+                    break
+        finally:
+            cluster.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="facebook-wosn-links")
+    p.add_argument("--partitions", default="1,2,4")
+    p.add_argument("--rates", default="2500,5000,10000,20000,40000", help="dataset events/s (undirected: 2 mutations each)")
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--batches-per-s", type=int, default=20)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--out", type=int, default=64)
+    p.add_argument("--collaborative", action="store_true")
+    p.add_argument("--poll-timeout-ms", type=int, default=5)
+    p.add_argument("--max-poll-records", type=int, default=512)
+    p.add_argument("--sustain-p99-ms", type=float, default=500.0)
+    p.add_argument("--json", default="results/bench_cluster.json")
+    args = p.parse_args(argv)
+    args.rates = [float(x) for x in args.rates.split(",")]
+    from clustergnn.datasets import load
+
+    ds = load(args.dataset)
+    progress(repr(ds))
+    rows = []
+    for P in [int(x) for x in args.partitions.split(",")]:
+        rows += bench_partitions(P, ds, args)
+    mut_per_event = 1 if ds.directed else 2
+    print(f"\nclustergnn cluster benchmark: {args.dataset} (seeded random features), 2-layer GraphSAGE-mean "
+          f"{args.features}->{args.hidden}->{args.out}{' collaborative' if args.collaborative else ''}; "
+          f"local Ray + embedded broker on this machine")
+    hdr = (f"{'P':>2} {'events/s':>9} {'edge mut/s':>10} {'achieved':>9} {'vis p50':>8} {'vis p99':>8} {'vis max':>8} "
+           f"{'drain s':>7} {'msgs/mut':>8} {'bytes/mut':>9} {'round p50':>9} sustained")
+    print(hdr)
+    print("-" * len(hdr))
+    best: dict[int, float] = {}
+    for r in rows:
+        print(f"{r['partitions']:>2} {r['rate_events_per_s']:>9,.0f} {r['rate_events_per_s'] * mut_per_event:>10,.0f} "
+              f"{r['achieved_mutations_per_s']:>9,.0f} {r['latency_ms_p50']:>6.0f}ms {r['latency_ms_p99']:>6.0f}ms "
+              f"{r['latency_ms_max']:>6.0f}ms {r['drain_s']:>7.2f} {r['messages_per_mutation']:>8.3f} "
+              f"{r['bytes_per_mutation']:>9.0f} {r['round_ms_p50']:>7.1f}ms {'yes' if r['sustained'] else 'no'}")
+        if r["sustained"]:
+            best[r["partitions"]] = max(best.get(r["partitions"], 0.0), r["achieved_mutations_per_s"])
+    print("\nhighest sustained rate (edge mutations/s): " + ", ".join(f"P={k}: {v:,.0f}" for k, v in sorted(best.items())))
+    if 1 in best and 4 in best:
+        print(f"P=4 / P=1 sustained ratio: {best[4] / best[1]:.2f}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows, "sustained": best}, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for r in rows:
+            s = np.array(r["series"]) if r["series"] else np.zeros((0, 2))
+            if len(s):
+                ax.plot(s[:, 0], s[:, 1], ".", ms=2, label=f"P={r['partitions']} {r['rate_events_per_s'] * mut_per_event:,.0f} mut/s")
+        ax.set_yscale("log")
+        ax.set_xlabel("time in the window (s)")
+        ax.set_ylabel("produce -> visible (ms)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=110)
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    except ImportError:
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
