@@ -151,6 +151,7 @@ class _RoundState:
     removed_ids: np.ndarray = field(default_factory=lambda: _EMPTY)  # owned ids removed this round (even if re-added)
     blocked: set[int] = field(default_factory=set)  # vertices touched by deferred mutations
     dropped: int = 0  # edges whose remote source had been removed
+    reported: tuple[int, int] = (0, 0)  # edge-log parts already sent as reader deltas
 
 
 @dataclass(frozen=True)
@@ -295,9 +296,11 @@ class PartitionEngine(Engine):
         return keep
 
     def _ghost_edge_deltas(self, rs: _RoundState) -> tuple[np.ndarray, np.ndarray]:
-        """Per ghost source: net change of its out-edges held here this round, as (ext id, delta)."""
+        """Per ghost source: net change of its out-edges held here since the last outbox, as (ext id, delta)."""
         e = rs.pend.edges
-        add_src, rem_src = _cat(e.add_src), _cat(e.rem_src)
+        a0, r0 = rs.reported
+        rs.reported = (len(e.add_src), len(e.rem_src))
+        add_src, rem_src = _cat(e.add_src[a0:]), _cat(e.rem_src[r0:])
         src = np.concatenate([add_src, rem_src])
         sign = np.concatenate([np.ones(len(add_src), np.int64), -np.ones(len(rem_src), np.int64)])
         is_ghost = self.ghost[src]
@@ -311,7 +314,9 @@ class PartitionEngine(Engine):
 
     @torch.no_grad()
     def structure_outbox(self) -> dict[int, StructMsg]:
-        """Step 1's outbox (after every ``ingest`` of the round)."""
+        """Step 1's outbox (after the round's ``ingest`` calls).  May be called again after more ingests
+        (a retry of deferred mutations once other partitions' additions are known): each call reports the
+        reader deltas since the previous one and the round's added/removed vertices so far."""
         rs = self._state()
         g = self.graph
         added = g.ext_of[_cat(rs.pend.new)] if rs.pend.new else _EMPTY
@@ -333,15 +338,20 @@ class PartitionEngine(Engine):
             out[q] = StructMsg(self.partition, added, removed, ids[m], deltas[m])
         return out
 
+    def apply_directory(self, inbox: Sequence[StructMsg]) -> None:
+        """Learn other partitions' added/removed vertices (idempotent; messages in the order sent)."""
+        for msg in inbox:
+            self.directory.remove(msg.removed)
+            self.directory.add(msg.added)
+
     @torch.no_grad()
     def structure(self, inbox: Sequence[StructMsg]) -> dict[int, LayerMsg]:
         """Step 2: apply other partitions' structural news; return layer-0 messages for readers."""
         rs = self._state()
         g = self.graph
         gone: list[np.ndarray] = []
+        self.apply_directory(inbox)
         for msg in inbox:
-            self.directory.remove(msg.removed)
-            self.directory.add(msg.added)
             if msg.removed.size:
                 slots = g.lookup(msg.removed)
                 gone.append(msg.removed[(slots >= 0) & self.ghost[np.maximum(slots, 0)]])
@@ -476,12 +486,24 @@ class LocalCluster:
         return inbox
 
     def round(self, per_partition: list[MutationBatch]) -> tuple[list[RoundSummary], list[MutationBatch]]:
-        """One round over the given per-partition batches; returns summaries and deferred mutations."""
+        """One round over the given per-partition batches; returns summaries and deferred mutations.
+
+        As the Ray coordinator does: when something was deferred, the partitions learn each other's
+        additions of this round and retry it once before propagating."""
         deferred = []
         for e, b in zip(self.engines, per_partition):
             e.begin_round()
             deferred.append(e.ingest(b))
-        inbox = self._deliver([e.structure_outbox() for e in self.engines])
+        outs = [e.structure_outbox() for e in self.engines]
+        if self.P > 1 and any(len(d) for d in deferred):
+            first = self._deliver(outs)
+            for e, i in zip(self.engines, first):
+                e.apply_directory(i)
+            deferred = [e.ingest(d) if len(d) else d for e, d in zip(self.engines, deferred)]
+            second = self._deliver([e.structure_outbox() for e in self.engines])
+            inbox = [a + b for a, b in zip(first, second)]
+        else:
+            inbox = self._deliver(outs)
         inbox = self._deliver([e.structure(i) for e, i in zip(self.engines, inbox)])
         for li in range(self.engines[0].num_layers):
             inbox = self._deliver([e.layer(li, i) for e, i in zip(self.engines, inbox)])

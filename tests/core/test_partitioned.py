@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clustergnn import Engine, MutationBatch
+from clustergnn import Engine, MutationBatch, MutationError
 from clustergnn.engine import dgl_forward
 from clustergnn.partition import HashPartitionMap
 from clustergnn.partitioned import LocalCluster
@@ -78,3 +78,23 @@ def test_vertex_removed_while_another_partition_adds_an_edge_from_it() -> None:
     cluster.round([MutationBatch.remove_vertices([2]), MutationBatch.add_edges([2], [1])])
     single.apply(MutationBatch.remove_vertices([2]))  # cross-partition rule: the removal wins
     assert_cluster_matches(cluster, single, layers)
+
+
+def test_edge_from_a_vertex_added_elsewhere_in_the_same_round_applies_in_that_round() -> None:
+    layers = build("sage-mean")
+    pm = HashPartitionMap(2)
+    cluster = LocalCluster.from_layers(layers, F_IN, pm)
+    single = Engine.from_layers(layers, F_IN)
+    # 1 is owned by partition 1, 2 by partition 0: 1 -> 2 reaches partition 0 before it knows vertex 1
+    b = MutationBatch.concat([MutationBatch.add_vertices([1, 2], torch.randn(2, F_IN)), MutationBatch.add_edges([1], [2])])
+    summaries = cluster.apply(b)
+    single.apply(b)
+    assert len(summaries) == 2, "one round (2 partitions), thanks to the in-round retry"
+    assert_cluster_matches(cluster, single, layers)
+
+
+def test_an_edge_from_a_vertex_that_never_comes_is_reported() -> None:
+    cluster = LocalCluster.from_layers(build("sage-mean"), F_IN, HashPartitionMap(2))
+    cluster.apply(MutationBatch.add_vertices([2], torch.randn(1, F_IN)))
+    with pytest.raises(MutationError, match="edges from vertex 41, which exists nowhere"):
+        cluster.apply(MutationBatch.add_edges([41], [2]))
