@@ -129,7 +129,7 @@ class PartitionOwner:
         """Step 1b (only in rounds where something was deferred): learn the vertices other partitions
         added this round, then retry the deferred mutations within the same round."""
         if self._open:
-            self.engine.apply_directory(inbox)
+            self.engine.begin_retry(inbox)
             todo, self.pending = self.pending, []
             self._feed(todo)
         return self._report()

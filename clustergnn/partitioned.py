@@ -344,6 +344,13 @@ class PartitionEngine(Engine):
             self.directory.remove(msg.removed)
             self.directory.add(msg.added)
 
+    def begin_retry(self, inbox: Sequence[StructMsg]) -> None:
+        """Before re-ingesting this round's deferred mutations (all of them, in order): learn the other
+        partitions' additions so far and forget which vertices the deferrals blocked."""
+        self.apply_directory(inbox)
+        if self._rs is not None:
+            self._rs.blocked = set()
+
     @torch.no_grad()
     def structure(self, inbox: Sequence[StructMsg]) -> dict[int, LayerMsg]:
         """Step 2: apply other partitions' structural news; return layer-0 messages for readers."""
@@ -498,7 +505,7 @@ class LocalCluster:
         if self.P > 1 and any(len(d) for d in deferred):
             first = self._deliver(outs)
             for e, i in zip(self.engines, first):
-                e.apply_directory(i)
+                e.begin_retry(i)
             deferred = [e.ingest(d) if len(d) else d for e, d in zip(self.engines, deferred)]
             second = self._deliver([e.structure_outbox() for e in self.engines])
             inbox = [a + b for a, b in zip(first, second)]
