@@ -382,8 +382,9 @@ class PartitionEngine(Engine):
             if (self.readers[slots, msg.sender] < 0).any():
                 raise RuntimeError(f"partition {self.partition}: negative reader count from {msg.sender}")
             fresh = slots[(before == 0) & (self.readers[slots, msg.sender] > 0)]
-            if fresh.size:
-                rs.reader_new[msg.sender] = fresh
+            if fresh.size:  # a sender may send several structure messages in one round (retry)
+                prev = rs.reader_new.get(msg.sender)
+                rs.reader_new[msg.sender] = fresh if prev is None else np.union1d(prev, fresh)
             out_changed.append(slots)
         rs.extra_out_changed = unique(_cat(out_changed))
         new = _cat(rs.pend.new)

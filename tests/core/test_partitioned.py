@@ -34,7 +34,7 @@ def bootstrap(cluster: LocalCluster, g, x) -> None:
 
 @pytest.mark.parametrize("partitions", [1, 2, 3, 4])
 @pytest.mark.parametrize("model", sorted(MODELS))
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_partitions_together_match_dgl(model: str, partitions: int, data: st.DataObject) -> None:
     layers = build(model, seed=data.draw(st.integers(0, 50), label="weight seed"))
