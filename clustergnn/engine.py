@@ -31,7 +31,7 @@ import torch
 from clustergnn._dgl import dgl
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.graph import EdgeLog, MutableGraph, union, unique
-from clustergnn.kernels import segment_sum
+from clustergnn.kernels import EdgeIndex, segment_sum
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.rules import Aggregation, LayerRule, rules_from_dgl
 
@@ -86,6 +86,29 @@ class _Pending:
     removed: list[np.ndarray] = field(default_factory=list)
     feat: list[np.ndarray] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _RowView:
+    """Rows of the caches: a plain slice when they are ``0..n-1`` (no copies), else gathered by index."""
+
+    idx: torch.Tensor
+    n: int | None  # rows are exactly 0..n-1
+
+    @classmethod
+    def of(cls, rows: np.ndarray, idx: torch.Tensor) -> _RowView:
+        n = len(rows)
+        contiguous = n > 0 and rows[0] == 0 and rows[-1] == n - 1 and bool((np.diff(rows) == 1).all())
+        return cls(idx, n if contiguous else None)
+
+    def get(self, t: torch.Tensor) -> torch.Tensor:
+        return t[: self.n] if self.n is not None else t.index_select(0, self.idx)
+
+    def put(self, t: torch.Tensor, v: torch.Tensor) -> None:
+        if self.n is not None:
+            t[: self.n].copy_(v)
+        else:
+            t.index_copy_(0, self.idx, v.to(t.dtype))
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,7 @@ class Engine:
         self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
         self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
         self.round = 0
+        self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -217,6 +241,7 @@ class Engine:
     def bulk_load(self, batch: MutationBatch) -> ApplyResult:
         """Apply a large batch (an initial graph) with one full recompute instead of propagation."""
         mode, self.mode = self.mode, "full"
+        self._keep_caches = mode != "full"
         try:
             return self.apply(batch)
         finally:
@@ -459,22 +484,27 @@ class Engine:
             raise MutationError(f"unknown mutation kind {kind!r}")
 
     # ------------------------------------------------------------------ propagation
-    def _finish(self, li: int, rows: np.ndarray, agg_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _finish(self, li: int, rows: np.ndarray, agg_rows: torch.Tensor | None = None,
+                view: _RowView | None = None) -> torch.Tensor:
         rule = self.rules[li]
-        idx = self._t(rows)
+        view = view or _RowView.of(rows, self._t(rows))
         indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
-        agg = agg_rows if agg_rows is not None else _sel(self.agg[li], idx)
-        selfv = _sel(self.selfc[li], idx) if self.selfc[li] is not None else None
-        out = rule.finish(selfv, agg, indeg, _sel(self.msg[li], idx))
+        agg = agg_rows if agg_rows is not None else view.get(self.agg[li])
+        selfv = view.get(self.selfc[li]) if self.selfc[li] is not None else None
+        out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]))
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)
         return out
 
-    def _recompute_agg(self, li: int, rows: np.ndarray) -> torch.Tensor:
+    def _recompute_agg(self, li: int, rows: np.ndarray, view: _RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
-        src, dst = self.graph.in_edges(rows)
-        seg = np.repeat(np.arange(len(rows)), self.graph.in_degree(rows))
-        return self.rules[li].aggregate(self.msg[li], self._t(src), self._t(seg), len(rows), _sel(self.msg[li], self._t(rows)))
+        view = view or _RowView.of(rows, self._t(rows))
+        return self.rules[li].aggregate(self.msg[li], self._in_edge_index(rows), view.get(self.msg[li]))
+
+    def _in_edge_index(self, rows: np.ndarray) -> EdgeIndex:
+        """Every in-edge of ``rows`` (sources as slots), row by row."""
+        src, _ = self.graph.in_edges(rows)
+        return EdgeIndex.from_counts(self._t(src), self._t(self.graph.in_degree(rows)))
 
     def _store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool) -> np.ndarray:
         """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
@@ -490,20 +520,33 @@ class Engine:
         return changed
 
     def _full(self) -> list[LayerDelta]:
+        """Recompute every row of every layer.  Caches other than the outputs are kept only when
+        the engine will propagate incrementally afterwards (``bulk_load``); a pure "full" engine skips
+        them, as a plain full forward would."""
         g = self.graph
         rows = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
-        idx = self._t(rows)
+        view = _RowView.of(rows, self._t(rows))
+        keep = self._keep_caches or view.n is None  # a non-contiguous table must live in the cache
         outdeg = torch.from_numpy(self._outdeg(rows)).to(self.device)
+        indeg = torch.from_numpy(g.in_degree(rows)).to(self.device)
+        edges = self._in_edge_index(rows)  # the same in-edges (and DGL graph) for every layer
         deltas = []
         for li, rule in enumerate(self.rules):
-            h_rows = _sel(self.h[li], idx)
-            _put(self.msg[li], idx, rule.message(h_rows, outdeg))
-            if self.selfc[li] is not None:
-                _put(self.selfc[li], idx, rule.self_term(h_rows))
-            agg = self._recompute_agg(li, rows)
-            if self.agg[li] is not None:
-                _put(self.agg[li], idx, agg)
-            _put(self.h[li + 1], idx, self._finish(li, rows, agg))
+            h_rows = view.get(self.h[li])
+            m = rule.message(h_rows, outdeg)
+            if keep:
+                view.put(self.msg[li], m)
+            table = self.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
+            selfv = rule.self_term(h_rows) if self.selfc[li] is not None else None
+            if keep and selfv is not None:
+                view.put(self.selfc[li], selfv)
+            agg = rule.aggregate(table, edges, m)
+            if keep and self.agg[li] is not None:
+                view.put(self.agg[li], agg)
+            out = rule.finish(selfv, agg, indeg, m)
+            if li < self.num_layers - 1 and self.activation is not None:
+                out = self.activation(out)
+            view.put(self.h[li + 1], out)
             deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows))
         self.version[rows] = self.round
         return deltas
@@ -623,7 +666,7 @@ class Engine:
         ok = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == dst)  # removed rows are cleared anyway
         order = np.argsort(pos[ok], kind="stable")
         seg, src_idx = pos[ok][order], src_idx[ok][order]
-        delta = segment_sum(table, self._t(src_idx), self._t(seg), len(rows))
+        delta = segment_sum(table, EdgeIndex.from_sorted_rows(self._t(src_idx), self._t(seg), len(rows)))
         idx = self._t(rows)
         _put(agg, idx, _sel(agg, idx) + delta)
 

@@ -21,64 +21,114 @@ _CHUNK_ELEMS = 1 << 24  # bound on gathered (E, D) temporaries: 64 MiB of fp32
 DGL_MIN_EDGES = 32768
 
 
-def _dgl_block(src: torch.Tensor, seg: torch.Tensor, n_rows: int, n_src: int):
-    from clustergnn._dgl import dgl
+class EdgeIndex:
+    """In-edges of ``n_rows`` rows, row-major: ``src[indptr[r]:indptr[r+1]]`` are row ``r``'s sources.
 
-    counts = torch.bincount(seg, minlength=n_rows)
-    indptr = torch.zeros(n_rows + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=indptr[1:])
-    eids = torch.arange(src.numel(), dtype=torch.int64)
-    return dgl.create_block(("csc", (indptr, src, eids)), num_src_nodes=n_src, num_dst_nodes=n_rows)
+    The per-edge row ids (``seg``) and DGL's graph object are derived on first use and cached, so the
+    layers and heads that share an edge set build them once."""
+
+    def __init__(self, src: torch.Tensor, indptr: torch.Tensor) -> None:
+        self.src = src
+        self.indptr = indptr
+        self._seg: torch.Tensor | None = None
+        self._block = None
+
+    @classmethod
+    def from_counts(cls, src: torch.Tensor, counts: torch.Tensor) -> EdgeIndex:
+        indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=src.device)
+        torch.cumsum(counts, 0, out=indptr[1:])
+        return cls(src, indptr)
+
+    @classmethod
+    def from_sorted_rows(cls, src: torch.Tensor, seg: torch.Tensor, n_rows: int) -> EdgeIndex:
+        ei = cls.from_counts(src, torch.bincount(seg, minlength=n_rows))
+        ei._seg = seg
+        return ei
+
+    @property
+    def n_rows(self) -> int:
+        return self.indptr.numel() - 1
+
+    @property
+    def n_edges(self) -> int:
+        return self.src.numel()
+
+    @property
+    def seg(self) -> torch.Tensor:
+        if self._seg is None:
+            rows = torch.arange(self.n_rows, device=self.src.device)
+            self._seg = torch.repeat_interleave(rows, self.indptr[1:] - self.indptr[:-1])
+        return self._seg
+
+    def block(self, n_src: int):
+        if self._block is None or self._block.num_src_nodes() != n_src:
+            from clustergnn._dgl import dgl
+
+            eids = torch.arange(self.n_edges, dtype=torch.int64)
+            self._block = dgl.create_block(("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src,
+                                           num_dst_nodes=self.n_rows)
+        return self._block
 
 
 def _use_dgl(table: torch.Tensor, n_edges: int) -> bool:
     return table.device.type == "cpu" and n_edges >= DGL_MIN_EDGES
 
 
-def segment_sum(
-    table: torch.Tensor, src: torch.Tensor, seg: torch.Tensor, n_rows: int, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``out[r] = sum_{e: seg[e]=r} weight[e] * table[src[e]]`` for destination-sorted ``seg``.
+def segment_sum(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[r] = sum_{e in row r} weight[e] * table[src[e]]``.
 
-    Shapes: table ``(N, D)``, src/seg ``(E,)`` int64, out ``(n_rows, D)`` in ``table``'s dtype.
+    Shapes: table ``(N, D)``, weight ``(E,)``; out ``(n_rows, D)`` in ``table``'s dtype.
     """
-    d = table.shape[1]
-    if src.numel() == 0 or n_rows == 0:
+    n_rows, d = edges.n_rows, table.shape[1]
+    if edges.n_edges == 0 or n_rows == 0:
         return table.new_zeros(n_rows, d)
-    if _use_dgl(table, src.numel()):
+    if _use_dgl(table, edges.n_edges):
         import dgl.ops as ops
 
-        block = _dgl_block(src, seg, n_rows, table.shape[0])
+        block = edges.block(table.shape[0])
         if weight is None:
             return ops.copy_u_sum(block, table.contiguous())
         return ops.u_mul_e_sum(block, table.contiguous(), weight.to(table.dtype).unsqueeze(1))
-    counts = torch.bincount(seg, minlength=n_rows)
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=table.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    vals = weight.to(table.dtype) if weight is not None else torch.ones(src.numel(), dtype=table.dtype, device=table.device)
-    a = torch.sparse_csr_tensor(crow, src, vals, size=(n_rows, table.shape[0]), check_invariants=False)
+    vals = weight.to(table.dtype) if weight is not None else torch.ones(edges.n_edges, dtype=table.dtype, device=table.device)
+    a = torch.sparse_csr_tensor(edges.indptr, edges.src, vals, size=(n_rows, table.shape[0]), check_invariants=False)
     return a @ table
 
 
-def segment_max(table: torch.Tensor, src: torch.Tensor, seg: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """``out[r] = max_{e: seg[e]=r} table[src[e]]`` elementwise; rows without edges are 0 (as in DGL)."""
-    d = table.shape[1]
-    if _use_dgl(table, src.numel()) and n_rows:
+def segment_sum_heads(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor) -> torch.Tensor:
+    """Per-head weighted sums: table ``(N, H, F)``, weight ``(E, H)`` -> ``(n_rows, H * F)`` (GAT)."""
+    n, h, f = table.shape
+    if _use_dgl(table, edges.n_edges) and edges.n_rows:
         import dgl.ops as ops
 
-        out = ops.copy_u_max(_dgl_block(src, seg, n_rows, table.shape[0]), table.contiguous())
+        out = ops.u_mul_e_sum(edges.block(n), table.contiguous(), weight.to(table.dtype).unsqueeze(2))
+        return out.reshape(edges.n_rows, h * f)
+    return torch.cat([segment_sum(table[:, k], edges, weight[:, k]) for k in range(h)], dim=1)
+
+
+def segment_max(table: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+    """``out[r] = max_{e in row r} table[src[e]]`` elementwise; rows without edges are 0 (as in DGL)."""
+    n_rows, d = edges.n_rows, table.shape[1]
+    if _use_dgl(table, edges.n_edges) and n_rows:
+        import dgl.ops as ops
+
+        out = ops.copy_u_max(edges.block(table.shape[0]), table.contiguous())
         return out.masked_fill_(torch.isneginf(out), 0.0)  # raw gspmm leaves edgeless rows at -inf
     out = torch.full((n_rows, d), float("-inf"), dtype=table.dtype, device=table.device)
     step = max(1, _CHUNK_ELEMS // max(d, 1))
+    src, seg = edges.src, edges.seg
     for i in range(0, src.numel(), step):
         s, g = src[i : i + step], seg[i : i + step]
         out.scatter_reduce_(0, g.unsqueeze(1).expand(-1, d), table[s], reduce="amax", include_self=True)
     return out.masked_fill_(torch.isneginf(out), 0.0)
 
 
-def segment_softmax(scores: torch.Tensor, seg: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Softmax of ``scores (E, H)`` over the edges of each segment (DGL's ``edge_softmax``)."""
-    h = scores.shape[1]
+def segment_softmax(scores: torch.Tensor, edges: EdgeIndex, n_src: int) -> torch.Tensor:
+    """Softmax of ``scores (E, H)`` over the edges of each row (DGL's ``edge_softmax``)."""
+    if _use_dgl(scores, edges.n_edges) and edges.n_rows:
+        from dgl.ops import edge_softmax
+
+        return edge_softmax(edges.block(n_src), scores)
+    n_rows, h, seg = edges.n_rows, scores.shape[1], edges.seg
     idx = seg.unsqueeze(1).expand(-1, h)
     mx = torch.full((n_rows, h), float("-inf"), dtype=scores.dtype, device=scores.device)
     mx.scatter_reduce_(0, idx, scores, reduce="amax", include_self=True)

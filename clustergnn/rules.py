@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from clustergnn._dgl import dglnn
 from clustergnn.errors import UnsupportedModelError
-from clustergnn.kernels import segment_max, segment_softmax, segment_sum
+from clustergnn.kernels import EdgeIndex, segment_max, segment_softmax, segment_sum, segment_sum_heads
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -100,13 +100,12 @@ class LayerRule:
         in-degree and own message."""
         raise NotImplementedError
 
-    def aggregate(self, msg: torch.Tensor, src: torch.Tensor, seg: torch.Tensor, n_rows: int,
-                  dst_msg: torch.Tensor) -> torch.Tensor:
-        """Recompute the aggregate of ``n_rows`` rows from their in-edges ``(src, seg)``, destination-sorted."""
+    def aggregate(self, msg: torch.Tensor, edges: EdgeIndex, dst_msg: torch.Tensor) -> torch.Tensor:
+        """Recompute the aggregate of ``edges.n_rows`` rows from their in-edges (sources index ``msg``)."""
         if self.aggregation is Aggregation.SUM:
-            return segment_sum(msg, src, seg, n_rows).double()
+            return segment_sum(msg, edges)  # fp32, as DGL sums; callers widen what they cache
         if self.aggregation is Aggregation.MAX:
-            return segment_max(msg, src, seg, n_rows)
+            return segment_max(msg, edges)
         raise NotImplementedError
 
     def to(self, device: torch.device) -> LayerRule:
@@ -325,14 +324,12 @@ class GatRule(LayerRule):
         el = (z.view(-1, self.heads, self.f) * self.attn_l).sum(-1)
         return torch.cat([z, el], dim=1)
 
-    def aggregate(self, msg, src, seg, n_rows, dst_msg):
+    def aggregate(self, msg, edges, dst_msg):
         hf = self.heads * self.f
         er = (dst_msg[:, :hf].view(-1, self.heads, self.f) * self.attn_r).sum(-1)  # (n_rows, H)
-        e = F.leaky_relu(msg[src, hf:] + er[seg], self.slope)
-        a = segment_softmax(e, seg, n_rows)  # (E, H)
-        z = msg[:, :hf]
-        outs = [segment_sum(z[:, k * self.f : (k + 1) * self.f], src, seg, n_rows, a[:, k]) for k in range(self.heads)]
-        return torch.cat(outs, dim=1)
+        e = F.leaky_relu(msg[edges.src, hf:] + er[edges.seg], self.slope)
+        a = segment_softmax(e, edges, msg.shape[0])  # (E, H)
+        return segment_sum_heads(msg[:, :hf].reshape(-1, self.heads, self.f), edges, a)
 
     def self_term(self, h):
         """Residual plus bias, ``(n, H * F)`` (DGL adds the residual, then the bias)."""

@@ -30,9 +30,12 @@ def test_segment_kernels_match_a_dense_reference(monkeypatch, threshold: int) ->
     seg[seg == 3] = 4  # row 3 has no edges
     src = torch.randint(0, 30, (60,), generator=g)
     w = torch.rand(60, generator=g, dtype=torch.float64)
-    assert torch.allclose(kernels.segment_sum(table, src, seg, 8), dense(table, src, seg, 8))
-    assert torch.allclose(kernels.segment_sum(table, src, seg, 8, w), dense(table, src, seg, 8, w))
-    assert torch.allclose(kernels.segment_max(table.float(), src, seg, 8), dense(table.float(), src, seg, 8, op="max"))
+    edges = kernels.EdgeIndex.from_sorted_rows(src, seg, 8)
+    assert torch.allclose(kernels.segment_sum(table, edges), dense(table, src, seg, 8))
+    assert torch.allclose(kernels.segment_sum(table, edges, w), dense(table, src, seg, 8, w))
+    assert torch.allclose(kernels.segment_max(table.float(), edges), dense(table.float(), src, seg, 8, op="max"))
+    lazy = kernels.EdgeIndex(src, edges.indptr)  # seg derived from indptr
+    assert torch.equal(lazy.seg, seg)
 
 
 def test_large_batches_take_the_segmented_delta_path_exactly(monkeypatch) -> None:
