@@ -153,9 +153,13 @@ class Cluster:
 
     # ------------------------------------------------------------------ rounds
     def _run(self) -> None:
+        window_s = self.config.cluster.hub_window_ms / 1000.0
         while not self._stop.is_set():
             try:
-                self.run_round()
+                t = time.perf_counter()
+                busy = self.run_round()
+                if window_s and busy:  # hold the next round open: more changes coalesce per vertex
+                    self._stop.wait(max(0.0, window_s - (time.perf_counter() - t)))
             except Exception as exc:  # an owner died or a step failed: stop serving, say why
                 log.exception("round %s failed; the cluster is unavailable until restarted", self.round_id)
                 with self._cond:
@@ -175,7 +179,8 @@ class Cluster:
                 nbytes += msg.nbytes
         return inbox, n, nbytes
 
-    def run_round(self) -> None:
+    def run_round(self) -> bool:
+        """One round; True if anything was applied."""
         import ray
 
         t0 = time.perf_counter()
@@ -202,7 +207,7 @@ class Cluster:
             for li in range(self.num_layers):
                 inbox, n2, b2 = self._route(outs, self.P)
                 n, b = n + n2, b + b2
-                if li < self.num_layers - 1:
+                if li < self.num_layers - 1 or self.config.cluster.hub_window_ms:
                     outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
                 else:  # the last layer closes the round, and the same call starts the next one's ingest
                     self._next_reports = ray.get([o.last_layer_then_ingest.remote(inbox[p], r + 1, max_records)
@@ -226,6 +231,7 @@ class Cluster:
             self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
             self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
             self._cond.notify_all()
+        return busy
 
     # ------------------------------------------------------------------ writes
     def producer(self):

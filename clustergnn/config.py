@@ -96,7 +96,9 @@ class ClusterConfig:
     actor_num_gpus: float = 0.0
     """GPUs per owner actor (fractional, e.g. 0.25 puts four owners on one GPU)."""
     hub_window_ms: float = 0.0
-    """Coalesce a partition's outgoing deltas over this window (D3-GNN's windowing); 0 = send each round."""
+    """Hold each busy round open at least this long (D3-GNN's windowing): all changes of a vertex within
+    a round travel as one message per reader partition and layer, so a longer window sends hubs' deltas
+    less often, at the price of up to this much staleness.  0 = rounds back to back."""
     ray_address: str | None = None
     """An existing Ray cluster (``auto`` inside KubeRay pods); ``None`` starts a local one on 127.0.0.1."""
     ray_num_cpus: int | None = None

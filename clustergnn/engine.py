@@ -30,7 +30,7 @@ import torch
 
 from clustergnn._dgl import dgl
 from clustergnn.errors import MutationError, UnknownVertexError
-from clustergnn.graph import EdgeLog, MutableGraph, union, unique
+from clustergnn.graph import EdgeLog, MutableGraph, argsort_stable, union, unique
 from clustergnn.kernels import EdgeIndex, segment_sum
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.rules import Aggregation, LayerRule, rules_from_dgl
@@ -38,6 +38,7 @@ from clustergnn.rules import Aggregation, LayerRule, rules_from_dgl
 log = logging.getLogger(__name__)
 
 Mode = Literal["incremental", "khop", "full"]
+DELTA_COST = 3  # cost of one delta contribution relative to one in-edge of a recomputed row (measured)
 SEGMENT_DELTA_MIN = 32768  # contributions above which sum deltas go through a segment sum, not scattered adds
 MODES: tuple[str, ...] = ("incremental", "khop", "full")
 
@@ -178,6 +179,7 @@ class Engine:
         self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
+        self._posmap = np.zeros(0, dtype=np.int64)
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -616,7 +618,12 @@ class Engine:
             return LayerDelta(li + 1, len(srcs), g.ext_of[rows], deferred=True, changed_slots=rows)
         se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
         agg_rows = None
-        if not incremental or rule.aggregation is Aggregation.ATTENTION:
+        # Per layer, the cheaper exact way: deltas touch one entry per changed edge contribution,
+        # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
+        # costs about a third of a float64 delta).  Large batches tip towards recomputation.
+        recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (
+            DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(g.in_degree(rows).sum()))
+        if recompute:
             _put(self.msg[li], s_idx, m_new)
             agg_rows = self._recompute_agg(li, rows)
             if self.agg[li] is not None:
@@ -647,6 +654,16 @@ class Engine:
                 agg.index_add_(0, self._t(de), _sel(dm, self._t(se_pos)))
         _put(msg, s_idx, m_new)
 
+    def _positions(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Index of each of ``values`` in ``rows`` (-1 if absent), through a reusable dense map: O(n),
+        where ``np.searchsorted`` costs a binary search per value."""
+        if len(self._posmap) < self.graph.capacity:
+            self._posmap = np.full(self.graph.capacity, -1, dtype=np.int64)
+        self._posmap[rows] = np.arange(len(rows))
+        out = self._posmap[values]
+        self._posmap[rows] = -1
+        return out
+
     def _sum_delta_segmented(self, li, rows, m_old, m_new, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
         """The same sum for large batches: one destination-sorted segment sum (a sparse product) over
         every contribution, then one add per affected row, instead of one scattered add per edge."""
@@ -662,9 +679,9 @@ class Engine:
         src_idx = np.concatenate([se_pos, len(m_new) + np.arange(len(add_src)),
                                   len(m_new) + len(add_src) + np.arange(len(rem_src))])
         dst = np.concatenate([de, add_dst, rem_dst])
-        pos = np.searchsorted(rows, dst)
-        ok = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == dst)  # removed rows are cleared anyway
-        order = np.argsort(pos[ok], kind="stable")
+        pos = self._positions(rows, dst)
+        ok = pos >= 0  # contributions to removed rows are dropped: those rows are cleared anyway
+        order = argsort_stable(pos[ok])
         seg, src_idx = pos[ok][order], src_idx[ok][order]
         delta = segment_sum(table, EdgeIndex.from_sorted_rows(self._t(src_idx), self._t(seg), len(rows)))
         idx = self._t(rows)
@@ -688,8 +705,8 @@ class Engine:
         for arr, sign in ((add_dst, -1), (rem_dst, 1)):
             if arr.size and rows.size:
                 u, c = np.unique(arr, return_counts=True)
-                pos_r = np.searchsorted(rows, u)
-                ok = (pos_r < len(rows)) & (rows[np.minimum(pos_r, len(rows) - 1)] == u)
+                pos_r = self._positions(rows, u)
+                ok = pos_r >= 0
                 np.add.at(old_deg, pos_r[ok], sign * c[ok])
         suspect.append(rows[old_deg == 0])
         redo = np.intersect1d(np.concatenate(suspect), rows)

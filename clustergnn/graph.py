@@ -37,6 +37,15 @@ def unique(a: np.ndarray) -> np.ndarray:
     return a[keep]
 
 
+def argsort_stable(a: np.ndarray) -> np.ndarray:
+    """Stable argsort of integers; torch's parallel sort is ~5x faster than numpy's on large inputs."""
+    if len(a) < 65536:
+        return np.argsort(a, kind="stable")
+    import torch
+
+    return torch.sort(torch.from_numpy(np.ascontiguousarray(a)), stable=True).indices.numpy()
+
+
 def union(*arrays: np.ndarray) -> np.ndarray:
     return unique(np.concatenate(arrays))
 
@@ -105,7 +114,7 @@ class BlockAdjacency:
         """Append ``nbrs[i]`` to the block of ``owners[i]`` (vectorised, grouped by owner)."""
         if len(owners) == 0:
             return
-        order = np.argsort(owners, kind="stable")
+        order = argsort_stable(owners)
         o, nb = owners[order], nbrs[order]
         first = np.flatnonzero(np.concatenate(([True], o[1:] != o[:-1])))
         uniq = o[first]
@@ -141,7 +150,7 @@ class BlockAdjacency:
         want = (owners.astype(np.int64) << 32) | nbrs.astype(np.int64)
         have = (e_owner << 32) | e_val
         wk, wc = np.unique(want, return_counts=True)
-        order = np.argsort(have, kind="stable")
+        order = argsort_stable(have)
         hs = have[order]
         gstart = np.searchsorted(hs, hs, side="left")
         rank = np.arange(len(hs)) - gstart

@@ -79,6 +79,21 @@ def time_dgl(eng: Engine, layers, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
+def time_reads(eng: Engine, rng, repeats: int = 30) -> dict[str, float]:
+    """p50 of reading 1 and 64 random vertices' final embeddings (collaborative: finished on read)."""
+    ids = eng.vertex_ids()
+    out = {}
+    for n in (1, 64):
+        ts = []
+        for _ in range(repeats):
+            q = rng.choice(ids, n)
+            t = time.perf_counter()
+            eng.embeddings(q)
+            ts.append(time.perf_counter() - t)
+        out[f"read{n}_p50_ms"] = float(np.median(ts) * 1e3)
+    return out
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -91,9 +106,10 @@ def bench_model(ds, name: str, args) -> list[dict]:
     layers = model(name, args.features, args.hidden, args.out)
     init = ds.initial_batch(dim=args.features, seed=args.seed)
     engines = {}
-    for mode in ("incremental", "khop", "full"):
+    for mode in ("incremental", "khop", "full", "incremental+collab", "khop+collab"):
         t = time.perf_counter()
-        eng = Engine.from_layers(layers, args.features, device=args.device, mode=mode, capacity=len(ds.all_vertex_ids()) + 16)
+        eng = Engine.from_layers(layers, args.features, device=args.device, mode=mode.split("+")[0],
+                                 capacity=len(ds.all_vertex_ids()) + 16, collaborative=mode.endswith("collab"))
         eng.bulk_load(init)
         engines[mode] = eng
         progress(f"{name}: {mode} engine loaded {eng.num_vertices:,} vertices / {eng.num_edges:,} edges in {time.perf_counter() - t:.1f}s")
@@ -127,6 +143,8 @@ def bench_model(ds, name: str, args) -> list[dict]:
         if len(batches) > FULL_TIMED:
             engines["full"].apply(MutationBatch.concat(batches[FULL_TIMED:]))
         err = check_exact(inc, layers)
+        err_collab = check_exact(engines["incremental+collab"], layers)
+        read_ms = time_reads(engines["incremental+collab"], np.random.default_rng(0))
         n_mut = float(np.mean([len(b) for b in batches]))
         p50 = {m: float(np.percentile(v, 50)) for m, v in times.items()}
         p99 = {m: float(np.percentile(v, 99)) for m, v in times.items()}
@@ -140,6 +158,11 @@ def bench_model(ds, name: str, args) -> list[dict]:
             "speedup_vs_dgl": dgl_s / p50["incremental"], "speedup_vs_full": p50["full"] / p50["incremental"],
             "speedup_vs_khop": p50["khop"] / p50["incremental"], "full_vs_dgl": dgl_s / p50["full"],
             "affected_per_layer": [float(x) for x in np.mean(affected, axis=0)],
+            "collab_p50_ms": p50["incremental+collab"] * 1e3, "collab_p99_ms": p99["incremental+collab"] * 1e3,
+            "khop_collab_p50_ms": p50["khop+collab"] * 1e3,
+            "collab_speedup_vs_dgl": dgl_s / p50["incremental+collab"],
+            "collab_speedup_vs_khop": p50["khop+collab"] / p50["incremental+collab"],
+            "collab_read_ms": read_ms, "max_rel_error_collab": err_collab,
             "max_rel_error": err, "structure_bytes_per_edge": mem["structure"] / max(inc.num_edges, 1),
             "peak_rss_mib": peak_rss_mib(),
         }
@@ -185,6 +208,21 @@ def print_table(rows: list[dict], meta: dict) -> None:
               f"{r['structure_bytes_per_edge']:>6.1f}")
 
 
+def print_collab_table(rows: list[dict]) -> None:
+    print("\nSTAG collaborative mode (last layer finished at read time; same batches, same graph):")
+    hdr = (f"{'model':6} {'B(events)':>9} {'collab p50':>10} {'collab p99':>10} {'khop+c p50':>10} {'xDGL':>7} {'xkhop':>6} "
+           f"{'read 1 id':>9} {'read 64':>8} {'rel err':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        if r["batch_events"] == "end-of-stream":
+            continue
+        print(f"{r['model']:6} {r['batch_events']:>9} {r['collab_p50_ms']:>8.2f}ms {r['collab_p99_ms']:>8.2f}ms "
+              f"{r['khop_collab_p50_ms']:>8.2f}ms {r['collab_speedup_vs_dgl']:>7.1f} {r['collab_speedup_vs_khop']:>6.1f} "
+              f"{r['collab_read_ms']['read1_p50_ms']:>7.2f}ms {r['collab_read_ms']['read64_p50_ms']:>6.2f}ms "
+              f"{r['max_rel_error_collab']:>8.1e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="facebook-wosn-links")
@@ -216,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": f"{platform.machine()} x{torch.get_num_threads()} threads", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M")}
     print_table(rows, meta)
+    print_collab_table(rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
