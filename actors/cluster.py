@@ -75,7 +75,7 @@ class Cluster:
         self.layers = layers if layers is not None else load_layers(config.model)
         self.feature_dim = model_feature_dim(self.layers)
         self.P = config.cluster.partitions
-        self.pmap = HashPartitionMap(self.P)
+        self.pmap = self._partition_map(config)
         self.owners: list = []
         self.watermark: dict[int, int] = {p: 0 for p in range(self.P)}
         self._visible_p: dict[int, float | None] = {p: None for p in range(self.P)}
@@ -96,6 +96,22 @@ class Cluster:
         self.num_layers = len(rules)
         self.dims = [self.feature_dim] + [r.out_dim for r in rules]
         self._activation = activation_fn(config.model.activation)
+
+    @staticmethod
+    def _partition_map(config: Config):
+        """``v mod P``, or METIS on the configured dataset's initial graph (vertices added later: hash)."""
+        P = config.cluster.partitions
+        if config.cluster.partitioner == "hash" or P == 1:
+            return HashPartitionMap(P)
+        if not config.graph.dataset:
+            raise ValueError("cluster.partitioner = 'metis' partitions the initial graph: set graph.dataset")
+        from clustergnn.datasets import load
+        from clustergnn.partition import metis_partition_map
+
+        ds = load(config.graph.dataset)
+        pmap = metis_partition_map(ds.initial_vertices, ds.initial_src, ds.initial_dst, P)
+        log.info("METIS partition map for %s: %s vertices", config.graph.dataset, len(ds.initial_vertices))
+        return pmap
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Cluster:

@@ -76,3 +76,33 @@ class TablePartitionMap:
             hit = self._sorted_ids[pos_c] == ids
             out[hit] = self._sorted_owners[pos_c[hit]]
         return out
+
+
+def metis_partition_map(ids: np.ndarray, src: np.ndarray, dst: np.ndarray, num_partitions: int) -> TablePartitionMap:
+    """A METIS partitioning (DGL's ``metis_partition_assignment``) of an initial graph, as a table map.
+
+    ``src``/``dst`` are external ids of directed edges between ``ids``; METIS balances vertices and
+    minimises cut edges of the undirected simple graph.  Vertices added later fall back to the hash.
+    Producers must route with the same table (``docs/wire-format.md``): share it with them.
+    """
+    _check_partitions(num_partitions)
+    ids = np.asarray(ids, dtype=np.int64)
+    if num_partitions == 1 or len(ids) == 0:
+        return TablePartitionMap(num_partitions, ids, np.zeros(len(ids), dtype=np.int32))
+    import torch
+
+    from clustergnn._dgl import dgl
+
+    order = np.argsort(ids)
+    pos = order[np.searchsorted(ids, src, sorter=order)], order[np.searchsorted(ids, dst, sorter=order)]
+    g = dgl.graph((torch.from_numpy(pos[0]), torch.from_numpy(pos[1])), num_nodes=len(ids))
+    g = dgl.to_bidirected(dgl.to_simple(dgl.remove_self_loop(g)))
+    owners = dgl.metis_partition_assignment(g, num_partitions).numpy().astype(np.int32)
+    return TablePartitionMap(num_partitions, ids, owners)
+
+
+def cut_fraction(pmap: PartitionMap, src: np.ndarray, dst: np.ndarray) -> float:
+    """Share of edges whose endpoints have different owners (what crosses partitions)."""
+    if len(src) == 0:
+        return 0.0
+    return float((pmap.owner(src) != pmap.owner(dst)).mean())

@@ -65,10 +65,65 @@ class TableBackend:
         return ClusterStatus([PartitionStatus(0, True, len(self.table), {0: 0}, 0, 0, 0.0)], {0: 0}, 1, [self.table.shape[1]])
 
 
+def _stream(bootstrap: str, topic: str, partitions: int, dataset: str, dim: int, rate: float, seconds: float) -> None:
+    """A producer process: the dataset's stream at ``rate`` mutations/s for ``seconds``."""
+    sys.path.insert(0, str(ROOT))
+    from clustergnn.datasets import load
+    from clustergnn.partition import HashPartitionMap
+    from streams.producer import MutationProducer
+    from streams.replay import replay
+
+    ds = load(dataset)
+    per_event = 1 if ds.directed else 2
+    events = int(rate * seconds / per_event)
+    batches = ds.stream_batches(max(1, int(rate / per_event / 20)), dim=dim, limit=events)
+    with MutationProducer(bootstrap, topic, HashPartitionMap(partitions)) as producer:
+        replay(producer, batches, rate_per_s=rate)
+
+
+def serve_cluster(args: argparse.Namespace) -> int:
+    """The real thing: embedded broker, P owners on local Ray, the gateway, and a dataset streaming in."""
+    import multiprocessing as mp
+
+    from actors.cluster import Cluster
+    from actors.gateway.config import GatewayConfig
+    from actors.gateway.server import GatewayServer
+    from clustergnn.config import Config
+    from clustergnn.datasets import load
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=0) as broker:
+        cfg = Config.from_dict({
+            "kafka": {"bootstrap": broker.bootstrap, "topic": "bench-gateway"},
+            "model": {"builtin": "sage", "in_dim": args.dim, "hidden": 128, "out_dim": args.dim},
+            "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
+            "graph": {"dataset": args.dataset},
+        })
+        cluster = Cluster(cfg).start()
+        cluster.load_dataset(args.dataset)
+        np.save(args.port_file + ".ids.npy", load(args.dataset).initial_vertices)
+        gw = GatewayServer(cluster, GatewayConfig(insecure_local=True, max_workers=64)).start()
+        producer = mp.get_context("spawn").Process(
+            target=_stream, args=(broker.bootstrap, cfg.kafka.topic, args.partitions, args.dataset, args.dim,
+                                  args.stream_rate, args.stream_seconds), daemon=True)
+        producer.start()
+        Path(args.port_file).write_text(str(gw.port))
+        sys.stdin.read()  # the parent closes stdin to stop us
+        st = cluster.status().extra
+        print(f"cluster during the run: {st.get('rounds', 0):.0f} rounds, {cluster.stats.mutations:,} mutations applied, "
+              f"staleness now {st.get('staleness_ms', -1):.0f} ms", flush=True)
+        producer.terminate()
+        gw.stop(grace_s=0.5)
+        cluster.stop()
+    return 0
+
+
 def serve_child(args: argparse.Namespace) -> int:
     from actors.gateway.config import GatewayConfig
     from actors.gateway.server import GatewayServer
 
+    if args.backend == "cluster":
+        return serve_cluster(args)
     if args.backend == "table":
         backend = TableBackend(args.num_vertices, args.dim)
     else:
@@ -101,10 +156,12 @@ class Cell:
 
 async def run_cell(stub, pb, metadata, rate: int, n_ids: int, args: argparse.Namespace) -> Cell:  # noqa: ANN001
     rng = np.random.default_rng(rate * 1000 + n_ids)
-    pool = [
-        pb.GetEmbeddingsRequest(vertex_ids=rng.integers(0, args.ids_range, n_ids).tolist(), max_staleness_ms=1000.0)
-        for _ in range(256)
-    ]
+    def draw() -> list[int]:
+        if args.valid_ids is not None:
+            return rng.choice(args.valid_ids, n_ids).tolist()
+        return rng.integers(0, args.ids_range, n_ids).tolist()
+
+    pool = [pb.GetEmbeddingsRequest(vertex_ids=draw(), max_staleness_ms=args.max_staleness_ms) for _ in range(256)]
     total = int(min(rate * args.duration_s, args.max_requests))
     due_lat = np.full(total, np.nan)
     svc_lat = np.full(total, np.nan)
@@ -163,7 +220,7 @@ async def run_all(target: str, args: argparse.Namespace) -> list[Cell]:
     async with (grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)) as ch:
         stub = pb_grpc.EmbeddingServiceStub(ch)
         md = bearer_metadata(args.token) if args.token else None
-        warm = pb.GetEmbeddingsRequest(vertex_ids=[0])
+        warm = pb.GetEmbeddingsRequest(vertex_ids=[int(args.valid_ids[0]) if args.valid_ids is not None else 0])
         for _ in range(200):  # connection, server threads and caches warm
             await stub.GetEmbeddings(warm, timeout=args.timeout_s, metadata=md)
         cells = []
@@ -223,13 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-in-flight", type=int, default=1000)
     p.add_argument("--timeout-s", type=float, default=5.0)
     p.add_argument("--ids-range", type=int, default=10_000, help="ids are drawn from [0, ids-range)")
-    p.add_argument("--backend", choices=["table", "fake"], default="table", help="spawned server's backend")
+    p.add_argument("--backend", choices=["table", "fake", "cluster"], default="table",
+                   help="spawned server's backend; cluster = broker + Ray owners + a dataset streaming in")
+    p.add_argument("--dataset", default="facebook-wosn-links", help="cluster backend: the graph")
+    p.add_argument("--partitions", type=int, default=4, help="cluster backend: partition owners")
+    p.add_argument("--collaborative", action="store_true", help="cluster backend: STAG collaborative mode")
+    p.add_argument("--stream-rate", type=float, default=10_000, help="cluster backend: mutations/s streaming in")
+    p.add_argument("--stream-seconds", type=float, default=120, help="cluster backend: how long the stream runs")
+    p.add_argument("--max-staleness-ms", type=float, default=1000.0, help="bound carried by every request")
     p.add_argument("--num-vertices", type=int, default=10_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_gateway.json")
     p.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.valid_ids = None
     if args.serve_fake:
         return serve_child(args)
 
@@ -238,15 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     if target is None:
         port_file = Path(tempfile.mkdtemp()) / "port"
         cmd = [sys.executable, __file__, "--serve-fake", "--port-file", str(port_file), "--backend", args.backend,
-               "--num-vertices", str(args.num_vertices), "--dim", str(args.dim)]
+               "--num-vertices", str(args.num_vertices), "--dim", str(args.dim), "--dataset", args.dataset,
+               "--partitions", str(args.partitions), "--stream-rate", str(args.stream_rate),
+               "--stream-seconds", str(args.stream_seconds)] + (["--collaborative"] if args.collaborative else [])
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, cwd=ROOT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while not port_file.exists() or not port_file.read_text():
             if child.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the gateway child did not start")
             time.sleep(0.1)
         target = f"127.0.0.1:{port_file.read_text()}"
         args.ids_range = min(args.ids_range, args.num_vertices)
+        ids_file = Path(str(port_file) + ".ids.npy")
+        args.valid_ids = np.load(ids_file) if ids_file.exists() else None
     print(f"gateway {target} ({'spawned, backend=' + args.backend if child else 'external'}), "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}", flush=True)
     try:
@@ -264,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "target": target, "spawned_backend": args.backend if child else None, "dim": args.dim,
+        "cluster": ({"dataset": args.dataset, "partitions": args.partitions, "stream_mutations_per_s": args.stream_rate,
+                     "collaborative": args.collaborative} if child and args.backend == "cluster" else None),
         "duration_s": args.duration_s, "cores": os.cpu_count(), "python": platform.python_version(),
         "load_avg_1m_after": os.getloadavg()[0], "unix_time": time.time(),
     }

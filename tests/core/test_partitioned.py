@@ -98,3 +98,34 @@ def test_an_edge_from_a_vertex_that_never_comes_is_reported() -> None:
     cluster.apply(MutationBatch.add_vertices([2], torch.randn(1, F_IN)))
     with pytest.raises(MutationError, match="edges from vertex 41, which exists nowhere"):
         cluster.apply(MutationBatch.add_edges([41], [2]))
+
+
+def test_metis_partitioning_cuts_fewer_edges_and_stays_exact() -> None:
+    from clustergnn.partition import cut_fraction, metis_partition_map
+
+    # eight cliques of 12 vertices joined in a ring: METIS should cut little, the hash most edges
+    k, c = 8, 12
+    src, dst = [], []
+    for q in range(k):
+        members = np.arange(q * c, (q + 1) * c)
+        for a in members:
+            for b in members:
+                if a != b:
+                    src.append(a)
+                    dst.append(b)
+        src.append(q * c)
+        dst.append(((q + 1) % k) * c)
+    src, dst, ids = np.array(src), np.array(dst), np.arange(k * c)
+    metis = metis_partition_map(ids, src, dst, 4)
+    assert np.bincount(metis.owner(ids), minlength=4).min() >= k * c // 4 - c  # balanced
+    assert cut_fraction(metis, src, dst) < 0.1 < cut_fraction(HashPartitionMap(4), src, dst)
+    layers = build("gin")
+    cluster = LocalCluster.from_layers(layers, F_IN, metis)
+    single = Engine.from_layers(layers, F_IN)
+    b = MutationBatch.concat([MutationBatch.add_vertices(ids, torch.randn(len(ids), F_IN)), MutationBatch.add_edges(src, dst)])
+    cluster.apply(b)
+    single.apply(b)
+    more = MutationBatch.concat([MutationBatch.add_vertices([500], torch.randn(1, F_IN)), MutationBatch.add_edges([500, 3], [3, 500])])
+    cluster.apply(more)
+    single.apply(more)
+    assert_cluster_matches(cluster, single, layers)

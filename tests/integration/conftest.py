@@ -104,3 +104,16 @@ def assert_same(a: MutationBatch, b: MutationBatch) -> None:
     assert a.features.shape[0] == b.features.shape[0]
     if a.features.shape[0]:
         torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray on 127.0.0.1 for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    from actors.ray_env import init_ray
+    from clustergnn.config import ClusterConfig
+
+    init_ray(ClusterConfig(ray_num_cpus=8))
+    yield
+    ray.shutdown()

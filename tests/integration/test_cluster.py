@@ -27,17 +27,6 @@ pytestmark = pytest.mark.integration
 F = 8
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    from actors.ray_env import init_ray
-    from clustergnn.config import ClusterConfig
-    import ray
-
-    init_ray(ClusterConfig(ray_num_cpus=8))
-    yield
-    ray.shutdown()
-
-
 def make_cluster(bootstrap: str, topic: str, partitions: int, builtin: str = "sage", collaborative: bool = False) -> Cluster:
     cfg = Config.from_dict({
         "kafka": {"bootstrap": bootstrap, "topic": topic, "poll_timeout_ms": 10},
