@@ -96,6 +96,11 @@ class Cluster:
         self.num_layers = len(rules)
         self.dims = [self.feature_dim] + [r.out_dim for r in rules]
         self._activation = activation_fn(config.model.activation)
+        # final embeddings served from this process, updated once per round (no Ray call per read);
+        # collaborative mode does not materialise the last layer, so its reads go to the owners
+        from clustergnn.replica import EmbeddingReplica
+
+        self.replica = None if config.cluster.collaborative else EmbeddingReplica(self.dims[-1])
 
     @staticmethod
     def _partition_map(config: Config):
@@ -223,16 +228,22 @@ class Cluster:
             for li in range(self.num_layers):
                 inbox, n2, b2 = self._route(outs, self.P)
                 n, b = n + n2, b + b2
-                if li < self.num_layers - 1 or self.config.cluster.hub_window_ms:
+                if li < self.num_layers - 1:
                     outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
+                elif self.config.cluster.hub_window_ms:
+                    published = ray.get([o.finish_round.remote(inbox[p]) for p, o in enumerate(self.owners)])
                 else:  # the last layer closes the round, and the same call starts the next one's ingest
-                    self._next_reports = ray.get([o.last_layer_then_ingest.remote(inbox[p], r + 1, max_records)
-                                                  for p, o in enumerate(self.owners)])
+                    both = ray.get([o.finish_round_then_ingest.remote(inbox[p], r + 1, max_records)
+                                    for p, o in enumerate(self.owners)])
+                    published = [x[0] for x in both]
+                    self._next_reports = [x[1] for x in both]
                 t = st.step(f"layer{li}", t)
             self.stats.busy_rounds += 1
             self.stats.messages += n
             self.stats.message_bytes += b
         with self._cond:
+            if busy and self.replica is not None:
+                self.replica.apply([x for x in published if x is not None])
             for rep in reports:
                 p = rep.partition
                 self.watermark[p] = rep.visible_offset
@@ -336,6 +347,12 @@ class Cluster:
                             f"watermark {self.watermark} (min_offsets={dict(min_offsets or {})})")
                     self._cond.wait(min(left, 0.05))
                 visible, watermark = self.visible_ms, dict(self.watermark)
+            if resolved == self.num_layers and self.replica is not None:
+                emb, ver = self.replica.get(ids)
+                stale = 0.0 if visible is None else max(0.0, now_ms() - visible)
+                if max_staleness_ms is None or stale <= max_staleness_ms:
+                    return ReadResult(emb, ver, stale, watermark, resolved)
+                continue  # the bound slipped while reading: wait again
             owner = self.pmap.owner(ids)
             parts = [(p, np.flatnonzero(owner == p)) for p in range(self.P)]
             parts = [(p, idx) for p, idx in parts if idx.size]

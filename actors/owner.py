@@ -21,7 +21,7 @@ from clustergnn.config import Config
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
-from clustergnn.partitioned import LayerMsg, PartitionEngine, RoundSummary, StructMsg
+from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class PartitionOwner:
         self.device = _device(config)
         rules = rules_from_dgl(list(layers), feature_dim)
         self.engine = PartitionEngine(rules, partition=partition, partition_map=partition_map, device=self.device,
-                                      collaborative=config.cluster.collaborative, activation=activation)
+                                      collaborative=config.cluster.collaborative, activation=activation,
+                                      publish=not config.cluster.collaborative)
         kc = config.kafka
         self.consumer = MutationConsumer(kc.bootstrap, kc.topic, [partition], partition_map, feature_dim=feature_dim,
                                          dead_letter_topic=kc.dlq,
@@ -183,19 +184,23 @@ class PartitionOwner:
         return self.engine.structure(inbox)
 
     def layer(self, li: int, inbox: list[LayerMsg]) -> dict[int, LayerMsg]:
-        """Steps 3..: one GNN layer; the last one also closes the round."""
-        out = self.engine.layer(li, inbox)
-        if li == self.engine.num_layers - 1:
-            self._open = False
-            self.last_round = self.engine.end_round()
-            self.dead_letters += self._round_dead
-        return out
+        """Steps 3..: one GNN layer (not the last: see ``finish_round``)."""
+        return self.engine.layer(li, inbox)
 
-    def last_layer_then_ingest(self, inbox: list[LayerMsg], next_round: int, max_records: int) -> IngestReport:
+    def finish_round(self, inbox: list[LayerMsg]) -> Published | None:
+        """The last layer; closes the round; returns what changed in the final embeddings."""
+        self.engine.layer(self.engine.num_layers - 1, inbox)
+        self._open = False
+        self.last_round = self.engine.end_round()
+        self.dead_letters += self._round_dead
+        return self.last_round.published
+
+    def finish_round_then_ingest(self, inbox: list[LayerMsg], next_round: int,
+                                 max_records: int) -> tuple[Published | None, IngestReport]:
         """The last layer of this round, then the next round's ingest, in one call (one Ray step less
         per round; the round is closed before the next one starts, so nothing overlaps)."""
-        self.layer(self.engine.num_layers - 1, inbox)
-        return self.ingest(next_round, max_records)
+        published = self.finish_round(inbox)
+        return published, self.ingest(next_round, max_records)
 
     # ------------------------------------------------------------------ reads
     def read(self, ids: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:

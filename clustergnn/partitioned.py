@@ -162,6 +162,18 @@ class RoundSummary:
     changed_per_layer: list[int]
     ghosts: int
     owned: int
+    published: Published | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a round changed in a partition's final embeddings, for a read replica: drop ``removed``,
+    then upsert ``ids`` with ``rows`` and ``versions``.  ``None`` in collaborative mode (not materialised)."""
+
+    removed: np.ndarray
+    ids: np.ndarray
+    rows: np.ndarray  # (len(ids), D) float32
+    versions: np.ndarray
 
 
 class PartitionEngine(Engine):
@@ -174,6 +186,7 @@ class PartitionEngine(Engine):
         if not 0 <= self.partition < self.num_partitions:
             raise ValueError(f"partition must be in [0, {self.num_partitions}), got {partition}")
         self.readers = np.zeros((0, self.num_partitions), dtype=np.int64)
+        self.publish = bool(kwargs.pop("publish", False))  # return final-layer changes from end_round
         super().__init__(rules, **kwargs)
         self.directory = IdDirectory()
         self._rs: _RoundState | None = None
@@ -449,6 +462,7 @@ class PartitionEngine(Engine):
             slots, _ = g.remove_vertices(g.ext_of[orphan])
             rs.pend.removed.append(slots)
         removed = _cat(rs.pend.removed)
+        published = self._publish(rs, removed) if self.publish else None
         if removed.size:
             self._clear_rows(removed)
         g.end_batch()
@@ -457,7 +471,17 @@ class PartitionEngine(Engine):
         self.stats["mutations"] += rs.ingested
         owned = int((g.alive & ~self.ghost[: g.capacity]).sum())
         return RoundSummary(self.partition, rs.ingested, [d.affected for d in rs.deltas],
-                            [len(d.changed_slots) for d in rs.deltas], int(g.num_vertices - owned), owned)
+                            [len(d.changed_slots) for d in rs.deltas], int(g.num_vertices - owned), owned, published)
+
+    def _publish(self, rs: _RoundState, removed_slots: np.ndarray) -> Published | None:
+        if self._defers_last_layer:
+            return None
+        g = self.graph
+        gone = removed_slots[~self.ghost[removed_slots]] if removed_slots.size else removed_slots
+        changed = rs.deltas[-1].changed_slots if rs.deltas else _EMPTY
+        changed = changed[g.alive[changed] & ~self.ghost[changed]] if changed.size else changed
+        rows = self.h[-1][self._t(changed)].cpu().numpy() if changed.size else np.zeros((0, self.dims[-1]), np.float32)
+        return Published(g.ext_of[gone], g.ext_of[changed], rows, self.version[changed].copy())
 
 
 class LocalCluster:
