@@ -108,7 +108,7 @@ def bench_model(ds, name: str, args) -> list[dict]:
     layers = model(name, args.features, args.hidden, args.out)
     init = ds.initial_batch(dim=args.features, seed=args.seed)
     engines = {}
-    for mode in ("incremental", "khop", "full", "incremental+collab", "khop+collab"):
+    for mode in args.modes:
         t = time.perf_counter()
         eng = Engine.from_layers(layers, args.features, device=args.device, mode=mode.split("+")[0],
                                  capacity=len(ds.all_vertex_ids()) + 16, collaborative=mode.endswith("collab"))
@@ -145,8 +145,9 @@ def bench_model(ds, name: str, args) -> list[dict]:
         if len(batches) > FULL_TIMED:
             engines["full"].apply(MutationBatch.concat(batches[FULL_TIMED:]))
         err = check_exact(inc, layers)
-        err_collab = check_exact(engines["incremental+collab"], layers)
-        read_ms = time_reads(engines["incremental+collab"], np.random.default_rng(0))
+        collab = "incremental+collab" in engines and "khop+collab" in engines
+        err_collab = check_exact(engines["incremental+collab"], layers) if collab else None
+        read_ms = time_reads(engines["incremental+collab"], np.random.default_rng(0)) if collab else None
         n_mut = float(np.mean([len(b) for b in batches]))
         p50 = {m: float(np.percentile(v, 50)) for m, v in times.items()}
         p99 = {m: float(np.percentile(v, 99)) for m, v in times.items()}
@@ -160,11 +161,11 @@ def bench_model(ds, name: str, args) -> list[dict]:
             "speedup_vs_dgl": dgl_s / p50["incremental"], "speedup_vs_full": p50["full"] / p50["incremental"],
             "speedup_vs_khop": p50["khop"] / p50["incremental"], "full_vs_dgl": dgl_s / p50["full"],
             "affected_per_layer": [float(x) for x in np.mean(affected, axis=0)],
-            "collab_p50_ms": p50["incremental+collab"] * 1e3, "collab_p99_ms": p99["incremental+collab"] * 1e3,
-            "khop_collab_p50_ms": p50["khop+collab"] * 1e3,
-            "collab_speedup_vs_dgl": dgl_s / p50["incremental+collab"],
-            "collab_speedup_vs_khop": p50["khop+collab"] / p50["incremental+collab"],
-            "collab_read_ms": read_ms, "max_rel_error_collab": err_collab,
+            **({"collab_p50_ms": p50["incremental+collab"] * 1e3, "collab_p99_ms": p99["incremental+collab"] * 1e3,
+                "khop_collab_p50_ms": p50["khop+collab"] * 1e3,
+                "collab_speedup_vs_dgl": dgl_s / p50["incremental+collab"],
+                "collab_speedup_vs_khop": p50["khop+collab"] / p50["incremental+collab"],
+                "collab_read_ms": read_ms, "max_rel_error_collab": err_collab} if collab else {}),
             "max_rel_error": err, "structure_bytes_per_edge": mem["structure"] / max(inc.num_edges, 1),
             "peak_rss_mib": peak_rss_mib(),
         }
@@ -217,7 +218,7 @@ def print_collab_table(rows: list[dict]) -> None:
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        if r["batch_events"] == "end-of-stream":
+        if r["batch_events"] == "end-of-stream" or "collab_p50_ms" not in r:
             continue
         print(f"{r['model']:6} {r['batch_events']:>9} {r['collab_p50_ms']:>8.2f}ms {r['collab_p99_ms']:>8.2f}ms "
               f"{r['khop_collab_p50_ms']:>8.2f}ms {r['collab_speedup_vs_dgl']:>7.1f} {r['collab_speedup_vs_khop']:>6.1f} "
@@ -239,14 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-batches", type=float, default=1.0, help="multiply the number of batches per size")
     p.add_argument("--to-end", action="store_true", help="apply the rest of the stream and check exactness at the end")
     p.add_argument("--quick", action="store_true", help="sage only, fewer batches, sizes 1,16,256,4096")
+    p.add_argument("--modes", default="incremental,khop,full,incremental+collab,khop+collab",
+                   help="engines to run (incremental, khop and full are required; the +collab ones optional)")
     p.add_argument("--json", default="results/bench_engine.json")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.scale_batches, args.batch_sizes = "sage", 0.3, "1,16,256,4096"
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    args.modes = [m.strip() for m in args.modes.split(",")]
+    if not {"incremental", "khop", "full"} <= set(args.modes):
+        raise SystemExit(f"--modes must include incremental, khop and full, got {args.modes}")
     torch.set_grad_enabled(False)
     progress(f"loading dataset {args.dataset}")
     ds = load(args.dataset, scale=args.rmat_scale) if args.dataset == "rmat" else load(args.dataset)
+    if ds.native_features is None:
+        progress(f"{args.dataset} has no features: seeded random features of width {args.features}")
     progress(f"{ds!r}")
     rows = []
     for name in args.models.split(","):
