@@ -13,7 +13,6 @@ remote gateway, and the gateway's errors come back as the same exceptions (from 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from actors.gateway import convert
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.auth import bearer_metadata
+from actors.gateway.config import is_loopback
 from actors.gateway.servicers import ERROR_METADATA_KEY
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.mutations import MutationBatch
@@ -104,13 +104,7 @@ def _translate(e: grpc.RpcError) -> Exception:
 
 
 def _is_loopback_target(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(target.rsplit(":", 1)[0].strip("[]") if ":" in target else target)
 
 
 class GatewayClient:

@@ -73,7 +73,7 @@ class GatewayConfig:
                     f"the gateway requires TLS and bearer tokens; missing {missing}. "
                     "Set insecure_local=True to run without them on a loopback host"
                 )
-        elif not _is_loopback(self.host):
+        elif not is_loopback(self.host):
             raise ValueError(f"insecure_local is only allowed on a loopback host, got host={self.host!r}")
         for name in ("max_ids_per_request", "max_mutations_per_request", "max_message_bytes", "max_workers", "max_watches"):
             if getattr(self, name) < 1:
@@ -92,7 +92,8 @@ class GatewayConfig:
         return self.tokens is not None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
