@@ -32,6 +32,7 @@ Propagation stops at vertices whose layer output did not change bit-for-bit.
 
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass
 from typing import Callable
@@ -58,10 +59,6 @@ SUPPORTED = (
     "dgl.nn.GINConv(aggregator_type in {'sum', 'mean', 'max'}, any apply_func, fixed or learned eps)",
     "dgl.nn.GATConv(any number of heads, residual or not)",
 )
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 @dataclass
@@ -136,21 +133,26 @@ def _check_dropout_free(layer: torch.nn.Module, name: str) -> None:
             raise UnsupportedModelError(f"{name}: {attr}={mod.p} in training mode; call model.eval() before serving")
 
 
-def _post(layer: torch.nn.Module, attr: str = "activation") -> Activation:
-    """The layer's own row-wise post-processing (activation, then SAGE's norm), as DGL applies it."""
-    act = getattr(layer, attr, None)
-    norm = getattr(layer, "norm", None) if isinstance(layer, dglnn.SAGEConv) else None
-    if act is None and norm is None:
-        return _identity
+class _Post(torch.nn.Module):
+    """The layer's own row-wise post-processing (activation, then SAGE's norm), as DGL applies it.
+    A module holding private copies, so moving a rule to a device never moves the user's layers."""
 
-    def post(x: torch.Tensor) -> torch.Tensor:
-        if act is not None:
-            x = act(x)
-        if norm is not None:
-            x = norm(x)
+    def __init__(self, act: Callable | None, norm: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.act = copy.deepcopy(act) if isinstance(act, torch.nn.Module) else act
+        self.norm = copy.deepcopy(norm) if norm is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act(x)
+        if self.norm is not None:
+            x = self.norm(x)
         return x
 
-    return post
+
+def _post(layer: torch.nn.Module, attr: str = "activation") -> _Post:
+    norm = getattr(layer, "norm", None) if isinstance(layer, dglnn.SAGEConv) else None
+    return _Post(getattr(layer, attr, None), norm)
 
 
 class SageRule(LayerRule):
@@ -261,7 +263,7 @@ class GinRule(LayerRule):
         kind = layer._aggregator_type
         self.kind = kind
         self.eps = layer.eps.detach().clone()
-        self.apply_func = layer.apply_func
+        self.apply_func = copy.deepcopy(layer.apply_func)  # a private copy: rules move to devices
         self.post = _post(layer)
         with torch.no_grad():
             probe = torch.zeros(2, in_dim)
