@@ -27,10 +27,12 @@ pytestmark = pytest.mark.integration
 F = 8
 
 
-def make_cluster(bootstrap: str, topic: str, partitions: int, builtin: str = "sage", collaborative: bool = False) -> Cluster:
+def make_cluster(bootstrap: str, topic: str, partitions: int, builtin: str = "sage", collaborative: bool = False,
+                 hub_window_ms: float = 0.0) -> Cluster:
     cfg = Config.from_dict({
         "kafka": {"bootstrap": bootstrap, "topic": topic, "poll_timeout_ms": 10},
-        "cluster": {"partitions": partitions, "collaborative": collaborative, "actor_num_cpus": 0.5},
+        "cluster": {"partitions": partitions, "collaborative": collaborative, "actor_num_cpus": 0.5,
+                    "hub_window_ms": hub_window_ms},
         "model": {"builtin": builtin, "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
         "graph": {"dataset": None},
     })
@@ -49,10 +51,11 @@ def assert_equal_to_engine_and_dgl(cluster: Cluster, single: Engine) -> None:
     assert np.abs(res2.embeddings - dgl_ref).max() / max(1.0, float(np.abs(dgl_ref).max())) <= 1e-5
 
 
-@pytest.mark.parametrize("partitions,builtin,collaborative", [(1, "sage", False), (2, "gat", True), (4, "sage-pool", False)])
+@pytest.mark.parametrize("partitions,builtin,collaborative,window", [
+    (1, "sage", False, 0.0), (2, "gat", True, 0.0), (4, "sage-pool", False, 0.0), (3, "gcn", False, 40.0)])
 def test_random_stream_through_kafka_equals_single_engine_and_dgl(ray_local, kafka_bootstrap, topic_name, partitions,
-                                                                   builtin, collaborative) -> None:
-    cluster = make_cluster(kafka_bootstrap, topic_name(), partitions, builtin, collaborative)
+                                                                   builtin, collaborative, window) -> None:
+    cluster = make_cluster(kafka_bootstrap, topic_name(), partitions, builtin, collaborative, window)
     try:
         init, batches = random_stream(seed=partitions, n_vertices=60, n_batches=8, batch_size=25, feature_dim=F)
         single = Engine.from_layers(cluster.layers, F)
