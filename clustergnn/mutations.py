@@ -23,7 +23,7 @@ Batches convert to and from an Arrow table (``kind``, ``src``, ``dst`` and a nul
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,10 +287,3 @@ def edge_kinds_mask(kind: np.ndarray) -> np.ndarray:
 def feature_kinds_mask(kind: np.ndarray) -> np.ndarray:
     """Boolean mask of mutations that carry features in a ``kind`` column."""
     return _FEATURE_KINDS[kind]
-
-
-def as_batch(mutations: MutationBatch | Sequence[MutationBatch]) -> MutationBatch:
-    """Accept one batch or a list of them."""
-    if isinstance(mutations, MutationBatch):
-        return mutations
-    return MutationBatch.concat(mutations)

@@ -139,7 +139,6 @@ class LayerMsg:
 @dataclass
 class _RoundState:
     pend: _Pending = field(default_factory=_Pending)
-    new_ghosts: list[np.ndarray] = field(default_factory=list)
     reader_new: dict[int, np.ndarray] = field(default_factory=dict)  # partition -> owned slots it now reads
     extra_out_changed: np.ndarray = field(default_factory=lambda: _EMPTY)
     ctx: object = None
@@ -150,7 +149,6 @@ class _RoundState:
     ingested: int = 0
     removed_ids: np.ndarray = field(default_factory=lambda: _EMPTY)  # owned ids removed this round (even if re-added)
     blocked: set[int] = field(default_factory=set)  # vertices touched by deferred mutations
-    dropped: int = 0  # edges whose remote source had been removed
     reported: tuple[int, int] = (0, 0)  # edge-log parts already sent as reader deltas
 
 
@@ -258,7 +256,6 @@ class PartitionEngine(Engine):
             # have gone with its source (cross-partition order is undefined; this equals "edge first").
             keep = np.ones(len(batch), dtype=bool)
             keep[gone] = False
-            rs.dropped += len(gone)
             batch, is_edge, remote_edge = _subset(batch, keep), is_edge[keep], remote_edge[keep]
             srcs = batch.src[remote_edge]
             state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
@@ -288,8 +285,6 @@ class PartitionEngine(Engine):
                 self.ghost[ghosts] = False
             raise
         self._grow(g.capacity)
-        if ghosts.size:
-            rs.new_ghosts.append(ghosts)
         rs.ingested += len(batch)
         return deferred
 
