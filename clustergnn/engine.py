@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from clustergnn._dgl import dgl
+from clustergnn import cpu_kernels
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.graph import EdgeLog, MutableGraph, argsort_stable, union, unique
 from clustergnn.kernels import EdgeIndex, segment_sum
@@ -126,6 +127,9 @@ class _Ctx:
     live: np.ndarray  # bool per slot: alive and owned (not a ghost)
 
 
+_RELU = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)
+
+
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -180,6 +184,9 @@ class Engine:
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
         self._posmap = np.zeros(0, dtype=np.int64)
+        self._mark = np.zeros(0, dtype=bool)  # scratch of cpu_kernels.unique_live (all False between calls)
+        # fused CPU kernels (cpu_kernels.py) where the caches live on the CPU; torch ops elsewhere
+        self.fused = self.device.type == "cpu" and cpu_kernels.enabled()
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -491,12 +498,41 @@ class Engine:
         rule = self.rules[li]
         view = view or _RowView.of(rows, self._t(rows))
         indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
-        agg = agg_rows if agg_rows is not None else view.get(self.agg[li])
+        if agg_rows is not None:
+            agg = agg_rows
+        elif self.fused and self.agg[li] is not None and self.agg[li].dtype == torch.float64:
+            agg = torch.empty(len(rows), self.agg[li].shape[1])
+            cpu_kernels.gather_f32(self.agg[li].numpy(), np.ascontiguousarray(rows, dtype=np.int64), agg.numpy())
+        else:
+            agg = view.get(self.agg[li])
         selfv = view.get(self.selfc[li]) if self.selfc[li] is not None else None
-        out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]))
+        out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]) if rule.finish_uses_msg else None)
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)
         return out
+
+    def _fused_finish(self, li: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """Finish, store and change detection of a sum layer in one CPU kernel pass, where the rule's
+        finish allows it (``LayerRule.fused_finish``); None where it does not."""
+        rule = self.rules[li]
+        spec = rule.fused_finish() if self.fused and self.agg[li] is not None else None
+        hidden = li < self.num_layers - 1
+        relu = hidden and self.activation is not None
+        if spec is None or (relu and self.activation not in _RELU):
+            return None
+        kind, bias = spec
+        selfc = self.selfc[li].numpy() if self.selfc[li] is not None else np.zeros((0, 0), dtype=np.float32)
+        b = bias.numpy() if bias is not None else np.zeros(0, dtype=np.float32)
+
+        def run(rows: np.ndarray, force: np.ndarray) -> np.ndarray:
+            rows = np.ascontiguousarray(rows, dtype=np.int64)
+            diff = np.empty(len(rows), dtype=bool)
+            cpu_kernels.finish_store(self.h[li + 1].numpy(), rows, self.agg[li].numpy(), self.graph.in_degree(rows),
+                                     kind, selfc, b, relu, diff)
+            changed = rows[diff]
+            return union(changed, force) if force.size else changed
+
+        return run
 
     def _recompute_agg(self, li: int, rows: np.ndarray, view: _RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
@@ -510,6 +546,12 @@ class Engine:
 
     def _store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool) -> np.ndarray:
         """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
+        if detect and self.fused:
+            diff = np.empty(len(rows), dtype=bool)
+            cpu_kernels.store_changed(self.h[li + 1].numpy(), np.ascontiguousarray(rows, dtype=np.int64),
+                                      out.contiguous().numpy(), diff)
+            changed = rows[diff]
+            return union(changed, force) if force.size else changed
         idx = self._t(rows)
         if detect:
             diff = (out != _sel(self.h[li + 1], idx)).any(dim=1).cpu().numpy()
@@ -610,8 +652,7 @@ class Engine:
         parts = [de, ctx.touched, ctx.new]
         if rule.uses_self:
             parts.append(changed)
-        rows = union(*parts)
-        rows = rows[ctx.live[rows]]
+        rows = self._unique_live(parts, ctx.live)
         if li == self.num_layers - 1 and self._defers_last_layer:
             _put(self.msg[li], s_idx, m_new)  # the last hop is finished on read
             self.version[rows] = self.round
@@ -633,8 +674,12 @@ class Engine:
         else:
             self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src,
                              ctx.rem_dst)
-        out = self._finish(li, rows, agg_rows)
-        changed_next = self._store(li, rows, out, ctx.new, detect=incremental)
+        fused = self._fused_finish(li) if agg_rows is None and incremental else None
+        if fused is not None:
+            changed_next = fused(rows, ctx.new)
+        else:
+            out = self._finish(li, rows, agg_rows)
+            changed_next = self._store(li, rows, out, ctx.new, detect=incremental)
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
@@ -642,6 +687,11 @@ class Engine:
     def _sum_delta(self, li, rows, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
         """STAG additivity (rules.py): a'_v = a_v + sum_{G', S} dm + sum_{E+} m_old - sum_{E-} m_old."""
         agg, msg = self.agg[li], self.msg[li]
+        if self.fused:
+            i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+            cpu_kernels.sum_delta(agg.numpy(), msg.numpy(), i64(add_src), i64(add_dst), i64(rem_src), i64(rem_dst),
+                                  i64(s_idx.numpy()), m_new.contiguous().numpy(), i64(se_pos), i64(de))
+            return
         if len(de) + len(add_src) + len(rem_src) >= SEGMENT_DELTA_MIN:
             self._sum_delta_segmented(li, rows, m_old, m_new, se_pos, de, add_src, add_dst, rem_src, rem_dst)
         else:
@@ -653,6 +703,15 @@ class Engine:
                 dm = m_new.double() - m_old.double()
                 agg.index_add_(0, self._t(de), _sel(dm, self._t(se_pos)))
         _put(msg, s_idx, m_new)
+
+    def _unique_live(self, parts: list[np.ndarray], live: np.ndarray) -> np.ndarray:
+        """Sorted distinct values of ``parts`` that are ``live``."""
+        if not self.fused:
+            rows = union(*parts)
+            return rows[live[rows]]
+        if len(self._mark) < len(live):
+            self._mark = np.zeros(len(live), dtype=bool)
+        return np.sort(cpu_kernels.unique_live(np.concatenate(parts).astype(np.int64, copy=False), live, self._mark))
 
     def _positions(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Index of each of ``values`` in ``rows`` (-1 if absent), through a reusable dense map: O(n),

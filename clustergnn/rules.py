@@ -45,6 +45,8 @@ from clustergnn.errors import UnsupportedModelError
 from clustergnn.kernels import EdgeIndex, segment_max, segment_softmax, segment_sum, segment_sum_heads
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
+# finish kinds of the fused CPU kernel (cpu_kernels.finish_store)
+FINISH_SUM, FINISH_MEAN, FINISH_SYM_NORM, FINISH_RIGHT_NORM = 0, 1, 2, 3
 
 
 class Aggregation(enum.Enum):
@@ -82,10 +84,20 @@ class LayerRule:
     name: str
     has_self_term: bool = False  # set by subclasses after __init__: the rule defines self_term()
     self_dim: int = 0  # width of self_term() when it differs from out_dim (GAT: heads before averaging)
+    finish_uses_msg: bool = False  # finish() reads the row's own message (SAGE gcn); otherwise it gets None
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim) -> (n, msg_dim)``."""
         raise NotImplementedError
+
+    def fused_finish(self) -> tuple[int, torch.Tensor | None] | None:
+        """``(kind, bias)`` when ``finish`` is ``self term + norm(aggregate) + bias`` with no matmul and no
+        post-processing, so the fused CPU kernel (``cpu_kernels.finish_store``) can do it; else None."""
+        return None
+
+    def _plain_post(self) -> bool:
+        post = getattr(self, "post", None)
+        return post is None or (post.act is None and post.norm is None)
 
     def self_term(self, h: torch.Tensor) -> torch.Tensor:
         """The part of ``out_v`` that reads only ``h_v`` (e.g. ``W_self h_v + b``), cached per vertex so
@@ -187,6 +199,12 @@ class SageRule(LayerRule):
             agg, msg_dim = Aggregation.SUM, (out_dim if self.lin_before else in_dim)
         super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
         self.has_self_term = kind != "gcn"
+        self.finish_uses_msg = kind == "gcn"
+
+    def fused_finish(self):
+        if self.kind == "mean" and self.lin_before and self._plain_post():
+            return FINISH_MEAN, None
+        return None
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         if self.kind == "pool":
@@ -234,6 +252,11 @@ class GraphConvRule(LayerRule):
         super().__init__(Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"),
                          f"GraphConv[{self.norm}]")
 
+    def fused_finish(self):
+        if (self.w is not None and not self.lin_before) or not self._plain_post():
+            return None
+        return {"both": FINISH_SYM_NORM, "right": FINISH_RIGHT_NORM}.get(self.norm, FINISH_SUM), self.bias
+
     def message(self, h, outdeg):
         if self.norm in ("left", "both"):
             d = outdeg.to(h.dtype).clamp(min=1).unsqueeze(1)
@@ -275,6 +298,11 @@ class GinRule(LayerRule):
 
     def message(self, h, outdeg):
         return h
+
+    def fused_finish(self):
+        if self.kind == "max" or self.apply_func is not None or not self._plain_post():
+            return None
+        return (FINISH_MEAN if self.kind == "mean" else FINISH_SUM), None
 
     def self_term(self, h):
         return (1 + self.eps) * h

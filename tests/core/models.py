@@ -39,6 +39,12 @@ MODELS = {
         dglnn.GINConv(_gin_mlp(8, 8), "mean"),
         dglnn.GINConv(torch.nn.Linear(8, 3), "max", init_eps=0.3),
     ],
+    # no apply_func and no post-processing: the fused CPU finish kernel's GIN and sum/norm cases
+    "gin-plain": lambda: [
+        dglnn.GINConv(None, "sum", learn_eps=True),
+        dglnn.GINConv(None, "mean", init_eps=0.2),
+        dglnn.GraphConv(F_IN, 3, norm="right"),
+    ],
     "gat": lambda: [
         dglnn.GATConv(F_IN, 4, 3, activation=torch.nn.functional.elu, residual=True),
         dglnn.GATConv(12, 5, 2, residual=True),

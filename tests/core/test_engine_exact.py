@@ -101,6 +101,22 @@ def test_random_streams_match_dgl(model: str, mode: str, data: st.DataObject) ->
         assert_matches_dgl(eng, layers)
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_torch_kernels_match_dgl(model: str, data: st.DataObject) -> None:
+    """The plain torch path (CUDA's, and CPU's without numba) stays exact where the CPU uses fused kernels."""
+    layers = build(model, seed=data.draw(st.integers(0, 100), label="weight seed"))
+    g, x, edges = initial_graph(data)
+    eng = Engine.from_dgl(layers, g, x)
+    eng.fused = False
+    state = GraphModel(g.num_nodes(), edges)
+    for _ in range(data.draw(st.integers(1, 4), label="batches")):
+        k = data.draw(st.integers(1, 12), label="batch size")
+        eng.apply(MutationBatch.concat([state.draw_mutation(data) for _ in range(k)]))
+        assert_matches_dgl(eng, layers)
+
+
 def test_empty_batch_changes_nothing() -> None:
     layers = build("sage-mean")
     g = dgl.graph(([0, 1], [1, 2]), num_nodes=3)
