@@ -191,3 +191,12 @@ if AVAILABLE:
             pool[start[o] + length[o]] = nbrs[i]
             length[o] += 1
         return used, garbage
+
+    @_pjit
+    def gather_blocks(start, length, pool, owners, indptr, out):  # pragma: no cover - jitted
+        """CSR of ``owners``' blocks: ``out[indptr[i]:indptr[i+1]] = block(owners[i])`` (int64)."""
+        for i in numba.prange(owners.shape[0]):
+            s = start[owners[i]]
+            o = indptr[i]
+            for k in range(indptr[i + 1] - o):
+                out[o + k] = pool[s + k]

@@ -541,8 +541,8 @@ class Engine:
 
     def _in_edge_index(self, rows: np.ndarray) -> EdgeIndex:
         """Every in-edge of ``rows`` (sources as slots), row by row."""
-        src, _ = self.graph.in_edges(rows)
-        return EdgeIndex.from_counts(self._t(src), self._t(self.graph.in_degree(rows)))
+        indptr, src = self.graph.inn.gather_csr(rows)
+        return EdgeIndex(self._t(src), self._t(indptr))
 
     def _store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool) -> np.ndarray:
         """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
@@ -577,11 +577,10 @@ class Engine:
         deltas = []
         for li, rule in enumerate(self.rules):
             h_rows = view.get(self.h[li])
-            m = rule.message(h_rows, outdeg)
+            m, selfv = rule.message_and_self(h_rows, outdeg)
             if keep:
                 view.put(self.msg[li], m)
             table = self.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
-            selfv = rule.self_term(h_rows) if self.selfc[li] is not None else None
             if keep and selfv is not None:
                 view.put(self.selfc[li], selfv)
             agg = rule.aggregate(table, edges, m)
@@ -589,7 +588,8 @@ class Engine:
                 view.put(self.agg[li], agg)
             out = rule.finish(selfv, agg, indeg, m)
             if li < self.num_layers - 1 and self.activation is not None:
-                out = self.activation(out)
+                # finish returns a fresh tensor here (agg, m and selfv are already copied to the caches)
+                out = torch.relu_(out) if self.activation in _RELU else self.activation(out)
             view.put(self.h[li + 1], out)
             deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows))
         self.version[rows] = self.round

@@ -107,6 +107,19 @@ class BlockAdjacency:
         pos = segment_positions(self.start[owners], lens)
         return np.repeat(owners, lens), self.pool[pos].astype(np.int64)
 
+    def gather_csr(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr, values)``: the blocks of ``owners`` as CSR rows (int64), without the owner column."""
+        owners = np.ascontiguousarray(owners, dtype=np.int64)
+        lens = self.length[owners]
+        indptr = np.zeros(len(owners) + 1, dtype=np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        if cpu_kernels.enabled():
+            values = np.empty(int(indptr[-1]), dtype=np.int64)
+            cpu_kernels.gather_blocks(self.start, self.length, self.pool, owners, indptr, values)
+        else:
+            values = self.pool[segment_positions(self.start[owners], lens)].astype(np.int64)
+        return indptr, values
+
     def neighbours(self, v: int) -> np.ndarray:
         s = int(self.start[v])
         return self.pool[s : s + int(self.length[v])].astype(np.int64)

@@ -94,6 +94,15 @@ def segment_sum(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor | No
     return a @ table
 
 
+def edge_add(src_vals: torch.Tensor, dst_vals: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+    """``out[e] = src_vals[src[e]] + dst_vals[seg[e]]`` (GAT's attention logits, DGL's ``u_add_v``)."""
+    if _use_dgl(src_vals, edges.n_edges) and edges.n_rows:
+        import dgl.ops as ops
+
+        return ops.u_add_v(edges.block(src_vals.shape[0]), src_vals.contiguous(), dst_vals.contiguous())
+    return src_vals[edges.src] + dst_vals[edges.seg]
+
+
 def segment_sum_heads(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor) -> torch.Tensor:
     """Per-head weighted sums: table ``(N, H, F)``, weight ``(E, H)`` -> ``(n_rows, H * F)`` (GAT)."""
     n, h, f = table.shape

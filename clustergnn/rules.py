@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from clustergnn._dgl import dglnn
 from clustergnn.errors import UnsupportedModelError
-from clustergnn.kernels import EdgeIndex, segment_max, segment_softmax, segment_sum, segment_sum_heads
+from clustergnn.kernels import EdgeIndex, edge_add, segment_max, segment_softmax, segment_sum, segment_sum_heads
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 # finish kinds of the fused CPU kernel (cpu_kernels.finish_store)
@@ -98,6 +98,10 @@ class LayerRule:
     def _plain_post(self) -> bool:
         post = getattr(self, "post", None)
         return post is None or (post.act is None and post.norm is None)
+
+    def message_and_self(self, h: torch.Tensor, outdeg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(message(h), self_term(h) or None)`` for all rows at once (the full recompute)."""
+        return self.message(h, outdeg), (self.self_term(h) if self.has_self_term else None)
 
     def self_term(self, h: torch.Tensor) -> torch.Tensor:
         """The part of ``out_v`` that reads only ``h_v`` (e.g. ``W_self h_v + b``), cached per vertex so
@@ -201,6 +205,17 @@ class SageRule(LayerRule):
         self.has_self_term = kind != "gcn"
         self.finish_uses_msg = kind == "gcn"
 
+    def message_and_self(self, h, outdeg):
+        if self.kind != "mean" or not self.lin_before:
+            return super().message_and_self(h, outdeg)
+        # both are linear maps of h: one GEMM with the weights stacked is cheaper than two
+        if getattr(self, "_stacked", None) is None or self._stacked[0].device != h.device:
+            zeros = torch.zeros(self.out_dim, dtype=self.w_neigh.dtype, device=self.w_neigh.device)
+            self._stacked = (torch.cat([self.w_neigh, self.w_self]),
+                             torch.cat([zeros, self.b_self if self.b_self is not None else zeros]))
+        both = F.linear(h, *self._stacked)
+        return both[:, : self.out_dim].contiguous(), both[:, self.out_dim :]
+
     def fused_finish(self):
         if self.kind == "mean" and self.lin_before and self._plain_post():
             return FINISH_MEAN, None
@@ -223,6 +238,8 @@ class SageRule(LayerRule):
         else:
             neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
         if not self.lin_before:
+            if self.kind == "mean":  # one fused pass: self term + neigh @ W_neigh^T
+                return self.post(torch.addmm(selfv, neigh, self.w_neigh.t()))
             neigh = F.linear(neigh, self.w_neigh)
         if self.kind == "mean":
             return self.post(selfv + neigh)
@@ -269,7 +286,9 @@ class GraphConvRule(LayerRule):
             rst = torch.matmul(rst, self.w)
         if self.norm in ("right", "both"):
             d = indeg.to(rst.dtype).clamp(min=1).unsqueeze(1)
-            rst = rst * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
+            c = torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d
+            # one pass for scale and bias (DGL: two)
+            return self.post(rst * c if self.bias is None else torch.addcmul(self.bias, rst, c))
         if self.bias is not None:
             rst = rst + self.bias
         return self.post(rst)
@@ -357,7 +376,7 @@ class GatRule(LayerRule):
     def aggregate(self, msg, edges, dst_msg):
         hf = self.heads * self.f
         er = (dst_msg[:, :hf].view(-1, self.heads, self.f) * self.attn_r).sum(-1)  # (n_rows, H)
-        e = F.leaky_relu(msg[edges.src, hf:] + er[edges.seg], self.slope)
+        e = F.leaky_relu(edge_add(msg[:, hf:], er, edges), self.slope)
         a = segment_softmax(e, edges, msg.shape[0])  # (E, H)
         return segment_sum_heads(msg[:, :hf].reshape(-1, self.heads, self.f), edges, a)
 
