@@ -511,28 +511,17 @@ class Engine:
             out = self.activation(out)
         return out
 
-    def _fused_finish(self, li: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """Finish, store and change detection of a sum layer in one CPU kernel pass, where the rule's
-        finish allows it (``LayerRule.fused_finish``); None where it does not."""
+    def _finish_spec(self, li: int) -> tuple | None:
+        """Arguments of the fused finish (``cpu_kernels.sum_rows``) where the rule's finish allows it
+        (``LayerRule.fused_finish``): ``(kind, self terms, bias, relu)``; None where it does not."""
         rule = self.rules[li]
         spec = rule.fused_finish() if self.fused and self.agg[li] is not None else None
-        hidden = li < self.num_layers - 1
-        relu = hidden and self.activation is not None
+        relu = li < self.num_layers - 1 and self.activation is not None
         if spec is None or (relu and self.activation not in _RELU):
             return None
         kind, bias = spec
         selfc = self.selfc[li].numpy() if self.selfc[li] is not None else np.zeros((0, 0), dtype=np.float32)
-        b = bias.numpy() if bias is not None else np.zeros(0, dtype=np.float32)
-
-        def run(rows: np.ndarray, force: np.ndarray) -> np.ndarray:
-            rows = np.ascontiguousarray(rows, dtype=np.int64)
-            diff = np.empty(len(rows), dtype=bool)
-            cpu_kernels.finish_store(self.h[li + 1].numpy(), rows, self.agg[li].numpy(), self.graph.in_degree(rows),
-                                     kind, selfc, b, relu, diff)
-            changed = rows[diff]
-            return union(changed, force) if force.size else changed
-
-        return run
+        return kind, selfc, (bias.numpy() if bias is not None else np.zeros(0, dtype=np.float32)), relu
 
     def _recompute_agg(self, li: int, rows: np.ndarray, view: _RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
@@ -658,7 +647,7 @@ class Engine:
             self.version[rows] = self.round
             return LayerDelta(li + 1, len(srcs), g.ext_of[rows], deferred=True, changed_slots=rows)
         se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
-        agg_rows = None
+        agg_rows = spec = None
         # Per layer, the cheaper exact way: deltas touch one entry per changed edge contribution,
         # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
         # costs about a third of a float64 delta).  Large batches tip towards recomputation.
@@ -669,29 +658,43 @@ class Engine:
             agg_rows = self._recompute_agg(li, rows)
             if self.agg[li] is not None:
                 _put(self.agg[li], self._t(rows), agg_rows)
+        elif rule.aggregation is Aggregation.SUM and self.fused:
+            spec = self._finish_spec(li) if incremental else None
+            diff = self._sum_rows(li, rows, m_new, srcs, se_pos, de, ctx, spec)
+            if spec is not None:
+                changed_next = rows[diff]
+                changed_next = union(changed_next, ctx.new) if ctx.new.size else changed_next
         elif rule.aggregation is Aggregation.SUM:
             self._sum_delta(li, rows, m_old, m_new, s_idx, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src, ctx.rem_dst)
         else:
             self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src,
                              ctx.rem_dst)
-        fused = self._fused_finish(li) if agg_rows is None and incremental else None
-        if fused is not None:
-            changed_next = fused(rows, ctx.new)
-        else:
+        if spec is None:
             out = self._finish(li, rows, agg_rows)
             changed_next = self._store(li, rows, out, ctx.new, detect=incremental)
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
+    def _sum_rows(self, li: int, rows: np.ndarray, m_new: torch.Tensor, srcs: np.ndarray, se_pos: np.ndarray,
+                  de: np.ndarray, ctx: _Ctx, spec: tuple | None) -> np.ndarray:
+        """The sum delta (and, with ``spec``, the finish) of a layer in one CPU kernel: see
+        ``cpu_kernels.sum_rows``.  Returns which ``rows`` changed (meaningful with ``spec`` only)."""
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        if len(self._posmap) < self.graph.capacity:
+            self._posmap = np.full(self.graph.capacity, -1, dtype=np.int64)
+        rows = i64(rows)
+        diff = np.zeros(len(rows), dtype=bool)
+        kind, selfc, bias, relu = spec if spec is not None else (0, np.zeros((0, 0), np.float32), np.zeros(0, np.float32), False)
+        cpu_kernels.sum_rows(self.agg[li].numpy(), self.msg[li].numpy(), rows, i64(ctx.add_src), i64(ctx.add_dst),
+                             i64(ctx.rem_src), i64(ctx.rem_dst), i64(srcs), m_new.contiguous().numpy(), i64(se_pos),
+                             i64(de), self._posmap, spec is not None, self.h[li + 1].numpy(), self.graph.in_degree(rows),
+                             kind, selfc, bias, relu, diff)
+        return diff
+
     def _sum_delta(self, li, rows, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
         """STAG additivity (rules.py): a'_v = a_v + sum_{G', S} dm + sum_{E+} m_old - sum_{E-} m_old."""
         agg, msg = self.agg[li], self.msg[li]
-        if self.fused:
-            i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-            cpu_kernels.sum_delta(agg.numpy(), msg.numpy(), i64(add_src), i64(add_dst), i64(rem_src), i64(rem_dst),
-                                  i64(s_idx.numpy()), m_new.contiguous().numpy(), i64(se_pos), i64(de))
-            return
         if len(de) + len(add_src) + len(rem_src) >= SEGMENT_DELTA_MIN:
             self._sum_delta_segmented(li, rows, m_old, m_new, se_pos, de, add_src, add_dst, rem_src, rem_dst)
         else:
