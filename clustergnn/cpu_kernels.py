@@ -37,14 +37,54 @@ def enabled() -> bool:
     return AVAILABLE and os.environ.get("CLUSTERGNN_KERNELS", "").lower() != "torch"
 
 
+PREFETCH_AHEAD = 6  # rows ahead whose cache lines a row loop requests while it works on the current one
+
 if AVAILABLE:
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.core import cgutils as _cgutils
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def prefetch_row(typingctx, arr, row):  # pragma: no cover - compiled
+        """Ask the CPU to start loading every cache line of ``arr[row, :]`` (up to 1 KiB) now: the row
+        loops below touch rows scattered over tables far larger than the caches, and without this each
+        row's loads wait on memory one row after another.  A prefetch never faults, so a row past the
+        end of a short table is harmless."""
+        sig = _types.void(arr, row)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            zero = context.get_constant(_types.intp, 0)
+            ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], zero], wraparound=False)
+            i8p = _ir.IntType(8).as_pointer()
+            base = builder.bitcast(ptr, i8p)
+            i32 = _ir.IntType(32)
+            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
+                                                 "llvm.prefetch.p0")
+            itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
+            width = _cgutils.unpack_tuple(builder, ary.shape, 2)[1]
+            nbytes = builder.mul(width, context.get_constant(_types.intp, itemsize))
+            for line in range(16):  # read, keep in all cache levels, data cache
+                off = context.get_constant(_types.intp, line * 64)
+                with builder.if_then(builder.icmp_signed("<", off, nbytes)):
+                    builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
+                                      _ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
     _pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 
     @_jit
     def gather_f32(agg, rows, out):  # pragma: no cover - jitted
         d = agg.shape[1]
-        for i in range(rows.shape[0]):
+        n = rows.shape[0]
+        for i in range(n):
+            if i + PREFETCH_AHEAD < n:
+                prefetch_row(agg, rows[i + PREFETCH_AHEAD])
             r = rows[i]
             for k in range(d):
                 out[i, k] = np.float32(agg[r, k])
@@ -52,7 +92,10 @@ if AVAILABLE:
     @_jit
     def store_changed(h, rows, out, changed):  # pragma: no cover - jitted
         d = h.shape[1]
-        for i in range(rows.shape[0]):
+        n = rows.shape[0]
+        for i in range(n):
+            if i + PREFETCH_AHEAD < n:
+                prefetch_row(h, rows[i + PREFETCH_AHEAD])
             r = rows[i]
             diff = False
             for k in range(d):
@@ -64,8 +107,9 @@ if AVAILABLE:
 
     @_jit
     def unique_live(values, live, mark):  # pragma: no cover - jitted
-        """Distinct ``values`` with ``live[v]``, in first-seen order; ``mark`` is an all-False scratch
-        array (left all-False).  O(len(values)), where a sort-based unique is O(n log n)."""
+        """Distinct ``values`` with ``live[v]``, in first-seen order (numpy's sort is several times faster
+        than numba's); ``mark`` is an all-False scratch array (left all-False).  O(len(values)), where a
+        sort-based unique is O(n log n)."""
         out = np.empty(values.shape[0], dtype=np.int64)
         n = 0
         for i in range(values.shape[0]):
@@ -219,6 +263,13 @@ if AVAILABLE:
         has_self = selfc.shape[0] > 0
         has_bias = bias.shape[0] > 0
         for i in numba.prange(n):
+            if i + PREFETCH_AHEAD < n:
+                ahead = rows[i + PREFETCH_AHEAD]
+                prefetch_row(agg, ahead)
+                if finish:
+                    prefetch_row(h, ahead)
+                    if has_self:
+                        prefetch_row(selfc, ahead)
             r = rows[i]
             for t in range(start[i], start[i + 1]):
                 c = ids[t]
@@ -247,3 +298,57 @@ if AVAILABLE:
     # (2.6 vs 1.8 ms at 256 edges, 0.45 vs 0.36 ms at 16), as the idle OpenMP workers then fall asleep
     # and the next parallel kernel pays to wake them
     sum_rows = _pjit(_sum_rows)
+
+    @_pjit
+    def gat_aggregate(msg, er, indptr, src, heads, f, slope, out):  # pragma: no cover - jitted
+        """GAT's attention-weighted sum for ``n`` rows, fused (no per-edge temporaries):
+
+            e_uv = LeakyReLU(el_u + er_v),  alpha_uv = softmax_{u->v}(e_uv),  out_v = sum_u alpha_uv z_u
+
+        per head, with ``msg[u] = [z_u (heads * f) | el_u (heads)]`` and row ``v``'s in-edges
+        ``src[indptr[v]:indptr[v+1]]``.  The softmax subtracts the row maximum as DGL's edge_softmax
+        does; the weighted sum is normalised once at the end (sum_u w_u z_u / sum_u w_u), which differs
+        from DGL's order only in rounding.  Rows without in-edges get 0, as in DGL."""
+        hf = heads * f
+        n = indptr.shape[0] - 1
+        sl = np.float32(slope)
+        chunk = 256
+        for c in numba.prange((n + chunk - 1) // chunk):
+            acc = np.empty(hf, dtype=np.float32)  # per chunk of rows: a private, unaliased accumulator
+            mx = np.empty(heads, dtype=np.float32)
+            den = np.empty(heads, dtype=np.float32)
+            w = np.empty(heads, dtype=np.float32)
+            for v in range(c * chunk, min(n, (c + 1) * chunk)):
+                s0, s1 = indptr[v], indptr[v + 1]
+                acc[:] = 0.0
+                if s1 > s0:
+                    mx[:] = -np.inf
+                    den[:] = 0.0
+                    for e in range(s0, s1):
+                        u = src[e]
+                        for h in range(heads):
+                            x = msg[u, hf + h] + er[v, h]
+                            if x < 0:
+                                x = x * sl
+                            if x > mx[h]:
+                                mx[h] = x
+                    for e in range(s0, s1):
+                        u = src[e]
+                        for h in range(heads):
+                            x = msg[u, hf + h] + er[v, h]
+                            if x < 0:
+                                x = x * sl
+                            w[h] = np.exp(x - mx[h])
+                            den[h] += w[h]
+                        for h in range(heads):
+                            wh = w[h]
+                            base = h * f
+                            for k in range(f):
+                                acc[base + k] += wh * msg[u, base + k]
+                    for h in range(heads):
+                        inv = np.float32(1.0) / den[h]
+                        base = h * f
+                        for k in range(f):
+                            acc[base + k] *= inv
+                for k in range(hf):
+                    out[v, k] = acc[k]

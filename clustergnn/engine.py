@@ -575,9 +575,9 @@ class Engine:
             agg = rule.aggregate(table, edges, m)
             if keep and self.agg[li] is not None:
                 view.put(self.agg[li], agg)
-            out = rule.finish(selfv, agg, indeg, m)
+            # agg and selfv are temporaries here (already copied to the caches where they are kept)
+            out = rule.finish(selfv, agg, indeg, m, fresh=True)
             if li < self.num_layers - 1 and self.activation is not None:
-                # finish returns a fresh tensor here (agg, m and selfv are already copied to the caches)
                 out = torch.relu_(out) if self.activation in _RELU else self.activation(out)
             view.put(self.h[li + 1], out)
             deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows))
@@ -608,6 +608,8 @@ class Engine:
         return self.graph.out_degree(slots) + self.remote_out[slots]
 
     def _messages(self, li: int, srcs: np.ndarray) -> torch.Tensor:
+        if not srcs.size:
+            return self._zeros(0, self.rules[li].msg_dim)
         idx = self._t(srcs)
         return self.rules[li].message(_sel(self.h[li], idx), torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
@@ -633,11 +635,17 @@ class Engine:
         g, rule = self.graph, self.rules[li]
         incremental = self.mode == "incremental"
         s_idx = self._t(srcs)
-        m_old = _sel(self.msg[li], s_idx)
+        # the old messages, for the torch sum delta and the max rule (the fused kernel reads them itself)
+        m_old = None if self.fused and rule.aggregation is Aggregation.SUM else _sel(self.msg[li], s_idx)  # noqa
         if self.selfc[li] is not None and changed.size:
             c_idx = self._t(changed)
             _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
-        se, de = g.out_edges(srcs)
+        fused_sum = self.fused and rule.aggregation is Aggregation.SUM
+        if fused_sum:  # the fused kernel needs only the out-neighbours (CSR), not the owner of each entry
+            _, de = g.out.gather_csr(srcs)
+            se = None
+        else:
+            se, de = g.out_edges(srcs)
         parts = [de, ctx.touched, ctx.new]
         if rule.uses_self:
             parts.append(changed)

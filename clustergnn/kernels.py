@@ -64,7 +64,9 @@ class EdgeIndex:
         if self._block is None or self._block.num_src_nodes() != n_src:
             from clustergnn._dgl import dgl
 
-            eids = torch.arange(self.n_edges, dtype=torch.int64)
+            # no edge ids: DGL then numbers edges by their CSC position, which is this index's edge order
+            # (an arange of E ids costs more than the rest of building the block)
+            eids = torch.zeros(0, dtype=self.src.dtype)
             self._block = dgl.create_block(("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src,
                                            num_dst_nodes=self.n_rows)
         return self._block

@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from clustergnn import cpu_kernels
 from clustergnn._dgl import dglnn
 from clustergnn.errors import UnsupportedModelError
 from clustergnn.kernels import EdgeIndex, edge_add, segment_max, segment_softmax, segment_sum, segment_sum_heads
@@ -108,9 +109,11 @@ class LayerRule:
         that finishing a row whose own input did not change costs no matmul."""
         raise NotImplementedError
 
-    def finish(self, selfv: torch.Tensor | None, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
+    def finish(self, selfv: torch.Tensor | None, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor,
+               fresh: bool = False) -> torch.Tensor:
         """Rows' output ``(n, out_dim)`` (heads flattened) from their cached self term, aggregate,
-        in-degree and own message."""
+        in-degree and own message.  ``fresh``: ``selfv`` and ``agg`` are temporaries that may be
+        overwritten (a full recompute), not views of the caches."""
         raise NotImplementedError
 
     def aggregate(self, msg: torch.Tensor, edges: EdgeIndex, dst_msg: torch.Tensor) -> torch.Tensor:
@@ -229,20 +232,22 @@ class SageRule(LayerRule):
     def self_term(self, h):
         return _apply(h, self.w_self, self.b_self)
 
-    def finish(self, selfv, agg, indeg, msg):
+    def finish(self, selfv, agg, indeg, msg, fresh=False):
         if self.kind == "pool":
             return self.post(selfv + F.linear(agg, self.w_neigh))
         deg = indeg.to(agg.dtype).unsqueeze(1)
         if self.kind == "mean":
-            neigh = (agg / deg.clamp(min=1)).float()
+            neigh = (agg.div_(deg.clamp(min=1)) if fresh else agg / deg.clamp(min=1)).float()
         else:
             neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
         if not self.lin_before:
             if self.kind == "mean":  # one fused pass: self term + neigh @ W_neigh^T
+                if fresh:
+                    return self.post(selfv.addmm_(neigh, self.w_neigh.t()))
                 return self.post(torch.addmm(selfv, neigh, self.w_neigh.t()))
             neigh = F.linear(neigh, self.w_neigh)
         if self.kind == "mean":
-            return self.post(selfv + neigh)
+            return self.post(selfv.add_(neigh) if fresh else selfv + neigh)
         return self.post(neigh if self.bias is None else neigh + self.bias)
 
 
@@ -280,7 +285,7 @@ class GraphConvRule(LayerRule):
             h = h * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
         return torch.matmul(h, self.w) if self.lin_before else h
 
-    def finish(self, selfv, agg, indeg, msg):
+    def finish(self, selfv, agg, indeg, msg, fresh=False):
         rst = agg.float()
         if self.w is not None and not self.lin_before:
             rst = torch.matmul(rst, self.w)
@@ -326,7 +331,7 @@ class GinRule(LayerRule):
     def self_term(self, h):
         return (1 + self.eps) * h
 
-    def finish(self, selfv, agg, indeg, msg):
+    def finish(self, selfv, agg, indeg, msg, fresh=False):
         if self.kind == "mean":
             agg = agg / indeg.to(agg.dtype).clamp(min=1).unsqueeze(1)
         rst = selfv + agg.float()
@@ -365,7 +370,7 @@ class GatRule(LayerRule):
         hf = self.heads * self.f
         super().__init__(Aggregation.ATTENTION, in_dim, hf + self.heads, self.f if last else hf, True, False,
                          f"GATConv[{self.heads} heads]")
-        self.has_self_term = self.has_res or self.bias is not None
+        self.has_self_term = self.has_res  # the bias is added in finish: no per-vertex copy of a constant
         self.self_dim = hf
 
     def message(self, h, outdeg):
@@ -376,22 +381,23 @@ class GatRule(LayerRule):
     def aggregate(self, msg, edges, dst_msg):
         hf = self.heads * self.f
         er = (dst_msg[:, :hf].view(-1, self.heads, self.f) * self.attn_r).sum(-1)  # (n_rows, H)
+        if msg.device.type == "cpu" and cpu_kernels.enabled() and msg.dtype == torch.float32:
+            out = torch.empty(edges.n_rows, hf)
+            cpu_kernels.gat_aggregate(msg.contiguous().numpy(), er.contiguous().numpy(), edges.indptr.numpy(),
+                                      edges.src.numpy(), self.heads, self.f, float(self.slope), out.numpy())
+            return out
         e = F.leaky_relu(edge_add(msg[:, hf:], er, edges), self.slope)
         a = segment_softmax(e, edges, msg.shape[0])  # (E, H)
         return segment_sum_heads(msg[:, :hf].reshape(-1, self.heads, self.f), edges, a)
 
     def self_term(self, h):
-        """Residual plus bias, ``(n, H * F)`` (DGL adds the residual, then the bias)."""
-        hf = self.heads * self.f
-        rst = torch.zeros(h.shape[0], hf, dtype=h.dtype, device=h.device)
-        if self.has_res:
-            rst = rst + (h if self.res_identity else F.linear(h, self.res_w, self.res_b))
+        """The residual, ``(n, H * F)`` (only layers with one have a self term)."""
+        return h if self.res_identity else F.linear(h, self.res_w, self.res_b)
+
+    def finish(self, selfv, agg, indeg, msg, fresh=False):
+        rst = agg if selfv is None else agg + selfv  # DGL adds the residual, then the bias
         if self.bias is not None:
             rst = rst + self.bias
-        return rst
-
-    def finish(self, selfv, agg, indeg, msg):
-        rst = agg if selfv is None else agg + selfv
         rst = self.post(rst.view(-1, self.heads, self.f))
         return rst.mean(1) if self.last else rst.flatten(1)
 
