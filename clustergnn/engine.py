@@ -127,6 +127,8 @@ class _Ctx:
     live: np.ndarray  # bool per slot: alive and owned (not a ghost)
 
 
+_NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # "no self term" for the fused kernels
+_NO_BIAS = np.zeros(0, dtype=np.float32)
 _RELU = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)
 
 
@@ -184,7 +186,7 @@ class Engine:
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
         self._posmap = np.zeros(0, dtype=np.int64)
-        self._mark = np.zeros(0, dtype=bool)  # scratch of cpu_kernels.unique_live (all False between calls)
+        self._bits = np.zeros(0, dtype=np.uint64)  # scratch of cpu_kernels.unique_live (all zero between calls)
         # fused CPU kernels (cpu_kernels.py) where the caches live on the CPU; torch ops elsewhere
         self.fused = self.device.type == "cpu" and cpu_kernels.enabled()
         self._grow(self.graph.capacity)
@@ -520,8 +522,8 @@ class Engine:
         if spec is None or (relu and self.activation not in _RELU):
             return None
         kind, bias = spec
-        selfc = self.selfc[li].numpy() if self.selfc[li] is not None else np.zeros((0, 0), dtype=np.float32)
-        return kind, selfc, (bias.numpy() if bias is not None else np.zeros(0, dtype=np.float32)), relu
+        selfc = self.selfc[li].numpy() if self.selfc[li] is not None else _NO_ROWS
+        return kind, selfc, (bias.numpy() if bias is not None else _NO_BIAS), relu
 
     def _recompute_agg(self, li: int, rows: np.ndarray, view: _RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
@@ -634,15 +636,12 @@ class Engine:
         """
         g, rule = self.graph, self.rules[li]
         incremental = self.mode == "incremental"
-        s_idx = self._t(srcs)
-        # the old messages, for the torch sum delta and the max rule (the fused kernel reads them itself)
-        m_old = None if self.fused and rule.aggregation is Aggregation.SUM else _sel(self.msg[li], s_idx)  # noqa
         if self.selfc[li] is not None and changed.size:
             c_idx = self._t(changed)
             _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
         fused_sum = self.fused and rule.aggregation is Aggregation.SUM
-        if fused_sum:  # the fused kernel needs only the out-neighbours (CSR), not the owner of each entry
-            _, de = g.out.gather_csr(srcs)
+        if fused_sum:  # the fused kernel takes the out-neighbours as CSR, without an owner per entry
+            de_ptr, de = g.out.gather_csr(srcs)
             se = None
         else:
             se, de = g.out_edges(srcs)
@@ -651,53 +650,60 @@ class Engine:
             parts.append(changed)
         rows = self._unique_live(parts, ctx.live)
         if li == self.num_layers - 1 and self._defers_last_layer:
-            _put(self.msg[li], s_idx, m_new)  # the last hop is finished on read
+            _put(self.msg[li], self._t(srcs), m_new)  # the last hop is finished on read
             self.version[rows] = self.round
             return LayerDelta(li + 1, len(srcs), g.ext_of[rows], deferred=True, changed_slots=rows)
-        se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
-        agg_rows = spec = None
+        indeg = g.in_degree(rows)
         # Per layer, the cheaper exact way: deltas touch one entry per changed edge contribution,
         # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
         # costs about a third of a float64 delta).  Large batches tip towards recomputation.
         recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (
-            DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(g.in_degree(rows).sum()))
-        if recompute:
-            _put(self.msg[li], s_idx, m_new)
-            agg_rows = self._recompute_agg(li, rows)
-            if self.agg[li] is not None:
-                _put(self.agg[li], self._t(rows), agg_rows)
-        elif rule.aggregation is Aggregation.SUM and self.fused:
-            spec = self._finish_spec(li) if incremental else None
-            diff = self._sum_rows(li, rows, m_new, srcs, se_pos, de, ctx, spec)
+            DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(indeg.sum()))
+        if fused_sum and not recompute:
+            spec = self._finish_spec(li)
+            diff = self._sum_rows(li, rows, indeg, m_new, srcs, de_ptr, de, ctx, spec)
             if spec is not None:
                 changed_next = rows[diff]
-                changed_next = union(changed_next, ctx.new) if ctx.new.size else changed_next
-        elif rule.aggregation is Aggregation.SUM:
-            self._sum_delta(li, rows, m_old, m_new, s_idx, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src, ctx.rem_dst)
+            else:
+                changed_next = self._store(li, rows, self._finish(li, rows), np.zeros(0, np.int64), detect=True)
+            if ctx.new.size:
+                changed_next = union(changed_next, ctx.new)
         else:
-            self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, ctx.add_src, ctx.add_dst, ctx.rem_src,
-                             ctx.rem_dst)
-        if spec is None:
+            s_idx = self._t(srcs)
+            agg_rows = None
+            if recompute:
+                _put(self.msg[li], s_idx, m_new)
+                agg_rows = self._recompute_agg(li, rows)
+                if self.agg[li] is not None:
+                    _put(self.agg[li], self._t(rows), agg_rows)
+            else:
+                m_old = _sel(self.msg[li], s_idx)
+                se_pos = np.repeat(np.arange(len(srcs)), g.out_degree(srcs))
+                if rule.aggregation is Aggregation.SUM:
+                    self._sum_delta(li, rows, m_old, m_new, s_idx, se_pos, de, ctx.add_src, ctx.add_dst,
+                                    ctx.rem_src, ctx.rem_dst)
+                else:
+                    self._max_update(li, rows, m_old, m_new, s_idx, se, se_pos, de, ctx.add_src, ctx.add_dst,
+                                     ctx.rem_src, ctx.rem_dst)
             out = self._finish(li, rows, agg_rows)
             changed_next = self._store(li, rows, out, ctx.new, detect=incremental)
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
-    def _sum_rows(self, li: int, rows: np.ndarray, m_new: torch.Tensor, srcs: np.ndarray, se_pos: np.ndarray,
-                  de: np.ndarray, ctx: _Ctx, spec: tuple | None) -> np.ndarray:
+    def _sum_rows(self, li: int, rows: np.ndarray, indeg: np.ndarray, m_new: torch.Tensor, srcs: np.ndarray,
+                  de_ptr: np.ndarray, de: np.ndarray, ctx: _Ctx, spec: tuple | None) -> np.ndarray:
         """The sum delta (and, with ``spec``, the finish) of a layer in one CPU kernel: see
         ``cpu_kernels.sum_rows``.  Returns which ``rows`` changed (meaningful with ``spec`` only)."""
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         if len(self._posmap) < self.graph.capacity:
             self._posmap = np.full(self.graph.capacity, -1, dtype=np.int64)
-        rows = i64(rows)
         diff = np.zeros(len(rows), dtype=bool)
-        kind, selfc, bias, relu = spec if spec is not None else (0, np.zeros((0, 0), np.float32), np.zeros(0, np.float32), False)
-        cpu_kernels.sum_rows(self.agg[li].numpy(), self.msg[li].numpy(), rows, i64(ctx.add_src), i64(ctx.add_dst),
-                             i64(ctx.rem_src), i64(ctx.rem_dst), i64(srcs), m_new.contiguous().numpy(), i64(se_pos),
-                             i64(de), self._posmap, spec is not None, self.h[li + 1].numpy(), self.graph.in_degree(rows),
-                             kind, selfc, bias, relu, diff)
+        kind, selfc, bias, relu = spec if spec is not None else (0, _NO_ROWS, _NO_BIAS, False)
+        cpu_kernels.sum_rows(self.agg[li].numpy(), self.msg[li].numpy(), i64(rows), i64(ctx.add_src),
+                             i64(ctx.add_dst), i64(ctx.rem_src), i64(ctx.rem_dst), i64(srcs),
+                             m_new.contiguous().numpy(), de_ptr, de, self._posmap, spec is not None,
+                             self.h[li + 1].numpy(), indeg, kind, selfc, bias, relu, diff)
         return diff
 
     def _sum_delta(self, li, rows, m_old, m_new, s_idx, se_pos, de, add_src, add_dst, rem_src, rem_dst) -> None:
@@ -720,9 +726,9 @@ class Engine:
         if not self.fused:
             rows = union(*parts)
             return rows[live[rows]]
-        if len(self._mark) < len(live):
-            self._mark = np.zeros(len(live), dtype=bool)
-        return np.sort(cpu_kernels.unique_live(np.concatenate(parts).astype(np.int64, copy=False), live, self._mark))
+        if len(self._bits) * 64 < len(live):
+            self._bits = np.zeros(len(live) // 64 + 1, dtype=np.uint64)
+        return cpu_kernels.unique_live(np.concatenate(parts).astype(np.int64, copy=False), live, self._bits)
 
     def _positions(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Index of each of ``values`` in ``rows`` (-1 if absent), through a reusable dense map: O(n),

@@ -325,6 +325,13 @@ class MutableGraph:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slots of external ``ids``; ``-1`` where the id is not a live vertex."""
         ids = np.asarray(ids, dtype=np.int64)
+        if cpu_kernels.enabled():
+            out = np.empty(len(ids), dtype=np.int64)
+            if cpu_kernels.lookup_direct(self._table, np.ascontiguousarray(ids), out) and self._dict:
+                other = np.flatnonzero((ids < 0) | (ids >= DIRECT_ID_LIMIT))
+                get = self._dict.get
+                out[other] = [get(int(i), -1) for i in ids[other]]
+            return out
         out = np.full(len(ids), -1, dtype=np.int64)
         direct = (ids >= 0) & (ids < len(self._table))
         out[direct] = self._table[ids[direct]]
