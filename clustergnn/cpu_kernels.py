@@ -32,9 +32,13 @@ except ImportError:  # pragma: no cover
     AVAILABLE = False
 
 
+_ENABLED = AVAILABLE and os.environ.get("CLUSTERGNN_KERNELS", "").lower() != "torch"
+
+
 def enabled() -> bool:
-    """Whether CPU engines use these kernels (numba installed and not switched off by the environment)."""
-    return AVAILABLE and os.environ.get("CLUSTERGNN_KERNELS", "").lower() != "torch"
+    """Whether CPU engines use these kernels: numba is installed and ``CLUSTERGNN_KERNELS=torch`` was not
+    set when clustergnn was imported."""
+    return _ENABLED
 
 
 PREFETCH_AHEAD = 6  # rows ahead whose cache lines a row loop requests while it works on the current one
@@ -90,7 +94,8 @@ if AVAILABLE:
                 out[i, k] = np.float32(agg[r, k])
 
     @_jit
-    def store_changed(h, rows, out, changed):  # pragma: no cover - jitted
+    def store_changed(h, rows, out, relu, changed):  # pragma: no cover - jitted
+        """``h[rows] = relu(out) if relu else out``, flagging the rows that changed bit-for-bit."""
         d = h.shape[1]
         n = rows.shape[0]
         for i in range(n):
@@ -100,10 +105,29 @@ if AVAILABLE:
             diff = False
             for k in range(d):
                 x = out[i, k]
+                if relu and x < 0:
+                    x = np.float32(0.0)
                 if h[r, k] != x:
                     diff = True
                 h[r, k] = x
             changed[i] = diff
+
+    @_pjit
+    def gather_mean_self(agg, selfc, rows, deg, neigh, selfv):  # pragma: no cover - jitted
+        """``neigh[i] = float32(agg[r] / max(deg_i, 1))`` (float64 division, as the torch finish) and
+        ``selfv[i] = selfc[r]`` for ``r = rows[i]``: the inputs of SAGE-mean's ``self + neigh @ W^T``."""
+        d, ds = agg.shape[1], selfc.shape[1]
+        n = rows.shape[0]
+        for i in numba.prange(n):
+            if i + PREFETCH_AHEAD < n:
+                prefetch_row(agg, rows[i + PREFETCH_AHEAD])
+                prefetch_row(selfc, rows[i + PREFETCH_AHEAD])
+            r = rows[i]
+            dg = max(deg[i], 1)
+            for k in range(d):
+                neigh[i, k] = np.float32(agg[r, k] / dg)
+            for k in range(ds):
+                selfv[i, k] = selfc[r, k]
 
     _DEBRUIJN = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51,
                           43, 22, 45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21,
@@ -260,7 +284,7 @@ if AVAILABLE:
         for i in range(n):
             posmap[rows[i]] = i
         dm = np.empty((srcs.shape[0], d), dtype=np.float64)
-        for j in numba.prange(srcs.shape[0]):
+        for j in range(srcs.shape[0]):  # small: one parallel region per call is what costs
             u = srcs[j]
             for k in range(d):
                 dm[j, k] = np.float64(m_new[j, k]) - np.float64(msg[u, k])

@@ -156,6 +156,8 @@ class Engine:
         eng.embeddings([2])          # (1, 8), equal to a full DGL forward on the new graph
     """
 
+    HAS_GHOSTS = False  # a single engine owns every vertex it holds (PartitionEngine mirrors remote ones)
+
     def __init__(
         self,
         rules: list[LayerRule],
@@ -447,7 +449,7 @@ class Engine:
             feats = self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
             slots = g.add_vertices(src)
             self._grow(g.capacity)
-            self.h[0][self._t(slots)] = feats
+            _put(self.h[0], self._t(slots), feats)
             pend.new.append(slots)
 
             def undo_add(slots=slots, ids=src) -> None:
@@ -540,7 +542,7 @@ class Engine:
         if detect and self.fused:
             diff = np.empty(len(rows), dtype=bool)
             cpu_kernels.store_changed(self.h[li + 1].numpy(), np.ascontiguousarray(rows, dtype=np.int64),
-                                      out.contiguous().numpy(), diff)
+                                      out.contiguous().numpy(), False, diff)
             changed = rows[diff]
             return union(changed, force) if force.size else changed
         idx = self._t(rows)
@@ -589,13 +591,11 @@ class Engine:
     def _context(self, edges: EdgeLog, new: np.ndarray) -> _Ctx:
         """What a batch changed structurally, filtered to what the layer steps need."""
         g = self.graph
-        live = g.alive & ~self.ghost[: g.capacity]
+        live = g.alive & ~self.ghost[: g.capacity] if self.HAS_GHOSTS else g.alive
         add_src, add_dst = edges.added()
         rem_src, rem_dst = edges.removed()
-        out_changed = union(add_src, rem_src)
-        out_changed = out_changed[live[out_changed]]
-        touched = union(add_dst, rem_dst)
-        touched = touched[live[touched]]
+        out_changed = self._unique_live([add_src, rem_src], live)
+        touched = self._unique_live([add_dst, rem_dst], live)
         return _Ctx(add_src, add_dst, rem_src, rem_dst, out_changed, touched, new, live)
 
     def _sources(self, li: int, ctx: _Ctx, changed: np.ndarray, extra_out_changed: np.ndarray | None = None) -> np.ndarray:
@@ -615,30 +615,40 @@ class Engine:
         idx = self._t(srcs)
         return self.rules[li].message(_sel(self.h[li], idx), torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
+    def _messages_and_self(self, li: int, srcs: np.ndarray, changed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New messages of ``srcs`` and, when the sources are exactly the changed rows (the message does
+        not read the out-degree), their new self terms from the same gathered rows in one GEMM."""
+        rule = self.rules[li]
+        if srcs is not changed or not srcs.size or self.selfc[li] is None:
+            return self._messages(li, srcs), None
+        return rule.message_and_self(_sel(self.h[li], self._t(srcs)), torch.from_numpy(self._outdeg(srcs)).to(self.device))
+
     def _propagate(self, edges: EdgeLog, changed: np.ndarray, new: np.ndarray) -> list[LayerDelta]:
         ctx = self._context(edges, new)
         deltas = []
         for li in range(self.num_layers):
             srcs = self._sources(li, ctx, changed)
-            delta = self._layer(li, ctx, changed, srcs, self._messages(li, srcs))
+            delta = self._layer(li, ctx, changed, srcs, *self._messages_and_self(li, srcs, changed))
             deltas.append(delta)
             changed = delta.changed_slots
         return deltas
 
-    def _layer(self, li: int, ctx: _Ctx, changed: np.ndarray, srcs: np.ndarray, m_new: torch.Tensor) -> LayerDelta:
+    def _layer(self, li: int, ctx: _Ctx, changed: np.ndarray, srcs: np.ndarray, m_new: torch.Tensor,
+               self_new: torch.Tensor | None = None) -> LayerDelta:
         """One layer of propagation.
 
         Args:
             changed: owned rows whose input ``h_li`` changed this batch.
             srcs, m_new: every vertex whose layer-``li`` message changed, with its new message (owned
                 sources computed here; in a partition, ghost sources received from their owners).
+            self_new: the new self terms of ``changed``, when the caller computed them with the messages.
         Returns the layer's delta; ``changed_slots`` are the owned rows whose ``h_{li+1}`` changed.
         """
         g, rule = self.graph, self.rules[li]
         incremental = self.mode == "incremental"
         if self.selfc[li] is not None and changed.size:
             c_idx = self._t(changed)
-            _put(self.selfc[li], c_idx, rule.self_term(_sel(self.h[li], c_idx)))
+            _put(self.selfc[li], c_idx, self_new if self_new is not None else rule.self_term(_sel(self.h[li], c_idx)))
         fused_sum = self.fused and rule.aggregation is Aggregation.SUM
         if fused_sum:  # the fused kernel takes the out-neighbours as CSR, without an owner per entry
             de_ptr, de = g.out.gather_csr(srcs)
@@ -665,9 +675,9 @@ class Engine:
             if spec is not None:
                 changed_next = rows[diff]
             else:
-                changed_next = self._store(li, rows, self._finish(li, rows), np.zeros(0, np.int64), detect=True)
+                changed_next = self._finish_store_gathered(li, rows, indeg)
             if ctx.new.size:
-                changed_next = union(changed_next, ctx.new)
+                changed_next = self._unique_live([changed_next, ctx.new], ctx.live)
         else:
             s_idx = self._t(srcs)
             agg_rows = None
@@ -690,6 +700,25 @@ class Engine:
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
+
+    def _finish_store_gathered(self, li: int, rows: np.ndarray, indeg: np.ndarray) -> np.ndarray:
+        """Finish a sum layer whose finish has a matmul (fused kernels for the gathers and the store);
+        returns the rows whose output changed."""
+        rule = self.rules[li]
+        w = rule.fused_gather()
+        relu = li < self.num_layers - 1 and self.activation is not None
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if w is None or (relu and self.activation not in _RELU):
+            out, relu = self._finish(li, rows), False
+        else:  # SAGE mean, widening: self + mean @ W^T, the mean and self rows gathered in one pass
+            neigh = torch.empty(len(rows), self.agg[li].shape[1])
+            out = torch.empty(len(rows), self.selfc[li].shape[1])
+            cpu_kernels.gather_mean_self(self.agg[li].numpy(), self.selfc[li].numpy(), rows, indeg, neigh.numpy(),
+                                         out.numpy())
+            out.addmm_(neigh, w.t())
+        diff = np.empty(len(rows), dtype=bool)
+        cpu_kernels.store_changed(self.h[li + 1].numpy(), rows, out.contiguous().numpy(), relu, diff)
+        return rows[diff]
 
     def _sum_rows(self, li: int, rows: np.ndarray, indeg: np.ndarray, m_new: torch.Tensor, srcs: np.ndarray,
                   de_ptr: np.ndarray, de: np.ndarray, ctx: _Ctx, spec: tuple | None) -> np.ndarray:

@@ -377,9 +377,10 @@ class MutableGraph:
         existing = np.flatnonzero(self.lookup(ids) >= 0)
         if existing.size:
             raise MutationError(f"cannot add vertex {int(ids[existing[0]])}: it already exists")
-        uniq, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            raise MutationError(f"cannot add vertex {int(uniq[counts > 1][0])}: it already exists (added twice in one batch)")
+        srt = np.sort(ids)
+        twice = np.flatnonzero(srt[1:] == srt[:-1])
+        if twice.size:
+            raise MutationError(f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
         slots = self._take_slots(len(ids))
         self.ext_of[slots] = ids
         self.alive[slots] = True

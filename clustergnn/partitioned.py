@@ -177,6 +177,8 @@ class Published:
 class PartitionEngine(Engine):
     """One partition of a cluster; see the module docstring for the round protocol."""
 
+    HAS_GHOSTS = True
+
     def __init__(self, rules, *, partition: int, partition_map: PartitionMap, **kwargs) -> None:
         self.partition = int(partition)
         self.pmap = partition_map

@@ -96,6 +96,10 @@ class LayerRule:
         post-processing, so the fused CPU kernel (``cpu_kernels.finish_store``) can do it; else None."""
         return None
 
+    def fused_gather(self) -> torch.Tensor | None:
+        """See ``SageRule.fused_gather``; None for every other rule."""
+        return None
+
     def _plain_post(self) -> bool:
         post = getattr(self, "post", None)
         return post is None or (post.act is None and post.norm is None)
@@ -222,6 +226,13 @@ class SageRule(LayerRule):
     def fused_finish(self):
         if self.kind == "mean" and self.lin_before and self._plain_post():
             return FINISH_MEAN, None
+        return None
+
+    def fused_gather(self) -> torch.Tensor | None:
+        """``W_neigh`` when finish is ``self + mean @ W_neigh^T`` (a widening mean layer, no post-processing):
+        the engine then gathers the mean and self rows in one kernel and finishes with one GEMM."""
+        if self.kind == "mean" and not self.lin_before and self._plain_post():
+            return self.w_neigh
         return None
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
