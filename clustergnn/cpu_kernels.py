@@ -179,6 +179,21 @@ if AVAILABLE:
         return outside
 
     @_jit
+    def append_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
+        """Pool entries ``block_append`` will take for ``owners`` (``count``: all-zero scratch, left so)."""
+        for i in range(owners.shape[0]):
+            count[owners[i]] += 1
+        need = 0
+        for i in range(owners.shape[0]):
+            o = owners[i]
+            c = count[o]
+            if c > 0:
+                if length[o] + c > cap[o]:
+                    need += max(length[o] + c, 2 * cap[o], min_block)
+                count[o] = 0
+        return need
+
+    @_jit
     def block_append(start, length, cap, pool, used, owners, nbrs, count, min_block):  # pragma: no cover
         """``BlockAdjacency.append`` in one pass: grow the blocks that overflow (moved to the pool's tail),
         then append each ``nbrs[i]`` to ``owners[i]``'s block in input order.  ``count`` is an all-zero
@@ -222,6 +237,22 @@ if AVAILABLE:
             pool[start[o] + length[o]] = nbrs[i]
             length[o] += 1
         return used, garbage
+
+    @_pjit
+    def block_append_pair(in_start, in_length, in_cap, in_pool, in_used, in_count,
+                          out_start, out_length, out_cap, out_pool, out_used, out_count,
+                          src, dst, min_block, result):  # pragma: no cover - jitted
+        """Edges ``src -> dst`` appended to the in-blocks (owner ``dst``) and the out-blocks (owner ``src``)
+        at once, one adjacency per core (they share nothing).  ``result`` gets ``block_append``'s
+        ``(used, garbage)`` for the in-side, then the out-side."""
+        for side in numba.prange(2):
+            if side == 0:
+                u, g = block_append(in_start, in_length, in_cap, in_pool, in_used, dst, src, in_count, min_block)
+            else:
+                u, g = block_append(out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count,
+                                    min_block)
+            result[2 * side] = u
+            result[2 * side + 1] = g
 
     @_pjit
     def gather_blocks(start, length, pool, owners, indptr, out):  # pragma: no cover - jitted

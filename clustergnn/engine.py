@@ -403,7 +403,8 @@ class Engine:
             raise MutationError(f"{where}: features must be float32, got {feats.dtype}")
         if feats.ndim != 2 or feats.shape[1] != want:
             raise MutationError(f"{where}: features have width {feats.shape[-1]}, the model expects {want}")
-        if feats.numel() and not bool(torch.isfinite(feats).all()):
+        finite = np.isfinite(feats.numpy()).all() if feats.device.type == "cpu" else bool(torch.isfinite(feats).all())
+        if not finite:
             raise MutationError(f"{where}: features must be finite, got NaN or inf")
         return feats.to(self.device)
 

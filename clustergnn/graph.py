@@ -451,8 +451,29 @@ class MutableGraph:
 
     # --------------------------------------------------------------- edge edits
     def add_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        if cpu_kernels.enabled() and len(src):
+            self._append_pair(np.ascontiguousarray(src, dtype=np.int64), np.ascontiguousarray(dst, dtype=np.int64))
+            return
         self.inn.append(dst, src)
         self.out.append(src, dst)
+
+    def _append_pair(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Both directions of the new edges in one kernel call, one adjacency per core."""
+        a, b = self.inn, self.out
+        for adj, owners in ((a, dst), (b, src)):
+            if len(adj._count) < len(adj.start):
+                adj._count = np.zeros(len(adj.start), dtype=np.int64)
+            # room first, so that neither side can fail half-way
+            adj._reserve_pool(int(cpu_kernels.append_need(adj.length, adj.cap, owners, adj._count, _MIN_BLOCK)))
+        res = np.zeros(4, dtype=np.int64)
+        cpu_kernels.block_append_pair(a.start, a.length, a.cap, a.pool, a.used, a._count, b.start, b.length, b.cap,
+                                      b.pool, b.used, b._count, src, dst, _MIN_BLOCK, res)
+        assert res[0] >= 0 and res[2] >= 0, "pool room was reserved"
+        for adj, used, garbage in ((a, res[0], res[1]), (b, res[2], res[3])):
+            adj.used = int(used)
+            adj.garbage += int(garbage)
+            if adj.garbage > max(adj.used // 2, 1 << 16):
+                adj.compact()
 
     def remove_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Remove one copy of each edge; ``MutationError`` naming the first missing edge, nothing changed."""
