@@ -79,6 +79,31 @@ if AVAILABLE:
 
         return sig, codegen
 
+    @_intrinsic
+    def prefetch_span(typingctx, arr, i, n):  # pragma: no cover - compiled
+        """Ask the CPU to start loading the cache lines of ``arr[i:i+n]`` (1-D; at most 1 KiB of them)."""
+        sig = _types.void(arr, i, n)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+            i8p = _ir.IntType(8).as_pointer()
+            base = builder.bitcast(ptr, i8p)
+            i32 = _ir.IntType(32)
+            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
+                                                 "llvm.prefetch.p0")
+            itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
+            nbytes = builder.mul(args[2], context.get_constant(_types.intp, itemsize))
+            for line in range(16):
+                off = context.get_constant(_types.intp, line * 64)
+                with builder.if_then(builder.icmp_signed("<", off, nbytes)):
+                    builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
+                                      _ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
     _pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 
@@ -232,7 +257,11 @@ if AVAILABLE:
                     cap[o] = new_cap
                     used += new_cap
                 count[o] = 0
-        for i in range(owners.shape[0]):
+        m = owners.shape[0]
+        for i in range(m):
+            if i + PREFETCH_AHEAD < m:  # the slot a few entries ahead will write: likely a cache miss
+                o2 = owners[i + PREFETCH_AHEAD]
+                prefetch_span(pool, start[o2] + length[o2], 1)
             o = owners[i]
             pool[start[o] + length[o]] = nbrs[i]
             length[o] += 1
@@ -254,14 +283,20 @@ if AVAILABLE:
             result[2 * side] = u
             result[2 * side + 1] = g
 
-    @_pjit
-    def gather_blocks(start, length, pool, owners, indptr, out):  # pragma: no cover - jitted
+    def _gather_blocks(start, length, pool, owners, indptr, out):  # pragma: no cover - jitted
         """CSR of ``owners``' blocks: ``out[indptr[i]:indptr[i+1]] = block(owners[i])`` (int64)."""
-        for i in numba.prange(owners.shape[0]):
+        m = owners.shape[0]
+        for i in numba.prange(m):
+            if i + PREFETCH_AHEAD < m:
+                o2 = owners[i + PREFETCH_AHEAD]
+                prefetch_span(pool, start[o2], length[o2])
             s = start[owners[i]]
             o = indptr[i]
             for k in range(indptr[i + 1] - o):
                 out[o + k] = pool[s + k]
+
+    gather_blocks = _pjit(_gather_blocks)  # a whole graph's in-edges (full recompute)
+    gather_blocks_serial = _jit(_gather_blocks)  # a batch's few blocks: not worth waking the workers
 
     # finish kinds: how the float64 aggregate becomes the neighbour term (rules.LayerRule.fused_finish)
     SUM, MEAN, SYM_NORM, RIGHT_NORM = 0, 1, 2, 3

@@ -581,10 +581,12 @@ class Engine:
             if keep and self.agg[li] is not None:
                 view.put(self.agg[li], agg)
             # agg and selfv are temporaries here (already copied to the caches where they are kept)
-            out = rule.finish(selfv, agg, indeg, m, fresh=True)
+            dest = view.get(self.h[li + 1]) if view.n is not None else None  # rows 0..n-1: write in place
+            out = rule.finish(selfv, agg, indeg, m, fresh=True, out=dest)
             if li < self.num_layers - 1 and self.activation is not None:
                 out = torch.relu_(out) if self.activation in _RELU else self.activation(out)
-            view.put(self.h[li + 1], out)
+            if dest is None or out.data_ptr() != dest.data_ptr():
+                view.put(self.h[li + 1], out)
             deltas.append(LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows))
         self.version[rows] = self.round
         return deltas

@@ -115,7 +115,8 @@ class BlockAdjacency:
         np.cumsum(lens, out=indptr[1:])
         if cpu_kernels.enabled():
             values = np.empty(int(indptr[-1]), dtype=np.int64)
-            cpu_kernels.gather_blocks(self.start, self.length, self.pool, owners, indptr, values)
+            kernel = cpu_kernels.gather_blocks if len(values) >= 1 << 18 else cpu_kernels.gather_blocks_serial
+            kernel(self.start, self.length, self.pool, owners, indptr, values)
         else:
             values = self.pool[segment_positions(self.start[owners], lens)].astype(np.int64)
         return indptr, values

@@ -114,10 +114,11 @@ class LayerRule:
         raise NotImplementedError
 
     def finish(self, selfv: torch.Tensor | None, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor,
-               fresh: bool = False) -> torch.Tensor:
+               fresh: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows' output ``(n, out_dim)`` (heads flattened) from their cached self term, aggregate,
         in-degree and own message.  ``fresh``: ``selfv`` and ``agg`` are temporaries that may be
-        overwritten (a full recompute), not views of the caches."""
+        overwritten (a full recompute), not views of the caches.  ``out``: where the result may be
+        written (a rule that can returns ``out`` itself; others return a new tensor)."""
         raise NotImplementedError
 
     def aggregate(self, msg: torch.Tensor, edges: EdgeIndex, dst_msg: torch.Tensor) -> torch.Tensor:
@@ -243,7 +244,7 @@ class SageRule(LayerRule):
     def self_term(self, h):
         return _apply(h, self.w_self, self.b_self)
 
-    def finish(self, selfv, agg, indeg, msg, fresh=False):
+    def finish(self, selfv, agg, indeg, msg, fresh=False, out=None):
         if self.kind == "pool":
             return self.post(selfv + F.linear(agg, self.w_neigh))
         deg = indeg.to(agg.dtype).unsqueeze(1)
@@ -251,13 +252,18 @@ class SageRule(LayerRule):
             neigh = (agg.div_(deg.clamp(min=1)) if fresh else agg / deg.clamp(min=1)).float()
         else:
             neigh = ((agg + msg.to(agg.dtype)) / (deg + 1)).float()
+        plain = self._plain_post()
         if not self.lin_before:
             if self.kind == "mean":  # one fused pass: self term + neigh @ W_neigh^T
+                if out is not None and plain:
+                    return torch.addmm(selfv, neigh, self.w_neigh.t(), out=out)
                 if fresh:
                     return self.post(selfv.addmm_(neigh, self.w_neigh.t()))
                 return self.post(torch.addmm(selfv, neigh, self.w_neigh.t()))
             neigh = F.linear(neigh, self.w_neigh)
         if self.kind == "mean":
+            if out is not None and plain:
+                return torch.add(selfv, neigh, out=out)
             return self.post(selfv.add_(neigh) if fresh else selfv + neigh)
         return self.post(neigh if self.bias is None else neigh + self.bias)
 
@@ -296,14 +302,16 @@ class GraphConvRule(LayerRule):
             h = h * (torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d)
         return torch.matmul(h, self.w) if self.lin_before else h
 
-    def finish(self, selfv, agg, indeg, msg, fresh=False):
+    def finish(self, selfv, agg, indeg, msg, fresh=False, out=None):
         rst = agg.float()
         if self.w is not None and not self.lin_before:
             rst = torch.matmul(rst, self.w)
         if self.norm in ("right", "both"):
             d = indeg.to(rst.dtype).clamp(min=1).unsqueeze(1)
             c = torch.pow(d, -0.5) if self.norm == "both" else 1.0 / d
-            # one pass for scale and bias (DGL: two)
+            # one pass for scale and bias (DGL: two), written where the caller wants it when it can be
+            if out is not None and self._plain_post():
+                return torch.mul(rst, c, out=out) if self.bias is None else torch.addcmul(self.bias, rst, c, out=out)
             return self.post(rst * c if self.bias is None else torch.addcmul(self.bias, rst, c))
         if self.bias is not None:
             rst = rst + self.bias
@@ -342,7 +350,7 @@ class GinRule(LayerRule):
     def self_term(self, h):
         return (1 + self.eps) * h
 
-    def finish(self, selfv, agg, indeg, msg, fresh=False):
+    def finish(self, selfv, agg, indeg, msg, fresh=False, out=None):
         if self.kind == "mean":
             agg = agg / indeg.to(agg.dtype).clamp(min=1).unsqueeze(1)
         rst = selfv + agg.float()
@@ -405,7 +413,7 @@ class GatRule(LayerRule):
         """The residual, ``(n, H * F)`` (only layers with one have a self term)."""
         return h if self.res_identity else F.linear(h, self.res_w, self.res_b)
 
-    def finish(self, selfv, agg, indeg, msg, fresh=False):
+    def finish(self, selfv, agg, indeg, msg, fresh=False, out=None):
         rst = agg if selfv is None else agg + selfv  # DGL adds the residual, then the bias
         if self.bias is not None:
             rst = rst + self.bias

@@ -5,10 +5,10 @@ For each model and batch size, the next batches of the dataset's stream are appl
 mode, all started from the same initial graph; every mode applies every batch, so the graphs stay
 identical (the full-mode engine times only its first few batches and applies the rest in one untimed
 call: its cost does not depend on the batch).  Each engine runs its batches back to back, as a
-deployed engine would.  DGL's full forward is timed on the same graph, interleaved with the engines'
-batches (one forward per 10 incremental batches, one after each timed full-mode batch), so that the
-drift of this shared machine hits both sides of every ratio alike; its median is the "DGL fwd" column.
-An incremental batch right after a DGL forward is applied but not timed (DGL evicted its caches).
+deployed engine would.  DGL's full forward is timed on the same graph next to the engines' runs:
+three times right before and three right after the incremental engine's batches, and once after
+each timed full-mode batch; its median is the "DGL fwd" column.  (Interleaving DGL's forward between
+incremental batches would evict the engine's caches and time DGL's memory traffic, not the engine.)
 Exactness: the incremental engine is compared against DGL's forward after each batch size and at the
 end of the stream.
 
@@ -42,7 +42,7 @@ from clustergnn.engine import dgl_forward  # noqa: E402
 
 BATCHES = {1: 200, 16: 150, 256: 60, 4096: 12, 65536: 3}
 FULL_TIMED = 5  # full-mode batches timed per size
-DGL_EVERY = 10  # one DGL forward per this many incremental batches (plus one after each timed full batch)
+DGL_AROUND = 3  # DGL forwards timed right before and right after the incremental engine's run
 
 
 def model(name: str, f_in: int, hidden: int, f_out: int, seed: int = 0) -> list[torch.nn.Module]:
@@ -138,27 +138,23 @@ def bench_model(ds, name: str, args) -> list[dict]:
         # stream (interleaving five engines batch by batch would evict each one's working set from the
         # CPU caches between its batches).  Every engine sees the same batches on the same graph.
         for mode, eng in engines.items():
-            after_dgl = False
+            if mode == "incremental":  # DGL's forward right before the incremental run (and after it)
+                dgl_times += time_dgl(eng, layers, DGL_AROUND)
             for i, b in enumerate(batches):
                 if mode == "full" and i >= FULL_TIMED:
                     break
                 t = time.perf_counter()
                 res = eng.apply(b)
-                if not after_dgl or mode == "full":
-                    # a batch right after a DGL forward runs on caches DGL evicted, which a deployed
-                    # engine never sees: it is applied but not timed (full mode evicts them itself)
-                    times[mode].append(time.perf_counter() - t)
-                # DGL's forward on the same graph, interleaved with the incremental and full-mode
-                # batches, so that the drift of this shared machine hits both sides alike
-                after_dgl = (mode == "full" and i < FULL_TIMED) or (
-                    mode == "incremental" and i % DGL_EVERY == DGL_EVERY // 2)
-                if after_dgl:
+                times[mode].append(time.perf_counter() - t)
+                if mode == "full":  # and after each timed full-mode batch, on the same graph
                     dgl_times += time_dgl(eng, layers)
                 if mode == "incremental":
                     affected.append(res.affected_per_layer)
                 if time.perf_counter() - t_budget > 2:
                     progress(f"{name} B={bsz} {mode}: {i + 1}/{len(batches)} batches")
                     t_budget = time.perf_counter()
+            if mode == "incremental":
+                dgl_times += time_dgl(eng, layers, DGL_AROUND)
         if len(batches) > FULL_TIMED:
             engines["full"].apply(MutationBatch.concat(batches[FULL_TIMED:]))
         err = check_exact(inc, layers)
