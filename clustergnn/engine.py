@@ -418,14 +418,17 @@ class Engine:
         saved_free = list(g._pending_free)
         frow = batch.feature_row_index()
         try:
-            for kind, a, b in batch.runs():
-                where = f"mutations [{a}, {b}) ({kind.name.lower()})"
-                try:
-                    self._apply_run(pend, kind, batch, a, b, frow, where)
-                except UnknownVertexError as e:
-                    raise MutationError(f"{where}: {e}") from None
-                except MutationError as e:
-                    raise MutationError(f"{where}: {e}") from None
+            for seg in self._segments(batch.runs()):
+                if len(seg) > 2 and self._add_segment(pend, batch, seg[0][1], seg[-1][2], frow):
+                    continue
+                for kind, a, b in seg:  # run by run; an invalid segment raises here, naming its first error
+                    where = f"mutations [{a}, {b}) ({kind.name.lower()})"
+                    try:
+                        self._apply_run(pend, kind, batch, a, b, frow, where)
+                    except UnknownVertexError as e:
+                        raise MutationError(f"{where}: {e}") from None
+                    except MutationError as e:
+                        raise MutationError(f"{where}: {e}") from None
         except BaseException:
             for undo in reversed(pend.undo):
                 undo()
@@ -442,24 +445,87 @@ class Engine:
         into.feat += pend.feat
         return into
 
+    _ADDS = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE)
+
+    @classmethod
+    def _segments(cls, runs: list[tuple[MutationKind, int, int]]) -> list[list[tuple[MutationKind, int, int]]]:
+        """The runs grouped into maximal stretches of vertex and edge additions (a stream's usual shape:
+        each new vertex arrives just before its first edges), other runs alone."""
+        segs: list[list[tuple[MutationKind, int, int]]] = []
+        for run in runs:
+            if segs and run[0] in cls._ADDS and segs[-1][-1][0] in cls._ADDS:
+                segs[-1].append(run)
+            else:
+                segs.append([run])
+        return segs
+
+    def _add_segment(self, pend: _Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
+        """Apply mutations ``[a, b)``, only vertex and edge additions, as one vertex add and one edge add.
+
+        Additions commute once each is valid where it stands: a vertex must be new (not in the graph and
+        not added earlier in the stretch) and an edge's endpoints must exist when it comes (in the graph,
+        or added at an earlier position).  That is checked for the whole stretch first; if anything is
+        invalid, nothing is applied and False is returned, and the caller applies the runs one by one,
+        which raises the same error sequential application would.  Slots and adjacency order come out
+        as run-by-run application makes them.
+        """
+        g = self.graph
+        is_v = batch.kind[a:b] == MutationKind.ADD_VERTEX
+        v_at, e_at = np.flatnonzero(is_v), np.flatnonzero(~is_v)
+        src, dst = batch.src[a:b], batch.dst[a:b]
+        vids, es, ed = src[v_at], src[e_at], dst[e_at]
+        if vids.size and ((g.lookup(vids) >= 0).any() or len(unique(vids)) != len(vids)):
+            return False
+        ls, ld = g.lookup(es), g.lookup(ed)
+        for ids, slots in ((es, ls), (ed, ld)):
+            miss = slots < 0
+            if miss.any():  # must be added earlier in the stretch
+                if not vids.size:
+                    return False
+                order = np.argsort(vids, kind="stable")
+                sv, sp = vids[order], v_at[order]
+                i = np.minimum(np.searchsorted(sv, ids[miss]), len(sv) - 1)
+                if not ((sv[i] == ids[miss]) & (sp[i] < e_at[miss])).all():
+                    return False
+        if vids.size:
+            feats = batch.features[frow[a + v_at[0]] : frow[a + v_at[-1]] + 1]
+            try:
+                feats = self._check_features(feats, "")
+            except MutationError:
+                return False
+            self._add_vertices(pend, vids, feats)
+        if es.size:
+            self._add_edges(pend, g.slots_of(es), g.slots_of(ed))
+        return True
+
+    def _add_vertices(self, pend: _Pending, ids: np.ndarray, feats: torch.Tensor) -> None:
+        g = self.graph
+        slots = g.add_vertices(ids)
+        self._grow(g.capacity)
+        _put(self.h[0], self._t(slots), feats)
+        pend.new.append(slots)
+
+        def undo_add(slots=slots, ids=ids) -> None:
+            g.alive[slots] = False
+            g._unbind(ids)
+            g._return_slots(slots)
+            self._clear_rows(slots)
+
+        pend.undo.append(undo_add)
+
+    def _add_edges(self, pend: _Pending, s: np.ndarray, d: np.ndarray) -> None:
+        g = self.graph
+        g.add_edges_slots(s, d)
+        pend.edges.add_src.append(s)
+        pend.edges.add_dst.append(d)
+        pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
+
     def _apply_run(self, pend: _Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
                    frow: np.ndarray, where: str) -> None:
         g = self.graph
         src, dst = batch.src[a:b], batch.dst[a:b]
         if kind is MutationKind.ADD_VERTEX:
-            feats = self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
-            slots = g.add_vertices(src)
-            self._grow(g.capacity)
-            _put(self.h[0], self._t(slots), feats)
-            pend.new.append(slots)
-
-            def undo_add(slots=slots, ids=src) -> None:
-                g.alive[slots] = False
-                g._unbind(ids)
-                g._return_slots(slots)
-                self._clear_rows(slots)
-
-            pend.undo.append(undo_add)
+            self._add_vertices(pend, src, self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where))
         elif kind is MutationKind.UPDATE_FEATURES:
             feats = self._check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
             slots = g.slots_of(src)
@@ -483,11 +549,7 @@ class Engine:
             pend.edges.rem_dst.append(rd)
             pend.undo.append(lambda ids=src, slots=slots, e=(rs, rd): g.restore_vertices(ids, slots, e))
         elif kind is MutationKind.ADD_EDGE:
-            s, d = g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex")
-            g.add_edges_slots(s, d)
-            pend.edges.add_src.append(s)
-            pend.edges.add_dst.append(d)
-            pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
+            self._add_edges(pend, g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex"))
         elif kind is MutationKind.REMOVE_EDGE:
             s, d = g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex")
             g.remove_edges_slots(s, d)

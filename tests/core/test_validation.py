@@ -107,3 +107,53 @@ def test_unsupported_layers_are_named() -> None:
         Engine.from_dgl([dglnn.SAGEConv(5, 2, "mean")], g, torch.zeros(2, F_IN))
     with pytest.raises(ValueError, match="mode must be one of"):
         Engine.from_dgl(build("sage-mean"), g, torch.zeros(2, F_IN), mode="fast")
+
+
+def _stretch(*muts: MutationBatch) -> MutationBatch:
+    """Vertex and edge additions interleaved, as a stream delivers them (applied as one stretch)."""
+    return MutationBatch.concat(list(muts))
+
+
+def _v(i: int, fill: float = 1.0) -> MutationBatch:
+    return MutationBatch.add_vertices([i], torch.full((1, F_IN), fill))
+
+
+STRETCH_BAD = {
+    "edge before its vertex": (
+        _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.add_edges([0], [21]), _v(21)),
+        "mutations [1, 3) (add_edge): unknown destination vertex id 21"),
+    "vertex added twice": (
+        _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(20)),
+        "mutations [2, 3) (add_vertex): cannot add vertex 20: it already exists"),
+    "existing vertex": (
+        _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(1)),
+        "mutations [2, 3) (add_vertex): cannot add vertex 1: it already exists"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRETCH_BAD))
+def test_bad_stretch_of_additions_is_rejected_whole(eng: Engine, case: str) -> None:
+    """A stretch of interleaved additions is applied at once when valid; an invalid one is rejected
+    whole, with the error that applying it mutation by mutation meets first."""
+    bad, message = STRETCH_BAD[case]
+    before = snapshot(eng)
+    with pytest.raises(MutationError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        eng.apply(bad)
+    assert_same(snapshot(eng), before)
+
+
+def test_stretch_of_additions_equals_one_by_one(eng: Engine) -> None:
+    """Interleaved additions applied as one stretch give the same graph, slots and embeddings (to the
+    last bit of the structure, to float tolerance of the values) as one mutation per batch."""
+    muts = [_v(20, 0.5), MutationBatch.add_edges([20, 0], [0, 20]), _v(21, -1.0), MutationBatch.add_edges([21, 21], [20, 1]),
+            _v(22, 2.0), MutationBatch.add_edges([22, 20, 2], [21, 22, 22])]
+    other = Engine.from_dgl(build("sage-pool"), dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4),
+                            torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)))
+    eng.apply(MutationBatch.concat(muts))
+    for m in muts:
+        other.apply(m)
+    a, b = snapshot(eng), snapshot(other)
+    assert a[:3] == b[:3]
+    assert np.array_equal(eng.graph.lookup(np.arange(23)), other.graph.lookup(np.arange(23)))
+    for x, y in zip(a[3], b[3]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
