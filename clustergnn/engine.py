@@ -418,6 +418,9 @@ class Engine:
         saved_free = list(g._pending_free)
         frow = batch.feature_row_index()
         try:
+            if len(batch) and bool(np.isin(batch.kind, self._ADDS).all()) and self._add_segment(pend, batch, 0, len(batch),
+                                                                                              frow):
+                return self._merge(pend, into)  # the common case: a batch of additions only
             for seg in self._segments(batch.runs()):
                 if len(seg) > 2 and self._add_segment(pend, batch, seg[0][1], seg[-1][2], frow):
                     continue
@@ -434,6 +437,10 @@ class Engine:
                 undo()
             g._pending_free = saved_free
             raise
+        return self._merge(pend, into)
+
+    @staticmethod
+    def _merge(pend: _Pending, into: _Pending | None) -> _Pending:
         if into is None:
             return pend
         into.edges.add_src += pend.edges.add_src
@@ -477,30 +484,36 @@ class Engine:
         if vids.size and ((g.lookup(vids) >= 0).any() or len(unique(vids)) != len(vids)):
             return False
         ls, ld = g.lookup(es), g.lookup(ed)
+        fills = []  # endpoints added in the stretch: (which edges, index of their vertex in vids)
+        order = None
         for ids, slots in ((es, ls), (ed, ld)):
-            miss = slots < 0
-            if miss.any():  # must be added earlier in the stretch
+            miss = np.flatnonzero(slots < 0)
+            if miss.size:  # must be added earlier in the stretch
                 if not vids.size:
                     return False
-                order = np.argsort(vids, kind="stable")
-                sv, sp = vids[order], v_at[order]
+                if order is None:
+                    order = np.argsort(vids, kind="stable")
+                sv = vids[order]
                 i = np.minimum(np.searchsorted(sv, ids[miss]), len(sv) - 1)
-                if not ((sv[i] == ids[miss]) & (sp[i] < e_at[miss])).all():
+                if not ((sv[i] == ids[miss]) & (v_at[order[i]] < e_at[miss])).all():
                     return False
+                fills.append((slots, miss, order[i]))
         if vids.size:
             feats = batch.features[frow[a + v_at[0]] : frow[a + v_at[-1]] + 1]
             try:
                 feats = self._check_features(feats, "")
             except MutationError:
                 return False
-            self._add_vertices(pend, vids, feats)
+            new = self._add_vertices(pend, vids, feats, checked=True)
+            for slots, miss, k in fills:
+                slots[miss] = new[k]
         if es.size:
-            self._add_edges(pend, g.slots_of(es), g.slots_of(ed))
+            self._add_edges(pend, ls, ld)
         return True
 
-    def _add_vertices(self, pend: _Pending, ids: np.ndarray, feats: torch.Tensor) -> None:
+    def _add_vertices(self, pend: _Pending, ids: np.ndarray, feats: torch.Tensor, checked: bool = False) -> np.ndarray:
         g = self.graph
-        slots = g.add_vertices(ids)
+        slots = g.add_vertices(ids, checked)
         self._grow(g.capacity)
         _put(self.h[0], self._t(slots), feats)
         pend.new.append(slots)
@@ -512,6 +525,7 @@ class Engine:
             self._clear_rows(slots)
 
         pend.undo.append(undo_add)
+        return slots
 
     def _add_edges(self, pend: _Pending, s: np.ndarray, d: np.ndarray) -> None:
         g = self.graph

@@ -370,18 +370,20 @@ class MutableGraph:
             self._dict.pop(i, None)
 
     # --------------------------------------------------------------- vertex edits
-    def add_vertices(self, ids: np.ndarray) -> np.ndarray:
-        """Bind new ids to slots; ``MutationError`` (nothing changed) if any exists or repeats."""
+    def add_vertices(self, ids: np.ndarray, checked: bool = False) -> np.ndarray:
+        """Bind new ids to slots; ``MutationError`` (nothing changed) if any exists or repeats
+        (``checked``: the caller has verified that none does)."""
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return np.zeros(0, dtype=np.int64)
-        existing = np.flatnonzero(self.lookup(ids) >= 0)
-        if existing.size:
-            raise MutationError(f"cannot add vertex {int(ids[existing[0]])}: it already exists")
-        srt = np.sort(ids)
-        twice = np.flatnonzero(srt[1:] == srt[:-1])
-        if twice.size:
-            raise MutationError(f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
+        if not checked:
+            existing = np.flatnonzero(self.lookup(ids) >= 0)
+            if existing.size:
+                raise MutationError(f"cannot add vertex {int(ids[existing[0]])}: it already exists")
+            srt = np.sort(ids)
+            twice = np.flatnonzero(srt[1:] == srt[:-1])
+            if twice.size:
+                raise MutationError(f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
         slots = self._take_slots(len(ids))
         self.ext_of[slots] = ids
         self.alive[slots] = True
