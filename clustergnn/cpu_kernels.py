@@ -334,16 +334,17 @@ if AVAILABLE:
 
     def _sum_rows(agg, msg, rows, add_src, add_dst, rem_src, rem_dst, srcs, m_new, de_ptr, de, posmap,
                   finish, h, deg, kind, selfc, bias, relu, changed):  # pragma: no cover - jitted
-        """``sum_delta`` grouped by destination row, then (``finish``) ``finish_store`` of each row.
+        """A sum layer's delta, and (``finish``) each affected row's output, in one pass over the rows.
 
-        The contributions are bucketed by row with a counting sort (O(contributions + rows)), so each
-        affected row of the float64 table is loaded once and updated in cache, the rows run in parallel
-        (no two workers share a row), and each row is finished while it is hot.  ``de`` lists the
-        out-neighbours of ``srcs[j]`` at ``de[de_ptr[j]:de_ptr[j+1]]``; ``deg`` is each row's in-degree.  A row's terms are added
-        in the same order as ``sum_delta`` adds them (E+, E-, then changed messages in source order), so
-        the result is bit-identical.  Contributions to rows outside ``rows`` (vertices removed by the
-        batch, cleared afterwards) are added serially as ``sum_delta`` does.  ``posmap`` is an all -1
-        scratch array (left all -1)."""
+        The terms (E+, E-, then changed messages in source order, each widened to float64) are bucketed
+        by destination row with a counting sort (O(contributions + rows)), so each affected row of the
+        float64 table is loaded once and updated in cache, the rows run in parallel (no two workers share
+        a row), and each row is finished (``_finish_row``) while it is hot.  A row's terms are added in
+        the order a sequential scatter adds them, so the sums are bit-identical to the torch path's.
+        ``de`` lists the out-neighbours of ``srcs[j]`` at ``de[de_ptr[j]:de_ptr[j+1]]``; ``deg`` is each
+        row's in-degree.  Terms for rows outside ``rows`` (vertices removed by the batch, cleared
+        afterwards) are added serially.  ``posmap`` is an all -1 scratch array (left all -1).
+        """
         d = agg.shape[1]
         n = rows.shape[0]
         na, nr, ne = add_src.shape[0], rem_src.shape[0], de.shape[0]
@@ -484,3 +485,38 @@ if AVAILABLE:
                             acc[base + k] *= inv
                 for k in range(hf):
                     out[v, k] = acc[k]
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel for the argument types the engine
+    passes, once per process, so that an engine's first batch does not pay seconds of compilation."""
+    global _warm
+    if _warm or not _ENABLED:
+        return
+    f32, f64, i64 = np.float32, np.float64, np.int64
+    one = np.zeros(1, dtype=i64)
+    t32 = np.zeros((2, 2), dtype=f32)
+    changed = np.zeros(1, dtype=np.bool_)
+    posmap = np.full(2, -1, dtype=i64)
+    for finish, kind, selfc, bias in ((True, 1, t32, np.zeros(0, f32)), (False, 0, np.zeros((0, 0), f32), np.zeros(2, f32))):
+        sum_rows(np.zeros((2, 2), f64), t32.copy(), one, one, one, one, one, one, np.zeros((1, 2), f32),
+                 np.array([0, 1], dtype=i64), one, posmap, finish, t32.copy(), one, kind, selfc, bias, True, changed)
+    gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
+    store_changed(t32.copy(), one, np.zeros((1, 2), f32), True, changed)
+    gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
+    unique_live(one, np.ones(2, dtype=np.bool_), np.zeros(1, dtype=np.uint64))
+    lookup_direct(np.zeros(2, dtype=np.int32), one, np.zeros(1, dtype=i64))
+    count = np.zeros(2, dtype=i64)
+    append_need(np.zeros(2, i64), np.zeros(2, i64), one, count, 4)
+    res = np.zeros(4, dtype=i64)
+    block_append_pair(np.zeros(2, i64), np.zeros(2, i64), np.zeros(2, i64), np.zeros(16, np.int32), 0, count,
+                      np.zeros(2, i64), np.zeros(2, i64), np.zeros(2, i64), np.zeros(16, np.int32), 0, count.copy(),
+                      one, one, 4, res)
+    for kernel in (gather_blocks, gather_blocks_serial):
+        kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, i64), np.zeros(0, i64))
+    gat_aggregate(np.zeros((2, 3), f32), np.zeros((1, 1), f32), np.array([0, 1], dtype=i64), one, 1, 2, 0.2,
+                  np.zeros((1, 2), f32))
+    _warm = True

@@ -191,6 +191,8 @@ class Engine:
         self._bits = np.zeros(0, dtype=np.uint64)  # scratch of cpu_kernels.unique_live (all zero between calls)
         # fused CPU kernels (cpu_kernels.py) where the caches live on the CPU; torch ops elsewhere
         self.fused = self.device.type == "cpu" and cpu_kernels.enabled()
+        if self.fused:
+            cpu_kernels.warm_up()
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 

@@ -64,12 +64,25 @@ class EdgeIndex:
         if self._block is None or self._block.num_src_nodes() != n_src:
             from clustergnn._dgl import dgl
 
-            # no edge ids: DGL then numbers edges by their CSC position, which is this index's edge order
-            # (an arange of E ids costs more than the rest of building the block)
-            eids = torch.zeros(0, dtype=self.src.dtype)
+            # Explicit edge ids (0..E-1, a view of a shared arange): without them DGL 2.1 switches its CPU
+            # SpMM to LIBXSMM kernels, which segfaulted here on R-MAT scale 20 (and have known wrong-output
+            # bugs: dmlc/dgl#3471, #5960).
+            eids = _arange(self.n_edges, self.src.dtype)
             self._block = dgl.create_block(("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src,
                                            num_dst_nodes=self.n_rows)
         return self._block
+
+
+_ARANGE: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _arange(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``arange(n)`` as a prefix of a cached, growing arange (no allocation per call)."""
+    cur = _ARANGE.get(dtype)
+    if cur is None or cur.numel() < n:
+        cur = torch.arange(max(n, 2 * (cur.numel() if cur is not None else 0)), dtype=dtype)
+        _ARANGE[dtype] = cur
+    return cur[:n]
 
 
 def _use_dgl(table: torch.Tensor, n_edges: int) -> bool:

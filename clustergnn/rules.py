@@ -46,7 +46,7 @@ from clustergnn.errors import UnsupportedModelError
 from clustergnn.kernels import EdgeIndex, edge_add, segment_max, segment_softmax, segment_sum, segment_sum_heads
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
-# finish kinds of the fused CPU kernel (cpu_kernels.finish_store)
+# finish kinds of the fused CPU kernel (cpu_kernels.sum_rows)
 FINISH_SUM, FINISH_MEAN, FINISH_SYM_NORM, FINISH_RIGHT_NORM = 0, 1, 2, 3
 
 
@@ -93,7 +93,7 @@ class LayerRule:
 
     def fused_finish(self) -> tuple[int, torch.Tensor | None] | None:
         """``(kind, bias)`` when ``finish`` is ``self term + norm(aggregate) + bias`` with no matmul and no
-        post-processing, so the fused CPU kernel (``cpu_kernels.finish_store``) can do it; else None."""
+        post-processing, so the fused CPU kernel (``cpu_kernels.sum_rows``) can do it; else None."""
         return None
 
     def fused_gather(self) -> torch.Tensor | None:
