@@ -19,7 +19,9 @@ test suite runs both.  Without numba installed, the torch path is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -37,8 +39,20 @@ _ENABLED = AVAILABLE and os.environ.get("CLUSTERGNN_KERNELS", "").lower() != "to
 
 def enabled() -> bool:
     """Whether CPU engines use these kernels: numba is installed and ``CLUSTERGNN_KERNELS=torch`` was not
-    set when clustergnn was imported."""
+    set when clustergnn was imported (and no :func:`disabled` block is active)."""
     return _ENABLED
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, engines built and graphs edited take the plain numpy/torch path (for tests that
+    hold the two paths to the same results)."""
+    global _ENABLED
+    saved, _ENABLED = _ENABLED, False
+    try:
+        yield
+    finally:
+        _ENABLED = saved
 
 
 PREFETCH_AHEAD = 6  # rows ahead whose cache lines a row loop requests while it works on the current one

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clustergnn import cpu_kernels
 from clustergnn.graph import MutableGraph
 
 
@@ -20,9 +23,15 @@ def edge_multiset(g: MutableGraph) -> Counter:
     return ins
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused", "numpy"])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "rm", "vadd", "vrm"]), st.integers(0, 15), st.integers(0, 15)), max_size=150))
-def test_graph_matches_multiset_model(ops) -> None:
+def test_graph_matches_multiset_model(kernels: bool, ops) -> None:
+    with contextlib.nullcontext() if kernels else cpu_kernels.disabled():
+        _check_multiset_model(ops)
+
+
+def _check_multiset_model(ops) -> None:
     g = MutableGraph(capacity=4)
     verts: set[int] = set(range(8))
     g.add_vertices(np.arange(8))
