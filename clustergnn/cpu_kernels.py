@@ -63,12 +63,29 @@ if AVAILABLE:
     from numba.core import cgutils as _cgutils
     from numba.extending import intrinsic as _intrinsic
 
+    def _emit_prefetch(context, builder, ptr, nbytes):  # pragma: no cover - compile time
+        """LLVM ``prefetch`` (read, keep in all cache levels, data) of each 64-byte line of ``nbytes``
+        bytes from ``ptr``, at most 16 lines (1 KiB).  A prefetch never faults."""
+        i8p = _ir.IntType(8).as_pointer()
+        i32 = _ir.IntType(32)
+        base = builder.bitcast(ptr, i8p)
+        fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
+                                             "llvm.prefetch.p0")
+        for line in range(16):
+            off = context.get_constant(_types.intp, line * 64)
+            with builder.if_then(builder.icmp_signed("<", off, nbytes)):
+                builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
+                                  _ir.Constant(i32, 1)])
+
+    def _item_bytes(context, aryty, count):  # pragma: no cover - compile time
+        itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
+        return count, context.get_constant(_types.intp, itemsize)
+
     @_intrinsic
     def prefetch_row(typingctx, arr, row):  # pragma: no cover - compiled
-        """Ask the CPU to start loading every cache line of ``arr[row, :]`` (up to 1 KiB) now: the row
-        loops below touch rows scattered over tables far larger than the caches, and without this each
-        row's loads wait on memory one row after another.  A prefetch never faults, so a row past the
-        end of a short table is harmless."""
+        """Ask the CPU to start loading every cache line of ``arr[row, :]`` (2-D, up to 1 KiB) now: the
+        row loops below touch rows scattered over tables far larger than the caches, and without this
+        each row's loads wait on memory one row after another."""
         sig = _types.void(arr, row)
 
         def codegen(context, builder, signature, args):
@@ -76,44 +93,22 @@ if AVAILABLE:
             ary = context.make_array(aryty)(context, builder, args[0])
             zero = context.get_constant(_types.intp, 0)
             ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], zero], wraparound=False)
-            i8p = _ir.IntType(8).as_pointer()
-            base = builder.bitcast(ptr, i8p)
-            i32 = _ir.IntType(32)
-            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
-                                                 "llvm.prefetch.p0")
-            itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
             width = _cgutils.unpack_tuple(builder, ary.shape, 2)[1]
-            nbytes = builder.mul(width, context.get_constant(_types.intp, itemsize))
-            for line in range(16):  # read, keep in all cache levels, data cache
-                off = context.get_constant(_types.intp, line * 64)
-                with builder.if_then(builder.icmp_signed("<", off, nbytes)):
-                    builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
-                                      _ir.Constant(i32, 1)])
+            _emit_prefetch(context, builder, ptr, builder.mul(*_item_bytes(context, aryty, width)))
             return context.get_dummy_value()
 
         return sig, codegen
 
     @_intrinsic
     def prefetch_span(typingctx, arr, i, n):  # pragma: no cover - compiled
-        """Ask the CPU to start loading the cache lines of ``arr[i:i+n]`` (1-D; at most 1 KiB of them)."""
+        """Ask the CPU to start loading the cache lines of ``arr[i:i+n]`` (1-D, up to 1 KiB)."""
         sig = _types.void(arr, i, n)
 
         def codegen(context, builder, signature, args):
             aryty = signature.args[0]
             ary = context.make_array(aryty)(context, builder, args[0])
             ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-            i8p = _ir.IntType(8).as_pointer()
-            base = builder.bitcast(ptr, i8p)
-            i32 = _ir.IntType(32)
-            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
-                                                 "llvm.prefetch.p0")
-            itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
-            nbytes = builder.mul(args[2], context.get_constant(_types.intp, itemsize))
-            for line in range(16):
-                off = context.get_constant(_types.intp, line * 64)
-                with builder.if_then(builder.icmp_signed("<", off, nbytes)):
-                    builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
-                                      _ir.Constant(i32, 1)])
+            _emit_prefetch(context, builder, ptr, builder.mul(*_item_bytes(context, aryty, args[2])))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -122,12 +117,17 @@ if AVAILABLE:
     _pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 
     @_jit
+    def _prefetch_ahead(table, rows, i):  # pragma: no cover - jitted
+        """Prefetch the row of ``table`` that a row loop at ``i`` reaches ``PREFETCH_AHEAD`` steps later."""
+        if i + PREFETCH_AHEAD < rows.shape[0]:
+            prefetch_row(table, rows[i + PREFETCH_AHEAD])
+
+    @_jit
     def gather_f32(agg, rows, out):  # pragma: no cover - jitted
         d = agg.shape[1]
         n = rows.shape[0]
         for i in range(n):
-            if i + PREFETCH_AHEAD < n:
-                prefetch_row(agg, rows[i + PREFETCH_AHEAD])
+            _prefetch_ahead(agg, rows, i)
             r = rows[i]
             for k in range(d):
                 out[i, k] = np.float32(agg[r, k])
@@ -138,8 +138,7 @@ if AVAILABLE:
         d = h.shape[1]
         n = rows.shape[0]
         for i in range(n):
-            if i + PREFETCH_AHEAD < n:
-                prefetch_row(h, rows[i + PREFETCH_AHEAD])
+            _prefetch_ahead(h, rows, i)
             r = rows[i]
             diff = False
             for k in range(d):
@@ -158,9 +157,8 @@ if AVAILABLE:
         d, ds = agg.shape[1], selfc.shape[1]
         n = rows.shape[0]
         for i in numba.prange(n):
-            if i + PREFETCH_AHEAD < n:
-                prefetch_row(agg, rows[i + PREFETCH_AHEAD])
-                prefetch_row(selfc, rows[i + PREFETCH_AHEAD])
+            _prefetch_ahead(agg, rows, i)
+            _prefetch_ahead(selfc, rows, i)
             r = rows[i]
             dg = max(deg[i], 1)
             for k in range(d):
@@ -218,17 +216,24 @@ if AVAILABLE:
         return outside
 
     @_jit
-    def append_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
-        """Pool entries ``block_append`` will take for ``owners`` (``count``: all-zero scratch, left so)."""
+    def _count_owners(owners, count):  # pragma: no cover - jitted
         for i in range(owners.shape[0]):
             count[owners[i]] += 1
+
+    @_jit
+    def _grown_cap(length, cap, o, c, min_block):  # pragma: no cover - jitted
+        """The capacity block ``o`` moves to when ``c`` entries are appended (0: it has room)."""
+        return max(length[o] + c, 2 * cap[o], min_block) if length[o] + c > cap[o] else 0
+
+    @_jit
+    def append_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
+        """Pool entries ``block_append`` will take for ``owners`` (``count``: all-zero scratch, left so)."""
+        _count_owners(owners, count)
         need = 0
         for i in range(owners.shape[0]):
             o = owners[i]
-            c = count[o]
-            if c > 0:
-                if length[o] + c > cap[o]:
-                    need += max(length[o] + c, 2 * cap[o], min_block)
+            if count[o] > 0:
+                need += _grown_cap(length, cap, o, count[o], min_block)
                 count[o] = 0
         return need
 
@@ -238,31 +243,16 @@ if AVAILABLE:
         then append each ``nbrs[i]`` to ``owners[i]``'s block in input order.  ``count`` is an all-zero
         scratch array (left all-zero).  Returns ``(used, garbage)`` after the append, or ``(-need, 0)``
         without changing anything when the pool needs ``need`` more entries first."""
-        for i in range(owners.shape[0]):
-            count[owners[i]] += 1
-        need = 0
-        for i in range(owners.shape[0]):
-            o = owners[i]
-            c = count[o]
-            if c > 0:
-                if length[o] + c > cap[o]:
-                    need += max(length[o] + c, 2 * cap[o], min_block)
-                count[o] = -c  # visited; restored below
-        for i in range(owners.shape[0]):
-            o = owners[i]
-            if count[o] < 0:
-                count[o] = -count[o]
+        need = append_need(length, cap, owners, count, min_block)
         if used + need > pool.shape[0]:
-            for i in range(owners.shape[0]):
-                count[owners[i]] = 0
             return -need, 0
+        _count_owners(owners, count)
         garbage = 0
         for i in range(owners.shape[0]):
             o = owners[i]
-            c = count[o]
-            if c > 0:
-                if length[o] + c > cap[o]:
-                    new_cap = max(length[o] + c, 2 * cap[o], min_block)
+            if count[o] > 0:
+                new_cap = _grown_cap(length, cap, o, count[o], min_block)
+                if new_cap:
                     s = start[o]
                     for k in range(length[o]):
                         pool[used + k] = pool[s + k]
@@ -446,6 +436,12 @@ if AVAILABLE:
     # and the next parallel kernel pays to wake them
     sum_rows = _pjit(_sum_rows)
 
+    @_jit
+    def _gat_logit(msg, er, u, v, col, h, slope):  # pragma: no cover - jitted
+        """``LeakyReLU(el_u + er_v)`` of head ``h`` (``el_u = msg[u, col]``), in float32."""
+        x = msg[u, col] + er[v, h]
+        return x * slope if x < 0 else x
+
     @_pjit
     def gat_aggregate(msg, er, indptr, src, heads, f, slope, out):  # pragma: no cover - jitted
         """GAT's attention-weighted sum for ``n`` rows, fused (no per-edge temporaries):
@@ -472,20 +468,12 @@ if AVAILABLE:
                     mx[:] = -np.inf
                     den[:] = 0.0
                     for e in range(s0, s1):
-                        u = src[e]
                         for h in range(heads):
-                            x = msg[u, hf + h] + er[v, h]
-                            if x < 0:
-                                x = x * sl
-                            if x > mx[h]:
-                                mx[h] = x
+                            mx[h] = max(mx[h], _gat_logit(msg, er, src[e], v, hf + h, h, sl))
                     for e in range(s0, s1):
                         u = src[e]
                         for h in range(heads):
-                            x = msg[u, hf + h] + er[v, h]
-                            if x < 0:
-                                x = x * sl
-                            w[h] = np.exp(x - mx[h])
+                            w[h] = np.exp(_gat_logit(msg, er, u, v, hf + h, h, sl) - mx[h])
                             den[h] += w[h]
                         for h in range(heads):
                             wh = w[h]
