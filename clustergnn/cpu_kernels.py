@@ -521,4 +521,49 @@ def warm_up() -> None:
         kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, i64), np.zeros(0, i64))
     gat_aggregate(np.zeros((2, 3), f32), np.zeros((1, 1), f32), np.array([0, 1], dtype=i64), one, 1, 2, 0.2,
                   np.zeros((1, 2), f32))
+    for apply in (False, True):
+        remove_pairs(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), np.zeros(1, i64), one, np.array([0, 1], i64),
+                     np.zeros(1, i64), apply)
     _warm = True
+
+
+if AVAILABLE:
+
+    @_pjit
+    def remove_pairs(start, length, pool, keys, want, gptr, avail, apply):  # pragma: no cover - jitted
+        """Count, and (``apply``) remove, entries of the blocks named by ``keys``.
+
+        ``keys`` are the distinct requested ``owner << 32 | neighbour`` pairs, sorted; ``want[k]`` copies
+        of pair ``k`` are to go; ``keys[gptr[g]:gptr[g+1]]`` share one owner.  Every owner's block is
+        scanned once (the neighbour looked up among that owner's requested pairs by binary search), so a
+        batch's removals cost O(sum of the touched blocks), with no gather or sort of them.  Counting
+        fills ``avail``; removing drops, for each pair, its first ``want[k]`` copies in block order (as
+        ``BlockAdjacency.find`` does) and closes the gaps."""
+        for g in numba.prange(gptr.shape[0] - 1):
+            k0, k1 = gptr[g], gptr[g + 1]
+            o = keys[k0] >> 32
+            s, n = start[o], length[o]
+            taken = np.zeros(k1 - k0, dtype=np.int64)
+            w = 0
+            for i in range(n):
+                v = np.int64(pool[s + i])
+                lo, hi = k0, k1  # binary search of (o, v) among this owner's requested pairs
+                target = (o << 32) | v
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if keys[mid] < target:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                hit = lo < k1 and keys[lo] == target
+                if not apply:
+                    if hit:
+                        avail[lo] += 1
+                    continue
+                if hit and taken[lo - k0] < want[lo]:
+                    taken[lo - k0] += 1
+                else:
+                    pool[s + w] = pool[s + i]
+                    w += 1
+            if apply:
+                length[o] = w

@@ -420,11 +420,11 @@ class Engine:
         saved_free = list(g._pending_free)
         frow = batch.feature_row_index()
         try:
-            if len(batch) and bool(np.isin(batch.kind, self._ADDS).all()) and self._add_segment(pend, batch, 0, len(batch),
-                                                                                              frow):
-                return self._merge(pend, into)  # the common case: a batch of additions only
+            if len(batch) and bool(np.isin(batch.kind, self._STRETCH).all()) and self._apply_stretch(
+                    pend, batch, 0, len(batch), frow):
+                return self._merge(pend, into)  # the common case: a batch of vertex and edge edits only
             for seg in self._segments(batch.runs()):
-                if len(seg) > 2 and self._add_segment(pend, batch, seg[0][1], seg[-1][2], frow):
+                if len(seg) > 2 and self._apply_stretch(pend, batch, seg[0][1], seg[-1][2], frow):
                     continue
                 for kind, a, b in seg:  # run by run; an invalid segment raises here, naming its first error
                     where = f"mutations [{a}, {b}) ({kind.name.lower()})"
@@ -454,32 +454,38 @@ class Engine:
         into.feat += pend.feat
         return into
 
-    _ADDS = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE)
+    _STRETCH = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE, MutationKind.REMOVE_EDGE)
 
     @classmethod
     def _segments(cls, runs: list[tuple[MutationKind, int, int]]) -> list[list[tuple[MutationKind, int, int]]]:
-        """The runs grouped into maximal stretches of vertex and edge additions (a stream's usual shape:
-        each new vertex arrives just before its first edges), other runs alone."""
+        """The runs grouped into maximal stretches of vertex additions and edge edits (a stream's usual
+        shape: each new vertex arrives just before its first edges, removals between additions), other
+        runs alone."""
         segs: list[list[tuple[MutationKind, int, int]]] = []
         for run in runs:
-            if segs and run[0] in cls._ADDS and segs[-1][-1][0] in cls._ADDS:
+            if segs and run[0] in cls._STRETCH and segs[-1][-1][0] in cls._STRETCH:
                 segs[-1].append(run)
             else:
                 segs.append([run])
         return segs
 
-    def _add_segment(self, pend: _Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
-        """Apply mutations ``[a, b)``, only vertex and edge additions, as one vertex add and one edge add.
+    def _apply_stretch(self, pend: _Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
+        """Apply mutations ``[a, b)`` (vertex additions, edge additions and removals) as one vertex add,
+        one edge removal and one edge add.
 
-        Additions commute once each is valid where it stands: a vertex must be new (not in the graph and
-        not added earlier in the stretch) and an edge's endpoints must exist when it comes (in the graph,
-        or added at an earlier position).  That is checked for the whole stretch first; if anything is
-        invalid, nothing is applied and False is returned, and the caller applies the runs one by one,
-        which raises the same error sequential application would.  Slots and adjacency order come out
-        as run-by-run application makes them.
+        Once each mutation is valid where it stands, the stretch means its net effect: the new vertices,
+        and per edge ``(u, v)`` its additions minus its removals.  Valid: a new vertex is not in the graph
+        and not added earlier; an edge's endpoints exist when it comes (in the graph, or added at an
+        earlier position); a removal finds a copy (the graph's copies plus those added earlier, minus
+        those removed earlier).  That is checked for the whole stretch first; if anything is invalid,
+        nothing is applied and False is returned, and the caller applies the runs one by one, which
+        raises the error sequential application meets first.  Edges added and removed again within the
+        stretch leave no trace (their dst's aggregate is unchanged), and slots come out as run by run;
+        only the order of entries within a block may differ, which changes no sum but its rounding.
         """
         g = self.graph
-        is_v = batch.kind[a:b] == MutationKind.ADD_VERTEX
+        kind = batch.kind[a:b]
+        is_v = kind == MutationKind.ADD_VERTEX
         v_at, e_at = np.flatnonzero(is_v), np.flatnonzero(~is_v)
         src, dst = batch.src[a:b], batch.dst[a:b]
         vids, es, ed = src[v_at], src[e_at], dst[e_at]
@@ -500,6 +506,13 @@ class Engine:
                 if not ((sv[i] == ids[miss]) & (v_at[order[i]] < e_at[miss])).all():
                     return False
                 fills.append((slots, miss, order[i]))
+        rem = kind[e_at] == MutationKind.REMOVE_EDGE
+        if rem.any():
+            if not self.fused:
+                return False  # counting copies needs the fused kernels: go run by run
+            net = self._net_edges(es, ed, ls, ld, rem)
+            if net is None:
+                return False
         if vids.size:
             feats = batch.features[frow[a + v_at[0]] : frow[a + v_at[-1]] + 1]
             try:
@@ -509,9 +522,45 @@ class Engine:
             new = self._add_vertices(pend, vids, feats, checked=True)
             for slots, miss, k in fills:
                 slots[miss] = new[k]
-        if es.size:
-            self._add_edges(pend, ls, ld)
+        if not rem.any():
+            if es.size:
+                self._add_edges(pend, ls, ld)
+            return True
+        rep, count = net  # net edges: a representative event each, and copies to add (> 0) or remove
+        s, d = ls[rep], ld[rep]
+        gone = count < 0
+        if gone.any():
+            self._remove_edges(pend, np.repeat(s[gone], -count[gone]), np.repeat(d[gone], -count[gone]))
+        if (~gone).any():
+            self._add_edges(pend, np.repeat(s[~gone], count[~gone]), np.repeat(d[~gone], count[~gone]))
         return True
+
+    def _net_edges(self, es: np.ndarray, ed: np.ndarray, ls: np.ndarray, ld: np.ndarray,
+                   rem: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The net effect of a stretch's edge events (ids ``es -> ed``, slots ``ls, ld``, -1 for vertices
+        added in the stretch): ``(representative event, net copies)`` per edge whose count changes, or
+        None if some removal finds no copy (the graph's copies plus earlier additions minus earlier
+        removals)."""
+        n = len(es)
+        order = np.lexsort((np.arange(n), es, ed))  # per edge (by dst, src), its events in stretch order
+        ss, ds = es[order], ed[order]
+        first = np.flatnonzero(np.concatenate(([True], (ss[1:] != ss[:-1]) | (ds[1:] != ds[:-1]))))
+        sizes = np.diff(np.append(first, n))
+        rep = order[first]
+        sign = np.where(rem, -1, 1)[order]
+        have = np.zeros(len(first), dtype=np.int64)
+        old = (ls[rep] >= 0) & (ld[rep] >= 0)  # both endpoints in the graph: count its copies there
+        if old.any():
+            s_old, d_old = ls[rep][old], ld[rep][old]
+            keys, copies = self.graph.inn.count_pairs(d_old, s_old)
+            have[old] = copies[np.searchsorted(keys, (d_old << 32) | s_old)]
+        run = np.cumsum(sign)
+        level = run - np.repeat(run[first] - sign[first], sizes) + np.repeat(have, sizes)
+        if (level < 0).any():
+            return None
+        net = np.add.reduceat(sign, first)
+        keep = net != 0
+        return rep[keep], net[keep]
 
     def _add_vertices(self, pend: _Pending, ids: np.ndarray, feats: torch.Tensor, checked: bool = False) -> np.ndarray:
         g = self.graph
@@ -535,6 +584,13 @@ class Engine:
         pend.edges.add_src.append(s)
         pend.edges.add_dst.append(d)
         pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
+
+    def _remove_edges(self, pend: _Pending, s: np.ndarray, d: np.ndarray) -> None:
+        g = self.graph
+        g.remove_edges_slots(s, d)
+        pend.edges.rem_src.append(s)
+        pend.edges.rem_dst.append(d)
+        pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))
 
     def _apply_run(self, pend: _Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
                    frow: np.ndarray, where: str) -> None:
@@ -567,11 +623,7 @@ class Engine:
         elif kind is MutationKind.ADD_EDGE:
             self._add_edges(pend, g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex"))
         elif kind is MutationKind.REMOVE_EDGE:
-            s, d = g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex")
-            g.remove_edges_slots(s, d)
-            pend.edges.rem_src.append(s)
-            pend.edges.rem_dst.append(d)
-            pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))
+            self._remove_edges(pend, g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex"))
         else:  # pragma: no cover - MutationBatch rejects unknown kinds
             raise MutationError(f"unknown mutation kind {kind!r}")
 

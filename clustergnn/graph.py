@@ -211,8 +211,33 @@ class BlockAdjacency:
         """Remove one entry per ``(owners[i], nbrs[i])`` pair; raise before changing anything if missing."""
         if len(owners) == 0:
             return
+        if cpu_kernels.enabled():
+            self._remove_fused(owners, nbrs)
+            return
         uniq, e_owner, e_val, removed = self.find(owners, nbrs)
         self.rewrite(uniq, e_owner, e_val, ~removed)
+
+    def count_pairs(self, owners: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(keys, copies)``: the distinct ``owner << 32 | neighbour`` pairs asked about, sorted, and how
+        many entries of each the blocks hold (one scan of each touched block; fused kernels only)."""
+        keys = np.unique((owners.astype(np.int64) << 32) | nbrs.astype(np.int64))
+        gptr = np.flatnonzero(np.diff(keys >> 32, prepend=-1, append=-2)).astype(np.int64)
+        copies = np.zeros(len(keys), dtype=np.int64)
+        cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, copies, gptr, copies, False)
+        return keys, copies
+
+    def _remove_fused(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
+        """``remove`` through ``cpu_kernels.remove_pairs``: count every requested pair's copies first (and
+        raise like ``find``, for the smallest pair short of copies), then remove; same blocks as ``find``."""
+        keys, want = np.unique((owners.astype(np.int64) << 32) | nbrs.astype(np.int64), return_counts=True)
+        gptr = np.flatnonzero(np.diff(keys >> 32, prepend=-1, append=-2)).astype(np.int64)
+        avail = np.zeros(len(keys), dtype=np.int64)
+        cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, want, gptr, avail, False)
+        short = np.flatnonzero(avail < want)
+        if short.size:
+            k = int(keys[short[0]])
+            raise _MissingEntry(k >> 32, k & 0xFFFFFFFF, int(want[short[0]]), int(avail[short[0]]))
+        cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, want, gptr, avail, True)
 
     def remove_values(self, owners: np.ndarray, drop: np.ndarray) -> None:
         """In the blocks of ``owners`` drop every entry whose neighbour is marked in boolean ``drop``."""
@@ -483,12 +508,11 @@ class MutableGraph:
         if len(src) == 0:
             return
         try:
-            found = self.inn.find(dst, src)
+            self.inn.remove(dst, src)
         except _MissingEntry as e:
             s_id, d_id = int(self.ext_of[e.nbr]), int(self.ext_of[e.owner])
             have = "it does not exist" if e.present == 0 else f"only {e.present} of {e.wanted} copies exist"
             raise MutationError(f"cannot remove edge {s_id} -> {d_id}: {have}") from None
-        self.inn.rewrite(found[0], found[1], found[2], ~found[3])
         self.out.remove(src, dst)  # present: the two directions always mirror each other
 
     def in_edges(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -125,6 +125,17 @@ STRETCH_BAD = {
     "vertex added twice": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(20)),
         "mutations [2, 3) (add_vertex): cannot add vertex 20: it already exists"),
+    "removing an edge that is not there yet": (
+        _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.remove_edges([0], [20]),
+                 MutationBatch.add_edges([0], [20])),
+        "mutations [2, 3) (remove_edge): cannot remove edge 0 -> 20: it does not exist"),
+    "removing one copy too many": (
+        _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.remove_edges([20, 20], [0, 0])),
+        "mutations [2, 4) (remove_edge): cannot remove edge 20 -> 0: only 1 of 2 copies exist"),
+    "removing a graph edge twice": (
+        _stretch(_v(20), MutationBatch.remove_edges([0], [1]), MutationBatch.add_edges([20], [0]),
+                 MutationBatch.remove_edges([0], [1])),
+        "mutations [3, 4) (remove_edge): cannot remove edge 0 -> 1: it does not exist"),
     "existing vertex": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(1)),
         "mutations [2, 3) (add_vertex): cannot add vertex 1: it already exists"),
@@ -143,10 +154,12 @@ def test_bad_stretch_of_additions_is_rejected_whole(eng: Engine, case: str) -> N
 
 
 def test_stretch_of_additions_equals_one_by_one(eng: Engine) -> None:
-    """Interleaved additions applied as one stretch give the same graph, slots and embeddings (to the
-    last bit of the structure, to float tolerance of the values) as one mutation per batch."""
-    muts = [_v(20, 0.5), MutationBatch.add_edges([20, 0], [0, 20]), _v(21, -1.0), MutationBatch.add_edges([21, 21], [20, 1]),
-            _v(22, 2.0), MutationBatch.add_edges([22, 20, 2], [21, 22, 22])]
+    """Interleaved vertex additions and edge additions and removals applied as one stretch (their net
+    effect) give the same graph, slots and embeddings (the structure exactly, the values to float
+    tolerance) as one mutation per batch."""
+    muts = [_v(20, 0.5), MutationBatch.add_edges([20, 0], [0, 20]), MutationBatch.remove_edges([0], [1]),
+            _v(21, -1.0), MutationBatch.add_edges([21, 21, 0], [20, 1, 1]), MutationBatch.remove_edges([20, 21], [0, 1]),
+            _v(22, 2.0), MutationBatch.add_edges([22, 20, 2, 20], [21, 22, 22, 0]), MutationBatch.remove_edges([2], [3])]
     other = Engine.from_dgl(build("sage-pool"), dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4),
                             torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)))
     eng.apply(MutationBatch.concat(muts))
