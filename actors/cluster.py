@@ -67,6 +67,14 @@ class RoundStats:
         return now
 
 
+def _owner_env(num_cpus: float) -> dict:
+    """Environment of an owner's process: its numba kernels get as many threads as the actor has CPUs
+    (at least one).  Set before the process imports numba, which sizes its thread pool then; a pool
+    larger than the threads used leaves idle workers that measurably slow rounds (served staleness p50
+    139 ms vs 55 ms in the demo with four owners on two cores)."""
+    return {"env_vars": {"NUMBA_NUM_THREADS": str(max(1, int(num_cpus)))}}
+
+
 class Cluster:
     """P partition owners on Ray plus the round loop; an ``EmbeddingBackend`` for the gateway."""
 
@@ -134,7 +142,7 @@ class Cluster:
         remote = ray.remote(PartitionOwner)
         self.owners = [
             remote.options(num_cpus=cc.actor_num_cpus, num_gpus=cc.actor_num_gpus, name=f"clustergnn-owner-{p}",
-                           max_restarts=0).remote(p, self.config, self.layers, self.pmap, self.feature_dim,
+                           max_restarts=0, runtime_env=_owner_env(cc.actor_num_cpus)).remote(p, self.config, self.layers, self.pmap, self.feature_dim,
                                                   None, self._activation)
             for p in range(self.P)
         ]

@@ -492,6 +492,14 @@ if AVAILABLE:
 _warm = False
 
 
+def use_threads(n: int) -> None:
+    """Run the parallel kernels on ``n`` threads at most (an engine passes torch's thread count, so a
+    process that shares the machine with others, like a partition owner with ``torch.set_num_threads(1)``,
+    does not run two busy-waiting thread pools per process on the same cores)."""
+    if AVAILABLE:
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types the engine
     passes, once per process, so that an engine's first batch does not pay seconds of compilation."""

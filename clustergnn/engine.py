@@ -192,6 +192,7 @@ class Engine:
         # fused CPU kernels (cpu_kernels.py) where the caches live on the CPU; torch ops elsewhere
         self.fused = self.device.type == "cpu" and cpu_kernels.enabled()
         if self.fused:
+            cpu_kernels.use_threads(torch.get_num_threads())
             cpu_kernels.warm_up()
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
