@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
+
+# Compiled kernels are cached next to this file; where that is read-only (an installed package in a
+# locked-down image) and no cache directory is configured, use a temporary one instead.
+if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK):
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "clustergnn-numba-cache")
 
 try:  # pragma: no cover - exercised by whichever environment runs the tests
     import numba
