@@ -1,20 +1,28 @@
-"""Fused CPU kernels for the incremental hot path (numba), used when the caches live on the CPU.
+"""Fused CPU kernels for the engine's hot path (numba), used when the caches live on the CPU.
 
-The torch path expresses a sum-delta update as "gather one row per contribution, then scatter-add":
-it materialises an ``(E, D)`` float64 temporary and walks the aggregate table twice.  These kernels do
-the same arithmetic in one pass with no temporaries, which is what a batch of a few hundred edges is
-bound by on a CPU (memory traffic, not flops).  The arithmetic is the same, operation for operation:
+On a CPU, a batch of a few hundred edges is bound by memory traffic and latency, not flops: torch
+expresses a sum delta as "gather one row per contribution, then scatter-add", which materialises an
+``(E, D)`` float64 temporary and walks the aggregate table twice, and finish, store and change
+detection are more passes over the affected rows.  These kernels do the same arithmetic, operation for
+operation, in one pass each (see ``docs/engine.md``):
 
-* ``sum_rows``: ``a'_v = a_v + sum_{E+} m_u - sum_{E-} m_u + sum_{(u,v), u in S} (m'_u - m_u)`` with every
-  term widened to float64 before it is added (``m'_u - m_u`` of two float32 values is exact in float64),
-  grouped by row, then ``m_u := m'_u``; and, where the rule's finish has no matmul, the row's output
-  ``h_v = act(self_v + norm(a'_v) + b)`` written and compared bit-for-bit while the row is hot;
-* ``gather_f32``: the float32 rows of the float64 aggregate that a torch ``finish`` reads;
-* ``store_changed``: writes ``h[rows] = out`` and reports which rows changed bit-for-bit (the stop
-  condition of propagation) in the same pass.
+* ``sum_rows``: a sum layer, ``a'_v = a_v + sum_{E+} m_u - sum_{E-} m_u + sum_{(u,v), u in S} (m'_u - m_u)``
+  with every term widened to float64 (``m'_u - m_u`` of two float32 values is exact in float64),
+  bucketed by row and added in sequential order (bit-identical to the torch path), then, where the
+  rule's finish has no matmul, ``h_v = act(self_v + norm(a'_v) + b)`` written and compared bit-for-bit
+  while the row is hot;
+* ``gather_mean_self`` / ``gather_f32`` / ``store_changed``: the gathers and the store (with the stop
+  condition of propagation) around a finish that needs a GEMM;
+* ``gat_aggregate``: GAT's softmax and weighted sum per row, without per-edge temporaries;
+* graph edits: ``unique_live`` (bitmap dedupe), ``lookup_direct`` (ids to slots), ``append_need`` /
+  ``block_append_pair`` (adjacency appends, both directions at once), ``remove_pairs`` (removals by
+  one scan of each touched block), ``gather_blocks`` (CSR of a set of blocks).
 
-Set ``CLUSTERGNN_KERNELS=torch`` to use the plain torch path everywhere (it is also the CUDA path); the
-test suite runs both.  Without numba installed, the torch path is used.
+Row loops prefetch a few rows ahead (``prefetch_row``, an LLVM intrinsic): the rows are scattered over
+tables far larger than the caches.  Parallel kernels use at most torch's thread count
+(:func:`use_threads`).  ``CLUSTERGNN_KERNELS=torch`` (or :func:`disabled`) selects the plain
+numpy/torch path, which is also the CUDA path; the tests hold both to DGL.  Without numba installed,
+the plain path is used.
 """
 
 from __future__ import annotations
