@@ -130,9 +130,6 @@ class BlockAdjacency:
         """Append ``nbrs[i]`` to the block of ``owners[i]`` (vectorised, grouped by owner)."""
         if len(owners) == 0:
             return
-        if cpu_kernels.enabled():
-            self._append_fused(np.ascontiguousarray(owners, dtype=np.int64), np.ascontiguousarray(nbrs, dtype=np.int32))
-            return
         order = argsort_stable(owners)
         o, nb = owners[order], nbrs[order]
         first = np.flatnonzero(np.concatenate(([True], o[1:] != o[:-1])))
@@ -155,20 +152,6 @@ class BlockAdjacency:
         rank = np.arange(len(o)) - np.repeat(first, counts)
         self.pool[self.start[o] + self.length[o] + rank] = nb
         self.length[uniq] += counts
-        if self.garbage > max(self.used // 2, 1 << 16):
-            self.compact()
-
-    def _append_fused(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
-        if len(self._count) < len(self.start):
-            self._count = np.zeros(len(self.start), dtype=np.int64)
-        while True:
-            used, garbage = cpu_kernels.block_append(self.start, self.length, self.cap, self.pool, self.used, owners,
-                                                     nbrs, self._count, _MIN_BLOCK)
-            if used >= 0:
-                break
-            self._reserve_pool(-used)
-        self.used = used
-        self.garbage += garbage
         if self.garbage > max(self.used // 2, 1 << 16):
             self.compact()
 

@@ -13,7 +13,6 @@ import threading
 
 import numpy as np
 
-from clustergnn.errors import UnknownVertexError
 from clustergnn.graph import MutableGraph
 from clustergnn.partitioned import Published
 

@@ -26,6 +26,7 @@ from streams.wire import (
     sniff_format,
     split_by_owner,
 )
+from tests.batches import assert_same
 
 PM = HashPartitionMap(4)
 F = 3
@@ -47,15 +48,6 @@ def mixed_batch() -> MutationBatch:
             MutationBatch.add_edges([-4], [-3]),  # -3 mod 4 == 1
         ]
     )
-
-
-def assert_same(a: MutationBatch, b: MutationBatch) -> None:
-    np.testing.assert_array_equal(a.kind, b.kind)
-    np.testing.assert_array_equal(a.src, b.src)
-    np.testing.assert_array_equal(a.dst, b.dst)
-    assert a.features.shape[0] == b.features.shape[0]
-    if a.features.shape[0]:
-        torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
 
 
 def ok(value: bytes | None, key: bytes | None = None, partition: int = 1, feature_dim: int | None = F) -> DecodedRecord:

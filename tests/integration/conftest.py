@@ -12,9 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import pytest
-import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from clustergnn.mutations import MutationBatch
@@ -95,15 +93,6 @@ def read_all(bootstrap: str, topic: str, partitions: list[int], expect: int, tim
     finally:
         c.close()
     return got
-
-
-def assert_same(a: MutationBatch, b: MutationBatch) -> None:
-    np.testing.assert_array_equal(a.kind, b.kind)
-    np.testing.assert_array_equal(a.src, b.src)
-    np.testing.assert_array_equal(a.dst, b.dst)
-    assert a.features.shape[0] == b.features.shape[0]
-    if a.features.shape[0]:
-        torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="session")

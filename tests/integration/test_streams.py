@@ -17,7 +17,8 @@ from streams.errors import StreamError
 from streams.producer import MutationProducer
 from streams.topics import dead_letter_topic_for, ensure_topic, ensure_topics
 from streams.wire import SCHEMA_VERSION_KEY, DecodeErrorCode, batch_routing_ids, encode_arrow, split_by_owner
-from tests.integration.conftest import assert_same, drain, joined, raw_send, read_all
+from tests.batches import assert_same
+from tests.integration.conftest import drain, joined, raw_send, read_all
 
 pytestmark = pytest.mark.integration
 

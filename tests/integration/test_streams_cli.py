@@ -19,7 +19,8 @@ from clustergnn.partition import HashPartitionMap
 from streams.broker import BrokerRecord, free_port, probe
 from streams.consumer import MutationConsumer
 from streams.wire import split_by_owner
-from tests.integration.conftest import assert_same, drain, joined
+from tests.batches import assert_same
+from tests.integration.conftest import drain, joined
 
 pytestmark = pytest.mark.integration
 

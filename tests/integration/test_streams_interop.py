@@ -20,7 +20,8 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import HashPartitionMap
 from streams.consumer import H_REASON, MutationConsumer
 from streams.topics import dead_letter_topic_for, ensure_topics
-from tests.integration.conftest import assert_same, drain, joined, read_all
+from tests.batches import assert_same
+from tests.integration.conftest import drain, joined, read_all
 
 pytestmark = pytest.mark.integration
 
