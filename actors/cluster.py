@@ -26,6 +26,7 @@ import torch
 
 from clustergnn.config import Config
 from clustergnn.errors import UnknownVertexError
+from clustergnn.freshness import Freshness
 from clustergnn.models import activation as activation_fn
 from clustergnn.models import feature_dim as model_feature_dim
 from clustergnn.models import load_layers
@@ -42,13 +43,6 @@ from clustergnn.serving import (
 )
 
 log = logging.getLogger(__name__)
-
-MAX_IDS_PER_READ = 100_000
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
-
 
 @dataclass
 class RoundStats:
@@ -85,9 +79,7 @@ class Cluster:
         self.P = config.cluster.partitions
         self.pmap = self._partition_map(config)
         self.owners: list = []
-        self.watermark: dict[int, int] = {p: 0 for p in range(self.P)}
-        self._visible_p: dict[int, float | None] = {p: None for p in range(self.P)}
-        self.visible_ms: float | None = None
+        self.freshness = Freshness(self.P)  # watermarks and visible times; guarded by self._cond
         self.round_id = 0
         self.stats = RoundStats()
         self.healthy = False
@@ -253,14 +245,8 @@ class Cluster:
             if busy and self.replica is not None:
                 self.replica.apply([x for x in published if x is not None])
             for rep in reports:
-                p = rep.partition
-                self.watermark[p] = rep.visible_offset
-                if rep.oldest_pending_ts_ms is not None:
-                    self._visible_p[p] = float(rep.oldest_pending_ts_ms)
-                elif rep.caught_up_at_ms is not None:
-                    self._visible_p[p] = float(rep.caught_up_at_ms)
-            vs = list(self._visible_p.values())
-            self.visible_ms = None if any(v is None for v in vs) else min(vs)
+                self.freshness.report(rep.partition, rep.visible_offset, oldest_pending_ts_ms=rep.oldest_pending_ts_ms,
+                                      caught_up_at_ms=rep.caught_up_at_ms)
             self.stats.rounds += 1
             self.stats.mutations += sum(rep.mutations for rep in reports)
             self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
@@ -294,41 +280,47 @@ class Cluster:
 
     def wait_for(self, offsets: Offsets, timeout_s: float = 60.0) -> None:
         """Block until every ``(partition, offset)`` is visible."""
-        deadline = time.monotonic() + timeout_s
         with self._cond:
-            while not all(self.watermark.get(int(p), 0) > int(o) for p, o in offsets.items()):
-                self._raise_if_down()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StalenessDeadlineError(f"offsets {dict(offsets)} not visible after {timeout_s}s; "
-                                                 f"watermark {self.watermark}")
-                self._cond.wait(min(left, 0.1))
+            verdict = self.freshness.wait(None, offsets, timeout_s=timeout_s, sleep=self._cond.wait, poll_s=0.1,
+                                          before_check=self._raise_if_down)
+        if not verdict.met:
+            raise StalenessDeadlineError(f"offsets {dict(offsets)} not visible after {timeout_s}s; "
+                                         f"watermark {verdict.watermark}")
 
     # ------------------------------------------------------------------ reads
+    @property
+    def watermark(self) -> dict[int, int]:
+        """Kafka partition -> next offset not yet visible (a copy)."""
+        with self._cond:
+            return self.freshness.watermark
+
+    @property
+    def visible_ms(self) -> float | None:
+        """The moment before which every produced record is visible (None until every partition reported)."""
+        with self._cond:
+            return self.freshness.visible_ms
+
     def staleness_ms(self) -> float | None:
-        v = self.visible_ms
-        return None if v is None else max(0.0, now_ms() - v)
+        with self._cond:
+            return self.freshness.staleness_ms()
 
     def _raise_if_down(self) -> None:
         if not self.healthy:
             why = f": {self.error!r}" if self.error else ""
             raise PartitionUnavailableError(f"the cluster is not serving{why}")
 
-    def _check_read(self, ids: np.ndarray, layer: int, max_staleness_ms: float | None, min_offsets: Offsets | None) -> int:
+    def _check_read(self, ids: np.ndarray, layer: int, max_staleness_ms: float | None,
+                    min_offsets: Offsets | None) -> int:
         if ids.ndim != 1:
             raise InvalidReadError(f"vertex_ids must be one-dimensional, got shape {ids.shape}")
-        if len(ids) > MAX_IDS_PER_READ:
-            raise InvalidReadError(f"too many ids in one read: {len(ids)} > {MAX_IDS_PER_READ}")
+        limit = self.config.gateway.max_ids_per_request
+        if len(ids) > limit:
+            raise InvalidReadError(f"too many ids in one read: {len(ids)} > {limit} (gateway.max_ids_per_request)")
         top = self.num_layers
         if not -top - 1 <= layer <= top:
-            raise InvalidReadError(f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), got {layer}")
-        if max_staleness_ms is not None and not max_staleness_ms >= 0:
-            raise InvalidReadError(f"max_staleness_ms must be >= 0, got {max_staleness_ms}")
-        for p, o in (min_offsets or {}).items():
-            if not 0 <= int(p) < self.P:
-                raise InvalidReadError(f"min_offsets names partition {p}; partitions are 0..{self.P - 1}")
-            if int(o) < 0:
-                raise InvalidReadError(f"min_offsets[{p}] must be >= 0, got {o}")
+            raise InvalidReadError(f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), "
+                                   f"got {layer}")
+        self.freshness.validate(max_staleness_ms, min_offsets)
         return layer % (top + 1)
 
     def read(self, ids, *, layer: int = -1, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None,
@@ -338,26 +330,17 @@ class Cluster:
         ids = np.asarray(ids, dtype=np.int64)
         resolved = self._check_read(ids, int(layer), max_staleness_ms, min_offsets)
         deadline = time.monotonic() + timeout_s
+        fresh = self.freshness
         while True:
             with self._cond:
-                while True:
-                    self._raise_if_down()
-                    stale = self.staleness_ms()
-                    ok = max_staleness_ms is None or (stale is not None and stale <= max_staleness_ms)
-                    ok = ok and all(self.watermark.get(int(p), 0) > int(o) for p, o in (min_offsets or {}).items())
-                    if ok:
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise StalenessDeadlineError(
-                            f"bound not met within {timeout_s * 1000:.0f} ms: staleness "
-                            f"{'unknown' if stale is None else f'{stale:.0f} ms'} (max_staleness_ms={max_staleness_ms}), "
-                            f"watermark {self.watermark} (min_offsets={dict(min_offsets or {})})")
-                    self._cond.wait(min(left, 0.05))
-                visible, watermark = self.visible_ms, dict(self.watermark)
+                verdict = fresh.wait(max_staleness_ms, min_offsets, timeout_s=max(deadline - time.monotonic(), 0.0),
+                                     sleep=self._cond.wait, before_check=self._raise_if_down)
+            if not verdict.met:
+                raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
+            visible, watermark = verdict.visible_ms, verdict.watermark
             if resolved == self.num_layers and self.replica is not None:
                 emb, ver = self.replica.get(ids)
-                stale = 0.0 if visible is None else max(0.0, now_ms() - visible)
+                stale = fresh.staleness_at(visible) or 0.0
                 if max_staleness_ms is None or stale <= max_staleness_ms:
                     return ReadResult(emb, ver, stale, watermark, resolved)
                 continue  # the bound slipped while reading: wait again
@@ -368,7 +351,8 @@ class Cluster:
                 got = ray.get([self.owners[p].read.remote(ids[idx], resolved) for p, idx in parts],
                               timeout=max(deadline - time.monotonic(), 0.001))
             except ray.exceptions.GetTimeoutError:
-                raise StalenessDeadlineError(f"read of {len(ids)} ids did not finish within {timeout_s * 1000:.0f} ms") from None
+                raise StalenessDeadlineError(f"read of {len(ids)} ids did not finish within "
+                                             f"{timeout_s * 1000:.0f} ms") from None
             except ray.exceptions.RayActorError as exc:
                 raise PartitionUnavailableError(f"a partition owner is down: {exc}") from None
             except UnknownVertexError as exc:
@@ -383,7 +367,7 @@ class Cluster:
             for (p, idx), (e, v) in zip(parts, got):
                 emb[idx] = e
                 ver[idx] = v
-            stale = 0.0 if visible is None else max(0.0, now_ms() - visible)
+            stale = fresh.staleness_at(visible) or 0.0
             if max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
                 if max_staleness_ms is not None and stale > max_staleness_ms:
                     raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {max_staleness_ms} ms")
@@ -398,16 +382,17 @@ class Cluster:
             raw = ray.get([o.status.remote() for o in self.owners], timeout=10)
         except Exception:  # noqa: BLE001 - report the cluster as down rather than fail the status call
             raw = [None] * self.P
+        watermark, staleness = self.watermark, self.staleness_ms()
         for p in range(self.P):
             s = raw[p]
             parts.append(PartitionStatus(
                 partition=p, alive=s is not None and self.healthy, num_vertices=(s or {}).get("vertices", 0),
-                watermark={p: self.watermark[p]}, lag=(s or {}).get("pending", 0),
+                watermark={p: watermark[p]}, lag=(s or {}).get("pending", 0),
                 applied_mutations=(s or {}).get("applied", 0), mutations_per_s=(s or {}).get("mutations_per_s", 0.0)))
         rms = list(self.stats.round_ms)
         extra = {f"step_{k}_ms_p50": float(np.percentile(list(v), 50)) for k, v in self.stats.step_ms.items() if v}
         extra |= {
-            "staleness_ms": self.staleness_ms() if self.staleness_ms() is not None else -1.0,
+            "staleness_ms": staleness if staleness is not None else -1.0,
             "rounds": float(self.stats.rounds),
             "busy_rounds": float(self.stats.busy_rounds),
             "round_ms_p50": float(np.percentile(rms, 50)) if rms else 0.0,
@@ -415,4 +400,4 @@ class Cluster:
             "message_bytes": float(self.stats.message_bytes),
             "dead_letters": float(self.stats.dead_letters),
         }
-        return ClusterStatus(parts, dict(self.watermark), self.num_layers, self.dims[1:], extra)
+        return ClusterStatus(parts, watermark, self.num_layers, self.dims[1:], extra)

@@ -80,7 +80,7 @@ class PartitionOwner:
                                          kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms})
         self.pending: list[_Pending] = []
         self.next_offset = start_offset or 0
-        self.pending_timeout_s = 10.0
+        self.pending_timeout_s = config.cluster.pending_timeout_s
         self.applied = 0
         self.dead_letters = 0
         self.round_id = 0

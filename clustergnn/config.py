@@ -6,10 +6,10 @@ variables are not read here: the CLI maps its flags onto a ``Config`` in one pla
 
 Example (JSON)::
 
-    {"kafka": {"bootstrap": "kafka:9092", "partitions": 8},
+    {"kafka": {"bootstrap": "kafka:9092"},
      "model": {"builtin": "sage", "in_dim": 64, "hidden": 128, "out_dim": 64},
      "graph": {"dataset": "facebook-wosn-links"},
-     "cluster": {"collaborative": true},
+     "cluster": {"partitions": 8, "collaborative": true},
      "gateway": {"host": "0.0.0.0", "port": 50051, "tls_cert": "/tls/tls.crt", "tls_key": "/tls/tls.key",
                  "tokens_file": "/auth/tokens"}}
 """
@@ -17,7 +17,10 @@ Example (JSON)::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,26 +106,118 @@ class ClusterConfig:
     """An existing Ray cluster (``auto`` inside KubeRay pods); ``None`` starts a local one on 127.0.0.1."""
     ray_num_cpus: int | None = None
     """CPUs a locally started Ray reports; more than the cores avoids actor-placement deadlocks."""
+    pending_timeout_s: float = 10.0
+    """How long an owner keeps a mutation that waits for a vertex no partition knows yet (an edge from a
+    remote source not added yet) before dead-lettering it with reason ``unknown_vertex``."""
     snapshot_dir: str | None = None
-    """Where owners write snapshots (for recovery); ``None`` disables snapshots."""
+    """Reserved for owner snapshots, which are not implemented yet: must be null (recovery replays each
+    Kafka partition from its earliest offset)."""
 
 
 @dataclass(frozen=True)
-class GatewayConfigSection:
+class GatewayConfig:
+    """How the gRPC gateway listens, secures and limits itself; ``GatewayServer`` takes it as it is.
+
+    TLS and bearer tokens are both required to serve unless ``insecure_local`` is set, which only a
+    loopback ``host`` may use; with it, either may still be given and is then enforced.  That requirement
+    is checked when a gateway is built (:meth:`require_secure`), so the config of a cluster that runs no
+    gateway needs neither.
+    """
+
     host: str = "127.0.0.1"
-    """Address the gRPC gateway binds (loopback unless deployed)."""
+    """Address to bind: loopback unless deployed.  Anything but loopback requires TLS and tokens."""
     port: int = 50051
-    """gRPC port (0 picks a free one)."""
+    """gRPC port; 0 picks a free one (read it back from ``GatewayServer.port``)."""
     metrics_port: int | None = 9464
-    """Prometheus endpoint port (``None`` disables it)."""
+    """Port of the Prometheus endpoint, on ``host``; 0 picks a free one, ``None`` disables it."""
     tls_cert: str | None = None
-    """PEM certificate file; with ``tls_key`` turns TLS on."""
+    """PEM certificate chain of the server; together with ``tls_key`` turns TLS on."""
     tls_key: str | None = None
-    """PEM private key file."""
+    """PEM private key of the server."""
     tokens_file: str | None = None
-    """File with one bearer token per line."""
+    """File of accepted bearer tokens (one per line or comma-separated, ``#`` comments); the tokens in
+    ``$CLUSTERGNN_GATEWAY_TOKENS`` are accepted too.  The file is read when the gateway starts."""
+    tokens: tuple[str, ...] | None = field(default=None, repr=False)  # never print secrets
+    """Accepted bearer tokens given inline (tests, embedding); prefer ``tokens_file`` in deployments.
+    With neither, authentication is off (allowed only with ``insecure_local``)."""
     insecure_local: bool = False
-    """Explicitly allow no TLS and no tokens (only on a loopback host)."""
+    """Explicitly allow running without TLS and/or tokens, on a loopback host only."""
+    max_ids_per_request: int = 10_000
+    """Largest number of vertex ids in one read: a GetEmbeddings or Watch request at the gateway, and a
+    ``Cluster.read`` call (the one limit of both)."""
+    max_mutations_per_request: int = 1_000_000
+    """Largest number of mutations one Apply may carry."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """gRPC send/receive message limit."""
+    default_deadline_s: float = 5.0
+    """Longest a read may wait for its freshness bound; a shorter client gRPC deadline wins."""
+    max_workers: int = 32
+    """Server threads; each in-flight unary call and each open Watch holds one."""
+    max_watches: int = 16
+    """Concurrent Watch streams; more are refused with RESOURCE_EXHAUSTED so reads keep threads."""
+    watch_poll_interval_s: float = 0.05
+    """How often a Watch re-reads its vertices to detect new versions."""
+    health_poll_interval_s: float = 0.5
+    """How often the health monitor asks ``backend.status()``."""
+
+    def __post_init__(self) -> None:
+        # paths may be given as Path and tokens as a list (JSON): store the declared types
+        for name in ("tls_cert", "tls_key", "tokens_file"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        if isinstance(self.tokens, list):
+            object.__setattr__(self, "tokens", tuple(self.tokens))
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None or name == "port":
+                _check(isinstance(value, int) and 0 <= value <= 65535,
+                       f"gateway.{name} must be in [0, 65535]{' or null' if name == 'metrics_port' else ''}, "
+                       f"got {value!r}")
+        _check((self.tls_cert is None) == (self.tls_key is None),
+               f"TLS needs both gateway.tls_cert and gateway.tls_key, got cert={self.tls_cert!r}, key={self.tls_key!r}")
+        if self.tokens is not None:
+            _check(isinstance(self.tokens, tuple) and bool(self.tokens)
+                   and all(isinstance(t, str) and t.strip() for t in self.tokens),
+                   f"gateway.tokens must be a non-empty tuple of non-blank strings or None, "
+                   f"got {len(self.tokens)} token(s)")
+        if self.insecure_local:
+            _check(is_loopback(self.host),
+                   f"gateway.insecure_local is only allowed on a loopback host, got host={self.host!r}")
+        for name in ("max_ids_per_request", "max_mutations_per_request", "max_message_bytes", "max_workers",
+                     "max_watches"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"gateway.{name} must be an integer >= 1, got {value!r}")
+        for name in ("default_deadline_s", "watch_poll_interval_s", "health_poll_interval_s"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                   f"gateway.{name} must be a finite number > 0, got {value!r}")
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.tokens is not None or self.tokens_file is not None
+
+    def require_secure(self) -> None:
+        """Raise :class:`ConfigError` unless TLS and tokens are both on, or ``insecure_local`` is set."""
+        if self.insecure_local:
+            return
+        missing = [name for name, off in (("TLS", not self.tls_enabled), ("tokens", not self.auth_enabled)) if off]
+        _check(not missing, f"the gateway requires TLS and bearer tokens; missing {missing}. "
+                            "Set gateway.insecure_local=True to run without them on a loopback host")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -131,7 +226,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    gateway: GatewayConfigSection = field(default_factory=GatewayConfigSection)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -175,7 +270,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None and dataclasses.is_dataclass(sub) else value
+        nested = sub is not None and dataclasses.is_dataclass(sub)
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if nested else value
     return cls(**kwargs)
 
 
@@ -185,19 +281,28 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    c, m, g, k = cfg.cluster, cfg.model, cfg.gateway, cfg.kafka
-    _check(isinstance(c.partitions, int) and c.partitions >= 1, f"cluster.partitions must be an integer >= 1, got {c.partitions!r}")
+    """Cross-field and range checks of the sections without a ``__post_init__`` of their own."""
+    c, m, k = cfg.cluster, cfg.model, cfg.kafka
+    _check(isinstance(c.partitions, int) and c.partitions >= 1,
+           f"cluster.partitions must be an integer >= 1, got {c.partitions!r}")
     _check(c.partitioner in ("hash", "metis"), f"cluster.partitioner must be 'hash' or 'metis', got {c.partitioner!r}")
     _check(c.actor_num_cpus >= 0 and c.actor_num_gpus >= 0, "cluster.actor_num_cpus/actor_num_gpus must be >= 0")
     _check(c.hub_window_ms >= 0, f"cluster.hub_window_ms must be >= 0, got {c.hub_window_ms!r}")
-    _check(c.device in ("auto", "cpu") or c.device.startswith("cuda"), f"cluster.device must be auto, cpu or cuda[:N], got {c.device!r}")
+    _check(isinstance(c.pending_timeout_s, (int, float)) and math.isfinite(c.pending_timeout_s)
+           and c.pending_timeout_s > 0,
+           f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}")
+    _check(c.snapshot_dir is None, "cluster.snapshot_dir: snapshots are not implemented yet (an owner recovers by "
+                                   f"replaying its Kafka partition); leave it null, got {c.snapshot_dir!r}")
+    _check(c.device in ("auto", "cpu") or c.device.startswith("cuda"),
+           f"cluster.device must be auto, cpu or cuda[:N], got {c.device!r}")
     _check(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
-    _check(m.path is not None or m.builtin in BUILTIN_MODELS, f"model.builtin must be one of {BUILTIN_MODELS}, got {m.builtin!r}")
+    _check(m.path is not None or m.builtin in BUILTIN_MODELS,
+           f"model.builtin must be one of {BUILTIN_MODELS}, got {m.builtin!r}")
     for name in ("in_dim", "hidden", "out_dim", "num_layers"):
         v = getattr(m, name)
         _check(isinstance(v, int) and v >= 1, f"model.{name} must be an integer >= 1, got {v!r}")
-    _check(isinstance(g.port, int) and 0 <= g.port < 65536, f"gateway.port must be in [0, 65535], got {g.port!r}")
-    _check((g.tls_cert is None) == (g.tls_key is None), "gateway.tls_cert and gateway.tls_key go together")
-    _check(k.poll_timeout_ms >= 0 and k.max_poll_records >= 1, "kafka.poll_timeout_ms must be >= 0 and max_poll_records >= 1")
+    _check(k.poll_timeout_ms >= 0 and k.max_poll_records >= 1,
+           f"kafka.poll_timeout_ms must be >= 0 and kafka.max_poll_records >= 1, "
+           f"got {k.poll_timeout_ms!r} and {k.max_poll_records!r}")
     _check(k.fetch_max_wait_ms >= 0, f"kafka.fetch_max_wait_ms must be >= 0, got {k.fetch_max_wait_ms!r}")
     _check(bool(k.topic), "kafka.topic must not be empty")

@@ -1,0 +1,219 @@
+"""Freshness: watermarks, visible time, staleness and read bounds (DESIGN.md promise 2), as plain state.
+
+A mutation's identity is ``(Kafka partition, offset)`` and its time is its Kafka record timestamp.  After
+every round each partition *reports* (:meth:`Freshness.report`):
+
+* its **watermark**: the next offset not yet applied, i.e. every offset below it is applied through
+  every layer on every partition;
+* its **visible time**: the Kafka timestamp of its oldest record still waiting (pending) if there is one,
+  else the start of the last poll that found the partition drained (every record produced before that
+  moment has been read); a report with neither keeps the previous value.
+
+The cluster's visible time is the minimum over partitions, unknown until every partition has reported
+one; ``staleness_ms = now - visible time`` (never negative).  A read with ``max_staleness_ms = S`` is
+answerable once ``staleness_ms <= S`` and, with ``min_offsets = {p: o}``, once ``watermark[p] > o``
+(:meth:`Freshness.check`).  :meth:`Freshness.wait` is the waiting loop around that check; the shell
+brings the lock and the way to wait (a ``threading.Condition``'s ``wait``), so this module does no I/O
+and reads time only through its injected :class:`Clock`.
+
+    clock = FakeClock()
+    f = Freshness(partitions=2, clock=clock)
+    f.report(0, next_offset=5, caught_up_at_ms=clock.now_ms())
+    f.report(1, next_offset=3, oldest_pending_ts_ms=clock.now_ms() - 40)
+    clock.advance(10)
+    assert f.staleness_ms() == 50 and f.check(max_staleness_ms=60, min_offsets={0: 4}).met
+
+Not thread-safe on its own: the shell (``actors/cluster.py``, or the gateway tests' fake) holds its own
+lock around every call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from clustergnn.serving import InvalidReadError, Offsets
+
+
+class Clock(Protocol):
+    """Where freshness reads time."""
+
+    def now_ms(self) -> float:
+        """Wall-clock milliseconds since the Unix epoch: comparable with Kafka record timestamps."""
+        ...
+
+    def monotonic_ms(self) -> float:
+        """Milliseconds of a clock that never goes back, for deadlines."""
+        ...
+
+
+class SystemClock:
+    """The real clocks: ``time.time`` and ``time.monotonic``."""
+
+    def now_ms(self) -> float:
+        return time.time() * 1000.0
+
+    def monotonic_ms(self) -> float:
+        return time.monotonic() * 1000.0
+
+
+class FakeClock:
+    """A clock that moves only when told (:meth:`advance`); wall and monotonic time move together."""
+
+    def __init__(self, start_ms: float = 1_700_000_000_000.0) -> None:
+        self._now_ms = float(start_ms)
+        self._mono_ms = 0.0
+
+    def now_ms(self) -> float:
+        return self._now_ms
+
+    def monotonic_ms(self) -> float:
+        return self._mono_ms
+
+    def advance(self, ms: float) -> None:
+        if not ms >= 0:
+            raise ValueError(f"a clock only moves forward: ms must be >= 0, got {ms}")
+        self._now_ms += ms
+        self._mono_ms += ms
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a read's bound is met, and the state it was judged on (a snapshot: safe to keep)."""
+
+    met: bool
+    """Both the staleness bound and ``min_offsets`` are met."""
+    staleness_ms: float | None
+    """``now - visible_ms`` (>= 0) at the check; None while the visible time is unknown."""
+    visible_ms: float | None
+    """The cluster's visible time at the check."""
+    watermark: dict[int, int]
+    """Kafka partition -> next offset not yet applied, at the check."""
+    max_staleness_ms: float | None
+    """The bound that was asked (None: any staleness)."""
+    min_offsets: dict[int, int]
+    """The offsets that were asked to be reflected (empty: none)."""
+
+    def timeout_message(self, timeout_s: float) -> str:
+        """Why the read failed at its deadline: what was asked and what the cluster had."""
+        stale = "unknown" if self.staleness_ms is None else f"{self.staleness_ms:.0f} ms"
+        return (f"bound not met within {timeout_s * 1000:.0f} ms: staleness {stale} "
+                f"(max_staleness_ms={self.max_staleness_ms}), watermark {self.watermark} "
+                f"(min_offsets={self.min_offsets})")
+
+
+class Freshness:
+    """Per-partition watermarks and visible times of ``partitions`` Kafka partitions; see the module doc."""
+
+    def __init__(self, partitions: int, clock: Clock | None = None) -> None:
+        if not partitions >= 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.partitions = int(partitions)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._watermark = [0] * self.partitions
+        self._visible_p: list[float | None] = [None] * self.partitions
+
+    # ------------------------------------------------------------------ reports
+    def report(self, partition: int, next_offset: int, *, oldest_pending_ts_ms: float | None = None,
+               caught_up_at_ms: float | None = None) -> None:
+        """What partition ``partition`` reached in the round that just ended.
+
+        Args:
+            next_offset: every offset below is applied (or dead-lettered) through every layer.
+            oldest_pending_ts_ms: Kafka timestamp of its oldest record read but not applied yet.
+            caught_up_at_ms: the start of a poll after which every record produced before it was read.
+        """
+        p = self._partition(partition)
+        self._watermark[p] = int(next_offset)
+        if oldest_pending_ts_ms is not None:
+            self._visible_p[p] = float(oldest_pending_ts_ms)
+        elif caught_up_at_ms is not None:
+            self._visible_p[p] = float(caught_up_at_ms)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def watermark(self) -> dict[int, int]:
+        """Kafka partition -> next offset not yet applied (a copy)."""
+        return dict(enumerate(self._watermark))
+
+    def partition_visible_ms(self, partition: int) -> float | None:
+        return self._visible_p[self._partition(partition)]
+
+    @property
+    def visible_ms(self) -> float | None:
+        """The moment before which every produced record is applied: min over partitions, None until
+        every partition has reported one."""
+        vs = self._visible_p
+        return None if any(v is None for v in vs) else min(v for v in vs if v is not None)
+
+    def staleness_ms(self, now_ms: float | None = None) -> float | None:
+        """``now - visible_ms``, never negative; None while the visible time is unknown."""
+        return self.staleness_at(self.visible_ms, now_ms)
+
+    def staleness_at(self, visible_ms: float | None, now_ms: float | None = None) -> float | None:
+        """Staleness of an answer whose state had visible time ``visible_ms`` (e.g. a verdict's)."""
+        if visible_ms is None:
+            return None
+        now = self.clock.now_ms() if now_ms is None else now_ms
+        return max(0.0, now - visible_ms)
+
+    def reflects(self, min_offsets: Offsets | None) -> bool:
+        """Every ``(partition, offset)`` in ``min_offsets`` is applied (``watermark[p] > offset``)."""
+        wm = self._watermark
+        return all(0 <= int(p) < self.partitions and wm[int(p)] > int(o) for p, o in (min_offsets or {}).items())
+
+    # ------------------------------------------------------------------ bounds
+    def validate(self, max_staleness_ms: float | None, min_offsets: Offsets | None) -> None:
+        """Raise :class:`InvalidReadError` for a bound no state could ever meet."""
+        if max_staleness_ms is not None and not max_staleness_ms >= 0:
+            raise InvalidReadError(f"max_staleness_ms must be >= 0, got {max_staleness_ms}")
+        for p, o in (min_offsets or {}).items():
+            if not 0 <= int(p) < self.partitions:
+                raise InvalidReadError(f"min_offsets names partition {p}; partitions are 0..{self.partitions - 1}")
+            if int(o) < 0:
+                raise InvalidReadError(f"min_offsets[{p}] must be >= 0, got {o}")
+
+    def check(self, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None) -> Verdict:
+        """Is a read with these bounds answerable now?  A staleness bound needs a known visible time."""
+        visible = self.visible_ms
+        stale = self.staleness_at(visible)
+        fresh = max_staleness_ms is None or (stale is not None and stale <= max_staleness_ms)
+        return Verdict(fresh and self.reflects(min_offsets), stale, visible, self.watermark, max_staleness_ms,
+                       _offsets(min_offsets))
+
+    def wait(self, max_staleness_ms: float | None, min_offsets: Offsets | None, *, timeout_s: float,
+             sleep: Callable[[float], object], poll_s: float = 0.05,
+             before_check: Callable[[], object] | None = None) -> Verdict:
+        """Check until the bound is met or ``timeout_s`` has passed on the clock; the last verdict.
+
+        ``sleep(s)`` waits at most ``s`` seconds for news (a ``Condition.wait`` whose lock the caller
+        holds, so reports land in between); ``before_check()`` runs before every check (to raise when the
+        cluster is down, or to let a simulation catch up).  A verdict with ``met=False`` means the
+        deadline passed: the caller raises with :meth:`Verdict.timeout_message`.
+        """
+        if not (math.isfinite(poll_s) and poll_s > 0):
+            raise ValueError(f"poll_s must be a finite number > 0, got {poll_s}")
+        deadline_ms = self.clock.monotonic_ms() + timeout_s * 1000.0
+        while True:
+            if before_check is not None:
+                before_check()
+            verdict = self.check(max_staleness_ms, min_offsets)
+            if verdict.met:
+                return verdict
+            left_ms = deadline_ms - self.clock.monotonic_ms()
+            if left_ms <= 0:
+                return verdict
+            sleep(min(left_ms / 1000.0, poll_s))
+
+    def _partition(self, partition: int) -> int:
+        p = int(partition)
+        if not 0 <= p < self.partitions:
+            raise ValueError(f"partition must be in 0..{self.partitions - 1}, got {partition}")
+        return p
+
+
+def _offsets(offsets: Mapping[int, int] | None) -> dict[int, int]:
+    return {int(p): int(o) for p, o in (offsets or {}).items()}
