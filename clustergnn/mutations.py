@@ -17,7 +17,8 @@ an undirected edge is two mutations (``add_edges(..., bidirectional=True)`` buil
 and self-loops are allowed.  Vertex ids are external ``int64`` values.
 
 Batches convert to and from an Arrow table (``kind``, ``src``, ``dst`` and a nullable
-``fixed_size_list<float32>[F]`` ``features`` column); the Kafka wire format in ``streams/`` is built on it.
+``fixed_size_list<float32>[F]`` ``features`` column), the one encoding of :mod:`clustergnn.codec`; the
+Kafka wire format in ``streams/`` and the gateway's ``ApplyRequest`` are built on it.
 """
 
 from __future__ import annotations
@@ -210,6 +211,18 @@ class MutationBatch:
         f1 = f0 + int(has[start:stop].sum())
         return MutationBatch(self.kind[start:stop], self.src[start:stop], self.dst[start:stop], self.features[f0:f1])
 
+    def take(self, index: np.ndarray) -> MutationBatch:
+        """The mutations at positions ``index`` (int, increasing to keep batch order), with their features."""
+        index = np.asarray(index, dtype=np.int64)
+        frow = self.feature_row_index()[index]
+        frow = frow[frow >= 0]
+        feats = self.features[torch.from_numpy(frow)] if frow.size else self.features[:0]
+        return MutationBatch(self.kind[index], self.src[index], self.dst[index], feats)
+
+    def subset(self, mask: np.ndarray) -> MutationBatch:
+        """The mutations selected by boolean ``mask``, in order, with their features."""
+        return self.take(np.flatnonzero(mask))
+
     def counts(self) -> dict[str, int]:
         """How many mutations of each kind."""
         c = np.bincount(self.kind.astype(np.int64), minlength=len(MutationKind))
@@ -221,62 +234,26 @@ class MutationBatch:
 
     # ----------------------------------------------------------------- Arrow
     def to_arrow(self) -> Any:
-        """A ``pyarrow.Table`` with columns kind, src, dst, features (nullable fixed-size list)."""
+        """A ``pyarrow.Table`` in the schema of :mod:`clustergnn.codec` (``F = 1``, all null, when the
+        batch has no feature rows)."""
         import pyarrow as pa
 
-        n = len(self)
-        width = self.feature_dim
-        has = _FEATURE_KINDS[self.kind]
-        if width == 0:  # Arrow has no fixed-size list of width 0 with values: an all-null column
-            if has.any():
-                raise MutationError("vertex mutations need features of width >= 1")
-            feats = pa.nulls(n, type=pa.list_(pa.float32(), 0))
-        else:
-            dense = np.zeros((n, width), dtype=np.float32)
-            dense[has] = self.features.numpy()
-            values = pa.array(dense.reshape(-1), type=pa.float32())
-            feats = pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array(~has, type=pa.bool_()))
-        return pa.table(
-            {
-                "kind": pa.array(self.kind, type=pa.int8()),
-                "src": pa.array(self.src, type=pa.int64()),
-                "dst": pa.array(self.dst, type=pa.int64()),
-                "features": feats,
-            }
-        )
+        from clustergnn import codec
+
+        return pa.Table.from_batches([codec.encode(self)])
 
     @classmethod
-    def from_arrow(cls, table: Any) -> MutationBatch:
-        """Inverse of :meth:`to_arrow`; rejects missing columns and non-finite features."""
-        import pyarrow as pa
+    def from_arrow(cls, table: Any, feature_dim: int | None = None) -> MutationBatch:
+        """Inverse of :meth:`to_arrow` (a ``pyarrow.Table`` or ``RecordBatch``); ``MutationError`` quoting
+        what is wrong.  Lenient about types (:func:`clustergnn.codec.conform`); ``feature_dim`` is the
+        width of the features when the table has no feature rows (default 0)."""
+        from clustergnn import codec
 
-        if isinstance(table, pa.RecordBatch):
-            table = pa.Table.from_batches([table])
-        missing = {"kind", "src", "dst", "features"} - set(table.column_names)
-        if missing:
-            raise MutationError(f"arrow table lacks columns {sorted(missing)}; has {table.column_names}")
-        kind = table.column("kind").to_numpy().astype(np.int8, copy=False)
-        src = table.column("src").to_numpy().astype(np.int64, copy=False)
-        dst = table.column("dst").to_numpy().astype(np.int64, copy=False)
-        fcol = table.column("features").combine_chunks()
-        if not pa.types.is_fixed_size_list(fcol.type):
-            raise MutationError(f"features must be fixed_size_list<float32>, got {fcol.type}")
-        width = fcol.type.list_size
-        if len(kind) and (kind.min() < 0 or kind.max() >= len(MutationKind)):
-            raise MutationError(f"unknown mutation kind in {sorted(set(kind.tolist()))}")
-        has = _FEATURE_KINDS[kind] if len(kind) else np.zeros(0, dtype=bool)
-        # .values keeps the slots of null rows (flatten() would drop them), so rows stay aligned
-        flat = fcol.values.slice(fcol.offset * width, len(fcol) * width)
-        dense = flat.to_numpy(zero_copy_only=False).reshape(len(fcol), width)
-        if not np.array_equal(~has, fcol.is_null().to_numpy(zero_copy_only=False)):
-            raise MutationError("features must be present exactly on ADD_VERTEX/UPDATE_FEATURES rows")
-        feats = dense[has] if width else np.zeros((int(has.sum()), 0), dtype=np.float32)
-        return cls(
-            np.ascontiguousarray(kind),
-            np.ascontiguousarray(src),
-            np.ascontiguousarray(dst),
-            _as_features(np.ascontiguousarray(feats, dtype=np.float32), int(has.sum())),
-        )
+        conformed = codec.conform(table)
+        cols = conformed if isinstance(conformed, codec.CodecError) else codec.decode(conformed)
+        if isinstance(cols, codec.CodecError):
+            raise MutationError(cols.message)
+        return cols.to_batch(feature_dim)
 
 
 def edge_kinds_mask(kind: np.ndarray) -> np.ndarray:

@@ -5,6 +5,16 @@ compute: ``owner(v) = v mod P`` (the non-negative remainder, so ``-1 mod 4 == 3`
 dynamic graph service routes ``vid % N``.  :class:`TablePartitionMap` takes an explicit assignment
 (e.g. a METIS partitioning of the initial graph) and falls back to the hash for vertices it does not
 list, so new vertices always have an owner.
+
+**Routing** (the one place this rule lives): a mutation goes to the owner of its *routing vertex*, the
+destination of an edge mutation (the owner of an edge's destination holds the edge and aggregates it),
+the vertex itself otherwise.  :func:`split_by_owner` cuts a batch into one batch per owner, each in
+batch order; producers, the in-process cluster and the engines' own checks all route through here.
+
+>>> from clustergnn.mutations import MutationBatch
+>>> parts = split_by_owner(MutationBatch.add_edges([1, 2], [3, 4]), HashPartitionMap(2))
+>>> {p: b.dst.tolist() for p, b in parts.items()}
+{0: [4], 1: [3]}
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from clustergnn.mutations import MutationBatch, edge_kinds_mask
 
 
 class PartitionMap(Protocol):
@@ -106,3 +118,29 @@ def cut_fraction(pmap: PartitionMap, src: np.ndarray, dst: np.ndarray) -> float:
     if len(src) == 0:
         return 0.0
     return float((pmap.owner(src) != pmap.owner(dst)).mean())
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def routing_ids(kind: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The routing vertex of each mutation: ``dst`` for edge mutations, ``src`` (the vertex) otherwise."""
+    return np.where(edge_kinds_mask(kind), dst, src)
+
+
+def route(batch: MutationBatch) -> np.ndarray:
+    """The routing vertex (int64) of each mutation of ``batch``."""
+    return routing_ids(batch.kind, batch.src, batch.dst)
+
+
+def split_by_owner(batch: MutationBatch, pmap: PartitionMap) -> dict[int, MutationBatch]:
+    """The mutations of ``batch`` per owning partition (only partitions that get any), each in batch
+    order and with its features."""
+    if len(batch) == 0:
+        return {}
+    owners = pmap.owner(route(batch))
+    if (owners == owners[0]).all():
+        return {int(owners[0]): batch}
+    order = np.argsort(owners, kind="stable")  # stable: batch order within each owner
+    cuts = np.flatnonzero(np.diff(owners[order])) + 1
+    return {int(owners[idx[0]]): batch.take(idx) for idx in np.split(order, cuts)}

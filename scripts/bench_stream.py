@@ -33,13 +33,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from clustergnn.codec import columns_to_batch  # noqa: E402
 from clustergnn.mutations import MutationBatch  # noqa: E402
 from clustergnn.partition import HashPartitionMap  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.consumer import MutationConsumer  # noqa: E402
 from streams.producer import MutationProducer  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
-from streams.wire import columns_to_batch, decode_record, encode_arrow, encode_json  # noqa: E402
+from streams.wire import decode_record, encode_arrow, encode_json  # noqa: E402
 
 MAX_RECORD_BYTES = 15 << 20  # topics are created with max.message.bytes = 16 MiB
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from clustergnn.codec import columns_to_batch
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from streams.errors import StreamError
 from streams.topics import dead_letter_topic_for, ensure_topic
-from streams.wire import DecodedRecord, DecodeError, DecodeErrorCode, columns_to_batch, decode_record
+from streams.wire import DecodedRecord, DecodeError, DecodeErrorCode, decode_record
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 >>> with MutationProducer("127.0.0.1:9092", "mutations", HashPartitionMap(4)) as p:  # doctest: +SKIP
 ...     offsets = p.send(MutationBatch.add_edges([1, 2], [3, 4]))   # {3: 17, 0: 9}: last offset per partition
 
-A batch is split by the owner of each mutation's routing vertex (``wire.routing_ids``), keeping
-batch order within each partition; the partition is set explicitly (``partition_map.owner``), never
+A batch is split by the owner of each mutation's routing vertex (``clustergnn.partition.split_by_owner``),
+keeping batch order within each partition; the partition is set explicitly (``partition_map.owner``), never
 left to Kafka's key hashing.  Arrow records hold up to ``max_mutations_per_record`` mutations and at
 most about ``max_record_bytes`` bytes; JSON writes one record per mutation.  The producer is
 idempotent (kafka-python's default), so retries neither duplicate nor reorder records.
@@ -22,9 +22,9 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from clustergnn.mutations import MutationBatch, feature_kinds_mask
-from clustergnn.partition import PartitionMap
+from clustergnn.partition import PartitionMap, split_by_owner
 from streams.errors import StreamError
-from streams.wire import Compression, Format, encode_arrow_columns, encode_json_columns, split_by_owner
+from streams.wire import Compression, Format, encode_arrow_columns, encode_json_columns
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,11 @@ Every mutation routes to the owner of its *routing vertex*: the destination of a
 vertex itself otherwise.  A record must sit in the Kafka partition ``owner(routing vertex)``; a JSON
 record's key is the routing vertex in ASCII decimal.
 
+The Arrow table itself is the core's one encoding of a batch (:mod:`clustergnn.codec`, which also
+says which ``F`` a record without feature rows gets); this module adds only the envelope: the
+schema-version metadata, IPC stream framing, compression, JSON, and routing checks.  Routing is
+:mod:`clustergnn.partition`'s (``routing_ids``, ``split_by_owner``).
+
 Decoding never raises on bad input: :func:`decode_record` returns a :class:`DecodedRecord` or a
 :class:`DecodeError` (the reason, quoting the bad value), which the consumer dead-letters.
 Decoding Arrow is vectorised: Arrow buffers are viewed as numpy arrays, no per-row Python code.
@@ -29,19 +34,17 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 
+from clustergnn import codec
+from clustergnn.codec import MutationColumns
 from clustergnn.mutations import KIND_NAMES, MutationBatch, MutationKind, edge_kinds_mask, feature_kinds_mask
-from clustergnn.partition import PartitionMap
+from clustergnn.partition import PartitionMap, routing_ids
 
 SCHEMA_VERSION = 1
 """The one schema version this code reads and writes (Arrow metadata and JSON ``"v"``)."""
 
 SCHEMA_VERSION_KEY = "clustergnn.schema_version"
 """Arrow schema metadata key holding the schema version as ASCII decimal."""
-
-ARROW_COLUMNS: dict[str, pa.DataType] = {"kind": pa.int8(), "src": pa.int64(), "dst": pa.int64()}
-FEATURES_COLUMN = "features"
 
 JSON_EDGE_FIELDS = frozenset({"v", "op", "src", "dst"})
 JSON_VERTEX_FIELDS = frozenset({"v", "op", "id"})
@@ -88,122 +91,30 @@ class DecodeError:
         return f"{self.code.value}: {self.message}"
 
 
-@dataclass(frozen=True, eq=False)
-class DecodedRecord:
-    """The mutations of one valid record, as numpy columns (cheap to concatenate across records).
-
-    ``features`` is ``(n_with_features, F)`` float32, one row per ADD_VERTEX / UPDATE_FEATURES
-    mutation in record order; ``F`` is ``None`` when the record has no such mutation.
-    """
-
-    kind: np.ndarray
-    src: np.ndarray
-    dst: np.ndarray
-    features: np.ndarray
-    feature_dim: int | None
-
-    def __len__(self) -> int:
-        return len(self.kind)
-
-    def to_batch(self, feature_dim: int | None = None) -> MutationBatch:
-        return columns_to_batch([self], feature_dim)
-
-
-def columns_to_batch(records: list[DecodedRecord], feature_dim: int | None = None) -> MutationBatch:
-    """One :class:`MutationBatch` holding ``records`` in order (all valid; widths already agreed)."""
-    widths = {r.feature_dim for r in records if r.feature_dim is not None}
-    if len(widths) > 1:  # the consumer pins one width per stream, so this is a programming error
-        raise ValueError(f"records disagree on feature width: {sorted(widths)}")
-    width = widths.pop() if widths else (feature_dim or 0)
-    if not records:
-        return MutationBatch.empty(width)
-    if len(records) == 1:
-        r = records[0]
-        # zero-copy views of the record are read-only; the batch's users (torch) want their own memory
-        kind, src, dst = (a if a.flags.writeable else a.copy() for a in (r.kind, r.src, r.dst))
-        feats = [r.features] if r.feature_dim is not None else []
-    else:
-        kind = np.concatenate([r.kind for r in records])
-        src = np.concatenate([r.src for r in records])
-        dst = np.concatenate([r.dst for r in records])
-        feats = [r.features for r in records if r.feature_dim is not None and len(r.features)]
-    if feats:
-        f = feats[0] if len(feats) == 1 else np.concatenate(feats)
-        if not f.flags.writeable:  # a zero-copy view of the Kafka record: torch wants its own memory
-            f = f.copy()
-        features = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
-    else:
-        features = torch.zeros(0, width)
-    # MutationBatch re-checks kinds and feature-row counts: cheap, vectorised, and a last line of defence
-    return MutationBatch(kind, src, dst, features)
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-def routing_ids(kind: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The routing vertex of each mutation: ``dst`` for edge mutations, ``src`` (the vertex) otherwise."""
-    return np.where(edge_kinds_mask(kind), dst, src)
-
-
-def batch_routing_ids(batch: MutationBatch) -> np.ndarray:
-    return routing_ids(batch.kind, batch.src, batch.dst)
+DecodedRecord = MutationColumns
+"""The mutations of one valid record (:class:`clustergnn.codec.MutationColumns`); ``feature_dim`` is
+``None`` when the record has no feature rows.  :func:`clustergnn.codec.columns_to_batch` joins records."""
 
 
 # ----------------------------------------------------------------------------- encoding
 
 
-def _arrow_schema(width: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("kind", pa.int8(), nullable=False),
-            pa.field("src", pa.int64(), nullable=False),
-            pa.field("dst", pa.int64(), nullable=False),
-            pa.field(FEATURES_COLUMN, pa.list_(pa.float32(), width), nullable=True),
-        ],
-        metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)},
-    )
-
-
 def encode_arrow_columns(
     kind: np.ndarray, src: np.ndarray, dst: np.ndarray, features: np.ndarray, compression: Compression = "none"
 ) -> bytes:
-    """Encode columns (``features``: rows of the feature-bearing mutations only) as one Arrow record.
-
-    A record without feature-bearing mutations is written with ``F = 1`` (all null): Arrow has no
-    zero-width fixed-size lists, and the width of an all-null column means nothing.
-    """
-    n = len(kind)
-    has = feature_kinds_mask(kind)
-    n_feat = int(has.sum())
-    if n_feat:
-        width = int(features.shape[1])
-        if width < 1:
-            raise ValueError(f"feature-bearing mutations need a feature width >= 1, got {width}")
-        if n_feat == n:
-            dense = np.ascontiguousarray(features, dtype=np.float32)
-        else:
-            dense = np.zeros((n, width), dtype=np.float32)
-            dense[has] = features
-        values = pa.array(dense.reshape(-1), type=pa.float32())
-        feats = pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array(~has) if n_feat < n else None)
-    else:
-        width = 1
-        feats = pa.nulls(n, type=pa.list_(pa.float32(), 1))
-    schema = _arrow_schema(width)
-    rb = pa.RecordBatch.from_arrays(
-        [pa.array(kind, type=pa.int8()), pa.array(src, type=pa.int64()), pa.array(dst, type=pa.int64()), feats],
-        schema=schema,
-    )
+    """Encode columns (``features``: rows of the feature-bearing mutations only) as one Arrow record:
+    the core's table (:func:`clustergnn.codec.encode_columns`) with the schema version, as an IPC stream."""
+    rb = codec.encode_columns(kind, src, dst, features, metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)})
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
-    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+    with pa.ipc.new_stream(sink, rb.schema, options=options) as writer:
         writer.write_batch(rb)
     return sink.getvalue().to_pybytes()
 
 
 def encode_arrow(batch: MutationBatch, compression: Compression = "none") -> bytes:
-    """Encode a whole batch as one Arrow record value (the caller routes it; see :func:`split_by_owner`)."""
+    """Encode a whole batch as one Arrow record value (the caller routes it:
+    :func:`clustergnn.partition.split_by_owner`)."""
     return encode_arrow_columns(batch.kind, batch.src, batch.dst, batch.features.numpy(), compression)
 
 
@@ -214,20 +125,20 @@ def encode_json_columns(
     names = [k.name.lower() for k in MutationKind]
     is_edge = edge_kinds_mask(kind).tolist()
     has = feature_kinds_mask(kind).tolist()
+    routes = routing_ids(kind, src, dst).tolist()
     feats = features.tolist() if len(features) else []
     out: list[tuple[bytes, bytes]] = []
     fi = 0
-    for k, s, d, e, h in zip(kind.tolist(), src.tolist(), dst.tolist(), is_edge, has):  # JSON is per-row by nature
+    rows = zip(kind.tolist(), src.tolist(), dst.tolist(), is_edge, has, routes)
+    for k, s, d, e, h, r in rows:  # JSON is per-row by nature
         if e:
             obj: dict[str, Any] = {"v": SCHEMA_VERSION, "op": names[k], "src": s, "dst": d}
-            route = d
         else:
             obj = {"v": SCHEMA_VERSION, "op": names[k], "id": s}
-            route = s
             if h:
                 obj["features"] = feats[fi]
                 fi += 1
-        out.append((str(route).encode(), json.dumps(obj, separators=(",", ":")).encode()))
+        out.append((str(r).encode(), json.dumps(obj, separators=(",", ":")).encode()))
     return out
 
 
@@ -256,7 +167,8 @@ def _preview(value: bytes | None, limit: int = 40) -> str:
 
 
 def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
-    """Decode an Arrow record value (format, schema, kinds, feature placement and finiteness)."""
+    """Decode an Arrow record value: the IPC stream and schema version here, the table's schema, kinds,
+    feature placement and finiteness by :func:`clustergnn.codec.decode`."""
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(value))
         schema = reader.schema
@@ -275,79 +187,10 @@ def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
             DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
             f"schema version {version.decode(errors='replace')!r} is not supported; allowed: [{SCHEMA_VERSION}]",
         )
-    names = schema.names
-    expected = [*ARROW_COLUMNS, FEATURES_COLUMN]
-    missing = [c for c in expected if c not in names]
-    if missing:
-        return DecodeError(DecodeErrorCode.MISSING_FIELD, f"columns {missing} are missing; got {names}")
-    extra = [c for c in names if c not in expected]
-    if extra or len(names) != len(expected):
-        return DecodeError(DecodeErrorCode.EXTRA_FIELD, f"unexpected columns {extra or names}; allowed: {expected}")
-    for name, typ in ARROW_COLUMNS.items():
-        got = schema.field(name).type
-        if got != typ:
-            return DecodeError(DecodeErrorCode.BAD_TYPE, f"column {name!r} must be {typ}, got {got}")
-    ftype = schema.field(FEATURES_COLUMN).type
-    if not pa.types.is_fixed_size_list(ftype) or ftype.value_type != pa.float32():
-        return DecodeError(DecodeErrorCode.BAD_TYPE, f"column 'features' must be fixed_size_list<float32>[F], got {ftype}")
-
-    cols = {}
-    for name in (*ARROW_COLUMNS, FEATURES_COLUMN):
-        col = table.column(name)
-        cols[name] = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        if name != FEATURES_COLUMN and cols[name].null_count:
-            return DecodeError(DecodeErrorCode.BAD_VALUE, f"column {name!r} holds {cols[name].null_count} nulls")
-    n = table.num_rows
-    if n == 0:
-        e = np.zeros(0, dtype=np.int64)
-        return DecodedRecord(np.zeros(0, dtype=np.int8), e, e.copy(), np.zeros((0, 0), np.float32), None)
-    kind = cols["kind"].to_numpy(zero_copy_only=True)
-    src = cols["src"].to_numpy(zero_copy_only=True)
-    dst = cols["dst"].to_numpy(zero_copy_only=True)
-    bad_kind = (kind < 0) | (kind >= len(MutationKind))
-    if bad_kind.any():
-        i = int(np.flatnonzero(bad_kind)[0])
-        return DecodeError(
-            DecodeErrorCode.UNKNOWN_KIND, f"row {i} has kind {int(kind[i])}; allowed: {[int(k) for k in MutationKind]}"
-        )
-    is_edge = edge_kinds_mask(kind)
-    if not is_edge.all():
-        bad_dst = ~is_edge & (dst != -1)
-        if bad_dst.any():
-            i = int(np.flatnonzero(bad_dst)[0])
-            return DecodeError(
-                DecodeErrorCode.BAD_VALUE, f"row {i} ({MutationKind(int(kind[i])).name}) has dst {int(dst[i])}; must be -1"
-            )
-    has = feature_kinds_mask(kind)
-    fcol = cols[FEATURES_COLUMN]
-    n_feat = int(has.sum())
-    if fcol.null_count == n and n_feat == 0:  # the common edge-only record: nothing more to look at
-        return DecodedRecord(kind, src, dst, np.zeros((0, 0), np.float32), None)
-    valid = fcol.is_valid().to_numpy(zero_copy_only=False)
-    if not np.array_equal(valid, has):
-        i = int(np.flatnonzero(valid != has)[0])
-        what = "lacks" if has[i] else "must not carry"
-        code = DecodeErrorCode.MISSING_FIELD if has[i] else DecodeErrorCode.EXTRA_FIELD
-        return DecodeError(code, f"row {i} ({MutationKind(int(kind[i])).name}) {what} features")
-    width = ftype.list_size
-    child = fcol.values.slice(fcol.offset * width, n * width)
-    if child.null_count:  # slots under null rows may be null (pa.nulls does that); values in feature rows may not
-        child_valid = child.is_valid().to_numpy(zero_copy_only=False).reshape(n, width)
-        bad_rows = has & ~child_valid.all(axis=1)
-        if bad_rows.any():
-            i = int(np.flatnonzero(bad_rows)[0])
-            return DecodeError(DecodeErrorCode.BAD_VALUE, f"row {i} ({MutationKind(int(kind[i])).name}) has null feature values")
-    flat = child.to_numpy(zero_copy_only=False)  # zero-copy unless the child has nulls
-    dense = flat.reshape(n, width)
-    feats = dense if n_feat == n else dense[has]
-    finite = np.isfinite(feats)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        return DecodeError(
-            DecodeErrorCode.NON_FINITE,
-            f"feature row {row} holds a non-finite value {float(feats[row][~finite[row]][0])!r}",
-        )
-    return DecodedRecord(kind, src, dst, feats, width)
+    decoded = codec.decode(table)
+    if isinstance(decoded, codec.CodecError):
+        return DecodeError(DecodeErrorCode(decoded.code.value), decoded.message)
+    return decoded
 
 
 def _is_int(x: Any) -> bool:
@@ -492,25 +335,3 @@ def decode_record(
                 f"first: row {i}, routing vertex {int(route[i])} is owned by partition {int(owners[i])}",
             )
     return decoded
-
-
-def split_by_owner(batch: MutationBatch, partition_map: PartitionMap) -> dict[int, MutationBatch]:
-    """The mutations of ``batch`` per owning partition, each keeping batch order."""
-    n = len(batch)
-    if n == 0:
-        return {}
-    owners = partition_map.owner(batch_routing_ids(batch))
-    if (owners == owners[0]).all():
-        return {int(owners[0]): batch}
-    order = np.argsort(owners, kind="stable")
-    sorted_owners = owners[order]
-    cuts = np.flatnonzero(sorted_owners[1:] != sorted_owners[:-1]) + 1
-    frow = batch.feature_row_index()
-    feats = batch.features
-    out: dict[int, MutationBatch] = {}
-    for idx in np.split(order, cuts):
-        fr = frow[idx]
-        fr = fr[fr >= 0]
-        f = feats[torch.from_numpy(fr)] if len(fr) else torch.zeros(0, batch.feature_dim)
-        out[int(owners[idx[0]])] = MutationBatch(batch.kind[idx], batch.src[idx], batch.dst[idx], f)
-    return out

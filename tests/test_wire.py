@@ -11,20 +11,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clustergnn.codec import columns_to_batch
 from clustergnn.mutations import MutationBatch, MutationKind
-from clustergnn.partition import HashPartitionMap
+from clustergnn.partition import HashPartitionMap, split_by_owner
+from clustergnn.partition import route as batch_routing_ids
 from streams.wire import (
     SCHEMA_VERSION_KEY,
     DecodedRecord,
     DecodeError,
     DecodeErrorCode,
-    batch_routing_ids,
-    columns_to_batch,
     decode_record,
     encode_arrow,
     encode_json,
     sniff_format,
-    split_by_owner,
 )
 from tests.batches import assert_same
 

@@ -96,33 +96,17 @@ def response_to_read_result(resp: pb.GetEmbeddingsResponse | pb.WatchResponse) -
 
 
 # ------------------------------------------------------------------------------------ mutations
-def batch_to_table(batch: MutationBatch) -> Any:
-    """``batch.to_arrow()``, also for batches without features (F = 0), where it currently fails
-    (``FixedSizeListArray.from_arrays`` rejects list_size 0); the F = 0 table built here is the same
-    schema, which ``MutationBatch.from_arrow`` reads back."""
-    if batch.feature_dim > 0:
-        return batch.to_arrow()
-    import pyarrow as pa
-
-    return pa.table(
-        {
-            "kind": pa.array(batch.kind, type=pa.int8()),
-            "src": pa.array(batch.src, type=pa.int64()),
-            "dst": pa.array(batch.dst, type=pa.int64()),
-            "features": pa.array([None] * len(batch), type=pa.list_(pa.float32(), 0)),
-        }
-    )
-
-
 def batch_to_request(batch: MutationBatch, *, arrow: bool = True) -> pb.ApplyRequest:
     """An ApplyRequest carrying ``batch`` as Arrow IPC (default) or as repeated Mutation messages."""
-    if arrow:
+    if arrow:  # the core's one Arrow encoding of a batch (clustergnn.codec; F = 1, all null, without features)
         import pyarrow as pa
 
-        table = batch_to_table(batch)
+        from clustergnn import codec
+
+        rb = codec.encode(batch)
         sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+        with pa.ipc.new_stream(sink, rb.schema) as writer:
+            writer.write_batch(rb)
         return pb.ApplyRequest(arrow_ipc=sink.getvalue())
     rows = batch.feature_row_index()
     feats = batch.features.numpy()

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from clustergnn.mutations import MutationBatch, MutationKind
-from clustergnn.partition import HashPartitionMap
+from clustergnn.partition import HashPartitionMap, split_by_owner
+from clustergnn.partition import route as batch_routing_ids
 from streams.consumer import H_DETAIL, H_OFFSET, H_PARTITION, H_REASON, H_TIMESTAMP, H_TOPIC, MutationConsumer
 from streams.errors import StreamError
 from streams.producer import MutationProducer
 from streams.topics import dead_letter_topic_for, ensure_topic, ensure_topics
-from streams.wire import SCHEMA_VERSION_KEY, DecodeErrorCode, batch_routing_ids, encode_arrow, split_by_owner
+from streams.wire import SCHEMA_VERSION_KEY, DecodeErrorCode, encode_arrow
 from tests.batches import assert_same
 from tests.integration.conftest import drain, joined, raw_send, read_all
 

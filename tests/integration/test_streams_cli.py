@@ -15,10 +15,9 @@ import pytest
 from actors.cli import main
 from clustergnn import datasets
 from clustergnn.mutations import MutationBatch
-from clustergnn.partition import HashPartitionMap
+from clustergnn.partition import HashPartitionMap, split_by_owner
 from streams.broker import BrokerRecord, free_port, probe
 from streams.consumer import MutationConsumer
-from streams.wire import split_by_owner
 from tests.batches import assert_same
 from tests.integration.conftest import drain, joined
 
