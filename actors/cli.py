@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     from actors.gateway import cli as gateway_cli
 
     gateway_cli.add_commands(sub)
-    from actors import commands
+    from actors import commands, demo
 
     commands.add_commands(sub)
+    demo.add_commands(sub)
     return parser
 
 

@@ -282,7 +282,7 @@ class Cluster:
         """Block until every ``(partition, offset)`` is visible."""
         with self._cond:
             verdict = self.freshness.wait(None, offsets, timeout_s=timeout_s, sleep=self._cond.wait, poll_s=0.1,
-                                          before_check=self._raise_if_down)
+                                          before_check=lambda _now_ms: self._raise_if_down())
         if not verdict.met:
             raise StalenessDeadlineError(f"offsets {dict(offsets)} not visible after {timeout_s}s; "
                                          f"watermark {verdict.watermark}")
@@ -334,7 +334,7 @@ class Cluster:
         while True:
             with self._cond:
                 verdict = fresh.wait(max_staleness_ms, min_offsets, timeout_s=max(deadline - time.monotonic(), 0.0),
-                                     sleep=self._cond.wait, before_check=self._raise_if_down)
+                                     sleep=self._cond.wait, before_check=lambda _now_ms: self._raise_if_down())
             if not verdict.met:
                 raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
             visible, watermark = verdict.visible_ms, verdict.watermark

@@ -176,31 +176,35 @@ class Freshness:
             if int(o) < 0:
                 raise InvalidReadError(f"min_offsets[{p}] must be >= 0, got {o}")
 
-    def check(self, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None) -> Verdict:
-        """Is a read with these bounds answerable now?  A staleness bound needs a known visible time."""
+    def check(self, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None, *,
+              now_ms: float | None = None) -> Verdict:
+        """Is a read with these bounds answerable at ``now_ms`` (default: the clock's now)?  A staleness
+        bound needs a known visible time."""
         visible = self.visible_ms
-        stale = self.staleness_at(visible)
+        stale = self.staleness_at(visible, now_ms)
         fresh = max_staleness_ms is None or (stale is not None and stale <= max_staleness_ms)
         return Verdict(fresh and self.reflects(min_offsets), stale, visible, self.watermark, max_staleness_ms,
                        _offsets(min_offsets))
 
     def wait(self, max_staleness_ms: float | None, min_offsets: Offsets | None, *, timeout_s: float,
              sleep: Callable[[float], object], poll_s: float = 0.05,
-             before_check: Callable[[], object] | None = None) -> Verdict:
+             before_check: Callable[[float], object] | None = None) -> Verdict:
         """Check until the bound is met or ``timeout_s`` has passed on the clock; the last verdict.
 
         ``sleep(s)`` waits at most ``s`` seconds for news (a ``Condition.wait`` whose lock the caller
-        holds, so reports land in between); ``before_check()`` runs before every check (to raise when the
-        cluster is down, or to let a simulation catch up).  A verdict with ``met=False`` means the
+        holds, so reports land in between); ``before_check(now_ms)`` runs before every check, with the
+        instant the check will judge (to raise when the cluster is down, or to let a simulation catch up
+        to that instant).  A verdict with ``met=False`` means the
         deadline passed: the caller raises with :meth:`Verdict.timeout_message`.
         """
         if not (math.isfinite(poll_s) and poll_s > 0):
             raise ValueError(f"poll_s must be a finite number > 0, got {poll_s}")
         deadline_ms = self.clock.monotonic_ms() + timeout_s * 1000.0
         while True:
+            now_ms = self.clock.now_ms()
             if before_check is not None:
-                before_check()
-            verdict = self.check(max_staleness_ms, min_offsets)
+                before_check(now_ms)
+            verdict = self.check(max_staleness_ms, min_offsets, now_ms=now_ms)
             if verdict.met:
                 return verdict
             left_ms = deadline_ms - self.clock.monotonic_ms()

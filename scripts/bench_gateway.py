@@ -86,7 +86,6 @@ def serve_cluster(args: argparse.Namespace) -> int:
     import multiprocessing as mp
 
     from actors.cluster import Cluster
-    from actors.gateway.config import GatewayConfig
     from actors.gateway.server import GatewayServer
     from clustergnn.config import Config
     from clustergnn.datasets import load
@@ -98,11 +97,12 @@ def serve_cluster(args: argparse.Namespace) -> int:
             "model": {"builtin": "sage", "in_dim": args.dim, "hidden": 128, "out_dim": args.dim},
             "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
             "graph": {"dataset": args.dataset},
+            "gateway": {"port": 0, "metrics_port": None, "insecure_local": True, "max_workers": 64},
         })
         cluster = Cluster(cfg).start()
         cluster.load_dataset(args.dataset)
         np.save(args.port_file + ".ids.npy", load(args.dataset).initial_vertices)
-        gw = GatewayServer(cluster, GatewayConfig(insecure_local=True, max_workers=64)).start()
+        gw = GatewayServer(cluster, cfg.gateway).start()
         producer = mp.get_context("spawn").Process(
             target=_stream, args=(broker.bootstrap, cfg.kafka.topic, args.partitions, args.dataset, args.dim,
                                   args.stream_rate, args.stream_seconds), daemon=True)
@@ -119,8 +119,8 @@ def serve_cluster(args: argparse.Namespace) -> int:
 
 
 def serve_child(args: argparse.Namespace) -> int:
-    from actors.gateway.config import GatewayConfig
     from actors.gateway.server import GatewayServer
+    from clustergnn.config import GatewayConfig
 
     if args.backend == "cluster":
         return serve_cluster(args)
@@ -130,7 +130,7 @@ def serve_child(args: argparse.Namespace) -> int:
         from tests.gateway.fakes import FakeBackend
 
         backend = FakeBackend(num_vertices=args.num_vertices, dims=(args.dim, args.dim))
-    gw = GatewayServer(backend, GatewayConfig(insecure_local=True)).start()
+    gw = GatewayServer(backend, GatewayConfig(port=0, metrics_port=None, insecure_local=True)).start()
     Path(args.port_file).write_text(str(gw.port))
     sys.stdin.read()  # the parent closes stdin to stop us
     gw.stop(grace_s=0.5)

@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from actors.gateway.client import GatewayClient
-from actors.gateway.config import client_defaults, parse_tokens
+from actors.gateway.env import client_defaults, parse_tokens
 from clustergnn.errors import ClusterGNNError
 from clustergnn.serving import ClusterStatus, ReadResult
 

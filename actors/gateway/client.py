@@ -27,8 +27,8 @@ from actors.gateway import convert
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.auth import bearer_metadata
-from actors.gateway.config import is_loopback
 from actors.gateway.servicers import ERROR_METADATA_KEY
+from clustergnn.config import is_loopback
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.mutations import MutationBatch
 from clustergnn.serving import (

@@ -2,8 +2,7 @@
 :class:`~clustergnn.serving.EmbeddingBackend`.
 
     backend = ...  # the Ray cluster's backend, or tests/gateway/fakes.FakeBackend
-    config = GatewayConfig(port=50051, tls_cert_path=Path("server.pem"), tls_key_path=Path("server.key"),
-                           tokens=load_tokens("tokens.txt"), metrics_port=9464)
+    config = GatewayConfig(port=50051, tls_cert="server.pem", tls_key="server.key", tokens_file="tokens.txt")
     with GatewayServer(backend, config).start() as gw:
         gw.wait()
 
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -25,10 +25,11 @@ from grpc_reflection.v1alpha import reflection
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.auth import BearerTokenInterceptor
-from actors.gateway.config import GatewayConfig
+from actors.gateway.env import gateway_tokens
 from actors.gateway.health import HealthMonitor
 from actors.gateway.metrics import GatewayMetrics
 from actors.gateway.servicers import AdminServicer, EmbeddingServicer, MutationServicer
+from clustergnn.config import GatewayConfig
 from clustergnn.serving import EmbeddingBackend
 
 __all__ = ["GatewayConfig", "GatewayServer", "SERVICE_NAMES", "serve"]
@@ -52,11 +53,16 @@ def _bind_address(host: str, port: int) -> str:
 
 
 class GatewayServer:
-    """One gateway: build with a backend and a config, then :meth:`start`; :meth:`stop` when done."""
+    """One gateway: build with a backend and a config, then :meth:`start`; :meth:`stop` when done.
+
+    Raises ``ConfigError`` unless the config has TLS and tokens or says ``insecure_local``, and when its
+    ``tokens_file`` holds no token."""
 
     def __init__(self, backend: EmbeddingBackend, config: GatewayConfig) -> None:
+        config.require_secure()
         self.backend = backend
         self.config = config
+        self._tokens = gateway_tokens(config)
         self._health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
         )
@@ -90,10 +96,10 @@ class GatewayServer:
     def start(self) -> GatewayServer:
         cfg = self.config
         interceptors = []
-        if cfg.tokens is not None:
+        if self._tokens is not None:
             interceptors.append(
                 BearerTokenInterceptor(
-                    cfg.tokens,
+                    self._tokens,
                     on_reject=lambda m: self.metrics.observe(m.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED, None),
                 )
             )
@@ -114,8 +120,8 @@ class GatewayServer:
         reflection.enable_server_reflection(SERVICE_NAMES, server)
 
         address = _bind_address(cfg.host, cfg.port)
-        if cfg.tls_cert_path is not None and cfg.tls_key_path is not None:
-            creds = grpc.ssl_server_credentials([(cfg.tls_key_path.read_bytes(), cfg.tls_cert_path.read_bytes())])
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
             port = server.add_secure_port(address, creds)
         else:
             port = server.add_insecure_port(address)

@@ -20,8 +20,8 @@ import numpy as np
 from actors.gateway import convert
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
-from actors.gateway.config import GatewayConfig
 from actors.gateway.metrics import GatewayMetrics
+from clustergnn.config import GatewayConfig
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.serving import (
     ClusterStatus,

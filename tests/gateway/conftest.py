@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from actors.gateway.config import GatewayConfig
 from actors.gateway.server import GatewayServer
+from clustergnn.config import GatewayConfig
 from tests.gateway.fakes import FakeBackend
 
 TOKENS = ("token-alpha-0123456789", "token-beta-9876543210")
@@ -92,10 +92,13 @@ GatewayFactory = Callable[..., GatewayServer]
 @pytest.fixture
 def make_gateway() -> Iterator[GatewayFactory]:
     """``make_gateway(backend=None, **config_fields)``: a started gateway, stopped after the test.
-    Defaults: plaintext, no tokens (``insecure_local``), fast health and watch polling."""
+    Defaults: any free port, no metrics endpoint, plaintext, no tokens (``insecure_local``), fast health
+    and watch polling."""
     started: list[GatewayServer] = []
 
     def make(backend: Any = None, **fields: Any) -> GatewayServer:
+        fields.setdefault("port", 0)
+        fields.setdefault("metrics_port", None)
         fields.setdefault("insecure_local", True)
         fields.setdefault("health_poll_interval_s", 0.05)
         fields.setdefault("watch_poll_interval_s", 0.01)

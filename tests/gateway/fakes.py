@@ -4,27 +4,31 @@ It keeps the shape of the real thing so the gateway's freshness semantics can be
 
 * a *fake log*: ``apply`` appends one record per mutation to Kafka partition ``src % P`` and returns
   partition -> offset of its last record, as the real backend does;
-* a *watermark* per Kafka partition that advances when records are applied: immediately
+* simulated partition owners that read every record at once and apply it immediately
   (``apply_delay_s=0``), after a delay (``apply_delay_s > 0``), or only on ``advance()``
-  (``apply_delay_s=None``, for lag and deadline tests);
+  (``apply_delay_s=None``, for lag and deadline tests).  They report to the same
+  :class:`clustergnn.freshness.Freshness` the Ray cluster uses, as the real owners do after a round: the
+  next offset not applied, the timestamp of the oldest record not applied (pending) or, when none is,
+  the moment they caught up.  Watermarks, staleness, bound checks and waiting are the real ones;
 * per-vertex versions, bumped by every applied mutation that touches the vertex, and embeddings that
   are a deterministic function of (vertex, layer, version) (:meth:`expected`);
 * owners that can be marked down (``set_alive``) and a ``status()`` that can be made to fail.
 
-Advancing is lazy (done inside ``read``/``status``), so the fake needs no thread.
+Advancing is lazy (done inside ``read``/``status``, at the instant the freshness check judges), so the
+fake needs no thread.  Time comes from an injected :class:`~clustergnn.freshness.Clock`.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.freshness import Clock, Freshness, SystemClock
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.serving import (
     ClusterStatus,
@@ -42,7 +46,7 @@ class _Record:
     kind: MutationKind
     src: int
     dst: int
-    produced_s: float
+    produced_ms: float  # its Kafka timestamp
 
 
 class FakeBackend:
@@ -56,17 +60,18 @@ class FakeBackend:
         num_kafka_partitions: int = 2,
         num_owners: int = 2,
         apply_delay_s: float | None = 0.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.dims = tuple(int(d) for d in dims)
         self.num_kafka_partitions = num_kafka_partitions
         self.num_owners = num_owners
         self.apply_delay_s = apply_delay_s
-        self._clock = clock
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.freshness = Freshness(num_kafka_partitions, self.clock)  # guarded by self._cond
         self._cond = threading.Condition()
         self._versions: dict[int, int] = {v: 0 for v in range(num_vertices)}
         self._log: list[list[_Record]] = [[] for _ in range(num_kafka_partitions)]
-        self._watermark = [0] * num_kafka_partitions
+        self._applied = [0] * num_kafka_partitions  # per simulated owner: the next offset to apply
         self._alive = [True] * num_owners
         self.mutations_per_s = 0.0
         self.status_error: Exception | None = None
@@ -94,6 +99,7 @@ class FakeBackend:
         """Apply every pending record now (whatever ``apply_delay_s`` says)."""
         with self._cond:
             self._advance_locked(math.inf)
+            self._report_locked(self.clock.now_ms())
             self._cond.notify_all()
 
     def bump(self, vertex: int) -> None:
@@ -106,12 +112,12 @@ class FakeBackend:
     def apply(self, batch: MutationBatch) -> dict[int, int]:
         if len(batch) == 0:
             raise MutationError("batch is empty; give at least 1 mutation")
-        now = self._clock()
+        now_ms = self.clock.now_ms()
         last: dict[int, int] = {}
         with self._cond:
             for kind, src, dst in zip(batch.kind.tolist(), batch.src.tolist(), batch.dst.tolist()):
                 p = src % self.num_kafka_partitions
-                self._log[p].append(_Record(MutationKind(kind), src, dst, now))
+                self._log[p].append(_Record(MutationKind(kind), src, dst, now_ms))
                 last[p] = len(self._log[p]) - 1
             self._cond.notify_all()
         return last
@@ -128,35 +134,16 @@ class FakeBackend:
         n_layers = len(self.dims)
         if not -n_layers <= layer < n_layers:
             raise InvalidReadError(f"layer must be in [{-n_layers}, {n_layers - 1}], got {layer}")
-        if max_staleness_ms is not None and not max_staleness_ms >= 0:
-            raise InvalidReadError(f"max_staleness_ms must be >= 0, got {max_staleness_ms}")
-        for p in (min_offsets or {}):
-            if not 0 <= p < self.num_kafka_partitions:
-                raise InvalidReadError(
-                    f"min_offsets names Kafka partition {p}; partitions are 0..{self.num_kafka_partitions - 1}"
-                )
+        self.freshness.validate(max_staleness_ms, min_offsets)
         self.read_count += 1
         self.last_timeout_s = timeout_s
-        deadline = self._clock() + timeout_s
         with self._cond:
-            while True:
-                down = [o for o, a in enumerate(self._alive) if not a]
-                if down:
-                    raise PartitionUnavailableError(f"partition owner {down[0]} is down")
-                now = self._clock()
-                self._advance_locked(now)
-                staleness_ms = self._staleness_ms_locked(now)
-                fresh = max_staleness_ms is None or staleness_ms <= max_staleness_ms
-                caught_up = all(self._watermark[p] > o for p, o in (min_offsets or {}).items())
-                if fresh and caught_up:
-                    break
-                if now >= deadline:
-                    raise StalenessDeadlineError(
-                        f"bound not met within {timeout_s:.3f} s: staleness {staleness_ms:.1f} ms "
-                        f"(max_staleness_ms={max_staleness_ms}), watermark {self._watermark}, "
-                        f"min_offsets {dict(min_offsets or {})}"
-                    )
-                self._cond.wait(min(deadline - now, 0.002))
+            verdict = self.freshness.wait(
+                max_staleness_ms, min_offsets, timeout_s=timeout_s, sleep=self._cond.wait, poll_s=0.002,
+                before_check=self._catch_up_locked,
+            )
+            if not verdict.met:
+                raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
             layer_idx = layer % n_layers
             ids = np.asarray(ids, dtype=np.int64)
             rows, versions = [], []
@@ -169,8 +156,8 @@ class FakeBackend:
             return ReadResult(
                 embeddings=emb,
                 versions=np.asarray(versions, dtype=np.int64),
-                staleness_ms=staleness_ms,
-                watermark=dict(enumerate(self._watermark)),
+                staleness_ms=verdict.staleness_ms if verdict.staleness_ms is not None else 0.0,
+                watermark=verdict.watermark,
                 layer=layer_idx,
             )
 
@@ -178,7 +165,10 @@ class FakeBackend:
         if self.status_error is not None:
             raise self.status_error
         with self._cond:
-            self._advance_locked(self._clock())
+            now_ms = self.clock.now_ms()
+            self._advance_locked(now_ms)
+            self._report_locked(now_ms)
+            watermark = self.freshness.watermark
             parts = []
             for o in range(self.num_owners):
                 owned = [p for p in range(self.num_kafka_partitions) if p % self.num_owners == o]
@@ -187,33 +177,46 @@ class FakeBackend:
                         partition=o,
                         alive=self._alive[o],
                         num_vertices=sum(1 for v in self._versions if v % self.num_owners == o),
-                        watermark={p: self._watermark[p] for p in owned},
-                        lag=sum(len(self._log[p]) - self._watermark[p] for p in owned),
-                        applied_mutations=sum(self._watermark[p] for p in owned),
+                        watermark={p: watermark[p] for p in owned},
+                        lag=sum(len(self._log[p]) - watermark[p] for p in owned),
+                        applied_mutations=sum(watermark[p] for p in owned),
                         mutations_per_s=self.mutations_per_s,
                     )
                 )
             return ClusterStatus(
                 partitions=parts,
-                watermark=dict(enumerate(self._watermark)),
+                watermark=watermark,
                 num_layers=len(self.dims),
                 embedding_dims=list(self.dims),
                 extra={"fake": 1.0},
             )
 
     # ----------------------------------------------------------------- internals
-    def _staleness_ms_locked(self, now: float) -> float:
-        pending = [self._log[p][w].produced_s for p, w in enumerate(self._watermark) if w < len(self._log[p])]
-        return max(0.0, (now - min(pending)) * 1000.0) if pending else 0.0
+    def _catch_up_locked(self, now_ms: float) -> None:
+        """Before each freshness check: fail if an owner is down, else let the owners apply what they
+        would have by ``now_ms`` and report."""
+        down = [o for o, a in enumerate(self._alive) if not a]
+        if down:
+            raise PartitionUnavailableError(f"partition owner {down[0]} is down")
+        self._advance_locked(now_ms)
+        self._report_locked(now_ms)
 
-    def _advance_locked(self, now: float) -> None:
-        if self.apply_delay_s is None and now != math.inf:
-            return
-        delay = 0.0 if now == math.inf else float(self.apply_delay_s or 0.0)
+    def _report_locked(self, now_ms: float) -> None:
+        """What each simulated owner reports at the end of a round (see the module docstring)."""
         for p, log in enumerate(self._log):
-            while self._watermark[p] < len(log) and log[self._watermark[p]].produced_s + delay <= now:
-                self._apply_record(log[self._watermark[p]])
-                self._watermark[p] += 1
+            w = self._applied[p]
+            pending_ms = log[w].produced_ms if w < len(log) else None
+            self.freshness.report(p, w, oldest_pending_ts_ms=pending_ms,
+                                  caught_up_at_ms=now_ms if pending_ms is None else None)
+
+    def _advance_locked(self, now_ms: float) -> None:
+        if self.apply_delay_s is None and now_ms != math.inf:
+            return
+        delay_ms = 0.0 if now_ms == math.inf else float(self.apply_delay_s or 0.0) * 1000.0
+        for p, log in enumerate(self._log):
+            while self._applied[p] < len(log) and log[self._applied[p]].produced_ms + delay_ms <= now_ms:
+                self._apply_record(log[self._applied[p]])
+                self._applied[p] += 1
 
     def _apply_record(self, r: _Record) -> None:
         if r.kind is MutationKind.ADD_VERTEX:

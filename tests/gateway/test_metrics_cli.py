@@ -68,7 +68,7 @@ def test_abbreviate() -> None:
 
 def test_cli_query_and_status(make_gateway: GatewayFactory, certs: Certs, capsys: pytest.CaptureFixture[str]) -> None:
     fake = FakeBackend(dims=(8, 16))
-    gw = make_gateway(fake, tls_cert_path=certs.cert, tls_key_path=certs.key, tokens=TOKENS, insecure_local=False)
+    gw = make_gateway(fake, tls_cert=certs.cert, tls_key=certs.key, tokens=TOKENS, insecure_local=False)
     conn = ["--target", gw.target, "--token", TOKENS[0], "--root-cert", str(certs.ca)]
     assert main(["query", "3", "12", "--max-staleness-ms", "100", *conn]) == 0
     out = capsys.readouterr().out

@@ -49,7 +49,7 @@ def _call(client: Path, target: str, method: str, request: dict[str, Any], token
 
 def test_node_get_embeddings(node_client: Path, make_gateway: GatewayFactory, certs: Certs) -> None:
     fake = FakeBackend(dims=(8, 5))
-    gw = make_gateway(fake, tls_cert_path=certs.cert, tls_key_path=certs.key, tokens=TOKENS, insecure_local=False)
+    gw = make_gateway(fake, tls_cert=certs.cert, tls_key=certs.key, tokens=TOKENS, insecure_local=False)
     # ids as strings: int64 is not exact in a JS number
     out = _call(node_client, gw.target, "GetEmbeddings", {"vertex_ids": ["3", "9"], "max_staleness_ms": 100}, TOKENS[0], certs.ca)
     assert out["ok"], out
@@ -62,7 +62,7 @@ def test_node_get_embeddings(node_client: Path, make_gateway: GatewayFactory, ce
 
 
 def test_node_errors_and_other_services(node_client: Path, make_gateway: GatewayFactory, certs: Certs) -> None:
-    gw = make_gateway(FakeBackend(), tls_cert_path=certs.cert, tls_key_path=certs.key, tokens=TOKENS, insecure_local=False)
+    gw = make_gateway(FakeBackend(), tls_cert=certs.cert, tls_key=certs.key, tokens=TOKENS, insecure_local=False)
     denied = _call(node_client, gw.target, "GetEmbeddings", {"vertex_ids": ["3"]}, None, certs.ca)
     assert not denied["ok"] and denied["codeName"] == "UNAUTHENTICATED"
     bad = _call(node_client, gw.target, "GetEmbeddings", {"vertex_ids": ["31337"], "layer": 0}, TOKENS[1], certs.ca)

@@ -13,14 +13,17 @@ from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.auth import BearerTokenInterceptor
 from actors.gateway.client import GatewayClient
-from actors.gateway.config import ENV_TOKENS, GatewayConfig, client_defaults, load_tokens
+from actors.gateway.env import ENV_TOKENS, client_defaults, gateway_tokens, load_tokens
+from actors.gateway.server import GatewayServer
+from clustergnn.config import Config, ConfigError, GatewayConfig
 from tests.gateway.conftest import TOKENS, Certs, GatewayFactory
+from tests.gateway.fakes import FakeBackend
 
 
 def _secure_fields(certs: Certs, tls: bool, auth: bool) -> dict:
     fields: dict = {"insecure_local": not (tls and auth)}
     if tls:
-        fields.update(tls_cert_path=certs.cert, tls_key_path=certs.key)
+        fields.update(tls_cert=certs.cert, tls_key=certs.key)
     if auth:
         fields["tokens"] = TOKENS
     return fields
@@ -73,7 +76,9 @@ def test_health_and_reflection_stay_open(make_gateway: GatewayFactory, certs: Ce
     with grpc.secure_channel(gw.target, creds) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
-        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase,
+        )
 
         assert "clustergnn.v1.EmbeddingService" in ProtoReflectionDescriptorDatabase(ch).get_services()
 
@@ -92,25 +97,50 @@ def test_tls_rejects_an_untrusted_server_certificate(make_gateway: GatewayFactor
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
+def _serve(config: GatewayConfig) -> None:
+    """Build (not start) a gateway: where the TLS-and-tokens requirement is enforced."""
+    GatewayServer(FakeBackend(), config)
+
+
 def test_secure_by_default_config(certs: Certs) -> None:
-    with pytest.raises(ValueError, match=r"missing \['TLS', 'tokens'\].*insecure_local"):
-        GatewayConfig()
-    with pytest.raises(ValueError, match=r"missing \['tokens'\]"):
-        GatewayConfig(tls_cert_path=certs.cert, tls_key_path=certs.key)
-    with pytest.raises(ValueError, match=r"missing \['TLS'\]"):
-        GatewayConfig(tokens=TOKENS)
-    with pytest.raises(ValueError, match="both tls_cert_path and tls_key_path"):
-        GatewayConfig(tls_cert_path=certs.cert, tokens=TOKENS)
-    with pytest.raises(ValueError, match="only allowed on a loopback host, got host='0.0.0.0'"):
+    with pytest.raises(ConfigError, match=r"missing \['TLS', 'tokens'\].*insecure_local"):
+        _serve(GatewayConfig())
+    with pytest.raises(ConfigError, match=r"missing \['tokens'\]"):
+        _serve(GatewayConfig(tls_cert=certs.cert, tls_key=certs.key))
+    with pytest.raises(ConfigError, match=r"missing \['TLS'\]"):
+        _serve(GatewayConfig(tokens=TOKENS))
+    with pytest.raises(ConfigError, match=r"missing \['TLS'\]"):
+        _serve(Config.from_dict({"gateway": {"tokens_file": "/no/such/file"}}).gateway)
+    with pytest.raises(ConfigError, match="both gateway.tls_cert and gateway.tls_key"):
+        GatewayConfig(tls_cert=certs.cert, tokens=TOKENS)
+    with pytest.raises(ConfigError, match="only allowed on a loopback host, got host='0.0.0.0'"):
         GatewayConfig(host="0.0.0.0", insecure_local=True)
-    with pytest.raises(ValueError, match="non-empty tuple"):
+    with pytest.raises(ConfigError, match="non-empty tuple"):
         GatewayConfig(tokens=(), insecure_local=True)
-    with pytest.raises(ValueError, match="port must be in"):
+    with pytest.raises(ConfigError, match="port must be in"):
         GatewayConfig(port=70000, insecure_local=True)
-    with pytest.raises(ValueError, match="default_deadline_s must be a finite number > 0, got -1"):
+    with pytest.raises(ConfigError, match="default_deadline_s must be a finite number > 0, got -1"):
         GatewayConfig(default_deadline_s=-1, insecure_local=True)
-    full = GatewayConfig(host="0.0.0.0", tls_cert_path=certs.cert, tls_key_path=certs.key, tokens=TOKENS)
-    assert full.tls_enabled and full.auth_enabled
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['tls_cert_path'\] in config.gateway"):
+        Config.from_dict({"gateway": {"tls_cert_path": "x"}})
+    full = GatewayConfig(host="0.0.0.0", tls_cert=certs.cert, tls_key=certs.key, tokens=TOKENS)
+    assert full.tls_enabled and full.auth_enabled and full.tls_cert == str(certs.cert)
+    assert "token-alpha" not in repr(full)  # tokens never show in logs
+    _serve(full)
+    Config()  # a cluster without a gateway needs neither TLS nor tokens
+
+
+def test_gateway_reads_its_tokens_file(tmp_path: Path, certs: Certs) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("alpha\n")
+    cfg = Config.from_dict({"gateway": {"host": "0.0.0.0", "tls_cert": str(certs.cert), "tls_key": str(certs.key),
+                                        "tokens_file": str(f)}}).gateway
+    assert gateway_tokens(cfg, environ={ENV_TOKENS: "beta"}) == ("alpha", "beta")
+    assert gateway_tokens(GatewayConfig(tokens=("x",)), environ={ENV_TOKENS: "ignored"}) == ("x",)
+    assert gateway_tokens(GatewayConfig(), environ={ENV_TOKENS: "ignored"}) is None
+    f.write_text("# none\n")
+    with pytest.raises(ConfigError, match="holds no tokens"):
+        gateway_tokens(cfg, environ={})
 
 
 def test_tokens_from_file_and_environment(tmp_path: Path) -> None:

@@ -14,10 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actors.cluster import Cluster
 from actors.gateway.client import GatewayClient
-from actors.gateway.config import GatewayConfig
 from actors.gateway.server import GatewayServer
 from clustergnn import Engine, MutationBatch, UnknownVertexError
-from clustergnn.config import Config
+from clustergnn.config import Config, GatewayConfig
 from clustergnn.serving import InvalidReadError, PartitionUnavailableError, StalenessDeadlineError
 from streams.producer import MutationProducer
 from tests.gateway.conftest import TOKENS, _make_certs
@@ -51,8 +50,8 @@ def served(ray_local, kafka_bootstrap, tmp_path_factory) -> Iterator[Served]:
         "graph": {"dataset": None},
     })
     cluster = Cluster(cfg).start()
-    gw = GatewayServer(cluster, GatewayConfig(host="127.0.0.1", port=0, tls_cert_path=certs.cert, tls_key_path=certs.key,
-                                              tokens=TOKENS, health_poll_interval_s=0.1)).start()
+    gw = GatewayServer(cluster, GatewayConfig(host="127.0.0.1", port=0, metrics_port=None, tls_cert=certs.cert,
+                                              tls_key=certs.key, tokens=TOKENS, health_poll_interval_s=0.1)).start()
     single = Engine.from_layers(cluster.layers, F)
     init = MutationBatch.concat([MutationBatch.add_vertices(np.arange(30), torch.randn(30, F, generator=torch.Generator().manual_seed(0))),
                                  MutationBatch.add_edges(np.arange(30), (np.arange(30) * 7 + 1) % 30)])
