@@ -3,14 +3,14 @@
 Every Ray call of clustergnn lives in this module (and ``actors/ray_env.py``).  A :class:`Cluster`
 implements :class:`clustergnn.serving.EmbeddingBackend`, so the gRPC gateway serves it directly.
 
-Rounds (see ``clustergnn/partitioned.py``): ``ingest`` on every owner (each polls its Kafka partition);
-if any owner applied something, ``structure``, one ``layer`` step per GNN layer and ``end_round`` follow,
-with the owners' outboxes routed between steps (one message per sender and receiver per step, never
-one per vertex).  When a round ends, every record below each owner's reported offset is applied
-through every layer on every partition: that is the *watermark*.  The *visible time* is the moment up
-to which every produced record is visible: per partition, the start of the last poll that found the
-partition drained (or the timestamp of its oldest record still waiting), minimum over partitions.
-A read with ``max_staleness_ms = S`` waits until ``now - visible_time <= S``.
+Rounds are driven by the core's round driver (``clustergnn/rounds.py``: ``ingest`` on every owner, each
+polling its Kafka partition; if any owner applied something, the retry when it is due, ``structure`` and
+one step per GNN layer, with the owners' outboxes routed between steps); this module supplies only the
+fan-out, one ``.remote()`` per owner and a ``ray.get``.  When a round ends, every record below each
+owner's reported offset is applied through every layer on every partition: that is the *watermark*.
+The *visible time* is the moment up to which every produced record is visible: per partition, the
+start of the last poll that found the partition drained (or the timestamp of its oldest record still
+waiting), minimum over partitions.  A read with ``max_staleness_ms = S`` waits until ``now - visible_time <= S``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from clustergnn.models import feature_dim as model_feature_dim
 from clustergnn.models import load_layers
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import HashPartitionMap
+from clustergnn.rounds import RoundOptions, RoundStats, Step, run_round
 from clustergnn.serving import (
     ClusterStatus,
     InvalidReadError,
@@ -43,22 +44,6 @@ from clustergnn.serving import (
 )
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RoundStats:
-    rounds: int = 0
-    busy_rounds: int = 0
-    mutations: int = 0
-    messages: int = 0
-    message_bytes: int = 0
-    dead_letters: int = 0
-    round_ms: deque = field(default_factory=lambda: deque(maxlen=512))
-    step_ms: dict = field(default_factory=dict)  # step name -> recent durations (busy rounds)
-
-    def step(self, name: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.step_ms.setdefault(name, deque(maxlen=512)).append((now - t0) * 1000)
-        return now
 
 
 def _owner_env(num_cpus: float) -> dict:
@@ -189,58 +174,23 @@ class Cluster:
                     self._cond.notify_all()
                 return
 
-    @staticmethod
-    def _route(outboxes: list[dict], P: int) -> tuple[list[list], int, int]:
-        inbox: list[list] = [[] for _ in range(P)]
-        n = nbytes = 0
-        for out in outboxes:
-            for q, msg in out.items():
-                inbox[q].append(msg)
-                n += 1
-                nbytes += msg.nbytes
-        return inbox, n, nbytes
-
-    def run_round(self) -> bool:
-        """One round; True if anything was applied."""
+    def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """The round driver's fan-out: ``step`` on every owner at once, results in partition order."""
         import ray
 
+        return ray.get([getattr(o, step).remote(*a) for o, a in zip(self.owners, args, strict=True)])
+
+    def run_round(self) -> bool:
+        """One round (``clustergnn.rounds.run_round``); True if anything was applied."""
         t0 = time.perf_counter()
         self.round_id += 1
-        r = self.round_id
-        max_records = self.config.kafka.max_poll_records
-        reports, self._next_reports = self._next_reports, None
-        if reports is None:
-            reports = ray.get([o.ingest.remote(r, max_records) for o in self.owners])
-        busy = any(rep.busy for rep in reports)
-        if busy:
-            st = self.stats
-            t = st.step("ingest", t0)
-            struct = [rep.struct_out for rep in reports]
-            if self.P > 1 and any(rep.oldest_pending_ts_ms is not None for rep in reports):
-                # something waits for a vertex another partition may have added this very round
-                inbox, _, _ = self._route(struct, self.P)
-                reports = ray.get([o.retry.remote(inbox[p]) for p, o in enumerate(self.owners)])
-                struct += [rep.struct_out for rep in reports]
-                t = st.step("retry", t)
-            inbox, n, b = self._route(struct, self.P)
-            outs = ray.get([o.structure.remote(r, inbox[p]) for p, o in enumerate(self.owners)])
-            t = st.step("structure", t)
-            for li in range(self.num_layers):
-                inbox, n2, b2 = self._route(outs, self.P)
-                n, b = n + n2, b + b2
-                if li < self.num_layers - 1:
-                    outs = ray.get([o.layer.remote(li, inbox[p]) for p, o in enumerate(self.owners)])
-                elif self.config.cluster.hub_window_ms:
-                    published = ray.get([o.finish_round.remote(inbox[p]) for p, o in enumerate(self.owners)])
-                else:  # the last layer closes the round, and the same call starts the next one's ingest
-                    both = ray.get([o.finish_round_then_ingest.remote(inbox[p], r + 1, max_records)
-                                    for p, o in enumerate(self.owners)])
-                    published = [x[0] for x in both]
-                    self._next_reports = [x[1] for x in both]
-                t = st.step(f"layer{li}", t)
-            self.stats.busy_rounds += 1
-            self.stats.messages += n
-            self.stats.message_bytes += b
+        # with a hub window the next round waits for the window, so its ingest cannot ride on this round
+        options = RoundOptions(self.P, self.num_layers, self.config.kafka.max_poll_records,
+                               fuse_next_ingest=not self.config.cluster.hub_window_ms)
+        prefetched, self._next_reports = self._next_reports, None
+        out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
+        self._next_reports = out.next_reports
+        busy, reports, published = out.busy, out.reports, out.finished
         with self._cond:
             if busy and self.replica is not None:
                 self.replica.apply([x for x in published if x is not None])

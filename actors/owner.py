@@ -2,9 +2,10 @@
 
 It moves bytes and nothing else: it reads its Kafka partition (``streams``), feeds records to the
 engine one atomic record at a time, dead-letters the records the engine rejects, keeps deferred
-mutations for the next round, and answers the coordinator's round steps and the gateway's reads.
-The class is plain Python; ``ray.remote`` is applied where it is created (``actors/cluster.py``), so
-it can be driven in one process too.
+mutations for the next round, and answers the round driver's steps (the shape of
+:class:`clustergnn.rounds.RoundPartition`) and the gateway's reads.  The class is plain Python;
+``ray.remote`` is applied where it is created (``actors/cluster.py``), so it can be driven in one
+process too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class _Pending:
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What one partition's ``ingest`` step did (the coordinator derives watermarks from it)."""
+    """What one partition's ``ingest``/``retry`` step did: what the round driver needs
+    (:class:`clustergnn.rounds.IngestReport`: ``busy``, ``deferred``, ``struct_out``) and what the
+    coordinator derives watermarks and visible time from."""
 
     partition: int
     busy: bool  # anything applied or still pending: the round must run its propagation steps
@@ -48,6 +51,7 @@ class IngestReport:
     oldest_pending_ts_ms: int | None  # Kafka timestamp of the oldest record not yet applied
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
+    deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
@@ -95,7 +99,7 @@ class PartitionOwner:
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
 
     # ------------------------------------------------------------------ round steps
-    def ingest(self, round_id: int, max_records: int) -> IngestReport:
+    def ingest(self, round_id: int, max_records: int | None) -> IngestReport:
         """Step 1: poll, apply records atomically (deferring what waits for remote vertices).
 
         Polling here, once per round, rather than in a thread of its own: on a small machine a
@@ -127,8 +131,8 @@ class PartitionOwner:
         return self._report()
 
     def retry(self, inbox: list[StructMsg]) -> IngestReport:
-        """Step 1b (only in rounds where something was deferred): learn the vertices other partitions
-        added this round, then retry the deferred mutations within the same round."""
+        """Step 1b (only when the round driver's retry trigger holds, ``clustergnn/rounds.py``): learn the
+        vertices other partitions added this round, then retry the deferred mutations within the round."""
         if self._open:
             self.engine.begin_retry(inbox)
             todo, self.pending = self.pending, []
@@ -168,6 +172,7 @@ class PartitionOwner:
             oldest_pending_ts_ms=min([p.timestamp_ms for p in self.pending], default=None),
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
+            deferred=sum(len(p.batch) for p in self.pending),
             struct_out=self.engine.structure_outbox() if self._open else {},
         )
 
@@ -196,7 +201,7 @@ class PartitionOwner:
         return self.last_round.published
 
     def finish_round_then_ingest(self, inbox: list[LayerMsg], next_round: int,
-                                 max_records: int) -> tuple[Published | None, IngestReport]:
+                                 max_records: int | None) -> tuple[Published | None, IngestReport]:
         """The last layer of this round, then the next round's ingest, in one call (one Ray step less
         per round; the round is closed before the next one starts, so nothing overlaps)."""
         published = self.finish_round(inbox)

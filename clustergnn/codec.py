@@ -48,6 +48,8 @@ ID_COLUMNS: dict[str, pa.DataType] = {"kind": pa.int8(), "src": pa.int64(), "dst
 FEATURES = "features"
 COLUMNS: tuple[str, ...] = (*ID_COLUMNS, FEATURES)
 
+_FEATURES_TYPE = "fixed_size_list<float32>[F]"
+
 NO_FEATURE_WIDTH = 1
 """``F`` written for a table without feature rows (see the module docstring)."""
 
@@ -206,7 +208,7 @@ def check_schema(sch: pa.Schema) -> CodecError | None:
             return CodecError(CodecErrorCode.BAD_TYPE, f"column {name!r} must be {typ}, got {got}")
     ftype = sch.field(FEATURES).type
     if not pa.types.is_fixed_size_list(ftype) or ftype.value_type != pa.float32():
-        return CodecError(CodecErrorCode.BAD_TYPE, f"column 'features' must be fixed_size_list<float32>[F], got {ftype}")
+        return CodecError(CodecErrorCode.BAD_TYPE, f"column 'features' must be {_FEATURES_TYPE}, got {ftype}")
     return None
 
 
@@ -218,7 +220,8 @@ def conform(table: pa.Table | pa.RecordBatch) -> pa.Table | CodecError:
         table = pa.Table.from_batches([table])
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        return CodecError(CodecErrorCode.MISSING_FIELD, f"arrow table lacks columns {missing}; has {table.column_names}")
+        has = table.column_names
+        return CodecError(CodecErrorCode.MISSING_FIELD, f"arrow table lacks columns {missing}; has {has}")
     table = table.select(list(COLUMNS))
     for name, typ in ID_COLUMNS.items():
         got = table.schema.field(name).type
@@ -226,7 +229,7 @@ def conform(table: pa.Table | pa.RecordBatch) -> pa.Table | CodecError:
             return CodecError(CodecErrorCode.BAD_TYPE, f"column {name!r} must hold integers ({typ}), got {got}")
     ftype = table.schema.field(FEATURES).type
     if not pa.types.is_fixed_size_list(ftype) or not pa.types.is_floating(ftype.value_type):
-        return CodecError(CodecErrorCode.BAD_TYPE, f"column 'features' must be fixed_size_list<float32>[F], got {ftype}")
+        return CodecError(CodecErrorCode.BAD_TYPE, f"column 'features' must be {_FEATURES_TYPE}, got {ftype}")
     target = pa.schema([pa.field(f.name, f.type) for f in schema(ftype.list_size)])  # nulls: decode names them
     try:
         return table.cast(target)
@@ -298,7 +301,6 @@ def decode(table: pa.Table | pa.RecordBatch) -> MutationColumns | CodecError:
     finite = np.isfinite(feats)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        return CodecError(
-            CodecErrorCode.NON_FINITE, f"feature row {row} holds a non-finite value {float(feats[row][~finite[row]][0])!r}"
-        )
+        value = float(feats[row][~finite[row]][0])
+        return CodecError(CodecErrorCode.NON_FINITE, f"feature row {row} holds a non-finite value {value!r}")
     return MutationColumns(kind, src, dst, feats, width)

@@ -45,16 +45,9 @@ import torch
 from clustergnn.engine import Engine, LayerDelta, _Pending, _cat
 from clustergnn.errors import MutationError
 from clustergnn.graph import DIRECT_ID_LIMIT, union, unique
-from clustergnn.mutations import MutationBatch, MutationKind
-from clustergnn.partition import PartitionMap
-
-
-def _subset(batch: MutationBatch, mask: np.ndarray) -> MutationBatch:
-    """The mutations of ``batch`` selected by boolean ``mask``, in order, with their features."""
-    frow = batch.feature_row_index()
-    f = frow[mask & (frow >= 0)]
-    feats = batch.features[torch.from_numpy(f)] if f.size else batch.features[:0]
-    return MutationBatch(batch.kind[mask], batch.src[mask], batch.dst[mask], feats)
+from clustergnn.mutations import MutationBatch, edge_kinds_mask
+from clustergnn.partition import PartitionMap, route, split_by_owner
+from clustergnn.rounds import EnginePartition, RoundOptions, RoundStats, local_fan_out, run_round
 
 
 class IdDirectory:
@@ -241,13 +234,13 @@ class PartitionEngine(Engine):
         rs = self._state()
         if len(batch) == 0:
             return batch
-        is_edge = (batch.kind == MutationKind.ADD_EDGE) | (batch.kind == MutationKind.REMOVE_EDGE)
-        route = np.where(is_edge, batch.dst, batch.src)
-        wrong = np.flatnonzero(self.pmap.owner(route) != self.partition)
+        is_edge = edge_kinds_mask(batch.kind)
+        routing = route(batch)
+        wrong = np.flatnonzero(self.pmap.owner(routing) != self.partition)
         if wrong.size:
             i = int(wrong[0])
-            raise MutationError(f"mutation {i} routes to partition {int(self.pmap.owner(route[i:i + 1])[0])}, "
-                                f"not {self.partition} (vertex {int(route[i])})")
+            raise MutationError(f"mutation {i} routes to partition {int(self.pmap.owner(routing[i:i + 1])[0])}, "
+                                f"not {self.partition} (vertex {int(routing[i])})")
         g = self.graph
         remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
         srcs = batch.src[remote_edge]
@@ -258,17 +251,17 @@ class PartitionEngine(Engine):
             # have gone with its source (cross-partition order is undefined; this equals "edge first").
             keep = np.ones(len(batch), dtype=bool)
             keep[gone] = False
-            batch, is_edge, remote_edge = _subset(batch, keep), is_edge[keep], remote_edge[keep]
+            batch, is_edge, remote_edge = batch.subset(keep), is_edge[keep], remote_edge[keep]
             srcs = batch.src[remote_edge]
             state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
         unknown = state == IdDirectory.UNKNOWN
         if unknown.any() or rs.blocked:
             keep = self._defer_mask(batch, is_edge, np.flatnonzero(remote_edge)[unknown], rs.blocked)
-            deferred = _subset(batch, ~keep)
-            batch = _subset(batch, keep)
+            deferred = batch.subset(~keep)
+            batch = batch.subset(keep)
             is_edge, remote_edge = is_edge[keep], remote_edge[keep]
         else:
-            deferred = _subset(batch, np.zeros(len(batch), dtype=bool))
+            deferred = batch.slice(0, 0)
         remote = unique(batch.src[remote_edge])
         ghosts = _EMPTY
         if remote.size:
@@ -482,15 +475,16 @@ class PartitionEngine(Engine):
 
 
 class LocalCluster:
-    """P partition engines in one process, driven round by round (tests, and the shape the Ray
-    coordinator follows with actors)."""
+    """P partition engines in one process, driven round by round by the same driver as the Ray
+    coordinator (:func:`clustergnn.rounds.run_round`; the fan-out is a loop).  Tests use it."""
 
     def __init__(self, engines: list[PartitionEngine]) -> None:
         self.engines = engines
         self.P = len(engines)
         self.pmap = engines[0].pmap
-        self.message_bytes = 0
-        self.messages = 0
+        self.parts = [EnginePartition(e) for e in engines]
+        self.stats = RoundStats()
+        self.round_id = max(e.round for e in engines)
 
     @classmethod
     def from_layers(cls, layers, feature_dim: int, partition_map: PartitionMap, **kwargs) -> LocalCluster:
@@ -499,44 +493,31 @@ class LocalCluster:
         return cls([PartitionEngine(rules_from_dgl(list(layers), feature_dim), partition=p, partition_map=partition_map,
                                     **kwargs) for p in range(partition_map.num_partitions)])
 
-    def split(self, batch: MutationBatch) -> list[MutationBatch]:
-        """Route a batch's mutations to their owners, keeping order within each partition."""
-        route = np.where((batch.kind == MutationKind.ADD_EDGE) | (batch.kind == MutationKind.REMOVE_EDGE), batch.dst, batch.src)
-        owner = self.pmap.owner(route)
-        return [_subset(batch, owner == p) for p in range(self.P)]
+    @property
+    def messages(self) -> int:
+        return self.stats.messages
 
-    def _deliver(self, outboxes: list[dict]) -> list[list]:
-        inbox: list[list] = [[] for _ in range(self.P)]
-        for out in outboxes:
-            for q, msg in out.items():
-                inbox[q].append(msg)
-                self.messages += 1
-                self.message_bytes += msg.nbytes
-        return inbox
+    @property
+    def message_bytes(self) -> int:
+        return self.stats.message_bytes
+
+    def split(self, batch: MutationBatch) -> list[MutationBatch]:
+        """``batch``'s mutations per partition (:func:`clustergnn.partition.split_by_owner`), in order."""
+        parts = split_by_owner(batch, self.pmap)
+        return [parts.get(p, batch.slice(0, 0)) for p in range(self.P)]
 
     def round(self, per_partition: list[MutationBatch]) -> tuple[list[RoundSummary], list[MutationBatch]]:
-        """One round over the given per-partition batches; returns summaries and deferred mutations.
-
-        As the Ray coordinator does: when something was deferred, the partitions learn each other's
-        additions of this round and retry it once before propagating."""
-        deferred = []
-        for e, b in zip(self.engines, per_partition):
-            e.begin_round()
-            deferred.append(e.ingest(b))
-        outs = [e.structure_outbox() for e in self.engines]
-        if self.P > 1 and any(len(d) for d in deferred):
-            first = self._deliver(outs)
-            for e, i in zip(self.engines, first):
-                e.begin_retry(i)
-            deferred = [e.ingest(d) if len(d) else d for e, d in zip(self.engines, deferred)]
-            second = self._deliver([e.structure_outbox() for e in self.engines])
-            inbox = [a + b for a, b in zip(first, second)]
-        else:
-            inbox = self._deliver(outs)
-        inbox = self._deliver([e.structure(i) for e, i in zip(self.engines, inbox)])
-        for li in range(self.engines[0].num_layers):
-            inbox = self._deliver([e.layer(li, i) for e, i in zip(self.engines, inbox)])
-        return [e.end_round() for e in self.engines], deferred
+        """One round over the given per-partition batches; returns summaries (none if nothing was to do)
+        and the deferred mutations per partition.  Deferred mutations get one retry within the round
+        (:mod:`clustergnn.rounds` says when)."""
+        if len(per_partition) != self.P:
+            raise ValueError(f"need one batch per partition ({self.P}), got {len(per_partition)}")
+        for part, b in zip(self.parts, per_partition):
+            part.feed(b)
+        self.round_id += 1
+        out = run_round(local_fan_out(self.parts), self.round_id, RoundOptions(self.P, self.engines[0].num_layers),
+                        self.stats)
+        return out.finished, [part.deferred for part in self.parts]
 
     def apply(self, batch: MutationBatch, max_rounds: int = 4) -> list[RoundSummary]:
         """Apply ``batch`` in as many rounds as deferred cross-partition edges need."""
