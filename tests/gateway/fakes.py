@@ -2,7 +2,8 @@
 
 It keeps the shape of the real thing so the gateway's freshness semantics can be tested end to end:
 
-* a *fake log*: ``apply`` appends one record per mutation to Kafka partition ``src % P`` and returns
+* a *fake log*: ``apply`` appends one record per mutation to the Kafka partition its routing vertex
+  hashes to (:func:`clustergnn.partition.route`, as the real producer routes) and returns
   partition -> offset of its last record, as the real backend does;
 * simulated partition owners that read every record at once and apply it immediately
   (``apply_delay_s=0``), after a delay (``apply_delay_s > 0``), or only on ``advance()``
@@ -30,6 +31,7 @@ import numpy as np
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.freshness import Clock, Freshness, SystemClock
 from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.partition import HashPartitionMap, route
 from clustergnn.serving import (
     ClusterStatus,
     InvalidReadError,
@@ -64,6 +66,7 @@ class FakeBackend:
     ) -> None:
         self.dims = tuple(int(d) for d in dims)
         self.num_kafka_partitions = num_kafka_partitions
+        self._pmap = HashPartitionMap(num_kafka_partitions)
         self.num_owners = num_owners
         self.apply_delay_s = apply_delay_s
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -115,8 +118,8 @@ class FakeBackend:
         now_ms = self.clock.now_ms()
         last: dict[int, int] = {}
         with self._cond:
-            for kind, src, dst in zip(batch.kind.tolist(), batch.src.tolist(), batch.dst.tolist()):
-                p = src % self.num_kafka_partitions
+            owners = self._pmap.owner(route(batch)).tolist()  # the real routing rule, not a copy of it
+            for kind, src, dst, p in zip(batch.kind.tolist(), batch.src.tolist(), batch.dst.tolist(), owners):
                 self._log[p].append(_Record(MutationKind(kind), src, dst, now_ms))
                 last[p] = len(self._log[p]) - 1
             self._cond.notify_all()

@@ -41,15 +41,17 @@ def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
     assert _value(text, "clustergnn_gateway_request_latency_seconds_count", '{method="GetEmbeddings"}') == 4
     assert _value(text, "clustergnn_gateway_served_staleness_ms_count") == 3
     assert _value(text, "clustergnn_gateway_mutations_written_total") == 2
-    assert _value(text, "clustergnn_partition_lag", '{partition="1"}') == 2  # both records on Kafka partition 1
-    assert _value(text, "clustergnn_partition_watermark_offset", '{kafka_partition="1",partition="1"}') == 0
+    # both edges route to their destination's owner (2 and 4): Kafka partition 0
+    assert _value(text, "clustergnn_partition_lag", '{partition="0"}') == 2
+    assert _value(text, "clustergnn_partition_lag", '{partition="1"}') == 0
+    assert _value(text, "clustergnn_partition_watermark_offset", '{kafka_partition="0",partition="0"}') == 0
     assert _value(text, "clustergnn_ingest_mutations_per_second") == 25.0
     assert _value(text, "clustergnn_cluster_healthy") == 1
     fake.advance()
     gw.monitor.poll_once()
     text = gw.metrics.render().decode()
-    assert _value(text, "clustergnn_watermark_offset", '{kafka_partition="1"}') == 2
-    assert _value(text, "clustergnn_partition_lag", '{partition="1"}') == 0
+    assert _value(text, "clustergnn_watermark_offset", '{kafka_partition="0"}') == 2
+    assert _value(text, "clustergnn_partition_lag", '{partition="0"}') == 0
 
 
 def test_unauthenticated_calls_are_counted(make_gateway: GatewayFactory) -> None:
