@@ -20,7 +20,7 @@ from clustergnn.config import Config
 from clustergnn.engine import dgl_forward
 from clustergnn.serving import InvalidReadError, StalenessDeadlineError
 from tests.core.gen import random_stream
-from tests.integration.conftest import raw_send
+from tests.kafka_util import raw_send
 
 pytestmark = pytest.mark.integration
 

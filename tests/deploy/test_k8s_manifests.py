@@ -36,7 +36,7 @@ from clustergnn.config import Config  # noqa: E402
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 SCHEMAS = ROOT.parent / "shared" / "k8s-schemas"
 TARGETS = ["base", "overlays/dev", "overlays/gpu"]

@@ -19,7 +19,7 @@ from streams.producer import MutationProducer
 from streams.topics import dead_letter_topic_for, ensure_topic, ensure_topics
 from streams.wire import SCHEMA_VERSION_KEY, DecodeErrorCode, encode_arrow
 from tests.batches import assert_same
-from tests.integration.conftest import drain, joined, raw_send, read_all
+from tests.kafka_util import drain, joined, raw_send, read_all
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from clustergnn.partition import HashPartitionMap
 from streams.consumer import H_REASON, MutationConsumer
 from streams.topics import dead_letter_topic_for, ensure_topics
 from tests.batches import assert_same
-from tests.integration.conftest import drain, joined, read_all
+from tests.kafka_util import drain, joined, read_all
 
 pytestmark = pytest.mark.integration
 

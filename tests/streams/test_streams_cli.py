@@ -19,7 +19,7 @@ from clustergnn.partition import HashPartitionMap, split_by_owner
 from streams.broker import BrokerRecord, free_port, probe
 from streams.consumer import MutationConsumer
 from tests.batches import assert_same
-from tests.integration.conftest import drain, joined
+from tests.kafka_util import drain, joined
 
 pytestmark = pytest.mark.integration
 
