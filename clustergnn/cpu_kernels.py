@@ -1,28 +1,27 @@
-"""Fused CPU kernels for the engine's hot path (numba), used when the caches live on the CPU.
+"""Fused CPU kernels (numba): the shared machinery and the generic kernels of the engine's hot path.
 
 On a CPU, a batch of a few hundred edges is bound by memory traffic and latency, not flops: torch
 expresses a sum delta as "gather one row per contribution, then scatter-add", which materialises an
 ``(E, D)`` float64 temporary and walks the aggregate table twice, and finish, store and change
-detection are more passes over the affected rows.  These kernels do the same arithmetic, operation for
-operation, in one pass each (see ``docs/engine.md``):
+detection are more passes over the affected rows.  The fused kernels do the same work in one pass
+each (see ``docs/engine.md``).  The kernels of one aggregation family live with its rule:
+``clustergnn/aggregate/sum.py`` (``sum_rows``, ``gather_mean_self``, ``gather_f32``) and
+``clustergnn/aggregate/attention.py`` (``gat_aggregate``).  This module holds what they share and the
+kernels that are not one family's:
 
-* ``sum_rows``: a sum layer, ``a'_v = a_v + sum_{E+} m_u - sum_{E-} m_u + sum_{(u,v), u in S} (m'_u - m_u)``
-  with every term widened to float64 (``m'_u - m_u`` of two float32 values is exact in float64),
-  bucketed by row and added in sequential order (bit-identical to the torch path), then, where the
-  rule's finish has no matmul, ``h_v = act(self_v + norm(a'_v) + b)`` written and compared bit-for-bit
-  while the row is hot;
-* ``gather_mean_self`` / ``gather_f32`` / ``store_changed``: the gathers and the store (with the stop
-  condition of propagation) around a finish that needs a GEMM;
-* ``gat_aggregate``: GAT's softmax and weighted sum per row, without per-edge temporaries;
+* ``jit`` / ``pjit`` (numba's ``njit``, cached on disk, serial / parallel), ``prefetch_row`` /
+  ``prefetch_span`` / ``prefetch_ahead`` (LLVM prefetch intrinsics: the row loops touch rows scattered
+  over tables far larger than the caches) and ``PREFETCH_AHEAD``;
+* ``store_changed``: the store of a finished layer, with the stop condition of propagation;
 * graph edits: ``unique_live`` (bitmap dedupe), ``lookup_direct`` (ids to slots), ``append_need`` /
   ``block_append_pair`` (adjacency appends, both directions at once), ``remove_pairs`` (removals by
   one scan of each touched block), ``gather_blocks`` (CSR of a set of blocks).
 
-Row loops prefetch a few rows ahead (``prefetch_row``, an LLVM intrinsic): the rows are scattered over
-tables far larger than the caches.  Parallel kernels use at most torch's thread count
-(:func:`use_threads`).  ``CLUSTERGNN_KERNELS=torch`` (or :func:`disabled`) selects the plain
-numpy/torch path, which is also the CUDA path; the tests hold both to DGL.  Without numba installed,
-the plain path is used.
+Parallel kernels use at most torch's thread count (:func:`use_threads`).  ``CLUSTERGNN_KERNELS=torch``
+(or :func:`disabled`) selects the plain numpy/torch path, which is also the CUDA path; the tests hold
+both to DGL, and ``tests/core/test_fused_bit_identity.py`` holds them to each other: bit-identical
+wherever both apply the same arithmetic, which ``clustergnn/aggregate/sum.py`` and
+``clustergnn/aggregate/attention.py`` state precisely.  Without numba installed, the plain path is used.
 """
 
 from __future__ import annotations
@@ -34,9 +33,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-# Compiled kernels are cached next to this file; where that is read-only (an installed package in a
-# locked-down image) and no cache directory is configured, use a temporary one instead.
-if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK):
+# Compiled kernels are cached next to their modules (this package and clustergnn/aggregate/); where
+# that is read-only (an installed package in a locked-down image) and no cache directory is configured,
+# use a temporary one instead.  Every kernel module imports this one first, so this runs before numba
+# reads its configuration.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+if "NUMBA_CACHE_DIR" not in os.environ and not (os.access(_PACKAGE_DIR, os.W_OK)
+                                                and os.access(os.path.join(_PACKAGE_DIR, "aggregate"), os.W_OK)):
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "clustergnn-numba-cache")
 
 try:  # pragma: no cover - exercised by whichever environment runs the tests
@@ -127,32 +130,22 @@ if AVAILABLE:
 
         return sig, codegen
 
-    _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-    _pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 
-    @_jit
-    def _prefetch_ahead(table, rows, i):  # pragma: no cover - jitted
+    @jit
+    def prefetch_ahead(table, rows, i):  # pragma: no cover - jitted
         """Prefetch the row of ``table`` that a row loop at ``i`` reaches ``PREFETCH_AHEAD`` steps later."""
         if i + PREFETCH_AHEAD < rows.shape[0]:
             prefetch_row(table, rows[i + PREFETCH_AHEAD])
 
-    @_jit
-    def gather_f32(agg, rows, out):  # pragma: no cover - jitted
-        d = agg.shape[1]
-        n = rows.shape[0]
-        for i in range(n):
-            _prefetch_ahead(agg, rows, i)
-            r = rows[i]
-            for k in range(d):
-                out[i, k] = np.float32(agg[r, k])
-
-    @_jit
+    @jit
     def store_changed(h, rows, out, relu, changed):  # pragma: no cover - jitted
         """``h[rows] = relu(out) if relu else out``, flagging the rows that changed bit-for-bit."""
         d = h.shape[1]
         n = rows.shape[0]
         for i in range(n):
-            _prefetch_ahead(h, rows, i)
+            prefetch_ahead(h, rows, i)
             r = rows[i]
             diff = False
             for k in range(d):
@@ -164,27 +157,11 @@ if AVAILABLE:
                 h[r, k] = x
             changed[i] = diff
 
-    @_pjit
-    def gather_mean_self(agg, selfc, rows, deg, neigh, selfv):  # pragma: no cover - jitted
-        """``neigh[i] = float32(agg[r] / max(deg_i, 1))`` (float64 division, as the torch finish) and
-        ``selfv[i] = selfc[r]`` for ``r = rows[i]``: the inputs of SAGE-mean's ``self + neigh @ W^T``."""
-        d, ds = agg.shape[1], selfc.shape[1]
-        n = rows.shape[0]
-        for i in numba.prange(n):
-            _prefetch_ahead(agg, rows, i)
-            _prefetch_ahead(selfc, rows, i)
-            r = rows[i]
-            dg = max(deg[i], 1)
-            for k in range(d):
-                neigh[i, k] = np.float32(agg[r, k] / dg)
-            for k in range(ds):
-                selfv[i, k] = selfc[r, k]
-
     _DEBRUIJN = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51,
                           43, 22, 45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21,
                           44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 
-    @_jit
+    @jit
     def unique_live(values, live, bits):  # pragma: no cover - jitted
         """Sorted distinct ``values`` with ``live[v]``, through a bitmap: set a bit per value, then read
         the set bits back word by word (de Bruijn bit scan), clearing them.  ``bits`` is an all-zero
@@ -215,7 +192,7 @@ if AVAILABLE:
                 word ^= low
         return out[:n]
 
-    @_jit
+    @jit
     def lookup_direct(table, ids, out):  # pragma: no cover - jitted
         """``out[i] = table[ids[i]]`` for ids inside the table, -1 elsewhere; returns how many ids were
         outside it (the caller resolves those that may be in its dict)."""
@@ -229,17 +206,17 @@ if AVAILABLE:
                 outside += 1
         return outside
 
-    @_jit
+    @jit
     def _count_owners(owners, count):  # pragma: no cover - jitted
         for i in range(owners.shape[0]):
             count[owners[i]] += 1
 
-    @_jit
+    @jit
     def _grown_cap(length, cap, o, c, min_block):  # pragma: no cover - jitted
         """The capacity block ``o`` moves to when ``c`` entries are appended (0: it has room)."""
         return max(length[o] + c, 2 * cap[o], min_block) if length[o] + c > cap[o] else 0
 
-    @_jit
+    @jit
     def append_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
         """Pool entries ``block_append`` will take for ``owners`` (``count``: all-zero scratch, left so)."""
         _count_owners(owners, count)
@@ -251,7 +228,7 @@ if AVAILABLE:
                 count[o] = 0
         return need
 
-    @_jit
+    @jit
     def block_append(start, length, cap, pool, used, owners, nbrs, count, min_block):  # pragma: no cover
         """``BlockAdjacency.append`` in one pass: grow the blocks that overflow (moved to the pool's tail),
         then append each ``nbrs[i]`` to ``owners[i]``'s block in input order.  ``count`` is an all-zero
@@ -285,7 +262,7 @@ if AVAILABLE:
             length[o] += 1
         return used, garbage
 
-    @_pjit
+    @pjit
     def block_append_pair(in_start, in_length, in_cap, in_pool, in_used, in_count,
                           out_start, out_length, out_cap, out_pool, out_used, out_count,
                           src, dst, min_block, result):  # pragma: no cover - jitted
@@ -313,194 +290,8 @@ if AVAILABLE:
             for k in range(indptr[i + 1] - o):
                 out[o + k] = pool[s + k]
 
-    gather_blocks = _pjit(_gather_blocks)  # a whole graph's in-edges (full recompute)
-    gather_blocks_serial = _jit(_gather_blocks)  # a batch's few blocks: not worth waking the workers
-
-    # finish kinds: how the float64 aggregate becomes the neighbour term (rules.LayerRule.fused_finish)
-    SUM, MEAN, SYM_NORM, RIGHT_NORM = 0, 1, 2, 3
-
-    @_jit
-    def _finish_row(h, r, agg, dg, kind, selfc, has_self, bias, has_bias, relu):  # pragma: no cover - jitted
-        """``h[r] = act(self[r] + norm(agg[r], deg) + bias)``; returns whether ``h[r]`` changed bit-for-bit.
-
-        The arithmetic matches the rules' torch ``finish`` step for step: the mean divides in float64 and
-        rounds once; the GraphConv norms round the sum to float32 and scale it in float32."""
-        d = h.shape[1]
-        dg = max(dg, 1)
-        if kind == 2:
-            c = np.float32(1.0) / np.sqrt(np.float32(dg))
-        else:
-            c = np.float32(1.0) / np.float32(dg)
-        diff = False
-        for k in range(d):
-            if kind == 1:
-                v = np.float32(agg[r, k] / dg)
-            elif kind == 0:
-                v = np.float32(agg[r, k])
-            else:
-                v = np.float32(agg[r, k]) * c
-            if has_self:
-                v = selfc[r, k] + v
-            if has_bias:
-                v = v + bias[k]
-            if relu and v < 0:
-                v = np.float32(0.0)
-            if h[r, k] != v:
-                diff = True
-            h[r, k] = v
-        return diff
-
-    def _sum_rows(agg, msg, rows, add_src, add_dst, rem_src, rem_dst, srcs, m_new, de_ptr, de, posmap,
-                  finish, h, deg, kind, selfc, bias, relu, changed):  # pragma: no cover - jitted
-        """A sum layer's delta, and (``finish``) each affected row's output, in one pass over the rows.
-
-        The terms (E+, E-, then changed messages in source order, each widened to float64) are bucketed
-        by destination row with a counting sort (O(contributions + rows)), so each affected row of the
-        float64 table is loaded once and updated in cache, the rows run in parallel (no two workers share
-        a row), and each row is finished (``_finish_row``) while it is hot.  A row's terms are added in
-        the order a sequential scatter adds them, so the sums are bit-identical to the torch path's.
-        ``de`` lists the out-neighbours of ``srcs[j]`` at ``de[de_ptr[j]:de_ptr[j+1]]``; ``deg`` is each
-        row's in-degree.  Terms for rows outside ``rows`` (vertices removed by the batch, cleared
-        afterwards) are added serially.  ``posmap`` is an all -1 scratch array (left all -1).
-        """
-        d = agg.shape[1]
-        n = rows.shape[0]
-        na, nr, ne = add_src.shape[0], rem_src.shape[0], de.shape[0]
-        for i in range(n):
-            posmap[rows[i]] = i
-        dm = np.empty((srcs.shape[0], d), dtype=np.float64)
-        for j in range(srcs.shape[0]):  # small: one parallel region per call is what costs
-            u = srcs[j]
-            for k in range(d):
-                dm[j, k] = np.float64(m_new[j, k]) - np.float64(msg[u, k])
-        start = np.zeros(n + 1, dtype=np.int64)
-        total = na + nr + ne
-        pos = np.empty(total, dtype=np.int64)
-        se_pos = np.empty(ne, dtype=np.int64)  # the source (index into srcs) of each out-edge entry
-        j = 0
-        for c in range(total):
-            if c < na:
-                v = add_dst[c]
-            elif c < na + nr:
-                v = rem_dst[c - na]
-            else:
-                e = c - na - nr
-                while e >= de_ptr[j + 1]:
-                    j += 1
-                se_pos[e] = j
-                v = de[e]
-            p = posmap[v]
-            pos[c] = p
-            if p >= 0:
-                start[p + 1] += 1
-            elif c < na:
-                for k in range(d):
-                    agg[v, k] += np.float64(msg[add_src[c], k])
-            elif c < na + nr:
-                for k in range(d):
-                    agg[v, k] -= np.float64(msg[rem_src[c - na], k])
-            else:
-                for k in range(d):
-                    agg[v, k] += dm[j, k]
-        for i in range(n):
-            start[i + 1] += start[i]
-        fill = start[:n].copy()
-        ids = np.empty(start[n], dtype=np.int64)
-        for c in range(total):
-            p = pos[c]
-            if p >= 0:
-                ids[fill[p]] = c
-                fill[p] += 1
-        has_self = selfc.shape[0] > 0
-        has_bias = bias.shape[0] > 0
-        for i in numba.prange(n):
-            if i + PREFETCH_AHEAD < n:
-                ahead = rows[i + PREFETCH_AHEAD]
-                prefetch_row(agg, ahead)
-                if finish:
-                    prefetch_row(h, ahead)
-                    if has_self:
-                        prefetch_row(selfc, ahead)
-            r = rows[i]
-            for t in range(start[i], start[i + 1]):
-                c = ids[t]
-                if c < na:
-                    u = add_src[c]
-                    for k in range(d):
-                        agg[r, k] += np.float64(msg[u, k])
-                elif c < na + nr:
-                    u = rem_src[c - na]
-                    for k in range(d):
-                        agg[r, k] -= np.float64(msg[u, k])
-                else:
-                    j = se_pos[c - na - nr]
-                    for k in range(d):
-                        agg[r, k] += dm[j, k]
-            if finish:
-                changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
-        for i in range(n):
-            posmap[rows[i]] = -1
-        for j in range(srcs.shape[0]):
-            u = srcs[j]
-            for k in range(d):
-                msg[u, k] = m_new[j, k]
-
-    # on all cores even for small batches: a one-core variant below a size threshold measured slower
-    # (2.6 vs 1.8 ms at 256 edges, 0.45 vs 0.36 ms at 16), as the idle OpenMP workers then fall asleep
-    # and the next parallel kernel pays to wake them
-    sum_rows = _pjit(_sum_rows)
-
-    @_jit
-    def _gat_logit(msg, er, u, v, col, h, slope):  # pragma: no cover - jitted
-        """``LeakyReLU(el_u + er_v)`` of head ``h`` (``el_u = msg[u, col]``), in float32."""
-        x = msg[u, col] + er[v, h]
-        return x * slope if x < 0 else x
-
-    @_pjit
-    def gat_aggregate(msg, er, indptr, src, heads, f, slope, out):  # pragma: no cover - jitted
-        """GAT's attention-weighted sum for ``n`` rows, fused (no per-edge temporaries):
-
-            e_uv = LeakyReLU(el_u + er_v),  alpha_uv = softmax_{u->v}(e_uv),  out_v = sum_u alpha_uv z_u
-
-        per head, with ``msg[u] = [z_u (heads * f) | el_u (heads)]`` and row ``v``'s in-edges
-        ``src[indptr[v]:indptr[v+1]]``.  The softmax subtracts the row maximum as DGL's edge_softmax
-        does; the weighted sum is normalised once at the end (sum_u w_u z_u / sum_u w_u), which differs
-        from DGL's order only in rounding.  Rows without in-edges get 0, as in DGL."""
-        hf = heads * f
-        n = indptr.shape[0] - 1
-        sl = np.float32(slope)
-        chunk = 256
-        for c in numba.prange((n + chunk - 1) // chunk):
-            acc = np.empty(hf, dtype=np.float32)  # per chunk of rows: a private, unaliased accumulator
-            mx = np.empty(heads, dtype=np.float32)
-            den = np.empty(heads, dtype=np.float32)
-            w = np.empty(heads, dtype=np.float32)
-            for v in range(c * chunk, min(n, (c + 1) * chunk)):
-                s0, s1 = indptr[v], indptr[v + 1]
-                acc[:] = 0.0
-                if s1 > s0:
-                    mx[:] = -np.inf
-                    den[:] = 0.0
-                    for e in range(s0, s1):
-                        for h in range(heads):
-                            mx[h] = max(mx[h], _gat_logit(msg, er, src[e], v, hf + h, h, sl))
-                    for e in range(s0, s1):
-                        u = src[e]
-                        for h in range(heads):
-                            w[h] = np.exp(_gat_logit(msg, er, u, v, hf + h, h, sl) - mx[h])
-                            den[h] += w[h]
-                        for h in range(heads):
-                            wh = w[h]
-                            base = h * f
-                            for k in range(f):
-                                acc[base + k] += wh * msg[u, base + k]
-                    for h in range(heads):
-                        inv = np.float32(1.0) / den[h]
-                        base = h * f
-                        for k in range(f):
-                            acc[base + k] *= inv
-                for k in range(hf):
-                    out[v, k] = acc[k]
+    gather_blocks = pjit(_gather_blocks)  # a whole graph's in-edges (full recompute)
+    gather_blocks_serial = jit(_gather_blocks)  # a batch's few blocks: not worth waking the workers
 
 
 _warm = False
@@ -520,17 +311,13 @@ def warm_up() -> None:
     global _warm
     if _warm or not _ENABLED:
         return
-    f32, f64, i64 = np.float32, np.float64, np.int64
+    # the family kernels' modules import this one: imported here, when the engine asks, not at import
+    from clustergnn.aggregate import attention, sum as sum_family
+
+    i64 = np.int64
     one = np.zeros(1, dtype=i64)
-    t32 = np.zeros((2, 2), dtype=f32)
     changed = np.zeros(1, dtype=np.bool_)
-    posmap = np.full(2, -1, dtype=i64)
-    for finish, kind, selfc, bias in ((True, 1, t32, np.zeros(0, f32)), (False, 0, np.zeros((0, 0), f32), np.zeros(2, f32))):
-        sum_rows(np.zeros((2, 2), f64), t32.copy(), one, one, one, one, one, one, np.zeros((1, 2), f32),
-                 np.array([0, 1], dtype=i64), one, posmap, finish, t32.copy(), one, kind, selfc, bias, True, changed)
-    gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
-    store_changed(t32.copy(), one, np.zeros((1, 2), f32), True, changed)
-    gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
+    store_changed(np.zeros((2, 2), np.float32), one, np.zeros((1, 2), np.float32), True, changed)
     unique_live(one, np.ones(2, dtype=np.bool_), np.zeros(1, dtype=np.uint64))
     lookup_direct(np.zeros(2, dtype=np.int32), one, np.zeros(1, dtype=i64))
     count = np.zeros(2, dtype=i64)
@@ -541,17 +328,17 @@ def warm_up() -> None:
                       one, one, 4, res)
     for kernel in (gather_blocks, gather_blocks_serial):
         kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, i64), np.zeros(0, i64))
-    gat_aggregate(np.zeros((2, 3), f32), np.zeros((1, 1), f32), np.array([0, 1], dtype=i64), one, 1, 2, 0.2,
-                  np.zeros((1, 2), f32))
     for apply in (False, True):
-        remove_pairs(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), np.zeros(1, i64), one, np.array([0, 1], i64),
-                     np.zeros(1, i64), apply)
+        remove_pairs(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), np.zeros(1, i64), one,
+                     np.array([0, 1], i64), np.zeros(1, i64), apply)
+    sum_family.warm_up_kernels()
+    attention.warm_up_kernels()
     _warm = True
 
 
 if AVAILABLE:
 
-    @_pjit
+    @pjit
     def remove_pairs(start, length, pool, keys, want, gptr, avail, apply):  # pragma: no cover - jitted
         """Count, and (``apply``) remove, entries of the blocks named by ``keys``.
 

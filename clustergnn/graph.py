@@ -275,6 +275,13 @@ class EdgeLog:
         return self._cat(self.rem_src), self._cat(self.rem_dst)
 
 
+@dataclass(frozen=True)
+class Savepoint:
+    """A mark of :class:`MutableGraph`'s per-batch slot bookkeeping (:meth:`MutableGraph.savepoint`)."""
+
+    pending_free: tuple[np.ndarray, ...]
+
+
 class MutableGraph:
     """Vertices (external id <-> slot), in- and out-adjacency.  Knows nothing of features or models."""
 
@@ -355,7 +362,8 @@ class MutableGraph:
         slots = self.lookup(ids)
         bad = np.flatnonzero(slots < 0)
         if bad.size:
-            raise UnknownVertexError(f"unknown {what} id {int(np.asarray(ids)[bad[0]])} (not in the graph or removed)")
+            raise UnknownVertexError(
+                f"unknown {what} id {int(np.asarray(ids)[bad[0]])} (not in the graph or removed)")
         return slots
 
     def _bind(self, ids: np.ndarray, slots: np.ndarray) -> None:
@@ -391,7 +399,8 @@ class MutableGraph:
             srt = np.sort(ids)
             twice = np.flatnonzero(srt[1:] == srt[:-1])
             if twice.size:
-                raise MutationError(f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
+                raise MutationError(
+                    f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
         slots = self._take_slots(len(ids))
         self.ext_of[slots] = ids
         self.alive[slots] = True
@@ -411,8 +420,11 @@ class MutableGraph:
         self._next += fresh_n
         return np.concatenate([reuse, fresh])
 
-    def _return_slots(self, slots: np.ndarray) -> None:
-        """Undo of ``add_vertices``: the slots were never visible, so they are free at once."""
+    def discard_vertices(self, slots: np.ndarray) -> None:
+        """Undo of ``add_vertices`` within the same batch, once the vertices' edges are gone: their ids
+        are unbound and their slots, never visible outside the batch, are free at once."""
+        self.alive[slots] = False
+        self._unbind(self.ext_of[slots])
         self._free.insert(0, slots)
 
     def remove_vertices(self, ids: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -451,6 +463,16 @@ class MutableGraph:
         self._bind(np.asarray(ids, dtype=np.int64), slots)
         self._pending_free = [p for p in self._pending_free if p is not slots]
         self.add_edges_slots(*edges)
+
+    def savepoint(self) -> Savepoint:
+        """Mark the batch's slot bookkeeping before a transactional group of edits.  A caller that undoes
+        its edits (``remove_edges_slots`` / ``add_edges_slots``, ``restore_vertices``,
+        ``discard_vertices``, in reverse order) then calls :meth:`rollback` with the mark."""
+        return Savepoint(tuple(self._pending_free))
+
+    def rollback(self, savepoint: Savepoint) -> None:
+        """Restore the slots freed in this batch to what they were at ``savepoint``."""
+        self._pending_free = list(savepoint.pending_free)
 
     def end_batch(self) -> np.ndarray:
         """Release slots freed by this batch for reuse by later batches; returns them."""

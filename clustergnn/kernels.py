@@ -104,7 +104,8 @@ def segment_sum(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor | No
         if weight is None:
             return ops.copy_u_sum(block, table.contiguous())
         return ops.u_mul_e_sum(block, table.contiguous(), weight.to(table.dtype).unsqueeze(1))
-    vals = weight.to(table.dtype) if weight is not None else torch.ones(edges.n_edges, dtype=table.dtype, device=table.device)
+    ones = torch.ones(edges.n_edges, dtype=table.dtype, device=table.device) if weight is None else None
+    vals = weight.to(table.dtype) if weight is not None else ones
     a = torch.sparse_csr_tensor(edges.indptr, edges.src, vals, size=(n_rows, table.shape[0]), check_invariants=False)
     return a @ table
 

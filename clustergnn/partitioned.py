@@ -7,7 +7,7 @@ copy of ``u``'s per-layer messages, kept current by ``u``'s owner.  The owner kn
 of its out-edges each other partition holds (its *readers*), so it knows whom to send changes to and
 the vertex's global out-degree (GraphConv's norm depends on it).
 
-Propagation reuses :meth:`Engine._layer` unchanged: a ghost is just a source whose new message arrives
+Propagation reuses :meth:`Engine.propagate_layer` unchanged: a ghost is just a source whose new message arrives
 in the inbox instead of being computed locally.  So the rules are shared, not re-implemented.
 
 A **round** moves every partition from one consistent state to the next (bulk-synchronous, so that
@@ -42,12 +42,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clustergnn.engine import Engine, LayerDelta, _Pending, _cat
+from clustergnn.aggregate.base import BatchContext
+from clustergnn.engine import Engine
 from clustergnn.errors import MutationError
 from clustergnn.graph import DIRECT_ID_LIMIT, union, unique
 from clustergnn.mutations import MutationBatch, edge_kinds_mask
 from clustergnn.partition import PartitionMap, route, split_by_owner
+from clustergnn.results import LayerDelta
 from clustergnn.rounds import EnginePartition, RoundOptions, RoundStats, local_fan_out, run_round
+from clustergnn.transaction import Pending, concat_slots
 
 
 class IdDirectory:
@@ -131,10 +134,10 @@ class LayerMsg:
 
 @dataclass
 class _RoundState:
-    pend: _Pending = field(default_factory=_Pending)
+    pend: Pending = field(default_factory=Pending)
     reader_new: dict[int, np.ndarray] = field(default_factory=dict)  # partition -> owned slots it now reads
     extra_out_changed: np.ndarray = field(default_factory=lambda: _EMPTY)
-    ctx: object = None
+    ctx: BatchContext | None = None
     changed: np.ndarray = field(default_factory=lambda: _EMPTY)
     next_srcs: np.ndarray = field(default_factory=lambda: _EMPTY)
     next_msgs: torch.Tensor | None = None
@@ -271,12 +274,10 @@ class PartitionEngine(Engine):
                 self._grow(g.capacity)
                 self.ghost[ghosts] = True
         try:
-            self._apply_structure(batch, into=rs.pend)
+            self.apply_structure(batch, into=rs.pend)
         except BaseException:
             if ghosts.size:  # ghosts made for this batch have no edges left after the undo
-                g.alive[ghosts] = False
-                g._unbind(g.ext_of[ghosts])
-                g._return_slots(ghosts)
+                g.discard_vertices(ghosts)
                 self.ghost[ghosts] = False
             raise
         self._grow(g.capacity)
@@ -303,7 +304,7 @@ class PartitionEngine(Engine):
         e = rs.pend.edges
         a0, r0 = rs.reported
         rs.reported = (len(e.add_src), len(e.rem_src))
-        add_src, rem_src = _cat(e.add_src[a0:]), _cat(e.rem_src[r0:])
+        add_src, rem_src = concat_slots(e.add_src[a0:]), concat_slots(e.rem_src[r0:])
         src = np.concatenate([add_src, rem_src])
         sign = np.concatenate([np.ones(len(add_src), np.int64), -np.ones(len(rem_src), np.int64)])
         is_ghost = self.ghost[src]
@@ -322,11 +323,11 @@ class PartitionEngine(Engine):
         reader deltas since the previous one and the round's added/removed vertices so far."""
         rs = self._state()
         g = self.graph
-        added = g.ext_of[_cat(rs.pend.new)] if rs.pend.new else _EMPTY
+        added = g.ext_of[concat_slots(rs.pend.new)] if rs.pend.new else _EMPTY
         added = added[g.lookup(added) >= 0] if added.size else added  # added then removed: never existed
         # A vertex removed and re-added in one round is reported as both: readers drop their ghost of
         # the old vertex (and its edges); the directory applies removals before additions.
-        removed_slots = _cat(rs.pend.removed)
+        removed_slots = concat_slots(rs.pend.removed)
         removed = unique(g.ext_of[removed_slots]) if removed_slots.size else _EMPTY
         rs.removed_ids = removed
         self.directory.remove(removed)
@@ -365,7 +366,7 @@ class PartitionEngine(Engine):
             if msg.removed.size:
                 slots = g.lookup(msg.removed)
                 gone.append(msg.removed[(slots >= 0) & self.ghost[np.maximum(slots, 0)]])
-        gone_ids = unique(_cat(gone))
+        gone_ids = unique(concat_slots(gone))
         if gone_ids.size:
             slots, (rs_src, rs_dst) = g.remove_vertices(gone_ids)
             rs.pend.edges.rem_src.append(rs_src)
@@ -389,18 +390,18 @@ class PartitionEngine(Engine):
                 prev = rs.reader_new.get(msg.sender)
                 rs.reader_new[msg.sender] = fresh if prev is None else np.union1d(prev, fresh)
             out_changed.append(slots)
-        rs.extra_out_changed = unique(_cat(out_changed))
-        new = _cat(rs.pend.new)
+        rs.extra_out_changed = unique(concat_slots(out_changed))
+        new = concat_slots(rs.pend.new)
         new = new[g.alive[new]] if new.size else new
-        rs.ctx = self._context(rs.pend.edges, new)
-        feat = unique(_cat(rs.pend.feat))
+        rs.ctx = self.batch_context(rs.pend.edges, new)
+        feat = unique(concat_slots(rs.pend.feat))
         feat = feat[g.alive[feat]] if feat.size else feat
         rs.changed = union(feat, new)
         return self._next_messages(rs, 0)
 
     def _next_messages(self, rs: _RoundState, li: int) -> dict[int, LayerMsg]:
-        srcs = self._sources(li, rs.ctx, rs.changed, rs.extra_out_changed)
-        msgs = self._messages(li, srcs)
+        srcs = self.layer_sources(li, rs.ctx, rs.changed, rs.extra_out_changed)
+        msgs = self.messages(li, srcs)
         rs.next_srcs, rs.next_msgs = srcs, msgs
         out = {}
         ext = self.graph.ext_of
@@ -415,7 +416,7 @@ class PartitionEngine(Engine):
                 extra = extra[self.graph.alive[extra]]
                 if extra.size:
                     ids = np.concatenate([ids, ext[extra]])
-                    vals = torch.cat([vals, self.msg[li][self._t(extra)]])
+                    vals = torch.cat([vals, self.msg[li][self.caches.t(extra)]])
             out[q] = LayerMsg(self.partition, li, ids, vals.cpu().numpy())
         return out
 
@@ -435,7 +436,7 @@ class PartitionEngine(Engine):
             vals = torch.from_numpy(np.concatenate([m.values for m in inbox if m.ids.size])).to(self.device)
             srcs = np.concatenate([srcs, gslots])
             msgs = torch.cat([msgs, vals])
-        delta = self._layer(li, rs.ctx, rs.changed, srcs, msgs)
+        delta = self.propagate_layer(li, rs.ctx, rs.changed, srcs, msgs)
         rs.deltas.append(delta)
         rs.changed = delta.changed_slots
         if li + 1 < self.num_layers:
@@ -451,7 +452,7 @@ class PartitionEngine(Engine):
         if orphan.size:
             slots, _ = g.remove_vertices(g.ext_of[orphan])
             rs.pend.removed.append(slots)
-        removed = _cat(rs.pend.removed)
+        removed = concat_slots(rs.pend.removed)
         published = self._publish(rs, removed) if self.publish else None
         if removed.size:
             self._clear_rows(removed)
@@ -470,7 +471,8 @@ class PartitionEngine(Engine):
         gone = removed_slots[~self.ghost[removed_slots]] if removed_slots.size else removed_slots
         changed = rs.deltas[-1].changed_slots if rs.deltas else _EMPTY
         changed = changed[g.alive[changed] & ~self.ghost[changed]] if changed.size else changed
-        rows = self.h[-1][self._t(changed)].cpu().numpy() if changed.size else np.zeros((0, self.dims[-1]), np.float32)
+        rows = (self.h[-1][self.caches.t(changed)].cpu().numpy() if changed.size
+                else np.zeros((0, self.dims[-1]), np.float32))
         return Published(g.ext_of[gone], g.ext_of[changed], rows, self.version[changed].copy())
 
 

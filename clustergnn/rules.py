@@ -1,4 +1,4 @@
-"""Exact incremental rules for DGL's message-passing layers.
+"""Exact incremental rules for DGL's message-passing layers: each layer as message / aggregate / finish.
 
 Every supported layer is written as three pieces over a cached per-vertex *message* ``m_u``:
 
@@ -6,26 +6,16 @@ Every supported layer is written as three pieces over a cached per-vertex *messa
     a_v     = AGG_{u in N_in(v)} m_u                       # cached per vertex (sum: float64)
     out_v   = finish(h_v, a_v, indeg_v, m_v)               # row-wise
 
-The engine keeps ``m``, ``a`` and ``out`` for every vertex and layer.  When a batch changes the graph or
-some inputs ``h``, the rule's :class:`Aggregation` says how ``a`` can be brought up to date:
+This module is the translation of each DGL layer into those pieces (:class:`SageRule`,
+:class:`GraphConvRule`, :class:`GinRule`, :class:`GatRule`).  How ``a`` is kept current after a batch
+is the rule's :class:`~clustergnn.aggregate.base.Aggregation`, one module each, with the math and why
+it is exact:
 
-* ``SUM`` (SAGE mean/gcn, GraphConv, GIN sum/mean) - STAG's additivity.  With ``S`` the vertices whose
-  message changed, ``E+``/``E-`` the edges added/removed and ``G'`` the new graph,
-
-      a'_v - a_v = sum_{(u,v) in G', u in S} (m'_u - m_u) + sum_{(u,v) in E+} m_u - sum_{(u,v) in E-} m_u
-
-  (``m`` = message before the batch, 0 for new vertices).  This is an identity of multiset sums, so the
-  update is exact up to rounding; ``a`` is accumulated in float64 so millions of deltas do not drift
-  measurably from a float32 full recompute.  Because ``finish`` is applied after the sum, messages are
-  cached *after* the linear map where that is cheaper (DGL's ``lin_before_mp``), so a reader's update is
-  a vector add, not a matmul.
-* ``MAX`` (SAGE pool, GIN max) - InkStream's monotonic rule.  Adding edges or increasing messages can
-  only raise a max: ``a' = max(a, new messages)``.  A vertex is re-aggregated from all its in-neighbours
-  only if a removed or decreased message was equal to the current max in some dimension (it may have
-  been the extreme), or if it had no in-edges (DGL defines the empty max as 0, which is not a lower
-  bound).  Both cases give exactly ``max`` over the new multiset.
-* ``ATTENTION`` (GAT) - the softmax couples all in-edges of a vertex, so every affected row is recomputed
-  from its in-neighbours' cached messages (``fc(h)`` and the left attention term).
+* ``SUM`` (SAGE mean/gcn, GraphConv, GIN sum/mean): STAG's additivity, :mod:`clustergnn.aggregate.sum`.
+  Because ``finish`` is applied after the sum, messages are cached *after* the linear map where that
+  is cheaper (DGL's ``lin_before_mp``), so a reader's update is a vector add, not a matmul.
+* ``MAX`` (SAGE pool, GIN max): InkStream's monotonic rule, :mod:`clustergnn.aggregate.max`.
+* ``ATTENTION`` (GAT): affected rows recomputed, :mod:`clustergnn.aggregate.attention`.
 
 Propagation stops at vertices whose layer output did not change bit-for-bit.
 """
@@ -33,27 +23,21 @@ Propagation stops at vertices whose layer output did not change bit-for-bit.
 from __future__ import annotations
 
 import copy
-import enum
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from clustergnn import cpu_kernels
 from clustergnn._dgl import dglnn
+from clustergnn.aggregate import attention, max as max_family, sum as sum_family
+from clustergnn.aggregate.base import Aggregation, FinishKind
 from clustergnn.errors import UnsupportedModelError
-from clustergnn.kernels import EdgeIndex, edge_add, segment_max, segment_softmax, segment_sum, segment_sum_heads
+from clustergnn.kernels import EdgeIndex
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
-# finish kinds of the fused CPU kernel (cpu_kernels.sum_rows)
-FINISH_SUM, FINISH_MEAN, FINISH_SYM_NORM, FINISH_RIGHT_NORM = 0, 1, 2, 3
-
-
-class Aggregation(enum.Enum):
-    SUM = "sum"
-    MAX = "max"
-    ATTENTION = "attention"
+__all__ = ["Aggregation", "FinishKind", "GatRule", "GinRule", "GraphConvRule", "LayerRule", "SageRule",
+           "rules_from_dgl"]
 
 
 SUPPORTED = (
@@ -91,9 +75,9 @@ class LayerRule:
         """``(n, in_dim) -> (n, msg_dim)``."""
         raise NotImplementedError
 
-    def fused_finish(self) -> tuple[int, torch.Tensor | None] | None:
+    def fused_finish(self) -> tuple[FinishKind, torch.Tensor | None] | None:
         """``(kind, bias)`` when ``finish`` is ``self term + norm(aggregate) + bias`` with no matmul and no
-        post-processing, so the fused CPU kernel (``cpu_kernels.sum_rows``) can do it; else None."""
+        post-processing, so the fused CPU kernel (``aggregate.sum.sum_rows``) can do it; else None."""
         return None
 
     def fused_gather(self) -> torch.Tensor | None:
@@ -124,9 +108,9 @@ class LayerRule:
     def aggregate(self, msg: torch.Tensor, edges: EdgeIndex, dst_msg: torch.Tensor) -> torch.Tensor:
         """Recompute the aggregate of ``edges.n_rows`` rows from their in-edges (sources index ``msg``)."""
         if self.aggregation is Aggregation.SUM:
-            return segment_sum(msg, edges)  # fp32, as DGL sums; callers widen what they cache
+            return sum_family.recompute(msg, edges)  # fp32, as DGL sums; callers widen what they cache
         if self.aggregation is Aggregation.MAX:
-            return segment_max(msg, edges)
+            return max_family.recompute(msg, edges)
         raise NotImplementedError
 
     def to(self, device: torch.device) -> LayerRule:
@@ -226,7 +210,7 @@ class SageRule(LayerRule):
 
     def fused_finish(self):
         if self.kind == "mean" and self.lin_before and self._plain_post():
-            return FINISH_MEAN, None
+            return FinishKind.MEAN, None
         return None
 
     def fused_gather(self) -> torch.Tensor | None:
@@ -294,7 +278,7 @@ class GraphConvRule(LayerRule):
     def fused_finish(self):
         if (self.w is not None and not self.lin_before) or not self._plain_post():
             return None
-        return {"both": FINISH_SYM_NORM, "right": FINISH_RIGHT_NORM}.get(self.norm, FINISH_SUM), self.bias
+        return {"both": FinishKind.SYM_NORM, "right": FinishKind.RIGHT_NORM}.get(self.norm, FinishKind.SUM), self.bias
 
     def message(self, h, outdeg):
         if self.norm in ("left", "both"):
@@ -345,7 +329,7 @@ class GinRule(LayerRule):
     def fused_finish(self):
         if self.kind == "max" or self.apply_func is not None or not self._plain_post():
             return None
-        return (FINISH_MEAN if self.kind == "mean" else FINISH_SUM), None
+        return (FinishKind.MEAN if self.kind == "mean" else FinishKind.SUM), None
 
     def self_term(self, h):
         return (1 + self.eps) * h
@@ -400,14 +384,7 @@ class GatRule(LayerRule):
     def aggregate(self, msg, edges, dst_msg):
         hf = self.heads * self.f
         er = (dst_msg[:, :hf].view(-1, self.heads, self.f) * self.attn_r).sum(-1)  # (n_rows, H)
-        if msg.device.type == "cpu" and cpu_kernels.enabled() and msg.dtype == torch.float32:
-            out = torch.empty(edges.n_rows, hf)
-            cpu_kernels.gat_aggregate(msg.contiguous().numpy(), er.contiguous().numpy(), edges.indptr.numpy(),
-                                      edges.src.numpy(), self.heads, self.f, float(self.slope), out.numpy())
-            return out
-        e = F.leaky_relu(edge_add(msg[:, hf:], er, edges), self.slope)
-        a = segment_softmax(e, edges, msg.shape[0])  # (E, H)
-        return segment_sum_heads(msg[:, :hf].reshape(-1, self.heads, self.f), edges, a)
+        return attention.recompute(msg, edges, er, self.heads, self.f, self.slope)
 
     def self_term(self, h):
         """The residual, ``(n, H * F)`` (only layers with one have a self term)."""
@@ -443,7 +420,8 @@ def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule
                 f"rule; supported: {'; '.join(SUPPORTED)}"
             )
         if rule.in_dim != width:
-            raise UnsupportedModelError(f"layer {i} ({rule.name}) expects {rule.in_dim} input features, but gets {width}")
+            raise UnsupportedModelError(
+                f"layer {i} ({rule.name}) expects {rule.in_dim} input features, but gets {width}")
         rules.append(rule)
         width = rule.out_dim
     return rules

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clustergnn import Engine, MutationBatch  # noqa: E402
 from clustergnn._dgl import dglnn  # noqa: E402
 from clustergnn.datasets import load  # noqa: E402
-from clustergnn.engine import dgl_forward  # noqa: E402
+from clustergnn.reference import dgl_forward  # noqa: E402
 
 BATCHES = {1: 200, 16: 150, 256: 60, 4096: 12, 65536: 3}
 FULL_TIMED = 5  # full-mode batches timed per size

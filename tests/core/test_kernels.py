@@ -14,7 +14,8 @@ from tests.core.test_engine_exact import assert_matches_dgl
 
 
 def dense(table, src, seg, n, weight=None, op="sum"):
-    out = torch.zeros(n, table.shape[1], dtype=table.dtype) if op == "sum" else torch.full((n, table.shape[1]), -float("inf"), dtype=table.dtype)
+    fill = 0.0 if op == "sum" else -float("inf")
+    out = torch.full((n, table.shape[1]), fill, dtype=table.dtype)
     for e in range(len(src)):
         v = table[src[e]] * (1 if weight is None else weight[e])
         out[seg[e]] = out[seg[e]] + v if op == "sum" else torch.maximum(out[seg[e]], v)
@@ -39,16 +40,17 @@ def test_segment_kernels_match_a_dense_reference(monkeypatch, threshold: int) ->
 
 
 def test_large_batches_take_the_segmented_delta_path_exactly(monkeypatch) -> None:
-    import clustergnn.engine as engine_mod
+    from clustergnn.aggregate import sum as sum_family
 
-    monkeypatch.setattr(engine_mod, "SEGMENT_DELTA_MIN", 1)
+    monkeypatch.setattr(sum_family, "SEGMENT_DELTA_MIN", 1)
     monkeypatch.setattr(kernels, "DGL_MIN_EDGES", 1)
     layers = build("graphconv-both")
     gen = torch.Generator().manual_seed(1)
     n = 50
     from clustergnn._dgl import dgl
 
-    g0 = dgl.graph((torch.randint(0, n, (200,), generator=gen), torch.randint(0, n, (200,), generator=gen)), num_nodes=n)
+    g0 = dgl.graph((torch.randint(0, n, (200,), generator=gen), torch.randint(0, n, (200,), generator=gen)),
+                   num_nodes=n)
     eng = Engine.from_dgl(layers, g0, torch.randn(n, F_IN, generator=gen))
     src, dst = (t.numpy() for t in g0.edges())
     eng.apply(MutationBatch.concat([
@@ -63,10 +65,10 @@ def test_large_batches_take_the_segmented_delta_path_exactly(monkeypatch) -> Non
 @pytest.mark.parametrize("model", ["sage-mean", "sage-pool", "gat", "gin", "graphconv-mixed"])
 def test_random_streams_on_the_large_input_paths(monkeypatch, model: str) -> None:
     """Every rule, with the DGL SpMM kernels and segmented sum deltas forced on for all sizes."""
-    import clustergnn.engine as engine_mod
+    from clustergnn.aggregate import sum as sum_family
     from tests.core.gen import random_stream
 
-    monkeypatch.setattr(engine_mod, "SEGMENT_DELTA_MIN", 1)
+    monkeypatch.setattr(sum_family, "SEGMENT_DELTA_MIN", 1)
     monkeypatch.setattr(kernels, "DGL_MIN_EDGES", 1)
     layers = build(model, seed=2)
     init, batches = random_stream(seed=3, n_vertices=40, n_batches=4, batch_size=30, feature_dim=F_IN)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clustergnn import Engine, MutationBatch, MutationError
-from clustergnn.engine import dgl_forward
+from clustergnn.reference import dgl_forward
 from clustergnn.partition import HashPartitionMap
 from clustergnn.partitioned import LocalCluster
 from tests.core.models import F_IN, MODELS, build
@@ -86,7 +86,8 @@ def test_edge_from_a_vertex_added_elsewhere_in_the_same_round_applies_in_that_ro
     cluster = LocalCluster.from_layers(layers, F_IN, pm)
     single = Engine.from_layers(layers, F_IN)
     # 1 is owned by partition 1, 2 by partition 0: 1 -> 2 reaches partition 0 before it knows vertex 1
-    b = MutationBatch.concat([MutationBatch.add_vertices([1, 2], torch.randn(2, F_IN)), MutationBatch.add_edges([1], [2])])
+    b = MutationBatch.concat([MutationBatch.add_vertices([1, 2], torch.randn(2, F_IN)),
+                              MutationBatch.add_edges([1], [2])])
     summaries = cluster.apply(b)
     single.apply(b)
     assert len(summaries) == 2, "one round (2 partitions), thanks to the in-round retry"
@@ -122,10 +123,12 @@ def test_metis_partitioning_cuts_fewer_edges_and_stays_exact() -> None:
     layers = build("gin")
     cluster = LocalCluster.from_layers(layers, F_IN, metis)
     single = Engine.from_layers(layers, F_IN)
-    b = MutationBatch.concat([MutationBatch.add_vertices(ids, torch.randn(len(ids), F_IN)), MutationBatch.add_edges(src, dst)])
+    b = MutationBatch.concat([MutationBatch.add_vertices(ids, torch.randn(len(ids), F_IN)),
+                              MutationBatch.add_edges(src, dst)])
     cluster.apply(b)
     single.apply(b)
-    more = MutationBatch.concat([MutationBatch.add_vertices([500], torch.randn(1, F_IN)), MutationBatch.add_edges([500, 3], [3, 500])])
+    more = MutationBatch.concat([MutationBatch.add_vertices([500], torch.randn(1, F_IN)),
+                                 MutationBatch.add_edges([500, 3], [3, 500])])
     cluster.apply(more)
     single.apply(more)
     assert_cluster_matches(cluster, single, layers)

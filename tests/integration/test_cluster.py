@@ -17,7 +17,7 @@ import torch
 from actors.cluster import Cluster
 from clustergnn import Engine, MutationBatch, UnknownVertexError
 from clustergnn.config import Config
-from clustergnn.engine import dgl_forward
+from clustergnn.reference import dgl_forward
 from clustergnn.serving import InvalidReadError, StalenessDeadlineError
 from tests.core.gen import random_stream
 from tests.kafka_util import raw_send

@@ -1,0 +1,187 @@
+"""An engine's per-slot state: every layer's cache tables and the per-vertex arrays that grow with them.
+
+Per layer ``l`` (``L`` layers, tables indexed by slot, ``capacity`` rows, zero for free slots):
+
+* ``h[l]``: ``(capacity, D_l)`` float32 - layer inputs/outputs (``h[0]`` = features, ``h[L]`` = output);
+* ``msg[l]``: ``(capacity, msg_dim)`` float32 - the cached message ``m_u`` (:mod:`clustergnn.rules`);
+* ``agg[l]``: ``(capacity, msg_dim)`` - the aggregate, float64 for sums, float32 for maxes, None for GAT;
+* ``selfc[l]``: ``(capacity, self_dim)`` float32 - the self term, None for rules without one.
+
+The tables are replaced when they grow, so code that keeps them across a growth must re-read them
+(:meth:`Caches.layer` makes a fresh :class:`LayerTables` view per use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clustergnn import cpu_kernels
+from clustergnn.aggregate.base import Aggregation
+from clustergnn.graph import union
+
+
+# index_select / index_copy_ are several times faster than advanced indexing on CPU; rows are unique
+def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` for a 1-D index tensor."""
+    return t.index_select(0, idx)
+
+
+def put_rows(t: torch.Tensor, idx: torch.Tensor, v: torch.Tensor) -> None:
+    """``t[idx] = v`` (cast to ``t``'s dtype) for a 1-D index tensor of distinct rows."""
+    t.index_copy_(0, idx, v.to(t.dtype))
+
+
+@dataclass(frozen=True)
+class RowView:
+    """Rows of the caches: a plain slice when they are ``0..n-1`` (no copies), else gathered by index."""
+
+    idx: torch.Tensor
+    n: int | None  # rows are exactly 0..n-1
+
+    @classmethod
+    def of(cls, rows: np.ndarray, idx: torch.Tensor) -> RowView:
+        n = len(rows)
+        contiguous = n > 0 and rows[0] == 0 and rows[-1] == n - 1 and bool((np.diff(rows) == 1).all())
+        return cls(idx, n if contiguous else None)
+
+    def get(self, t: torch.Tensor) -> torch.Tensor:
+        return t[: self.n] if self.n is not None else t.index_select(0, self.idx)
+
+    def put(self, t: torch.Tensor, v: torch.Tensor) -> None:
+        if self.n is not None:
+            t[: self.n].copy_(v)
+        else:
+            t.index_copy_(0, self.idx, v.to(t.dtype))
+
+
+@dataclass(frozen=True)
+class LayerTables:
+    """The tables one layer ``l`` reads and writes: ``msg[l]``, ``agg[l]``, ``selfc[l]`` and ``h[l+1]``."""
+
+    msg: torch.Tensor
+    agg: torch.Tensor | None
+    selfc: torch.Tensor | None
+    h_out: torch.Tensor
+
+
+class Scratch:
+    """Reusable scratch arrays of the hot path (kept all -1 / all zero between calls)."""
+
+    def __init__(self) -> None:
+        self._posmap = np.zeros(0, dtype=np.int64)
+        self._bits = np.zeros(0, dtype=np.uint64)  # cpu_kernels.unique_live's bitmap
+
+    def posmap(self, capacity: int) -> np.ndarray:
+        """An all -1 ``int64`` map over at least ``capacity`` slots (callers leave it all -1)."""
+        if len(self._posmap) < capacity:
+            self._posmap = np.full(capacity, -1, dtype=np.int64)
+        return self._posmap
+
+    def positions(self, rows: np.ndarray, values: np.ndarray, capacity: int) -> np.ndarray:
+        """Index of each of ``values`` in ``rows`` (-1 if absent), through the dense map: O(n), where
+        ``np.searchsorted`` costs a binary search per value."""
+        posmap = self.posmap(capacity)
+        posmap[rows] = np.arange(len(rows))
+        out = posmap[values]
+        posmap[rows] = -1
+        return out
+
+    def unique_live(self, parts: list[np.ndarray], live: np.ndarray, fused: bool) -> np.ndarray:
+        """Sorted distinct values of ``parts`` that are ``live``."""
+        if not fused:
+            rows = union(*parts)
+            return rows[live[rows]]
+        if len(self._bits) * 64 < len(live):
+            self._bits = np.zeros(len(live) // 64 + 1, dtype=np.uint64)
+        return cpu_kernels.unique_live(np.concatenate(parts).astype(np.int64, copy=False), live, self._bits)
+
+
+class Caches:
+    """Every layer's tables plus the per-slot arrays ``ghost``, ``remote_out`` and ``version``."""
+
+    def __init__(self, rules: list, device: torch.device, in_dim: int) -> None:
+        self.device = device
+        self.capacity = 0
+        dims = [in_dim] + [r.out_dim for r in rules]
+        self.h: list[torch.Tensor] = [self.zeros(0, d) for d in dims]
+        self.msg: list[torch.Tensor] = [self.zeros(0, r.msg_dim) for r in rules]
+        self.agg: list[torch.Tensor | None] = [self._agg_zeros(r) for r in rules]
+        self.selfc: list[torch.Tensor | None] = [
+            self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules]
+        self.ghost = np.zeros(0, dtype=bool)  # slots that mirror another partition's vertex
+        self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
+        self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
+
+    def zeros(self, n: int, d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(n, d, dtype=dtype, device=self.device)
+
+    def _agg_zeros(self, rule) -> torch.Tensor | None:
+        if rule.aggregation is Aggregation.SUM:
+            return self.zeros(0, rule.msg_dim, torch.float64)
+        if rule.aggregation is Aggregation.MAX:
+            return self.zeros(0, rule.msg_dim)
+        return None
+
+    def t(self, a: np.ndarray) -> torch.Tensor:
+        """``a`` as an int64 index tensor on the caches' device."""
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+
+    def layer(self, li: int) -> LayerTables:
+        return LayerTables(self.msg[li], self.agg[li], self.selfc[li], self.h[li + 1])
+
+    def tables(self) -> list[torch.Tensor]:
+        return [t for t in [*self.h, *self.msg, *self.agg, *self.selfc] if t is not None]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tables())
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+
+        def grown(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            new = torch.zeros(capacity, t.shape[1], dtype=t.dtype, device=self.device)
+            new[: t.shape[0]] = t
+            return new
+
+        for tables in (self.h, self.msg, self.agg, self.selfc):
+            tables[:] = [grown(t) for t in tables]
+        for name in ("ghost", "remote_out", "version"):
+            old = getattr(self, name)
+            arr = np.zeros(capacity, dtype=old.dtype)
+            arr[: len(old)] = old
+            setattr(self, name, arr)
+        self.capacity = capacity
+
+    def clear_rows(self, slots: np.ndarray) -> None:
+        self.remote_out[slots] = 0
+        self.ghost[slots] = False
+        idx = self.t(slots)
+        for t in self.tables():
+            t[idx] = 0
+
+    def store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool,
+              fused: bool) -> np.ndarray:
+        """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
+        h = self.h[li + 1]
+        if detect and fused:
+            diff = np.empty(len(rows), dtype=bool)
+            cpu_kernels.store_changed(h.numpy(), np.ascontiguousarray(rows, dtype=np.int64),
+                                      out.contiguous().numpy(), False, diff)
+            changed = rows[diff]
+            return union(changed, force) if force.size else changed
+        idx = self.t(rows)
+        if detect:
+            diff = (out != gather_rows(h, idx)).any(dim=1).cpu().numpy()
+            changed = rows[diff]
+            if force.size:
+                changed = union(changed, force)
+        else:
+            changed = rows
+        put_rows(h, idx, out)
+        return changed

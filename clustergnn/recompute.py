@@ -1,0 +1,52 @@
+"""Full recompute: every layer of every owned row from scratch (``mode="full"`` and ``bulk_load``).
+
+For each layer ``l``, with ``rows`` the owned live slots and ``edges`` their in-edges (the same
+:class:`~clustergnn.kernels.EdgeIndex`, and DGL graph, for every layer):
+
+    m = message(h_l[rows], outdeg),  a = aggregate(m over edges),  h_{l+1}[rows] = act(finish(self, a, indeg, m))
+
+It runs the same kernels as DGL's forward (DGL's SpMM, SDDMM and edge softmax on CPU above
+``kernels.DGL_MIN_EDGES``) and saves passes where it can: outputs written straight into the cache
+when ``rows`` are ``0..n-1``, in-place ReLU.  Exact by definition; it is also what resets every
+float64 aggregate exactly (``Engine.bulk_load``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from clustergnn.aggregate.sum import RELU_FUNCTIONS
+from clustergnn.caches import Caches, RowView
+from clustergnn.kernels import EdgeIndex
+from clustergnn.rules import LayerRule
+
+
+def recompute_all(rules: list[LayerRule], caches: Caches, rows: np.ndarray, edges: EdgeIndex, indeg: torch.Tensor,
+                  outdeg: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] | None,
+                  keep_caches: bool) -> None:
+    """Recompute ``h_1..h_L`` of ``rows`` (sorted slots; ``indeg``/``outdeg`` theirs, ``edges`` their
+    in-edges).  Caches other than the outputs are written only with ``keep_caches`` (the engine will
+    propagate incrementally afterwards) or when ``rows`` are not ``0..n-1``; a pure full engine skips
+    them, as a plain full forward would."""
+    view = RowView.of(rows, caches.t(rows))
+    keep = keep_caches or view.n is None  # a non-contiguous table must live in the cache
+    for li, rule in enumerate(rules):
+        m, selfv = rule.message_and_self(view.get(caches.h[li]), outdeg)
+        if keep:
+            view.put(caches.msg[li], m)
+        table = caches.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
+        if keep and selfv is not None:
+            view.put(caches.selfc[li], selfv)
+        agg = rule.aggregate(table, edges, m)
+        if keep and caches.agg[li] is not None:
+            view.put(caches.agg[li], agg)
+        # agg and selfv are temporaries here (already copied to the caches where they are kept)
+        dest = view.get(caches.h[li + 1]) if view.n is not None else None  # rows 0..n-1: write in place
+        out = rule.finish(selfv, agg, indeg, m, fresh=True, out=dest)
+        if li < len(rules) - 1 and activation is not None:
+            out = torch.relu_(out) if activation in RELU_FUNCTIONS else activation(out)
+        if dest is None or out.data_ptr() != dest.data_ptr():
+            view.put(caches.h[li + 1], out)

@@ -1,0 +1,301 @@
+"""Transactional application of a batch's structural and feature edits: all or nothing.
+
+:meth:`StructureEditor.apply` applies a :class:`~clustergnn.mutations.MutationBatch` to the engine's
+:class:`~clustergnn.graph.MutableGraph` and input features as if its mutations were applied one by one
+in order, vectorised per run of equal kinds, and records what changed (:class:`Pending`, in local
+slots) for propagation.  Every edit pushes an undo closure; if a run is invalid, the closures run in
+reverse order, the graph's slot bookkeeping is rolled back to its savepoint
+(:meth:`MutableGraph.savepoint` / :meth:`MutableGraph.rollback`) and ``MutationError`` names the value
+and the mutation range.  Caches never see half a batch: propagation starts after ``apply`` returns.
+
+A *stretch* (a maximal sequence of vertex additions and edge additions/removals, a stream's usual
+shape) is validated as a whole and applied as its net effect: one vertex add, one edge removal, one
+edge add (see :meth:`StructureEditor._apply_stretch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clustergnn.caches import Caches, put_rows
+from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.graph import EdgeLog, MutableGraph, unique
+from clustergnn.mutations import MutationBatch, MutationKind
+
+Run = tuple[MutationKind, int, int]  # (kind, start, stop) of a run of equal mutation kinds
+STRETCH_KINDS = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE, MutationKind.REMOVE_EDGE)
+
+
+def concat_slots(parts: list[np.ndarray]) -> np.ndarray:
+    """The concatenation of slot arrays (int64 empty for none)."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Pending:
+    """Everything a batch (or a round's batches) changed structurally, in local slots.
+
+    Attributes:
+        edges: directed edges added and removed (vertex removals' edges included).
+        new, removed: slots of vertices added / removed, one array per edit.
+        feat: slots whose input features were updated.
+        undo: closures that undo the edits, in the order they were made.
+    """
+
+    edges: EdgeLog = field(default_factory=EdgeLog.new)
+    new: list[np.ndarray] = field(default_factory=list)
+    removed: list[np.ndarray] = field(default_factory=list)
+    feat: list[np.ndarray] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def merge_into(self, into: Pending | None) -> Pending:
+        """Append this batch's changes to ``into`` (several atomic batches in one round); ``self`` if None."""
+        if into is None:
+            return self
+        into.edges.add_src += self.edges.add_src
+        into.edges.add_dst += self.edges.add_dst
+        into.edges.rem_src += self.edges.rem_src
+        into.edges.rem_dst += self.edges.rem_dst
+        into.new += self.new
+        into.removed += self.removed
+        into.feat += self.feat
+        return into
+
+
+def segments(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped into maximal stretches of vertex additions and edge edits (a stream's usual
+    shape: each new vertex arrives just before its first edges, removals between additions), other
+    runs alone."""
+    segs: list[list[Run]] = []
+    for run in runs:
+        if segs and run[0] in STRETCH_KINDS and segs[-1][-1][0] in STRETCH_KINDS:
+            segs[-1].append(run)
+        else:
+            segs.append([run])
+    return segs
+
+
+class StructureEditor:
+    """Applies batches to a graph and the input features ``caches.h[0]``, all or nothing.
+
+    Args:
+        graph: the engine's graph.
+        caches: the engine's tables (``h[0]`` gets the features; rows of undone vertices are cleared).
+        grow: called with the graph's capacity after vertices are added (the engine grows its tables).
+        clear_rows: called with the slots of undone vertex additions.
+        feature_dim: the model's input width.
+        fused: the engine runs the fused kernels (a stretch with removals counts copies with them).
+    """
+
+    def __init__(self, graph: MutableGraph, caches: Caches, *, grow: Callable[[int], None],
+                 clear_rows: Callable[[np.ndarray], None], feature_dim: int, fused: bool) -> None:
+        self.graph = graph
+        self.caches = caches
+        self.grow = grow
+        self.clear_rows = clear_rows
+        self.feature_dim = feature_dim
+        self.fused = fused
+
+    def check_features(self, feats: torch.Tensor, where: str) -> torch.Tensor:
+        """``feats`` on the engine's device; ``MutationError`` unless float32, ``(n, feature_dim)``, finite."""
+        want = self.feature_dim
+        if feats.dtype != torch.float32:
+            raise MutationError(f"{where}: features must be float32, got {feats.dtype}")
+        if feats.ndim != 2 or feats.shape[1] != want:
+            raise MutationError(f"{where}: features have width {feats.shape[-1]}, the model expects {want}")
+        finite = np.isfinite(feats.numpy()).all() if feats.device.type == "cpu" else bool(torch.isfinite(feats).all())
+        if not finite:
+            raise MutationError(f"{where}: features must be finite, got NaN or inf")
+        return feats.to(self.caches.device)
+
+    def apply(self, batch: MutationBatch, into: Pending | None = None) -> Pending:
+        """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails.
+
+        With ``into``, the batch's changes are appended to it (several atomic batches in one round).
+        """
+        g = self.graph
+        pend = Pending()
+        mark = g.savepoint()
+        frow = batch.feature_row_index()
+        try:
+            if len(batch) and bool(np.isin(batch.kind, STRETCH_KINDS).all()) and self._apply_stretch(
+                    pend, batch, 0, len(batch), frow):
+                return pend.merge_into(into)  # the common case: a batch of vertex and edge edits only
+            for seg in segments(batch.runs()):
+                if len(seg) > 2 and self._apply_stretch(pend, batch, seg[0][1], seg[-1][2], frow):
+                    continue
+                for kind, a, b in seg:  # run by run; an invalid segment raises here, naming its first error
+                    where = f"mutations [{a}, {b}) ({kind.name.lower()})"
+                    try:
+                        self._apply_run(pend, kind, batch, a, b, frow, where)
+                    except UnknownVertexError as e:
+                        raise MutationError(f"{where}: {e}") from None
+                    except MutationError as e:
+                        raise MutationError(f"{where}: {e}") from None
+        except BaseException:
+            for undo in reversed(pend.undo):
+                undo()
+            g.rollback(mark)
+            raise
+        return pend.merge_into(into)
+
+    def _apply_stretch(self, pend: Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
+        """Apply mutations ``[a, b)`` (vertex additions, edge additions and removals) as one vertex add,
+        one edge removal and one edge add.
+
+        Once each mutation is valid where it stands, the stretch means its net effect: the new vertices,
+        and per edge ``(u, v)`` its additions minus its removals.  Valid: a new vertex is not in the graph
+        and not added earlier; an edge's endpoints exist when it comes (in the graph, or added at an
+        earlier position); a removal finds a copy (the graph's copies plus those added earlier, minus
+        those removed earlier).  That is checked for the whole stretch first; if anything is invalid,
+        nothing is applied and False is returned, and the caller applies the runs one by one, which
+        raises the error sequential application meets first.  Edges added and removed again within the
+        stretch leave no trace (their dst's aggregate is unchanged), and slots come out as run by run;
+        only the order of entries within a block may differ, which changes no sum but its rounding.
+        """
+        g = self.graph
+        kind = batch.kind[a:b]
+        is_v = kind == MutationKind.ADD_VERTEX
+        v_at, e_at = np.flatnonzero(is_v), np.flatnonzero(~is_v)
+        src, dst = batch.src[a:b], batch.dst[a:b]
+        vids, es, ed = src[v_at], src[e_at], dst[e_at]
+        if vids.size and ((g.lookup(vids) >= 0).any() or len(unique(vids)) != len(vids)):
+            return False
+        ls, ld = g.lookup(es), g.lookup(ed)
+        fills = []  # endpoints added in the stretch: (which edges, index of their vertex in vids)
+        order = None
+        for ids, slots in ((es, ls), (ed, ld)):
+            miss = np.flatnonzero(slots < 0)
+            if miss.size:  # must be added earlier in the stretch
+                if not vids.size:
+                    return False
+                if order is None:
+                    order = np.argsort(vids, kind="stable")
+                sv = vids[order]
+                i = np.minimum(np.searchsorted(sv, ids[miss]), len(sv) - 1)
+                if not ((sv[i] == ids[miss]) & (v_at[order[i]] < e_at[miss])).all():
+                    return False
+                fills.append((slots, miss, order[i]))
+        rem = kind[e_at] == MutationKind.REMOVE_EDGE
+        if rem.any():
+            if not self.fused:
+                return False  # counting copies needs the fused kernels: go run by run
+            net = self._net_edges(es, ed, ls, ld, rem)
+            if net is None:
+                return False
+        if vids.size:
+            feats = batch.features[frow[a + v_at[0]] : frow[a + v_at[-1]] + 1]
+            try:
+                feats = self.check_features(feats, "")
+            except MutationError:
+                return False
+            new = self._add_vertices(pend, vids, feats, checked=True)
+            for slots, miss, k in fills:
+                slots[miss] = new[k]
+        if not rem.any():
+            if es.size:
+                self._add_edges(pend, ls, ld)
+            return True
+        rep, count = net  # net edges: a representative event each, and copies to add (> 0) or remove
+        s, d = ls[rep], ld[rep]
+        gone = count < 0
+        if gone.any():
+            self._remove_edges(pend, np.repeat(s[gone], -count[gone]), np.repeat(d[gone], -count[gone]))
+        if (~gone).any():
+            self._add_edges(pend, np.repeat(s[~gone], count[~gone]), np.repeat(d[~gone], count[~gone]))
+        return True
+
+    def _net_edges(self, es: np.ndarray, ed: np.ndarray, ls: np.ndarray, ld: np.ndarray,
+                   rem: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The net effect of a stretch's edge events (ids ``es -> ed``, slots ``ls, ld``, -1 for vertices
+        added in the stretch): ``(representative event, net copies)`` per edge whose count changes, or
+        None if some removal finds no copy (the graph's copies plus earlier additions minus earlier
+        removals)."""
+        n = len(es)
+        order = np.lexsort((np.arange(n), es, ed))  # per edge (by dst, src), its events in stretch order
+        ss, ds = es[order], ed[order]
+        first = np.flatnonzero(np.concatenate(([True], (ss[1:] != ss[:-1]) | (ds[1:] != ds[:-1]))))
+        sizes = np.diff(np.append(first, n))
+        rep = order[first]
+        sign = np.where(rem, -1, 1)[order]
+        have = np.zeros(len(first), dtype=np.int64)
+        old = (ls[rep] >= 0) & (ld[rep] >= 0)  # both endpoints in the graph: count its copies there
+        if old.any():
+            s_old, d_old = ls[rep][old], ld[rep][old]
+            keys, copies = self.graph.inn.count_pairs(d_old, s_old)
+            have[old] = copies[np.searchsorted(keys, (d_old << 32) | s_old)]
+        run = np.cumsum(sign)
+        level = run - np.repeat(run[first] - sign[first], sizes) + np.repeat(have, sizes)
+        if (level < 0).any():
+            return None
+        net = np.add.reduceat(sign, first)
+        keep = net != 0
+        return rep[keep], net[keep]
+
+    def _add_vertices(self, pend: Pending, ids: np.ndarray, feats: torch.Tensor, checked: bool = False) -> np.ndarray:
+        g = self.graph
+        slots = g.add_vertices(ids, checked)
+        self.grow(g.capacity)
+        put_rows(self.caches.h[0], self.caches.t(slots), feats)
+        pend.new.append(slots)
+
+        def undo_add(slots: np.ndarray = slots) -> None:
+            g.discard_vertices(slots)
+            self.clear_rows(slots)
+
+        pend.undo.append(undo_add)
+        return slots
+
+    def _add_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray) -> None:
+        g = self.graph
+        g.add_edges_slots(s, d)
+        pend.edges.add_src.append(s)
+        pend.edges.add_dst.append(d)
+        pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
+
+    def _remove_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray) -> None:
+        g = self.graph
+        g.remove_edges_slots(s, d)
+        pend.edges.rem_src.append(s)
+        pend.edges.rem_dst.append(d)
+        pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))
+
+    def _apply_run(self, pend: Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
+                   frow: np.ndarray, where: str) -> None:
+        g = self.graph
+        src, dst = batch.src[a:b], batch.dst[a:b]
+        if kind is MutationKind.ADD_VERTEX:
+            self._add_vertices(pend, src, self.check_features(batch.features[frow[a] : frow[b - 1] + 1], where))
+        elif kind is MutationKind.UPDATE_FEATURES:
+            feats = self.check_features(batch.features[frow[a] : frow[b - 1] + 1], where)
+            slots = g.slots_of(src)
+            # a slot updated twice keeps its last row, as applying one by one would
+            _, last_rev = np.unique(slots[::-1], return_index=True)
+            keep = len(slots) - 1 - last_rev
+            slots = slots[keep]
+            h0 = self.caches.h[0]
+            idx = self.caches.t(slots)
+            old = h0[idx].clone()
+            h0[idx] = feats[self.caches.t(keep)]
+            pend.feat.append(slots)
+
+            def undo_update(idx: torch.Tensor = idx, old: torch.Tensor = old) -> None:
+                self.caches.h[0][idx] = old
+
+            pend.undo.append(undo_update)
+        elif kind is MutationKind.REMOVE_VERTEX:
+            slots, (rs, rd) = g.remove_vertices(src)
+            pend.removed.append(slots)
+            pend.edges.rem_src.append(rs)
+            pend.edges.rem_dst.append(rd)
+            pend.undo.append(lambda ids=src, slots=slots, e=(rs, rd): g.restore_vertices(ids, slots, e))
+        elif kind is MutationKind.ADD_EDGE:
+            self._add_edges(pend, g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex"))
+        elif kind is MutationKind.REMOVE_EDGE:
+            self._remove_edges(pend, g.slots_of(src, "source vertex"), g.slots_of(dst, "destination vertex"))
+        else:  # pragma: no cover - MutationBatch rejects unknown kinds
+            raise MutationError(f"unknown mutation kind {kind!r}")
