@@ -14,6 +14,7 @@ The tables are replaced when they grow, so code that keeps them across a growth 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from clustergnn import cpu_kernels
 from clustergnn.aggregate.base import Aggregation
 from clustergnn.graph import union
+
+if TYPE_CHECKING:  # rules.py imports the aggregation modules, which import this one
+    from clustergnn.rules import LayerRule
 
 
 # index_select / index_copy_ are several times faster than advanced indexing on CPU; rows are unique
@@ -102,7 +106,7 @@ class Scratch:
 class Caches:
     """Every layer's tables plus the per-slot arrays ``ghost``, ``remote_out`` and ``version``."""
 
-    def __init__(self, rules: list, device: torch.device, in_dim: int) -> None:
+    def __init__(self, rules: list[LayerRule], device: torch.device, in_dim: int) -> None:
         self.device = device
         self.capacity = 0
         dims = [in_dim] + [r.out_dim for r in rules]
@@ -118,7 +122,7 @@ class Caches:
     def zeros(self, n: int, d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(n, d, dtype=dtype, device=self.device)
 
-    def _agg_zeros(self, rule) -> torch.Tensor | None:
+    def _agg_zeros(self, rule: LayerRule) -> torch.Tensor | None:
         if rule.aggregation is Aggregation.SUM:
             return self.zeros(0, rule.msg_dim, torch.float64)
         if rule.aggregation is Aggregation.MAX:

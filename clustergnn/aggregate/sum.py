@@ -45,7 +45,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from clustergnn.aggregate.base import DeltaStep, FinishKind
 from clustergnn.caches import LayerTables, Scratch, gather_rows, put_rows
 from clustergnn.graph import argsort_stable
 from clustergnn.kernels import EdgeIndex, segment_sum
+
+if TYPE_CHECKING:  # rules.py imports this module
+    from clustergnn.rules import LayerRule
 
 SEGMENT_DELTA_MIN = 32768  # contributions above which torch sum deltas go through a segment sum, not scattered adds
 # finish kinds inside the kernels: numba freezes these module-level ints as constants
@@ -134,7 +137,7 @@ class FusedFinish:
     relu: bool
 
 
-def fused_finish(rule, tables: LayerTables, relu: bool, activation: Callable | None) -> FusedFinish | None:
+def fused_finish(rule: LayerRule, tables: LayerTables, relu: bool, activation: Callable | None) -> FusedFinish | None:
     """The fused finish where the rule's finish allows it (``LayerRule.fused_finish``) and the
     activation, if any, is ReLU; None where it does not."""
     spec = rule.fused_finish() if tables.agg is not None else None
@@ -163,7 +166,7 @@ def update_fused(tables: LayerTables, step: DeltaStep, indeg: np.ndarray, scratc
     return diff
 
 
-def finish_gathered(rule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool,
+def finish_gathered(rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool,
                     activation: Callable | None) -> np.ndarray | None:
     """Finish a widening SAGE-mean layer (``self + mean @ W_neigh^T``, ``rule.fused_gather()``): the
     mean and self rows gathered in one kernel, one GEMM, the store fused with change detection.
@@ -181,7 +184,7 @@ def finish_gathered(rule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarr
     return rows[diff]
 
 
-def update_and_finish_fused(rule, tables: LayerTables, step: DeltaStep, indeg: np.ndarray, relu: bool,
+def update_and_finish_fused(rule: LayerRule, tables: LayerTables, step: DeltaStep, indeg: np.ndarray, relu: bool,
                             activation: Callable | None, scratch: Scratch,
                             finish_rows: Callable[[], torch.Tensor]) -> np.ndarray:
     """A sum layer's whole fused step: :func:`update_fused`, then the fused finish where the rule has one,

@@ -34,7 +34,8 @@ from clustergnn.engine import DELTA_COST
 from tests.core.gen import random_stream
 from tests.core.models import F_IN, randomize, build
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not cpu_kernels.enabled(),
+                                reason="no fused kernels (numba missing or CLUSTERGNN_KERNELS=torch)")
 
 REL_TOL = 1e-6
 
