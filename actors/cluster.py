@@ -105,10 +105,10 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Cluster:
-        from actors.ray_env import init_ray
         import ray
 
         from actors.owner import PartitionOwner
+        from actors.ray_env import init_ray
         from streams.topics import ensure_topics
 
         kc, cc = self.config.kafka, self.config.cluster
@@ -118,16 +118,20 @@ class Cluster:
         self._owns_ray = init_ray(cc)
         remote = ray.remote(PartitionOwner)
         self.owners = [
-            remote.options(num_cpus=cc.actor_num_cpus, num_gpus=cc.actor_num_gpus, name=f"clustergnn-owner-{p}",
-                           max_restarts=0, runtime_env=_owner_env(cc.actor_num_cpus)).remote(p, self.config, self.layers, self.pmap, self.feature_dim,
-                                                  None, self._activation)
+            remote.options(
+                num_cpus=cc.actor_num_cpus,
+                num_gpus=cc.actor_num_gpus,
+                name=f"clustergnn-owner-{p}",
+                max_restarts=0,
+                runtime_env=_owner_env(cc.actor_num_cpus),
+            ).remote(p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation)
             for p in range(self.P)
         ]
         ray.get([o.ping.remote() for o in self.owners], timeout=120)
         self.healthy = True
         self._thread = threading.Thread(target=self._run, name="clustergnn-rounds", daemon=True)
         self._thread.start()
-        log.info("cluster up: %s partitions, model %s", self.P, [type(l).__name__ for l in self.layers])
+        log.info("cluster up: %s partitions, model %s", self.P, [type(layer).__name__ for layer in self.layers])
         return self
 
     def stop(self) -> None:
@@ -185,8 +189,12 @@ class Cluster:
         t0 = time.perf_counter()
         self.round_id += 1
         # with a hub window the next round waits for the window, so its ingest cannot ride on this round
-        options = RoundOptions(self.P, self.num_layers, self.config.kafka.max_poll_records,
-                               fuse_next_ingest=not self.config.cluster.hub_window_ms)
+        options = RoundOptions(
+            self.P,
+            self.num_layers,
+            self.config.kafka.max_poll_records,
+            fuse_next_ingest=not self.config.cluster.hub_window_ms,
+        )
         prefetched, self._next_reports = self._next_reports, None
         out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
         self._next_reports = out.next_reports
@@ -195,8 +203,12 @@ class Cluster:
             if busy and self.replica is not None:
                 self.replica.apply([x for x in published if x is not None])
             for rep in reports:
-                self.freshness.report(rep.partition, rep.visible_offset, oldest_pending_ts_ms=rep.oldest_pending_ts_ms,
-                                      caught_up_at_ms=rep.caught_up_at_ms)
+                self.freshness.report(
+                    rep.partition,
+                    rep.visible_offset,
+                    oldest_pending_ts_ms=rep.oldest_pending_ts_ms,
+                    caught_up_at_ms=rep.caught_up_at_ms,
+                )
             self.stats.rounds += 1
             self.stats.mutations += sum(rep.mutations for rep in reports)
             self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
@@ -231,11 +243,18 @@ class Cluster:
     def wait_for(self, offsets: Offsets, timeout_s: float = 60.0) -> None:
         """Block until every ``(partition, offset)`` is visible."""
         with self._cond:
-            verdict = self.freshness.wait(None, offsets, timeout_s=timeout_s, sleep=self._cond.wait, poll_s=0.1,
-                                          before_check=lambda _now_ms: self._raise_if_down())
+            verdict = self.freshness.wait(
+                None,
+                offsets,
+                timeout_s=timeout_s,
+                sleep=self._cond.wait,
+                poll_s=0.1,
+                before_check=lambda _now_ms: self._raise_if_down(),
+            )
         if not verdict.met:
-            raise StalenessDeadlineError(f"offsets {dict(offsets)} not visible after {timeout_s}s; "
-                                         f"watermark {verdict.watermark}")
+            raise StalenessDeadlineError(
+                f"offsets {dict(offsets)} not visible after {timeout_s}s; watermark {verdict.watermark}"
+            )
 
     # ------------------------------------------------------------------ reads
     @property
@@ -259,8 +278,9 @@ class Cluster:
             why = f": {self.error!r}" if self.error else ""
             raise PartitionUnavailableError(f"the cluster is not serving{why}")
 
-    def _check_read(self, ids: np.ndarray, layer: int, max_staleness_ms: float | None,
-                    min_offsets: Offsets | None) -> int:
+    def _check_read(
+        self, ids: np.ndarray, layer: int, max_staleness_ms: float | None, min_offsets: Offsets | None
+    ) -> int:
         if ids.ndim != 1:
             raise InvalidReadError(f"vertex_ids must be one-dimensional, got shape {ids.shape}")
         limit = self.config.gateway.max_ids_per_request
@@ -268,13 +288,21 @@ class Cluster:
             raise InvalidReadError(f"too many ids in one read: {len(ids)} > {limit} (gateway.max_ids_per_request)")
         top = self.num_layers
         if not -top - 1 <= layer <= top:
-            raise InvalidReadError(f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), "
-                                   f"got {layer}")
+            raise InvalidReadError(
+                f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), got {layer}"
+            )
         self.freshness.validate(max_staleness_ms, min_offsets)
         return layer % (top + 1)
 
-    def read(self, ids, *, layer: int = -1, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None,
-             timeout_s: float = 5.0) -> ReadResult:
+    def read(
+        self,
+        ids,
+        *,
+        layer: int = -1,
+        max_staleness_ms: float | None = None,
+        min_offsets: Offsets | None = None,
+        timeout_s: float = 5.0,
+    ) -> ReadResult:
         import ray
 
         ids = np.asarray(ids, dtype=np.int64)
@@ -283,8 +311,13 @@ class Cluster:
         fresh = self.freshness
         while True:
             with self._cond:
-                verdict = fresh.wait(max_staleness_ms, min_offsets, timeout_s=max(deadline - time.monotonic(), 0.0),
-                                     sleep=self._cond.wait, before_check=lambda _now_ms: self._raise_if_down())
+                verdict = fresh.wait(
+                    max_staleness_ms,
+                    min_offsets,
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                    sleep=self._cond.wait,
+                    before_check=lambda _now_ms: self._raise_if_down(),
+                )
             if not verdict.met:
                 raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
             visible, watermark = verdict.visible_ms, verdict.watermark
@@ -298,11 +331,14 @@ class Cluster:
             parts = [(p, np.flatnonzero(owner == p)) for p in range(self.P)]
             parts = [(p, idx) for p, idx in parts if idx.size]
             try:
-                got = ray.get([self.owners[p].read.remote(ids[idx], resolved) for p, idx in parts],
-                              timeout=max(deadline - time.monotonic(), 0.001))
+                got = ray.get(
+                    [self.owners[p].read.remote(ids[idx], resolved) for p, idx in parts],
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
             except ray.exceptions.GetTimeoutError:
-                raise StalenessDeadlineError(f"read of {len(ids)} ids did not finish within "
-                                             f"{timeout_s * 1000:.0f} ms") from None
+                raise StalenessDeadlineError(
+                    f"read of {len(ids)} ids did not finish within {timeout_s * 1000:.0f} ms"
+                ) from None
             except ray.exceptions.RayActorError as exc:
                 raise PartitionUnavailableError(f"a partition owner is down: {exc}") from None
             except UnknownVertexError as exc:
@@ -314,7 +350,7 @@ class Cluster:
                 raise
             emb = np.zeros((len(ids), self.dims[resolved]), dtype=np.float32)
             ver = np.zeros(len(ids), dtype=np.int64)
-            for (p, idx), (e, v) in zip(parts, got):
+            for (_, idx), (e, v) in zip(parts, got):
                 emb[idx] = e
                 ver[idx] = v
             stale = fresh.staleness_at(visible) or 0.0
@@ -335,10 +371,17 @@ class Cluster:
         watermark, staleness = self.watermark, self.staleness_ms()
         for p in range(self.P):
             s = raw[p]
-            parts.append(PartitionStatus(
-                partition=p, alive=s is not None and self.healthy, num_vertices=(s or {}).get("vertices", 0),
-                watermark={p: watermark[p]}, lag=(s or {}).get("pending", 0),
-                applied_mutations=(s or {}).get("applied", 0), mutations_per_s=(s or {}).get("mutations_per_s", 0.0)))
+            parts.append(
+                PartitionStatus(
+                    partition=p,
+                    alive=s is not None and self.healthy,
+                    num_vertices=(s or {}).get("vertices", 0),
+                    watermark={p: watermark[p]},
+                    lag=(s or {}).get("pending", 0),
+                    applied_mutations=(s or {}).get("applied", 0),
+                    mutations_per_s=(s or {}).get("mutations_per_s", 0.0),
+                )
+            )
         rms = list(self.stats.round_ms)
         extra = {f"step_{k}_ms_p50": float(np.percentile(list(v), 50)) for k, v in self.stats.step_ms.items() if v}
         extra |= {

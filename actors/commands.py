@@ -56,8 +56,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cluster.load_dataset(cfg.graph.dataset)
             print(f"loaded {cfg.graph.dataset}'s initial graph in {time.time() - t:.1f}s", flush=True)
         gateway = GatewayServer(cluster, cfg.gateway).start()
-        print(f"clustergnn serving on {gateway.target} ({cfg.cluster.partitions} partitions, "
-              f"metrics port {gateway.metrics_port})", flush=True)
+        print(
+            f"clustergnn serving on {gateway.target} ({cfg.cluster.partitions} partitions, "
+            f"metrics port {gateway.metrics_port})",
+            flush=True,
+        )
         while not stop.wait(0.5):
             if not cluster.healthy:
                 print(f"cluster stopped serving: {cluster.error!r}", file=sys.stderr, flush=True)
@@ -118,22 +121,42 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
     broker = start_detached(args.broker_port)
     print(f"broker: {broker.bootstrap} (pid {broker.pid})", flush=True)
-    cfg = Config.from_dict({
-        "kafka": {"bootstrap": broker.bootstrap},
-        "graph": {"dataset": args.dataset},
-        "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
-        "gateway": {"host": "127.0.0.1", "port": args.port, "insecure_local": True, "metrics_port": args.metrics_port},
-    })
+    cfg = Config.from_dict(
+        {
+            "kafka": {"bootstrap": broker.bootstrap},
+            "graph": {"dataset": args.dataset},
+            "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
+            "gateway": {
+                "host": "127.0.0.1",
+                "port": args.port,
+                "insecure_local": True,
+                "metrics_port": args.metrics_port,
+            },
+        }
+    )
     cfg_path = _cache_dir() / "up-config.json"
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=2))
     log_path = _cache_dir() / "serve.log"
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--config", str(cfg_path)],
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.cli", "serve", "--config", str(cfg_path)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
     target = f"127.0.0.1:{args.port}"
-    state.write_text(json.dumps({"serve_pid": proc.pid, "broker_port": broker.port, "target": target,
-                                 "log": str(log_path), "config": str(cfg_path)}))
+    state.write_text(
+        json.dumps(
+            {
+                "serve_pid": proc.pid,
+                "broker_port": broker.port,
+                "target": target,
+                "log": str(log_path),
+                "config": str(cfg_path),
+            }
+        )
+    )
     print(f"serve: pid {proc.pid}, log {log_path}; loading {args.dataset} ...", flush=True)
     try:
         _wait_healthy(target, args.timeout_s, proc)

@@ -34,23 +34,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ds = load(args.dataset)
     print(f"dataset: {ds.description}", flush=True)
     with EmbeddedBroker(port=0) as broker:
-        cfg = Config.from_dict({
-            "kafka": {"bootstrap": broker.bootstrap, "topic": "clustergnn.demo", "poll_timeout_ms": 10},
-            "graph": {"dataset": args.dataset},
-            "model": {"builtin": args.model, "in_dim": 64, "hidden": 128, "out_dim": 64},
-            "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
-            "gateway": {"host": "127.0.0.1", "port": args.port, "insecure_local": True, "metrics_port": None},
-        })
+        cfg = Config.from_dict(
+            {
+                "kafka": {"bootstrap": broker.bootstrap, "topic": "clustergnn.demo", "poll_timeout_ms": 10},
+                "graph": {"dataset": args.dataset},
+                "model": {"builtin": args.model, "in_dim": 64, "hidden": 128, "out_dim": 64},
+                "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
+                "gateway": {"host": "127.0.0.1", "port": args.port, "insecure_local": True, "metrics_port": None},
+            }
+        )
         t0 = time.time()
         cluster = Cluster(cfg).start()
-        print(f"cluster: {args.partitions} partition owners on local Ray, broker {broker.bootstrap} "
-              f"({time.time() - t0:.1f}s)", flush=True)
+        print(
+            f"cluster: {args.partitions} partition owners on local Ray, broker {broker.bootstrap} "
+            f"({time.time() - t0:.1f}s)",
+            flush=True,
+        )
         gateway = None
         try:
             t0 = time.time()
             cluster.load_dataset(args.dataset)
-            print(f"initial graph: {len(ds.initial_vertices):,} vertices, {len(ds.initial_src):,} edges, loaded "
-                  f"through Kafka in {time.time() - t0:.1f}s", flush=True)
+            print(
+                f"initial graph: {len(ds.initial_vertices):,} vertices, {len(ds.initial_src):,} edges, loaded "
+                f"through Kafka in {time.time() - t0:.1f}s",
+                flush=True,
+            )
             gateway = GatewayServer(cluster, cfg.gateway).start()
             print(f"gateway: {gateway.target} (gRPC, plaintext on loopback)", flush=True)
             result = _stream_and_query(cluster, gateway.target, ds, args)
@@ -107,16 +115,26 @@ def _stream_and_query(cluster, target: str, ds, args: argparse.Namespace) -> dic
                 if recent:
                     lat = np.array([s[1] for s in recent])
                     stl = np.array([s[2] for s in recent])
-                    print(f"  t={last_print - t0:5.1f}s produced {produced['mutations']:>8,} mutations | query p50 "
-                          f"{np.percentile(lat, 50):5.1f} ms p99 {np.percentile(lat, 99):5.1f} ms | staleness p50 "
-                          f"{np.percentile(stl, 50):5.0f} ms max {stl.max():5.0f} ms | errors {errors}", flush=True)
+                    print(
+                        f"  t={last_print - t0:5.1f}s produced {produced['mutations']:>8,} mutations | query p50 "
+                        f"{np.percentile(lat, 50):5.1f} ms p99 {np.percentile(lat, 99):5.1f} ms | staleness p50 "
+                        f"{np.percentile(stl, 50):5.0f} ms max {stl.max():5.0f} ms | errors {errors}",
+                        flush=True,
+                    )
             time.sleep(args.query_interval_ms / 1000)
     th.join()
     elapsed = time.time() - t0
     cluster.wait_for(produced["offsets"], timeout_s=120)
     catch_up = time.time() - t0 - elapsed
-    return {"samples": samples, "errors": errors, "events": produced["events"], "mutations": produced["mutations"],
-            "elapsed_s": elapsed, "catch_up_s": catch_up, "status": cluster.status().extra}
+    return {
+        "samples": samples,
+        "errors": errors,
+        "events": produced["events"],
+        "mutations": produced["mutations"],
+        "elapsed_s": elapsed,
+        "catch_up_s": catch_up,
+        "status": cluster.status().extra,
+    }
 
 
 def _check_exact(cluster, target: str, ds, args: argparse.Namespace, events: int) -> dict:
@@ -125,8 +143,9 @@ def _check_exact(cluster, target: str, ds, args: argparse.Namespace, events: int
     from clustergnn import Engine
     from clustergnn.models import activation
 
-    single = Engine.from_layers(cluster.layers, cluster.feature_dim,
-                                activation=activation(cluster.config.model.activation))
+    single = Engine.from_layers(
+        cluster.layers, cluster.feature_dim, activation=activation(cluster.config.model.activation)
+    )
     single.bulk_load(ds.initial_batch(dim=cluster.feature_dim, seed=cluster.config.graph.seed))
     per_batch = max(1, int(args.rate / 20))
     for b in ds.stream_batches(per_batch, dim=cluster.feature_dim, limit=events):
@@ -135,7 +154,7 @@ def _check_exact(cluster, target: str, ds, args: argparse.Namespace, events: int
     worst = 0.0
     with GatewayClient(target) as client:
         for i in range(0, len(ids), 5000):
-            chunk = ids[i:i + 5000]
+            chunk = ids[i : i + 5000]
             got = client.get_embeddings(chunk, max_staleness_ms=10_000, timeout_s=30).embeddings
             ref = single.embeddings(chunk).numpy()
             worst = max(worst, float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max()))))
@@ -147,29 +166,47 @@ def _report(result: dict, args: argparse.Namespace, out_dir: Path) -> None:
     lat, stl = (s[:, 1], s[:, 2]) if len(s) else (np.zeros(1), np.zeros(1))
     ex = result["exactness"]
     summary = {
-        "dataset": args.dataset, "partitions": args.partitions, "model": args.model, "rate_events_per_s": args.rate,
-        "mutations": result["mutations"], "seconds": round(result["elapsed_s"], 2),
+        "dataset": args.dataset,
+        "partitions": args.partitions,
+        "model": args.model,
+        "rate_events_per_s": args.rate,
+        "mutations": result["mutations"],
+        "seconds": round(result["elapsed_s"], 2),
         "achieved_mutations_per_s": round(result["mutations"] / max(result["elapsed_s"], 1e-9)),
-        "queries": int(len(s)), "query_errors": result["errors"], "ids_per_query": args.ids_per_query,
-        "query_ms_p50": float(np.percentile(lat, 50)), "query_ms_p99": float(np.percentile(lat, 99)),
-        "staleness_ms_p50": float(np.percentile(stl, 50)), "staleness_ms_p99": float(np.percentile(stl, 99)),
-        "staleness_ms_max": float(stl.max()), "catch_up_s": round(result["catch_up_s"], 2),
-        "final_vertices": ex["vertices"], "final_edges": ex["edges"],
+        "queries": int(len(s)),
+        "query_errors": result["errors"],
+        "ids_per_query": args.ids_per_query,
+        "query_ms_p50": float(np.percentile(lat, 50)),
+        "query_ms_p99": float(np.percentile(lat, 99)),
+        "staleness_ms_p50": float(np.percentile(stl, 50)),
+        "staleness_ms_p99": float(np.percentile(stl, 99)),
+        "staleness_ms_max": float(stl.max()),
+        "catch_up_s": round(result["catch_up_s"], 2),
+        "final_vertices": ex["vertices"],
+        "final_edges": ex["edges"],
         "max_rel_error_vs_single_engine": ex["max_rel_error"],
         "cluster": result["status"],
     }
     (out_dir / "demo.json").write_text(json.dumps({"summary": summary, "samples": result["samples"]}, indent=1))
     print("\nclustergnn demo:", args.dataset, f"({args.partitions} partitions, {args.model}, seeded random features)")
     rows = [
-        ("mutations streamed", f"{summary['mutations']:,} in {summary['seconds']} s "
-                               f"({summary['achieved_mutations_per_s']:,}/s)"),
+        (
+            "mutations streamed",
+            f"{summary['mutations']:,} in {summary['seconds']} s ({summary['achieved_mutations_per_s']:,}/s)",
+        ),
         ("queries (gRPC)", f"{summary['queries']:,} x {args.ids_per_query} ids, {summary['query_errors']} errors"),
         ("query latency", f"p50 {summary['query_ms_p50']:.1f} ms, p99 {summary['query_ms_p99']:.1f} ms"),
-        ("served staleness", f"p50 {summary['staleness_ms_p50']:.0f} ms, p99 {summary['staleness_ms_p99']:.0f} ms, "
-                             f"max {summary['staleness_ms_max']:.0f} ms (bound {args.max_staleness_ms:.0f} ms)"),
+        (
+            "served staleness",
+            f"p50 {summary['staleness_ms_p50']:.0f} ms, p99 {summary['staleness_ms_p99']:.0f} ms, "
+            f"max {summary['staleness_ms_max']:.0f} ms (bound {args.max_staleness_ms:.0f} ms)",
+        ),
         ("final graph", f"{ex['vertices']:,} vertices, {ex['edges']:,} edges"),
-        ("exact?", f"max relative error vs a single-process engine {ex['max_rel_error']:.1e} "
-                   f"({'OK' if ex['max_rel_error'] <= 1e-5 else 'FAILED'}: <= 1e-5)"),
+        (
+            "exact?",
+            f"max relative error vs a single-process engine {ex['max_rel_error']:.1e} "
+            f"({'OK' if ex['max_rel_error'] <= 1e-5 else 'FAILED'}: <= 1e-5)",
+        ),
     ]
     for k, v in rows:
         print(f"  {k:18} {v}")

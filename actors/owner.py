@@ -65,8 +65,16 @@ def _device(config: Config) -> str:
 class PartitionOwner:
     """Owner of partition ``partition``: its engine, its Kafka partition, its pending records."""
 
-    def __init__(self, partition: int, config: Config, layers: list[torch.nn.Module], partition_map: PartitionMap,
-                 feature_dim: int, start_offset: int | None = None, activation=torch.relu) -> None:
+    def __init__(
+        self,
+        partition: int,
+        config: Config,
+        layers: list[torch.nn.Module],
+        partition_map: PartitionMap,
+        feature_dim: int,
+        start_offset: int | None = None,
+        activation=torch.relu,
+    ) -> None:
         from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
 
         torch.set_num_threads(1)  # P owners share the machine's cores
@@ -74,14 +82,26 @@ class PartitionOwner:
         self.config = config
         self.device = _device(config)
         rules = rules_from_dgl(list(layers), feature_dim)
-        self.engine = PartitionEngine(rules, partition=partition, partition_map=partition_map, device=self.device,
-                                      collaborative=config.cluster.collaborative, activation=activation,
-                                      publish=not config.cluster.collaborative)
+        self.engine = PartitionEngine(
+            rules,
+            partition=partition,
+            partition_map=partition_map,
+            device=self.device,
+            collaborative=config.cluster.collaborative,
+            activation=activation,
+            publish=not config.cluster.collaborative,
+        )
         kc = config.kafka
-        self.consumer = MutationConsumer(kc.bootstrap, kc.topic, [partition], partition_map, feature_dim=feature_dim,
-                                         dead_letter_topic=kc.dlq,
-                                         start_offsets=None if start_offset is None else {partition: start_offset},
-                                         kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms})
+        self.consumer = MutationConsumer(
+            kc.bootstrap,
+            kc.topic,
+            [partition],
+            partition_map,
+            feature_dim=feature_dim,
+            dead_letter_topic=kc.dlq,
+            start_offsets=None if start_offset is None else {partition: start_offset},
+            kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
+        )
         self.pending: list[_Pending] = []
         self.next_offset = start_offset or 0
         self.pending_timeout_s = config.cluster.pending_timeout_s
@@ -118,8 +138,14 @@ class PartitionOwner:
             n_dead += pb.dead_letters
             starts = np.concatenate([[0], np.cumsum(pb.record_sizes)])
             for i, off in enumerate(pb.record_offsets.tolist()):
-                records.append(_Pending(pb.batch.slice(int(starts[i]), int(starts[i + 1])), off,
-                                        int(pb.record_timestamps_ms[i]), time.time()))
+                records.append(
+                    _Pending(
+                        pb.batch.slice(int(starts[i]), int(starts[i + 1])),
+                        off,
+                        int(pb.record_timestamps_ms[i]),
+                        time.time(),
+                    )
+                )
             self.next_offset = pb.next_offset
         self._caught_up_at = caught_up_at
         todo = self.pending + records
@@ -147,18 +173,24 @@ class PartitionOwner:
             try:
                 deferred = self.engine.ingest(rec.batch)
             except (MutationError, UnknownVertexError) as exc:
-                self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, rec.batch,
-                                     DecodeErrorCode.INVALID_MUTATION, str(exc))
+                self.consumer.reject(
+                    self.partition, rec.offset, rec.timestamp_ms, rec.batch, DecodeErrorCode.INVALID_MUTATION, str(exc)
+                )
                 self._round_dead += 1
                 continue
             self._round_mutations += len(rec.batch) - len(deferred)
             self.applied += len(rec.batch) - len(deferred)
             if len(deferred):
                 if now - rec.since_s > self.pending_timeout_s:
-                    self.consumer.reject(self.partition, rec.offset, rec.timestamp_ms, deferred,
-                                         DecodeErrorCode.UNKNOWN_VERTEX,
-                                         f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
-                                         f"(first: {int(deferred.src[0])})")
+                    self.consumer.reject(
+                        self.partition,
+                        rec.offset,
+                        rec.timestamp_ms,
+                        deferred,
+                        DecodeErrorCode.UNKNOWN_VERTEX,
+                        f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
+                        f"(first: {int(deferred.src[0])})",
+                    )
                     self._round_dead += 1
                 else:
                     self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))
@@ -200,8 +232,9 @@ class PartitionOwner:
         self.dead_letters += self._round_dead
         return self.last_round.published
 
-    def finish_round_then_ingest(self, inbox: list[LayerMsg], next_round: int,
-                                 max_records: int | None) -> tuple[Published | None, IngestReport]:
+    def finish_round_then_ingest(
+        self, inbox: list[LayerMsg], next_round: int, max_records: int | None
+    ) -> tuple[Published | None, IngestReport]:
         """The last layer of this round, then the next round's ingest, in one call (one Ray step less
         per round; the round is closed before the next one starts, so nothing overlaps)."""
         published = self.finish_round(inbox)

@@ -30,7 +30,12 @@ def init_ray(cfg: ClusterConfig) -> bool:
         os.environ.setdefault(k, v)
     # more logical CPUs than cores: P owners at fractional CPUs plus reads never starve each other
     num_cpus = cfg.ray_num_cpus or max(4, (os.cpu_count() or 2) * 2)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+    )
     log.info("local Ray started on 127.0.0.1 with %s logical CPUs", num_cpus)
     return True

@@ -114,7 +114,8 @@ class Caches:
         self.msg: list[torch.Tensor] = [self.zeros(0, r.msg_dim) for r in rules]
         self.agg: list[torch.Tensor | None] = [self._agg_zeros(r) for r in rules]
         self.selfc: list[torch.Tensor | None] = [
-            self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules]
+            self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules
+        ]
         self.ghost = np.zeros(0, dtype=bool)  # slots that mirror another partition's vertex
         self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
         self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
@@ -169,14 +170,16 @@ class Caches:
         for t in self.tables():
             t[idx] = 0
 
-    def store(self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool,
-              fused: bool) -> np.ndarray:
+    def store(
+        self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool, fused: bool
+    ) -> np.ndarray:
         """Write ``h_{li+1}[rows] = out``; return the rows that changed (plus ``force``, e.g. new vertices)."""
         h = self.h[li + 1]
         if detect and fused:
             diff = np.empty(len(rows), dtype=bool)
-            cpu_kernels.store_changed(h.numpy(), np.ascontiguousarray(rows, dtype=np.int64),
-                                      out.contiguous().numpy(), False, diff)
+            cpu_kernels.store_changed(
+                h.numpy(), np.ascontiguousarray(rows, dtype=np.int64), out.contiguous().numpy(), False, diff
+            )
             changed = rows[diff]
             return union(changed, force) if force.size else changed
         idx = self.t(rows)

@@ -283,8 +283,11 @@ def decode(table: pa.Table | pa.RecordBatch) -> MutationColumns | CodecError:
         i = int(np.flatnonzero(valid != has)[0])
         what = "lacks" if has[i] else "must not carry"
         code = CodecErrorCode.MISSING_FIELD if has[i] else CodecErrorCode.EXTRA_FIELD
-        return CodecError(code, f"row {i} ({MutationKind(int(kind[i])).name}) {what} features; "
-                                "they go exactly on ADD_VERTEX/UPDATE_FEATURES rows")
+        return CodecError(
+            code,
+            f"row {i} ({MutationKind(int(kind[i])).name}) {what} features; "
+            "they go exactly on ADD_VERTEX/UPDATE_FEATURES rows",
+        )
     width = fcol.type.list_size
     if width < 1:
         return CodecError(CodecErrorCode.FEATURE_WIDTH, f"feature rows must be at least 1 wide, got {fcol.type}")

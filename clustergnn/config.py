@@ -171,27 +171,43 @@ class GatewayConfig:
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
             if value is not None or name == "port":
-                _check(isinstance(value, int) and 0 <= value <= 65535,
-                       f"gateway.{name} must be in [0, 65535]{' or null' if name == 'metrics_port' else ''}, "
-                       f"got {value!r}")
-        _check((self.tls_cert is None) == (self.tls_key is None),
-               f"TLS needs both gateway.tls_cert and gateway.tls_key, got cert={self.tls_cert!r}, key={self.tls_key!r}")
+                _check(
+                    isinstance(value, int) and 0 <= value <= 65535,
+                    f"gateway.{name} must be in [0, 65535]{' or null' if name == 'metrics_port' else ''}, "
+                    f"got {value!r}",
+                )
+        _check(
+            (self.tls_cert is None) == (self.tls_key is None),
+            f"TLS needs both gateway.tls_cert and gateway.tls_key, got cert={self.tls_cert!r}, key={self.tls_key!r}",
+        )
         if self.tokens is not None:
-            _check(isinstance(self.tokens, tuple) and bool(self.tokens)
-                   and all(isinstance(t, str) and t.strip() for t in self.tokens),
-                   f"gateway.tokens must be a non-empty tuple of non-blank strings or None, "
-                   f"got {len(self.tokens)} token(s)")
+            _check(
+                isinstance(self.tokens, tuple)
+                and bool(self.tokens)
+                and all(isinstance(t, str) and t.strip() for t in self.tokens),
+                f"gateway.tokens must be a non-empty tuple of non-blank strings or None, "
+                f"got {len(self.tokens)} token(s)",
+            )
         if self.insecure_local:
-            _check(is_loopback(self.host),
-                   f"gateway.insecure_local is only allowed on a loopback host, got host={self.host!r}")
-        for name in ("max_ids_per_request", "max_mutations_per_request", "max_message_bytes", "max_workers",
-                     "max_watches"):
+            _check(
+                is_loopback(self.host),
+                f"gateway.insecure_local is only allowed on a loopback host, got host={self.host!r}",
+            )
+        for name in (
+            "max_ids_per_request",
+            "max_mutations_per_request",
+            "max_message_bytes",
+            "max_workers",
+            "max_watches",
+        ):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"gateway.{name} must be an integer >= 1, got {value!r}")
         for name in ("default_deadline_s", "watch_poll_interval_s", "health_poll_interval_s"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                   f"gateway.{name} must be a finite number > 0, got {value!r}")
+            _check(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"gateway.{name} must be a finite number > 0, got {value!r}",
+            )
 
     @property
     def tls_enabled(self) -> bool:
@@ -206,8 +222,11 @@ class GatewayConfig:
         if self.insecure_local:
             return
         missing = [name for name, off in (("TLS", not self.tls_enabled), ("tokens", not self.auth_enabled)) if off]
-        _check(not missing, f"the gateway requires TLS and bearer tokens; missing {missing}. "
-                            "Set gateway.insecure_local=True to run without them on a loopback host")
+        _check(
+            not missing,
+            f"the gateway requires TLS and bearer tokens; missing {missing}. "
+            "Set gateway.insecure_local=True to run without them on a loopback host",
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -283,26 +302,40 @@ def _check(cond: bool, msg: str) -> None:
 def validate(cfg: Config) -> None:
     """Cross-field and range checks of the sections without a ``__post_init__`` of their own."""
     c, m, k = cfg.cluster, cfg.model, cfg.kafka
-    _check(isinstance(c.partitions, int) and c.partitions >= 1,
-           f"cluster.partitions must be an integer >= 1, got {c.partitions!r}")
+    _check(
+        isinstance(c.partitions, int) and c.partitions >= 1,
+        f"cluster.partitions must be an integer >= 1, got {c.partitions!r}",
+    )
     _check(c.partitioner in ("hash", "metis"), f"cluster.partitioner must be 'hash' or 'metis', got {c.partitioner!r}")
     _check(c.actor_num_cpus >= 0 and c.actor_num_gpus >= 0, "cluster.actor_num_cpus/actor_num_gpus must be >= 0")
     _check(c.hub_window_ms >= 0, f"cluster.hub_window_ms must be >= 0, got {c.hub_window_ms!r}")
-    _check(isinstance(c.pending_timeout_s, (int, float)) and math.isfinite(c.pending_timeout_s)
-           and c.pending_timeout_s > 0,
-           f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}")
-    _check(c.snapshot_dir is None, "cluster.snapshot_dir: snapshots are not implemented yet (an owner recovers by "
-                                   f"replaying its Kafka partition); leave it null, got {c.snapshot_dir!r}")
-    _check(c.device in ("auto", "cpu") or c.device.startswith("cuda"),
-           f"cluster.device must be auto, cpu or cuda[:N], got {c.device!r}")
+    _check(
+        isinstance(c.pending_timeout_s, (int, float))
+        and math.isfinite(c.pending_timeout_s)
+        and c.pending_timeout_s > 0,
+        f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}",
+    )
+    _check(
+        c.snapshot_dir is None,
+        "cluster.snapshot_dir: snapshots are not implemented yet (an owner recovers by "
+        f"replaying its Kafka partition); leave it null, got {c.snapshot_dir!r}",
+    )
+    _check(
+        c.device in ("auto", "cpu") or c.device.startswith("cuda"),
+        f"cluster.device must be auto, cpu or cuda[:N], got {c.device!r}",
+    )
     _check(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
-    _check(m.path is not None or m.builtin in BUILTIN_MODELS,
-           f"model.builtin must be one of {BUILTIN_MODELS}, got {m.builtin!r}")
+    _check(
+        m.path is not None or m.builtin in BUILTIN_MODELS,
+        f"model.builtin must be one of {BUILTIN_MODELS}, got {m.builtin!r}",
+    )
     for name in ("in_dim", "hidden", "out_dim", "num_layers"):
         v = getattr(m, name)
         _check(isinstance(v, int) and v >= 1, f"model.{name} must be an integer >= 1, got {v!r}")
-    _check(k.poll_timeout_ms >= 0 and k.max_poll_records >= 1,
-           f"kafka.poll_timeout_ms must be >= 0 and kafka.max_poll_records >= 1, "
-           f"got {k.poll_timeout_ms!r} and {k.max_poll_records!r}")
+    _check(
+        k.poll_timeout_ms >= 0 and k.max_poll_records >= 1,
+        f"kafka.poll_timeout_ms must be >= 0 and kafka.max_poll_records >= 1, "
+        f"got {k.poll_timeout_ms!r} and {k.max_poll_records!r}",
+    )
     _check(k.fetch_max_wait_ms >= 0, f"kafka.fetch_max_wait_ms must be >= 0, got {k.fetch_max_wait_ms!r}")
     _check(bool(k.topic), "kafka.topic must not be empty")

@@ -38,8 +38,9 @@ import numpy as np
 # use a temporary one instead.  Every kernel module imports this one first, so this runs before numba
 # reads its configuration.
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-if "NUMBA_CACHE_DIR" not in os.environ and not (os.access(_PACKAGE_DIR, os.W_OK)
-                                                and os.access(os.path.join(_PACKAGE_DIR, "aggregate"), os.W_OK)):
+if "NUMBA_CACHE_DIR" not in os.environ and not (
+    os.access(_PACKAGE_DIR, os.W_OK) and os.access(os.path.join(_PACKAGE_DIR, "aggregate"), os.W_OK)
+):
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "clustergnn-numba-cache")
 
 try:  # pragma: no cover - exercised by whichever environment runs the tests
@@ -86,13 +87,15 @@ if AVAILABLE:
         i8p = _ir.IntType(8).as_pointer()
         i32 = _ir.IntType(32)
         base = builder.bitcast(ptr, i8p)
-        fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]),
-                                             "llvm.prefetch.p0")
+        fn = _cgutils.get_or_insert_function(
+            builder.module, _ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
         for line in range(16):
             off = context.get_constant(_types.intp, line * 64)
             with builder.if_then(builder.icmp_signed("<", off, nbytes)):
-                builder.call(fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3),
-                                  _ir.Constant(i32, 1)])
+                builder.call(
+                    fn, [builder.gep(base, [off]), _ir.Constant(i32, 0), _ir.Constant(i32, 3), _ir.Constant(i32, 1)]
+                )
 
     def _item_bytes(context, aryty, count):  # pragma: no cover - compile time
         itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
@@ -157,9 +160,75 @@ if AVAILABLE:
                 h[r, k] = x
             changed[i] = diff
 
-    _DEBRUIJN = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51,
-                          43, 22, 45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21,
-                          44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
+    _DEBRUIJN = np.array(
+        [
+            0,
+            1,
+            48,
+            2,
+            57,
+            49,
+            28,
+            3,
+            61,
+            58,
+            50,
+            42,
+            38,
+            29,
+            17,
+            4,
+            62,
+            55,
+            59,
+            36,
+            53,
+            51,
+            43,
+            22,
+            45,
+            39,
+            33,
+            30,
+            24,
+            18,
+            12,
+            5,
+            63,
+            47,
+            56,
+            27,
+            60,
+            41,
+            37,
+            16,
+            54,
+            35,
+            52,
+            21,
+            44,
+            32,
+            23,
+            11,
+            46,
+            26,
+            40,
+            15,
+            34,
+            20,
+            31,
+            10,
+            25,
+            14,
+            19,
+            9,
+            13,
+            8,
+            7,
+            6,
+        ],
+        dtype=np.int64,
+    )
 
     @jit
     def unique_live(values, live, bits):  # pragma: no cover - jitted
@@ -263,9 +332,24 @@ if AVAILABLE:
         return used, garbage
 
     @pjit
-    def block_append_pair(in_start, in_length, in_cap, in_pool, in_used, in_count,
-                          out_start, out_length, out_cap, out_pool, out_used, out_count,
-                          src, dst, min_block, result):  # pragma: no cover - jitted
+    def block_append_pair(
+        in_start,
+        in_length,
+        in_cap,
+        in_pool,
+        in_used,
+        in_count,
+        out_start,
+        out_length,
+        out_cap,
+        out_pool,
+        out_used,
+        out_count,
+        src,
+        dst,
+        min_block,
+        result,
+    ):  # pragma: no cover - jitted
         """Edges ``src -> dst`` appended to the in-blocks (owner ``dst``) and the out-blocks (owner ``src``)
         at once, one adjacency per core (they share nothing).  ``result`` gets ``block_append``'s
         ``(used, garbage)`` for the in-side, then the out-side."""
@@ -273,8 +357,7 @@ if AVAILABLE:
             if side == 0:
                 u, g = block_append(in_start, in_length, in_cap, in_pool, in_used, dst, src, in_count, min_block)
             else:
-                u, g = block_append(out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count,
-                                    min_block)
+                u, g = block_append(out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count, min_block)
             result[2 * side] = u
             result[2 * side + 1] = g
 
@@ -312,7 +395,8 @@ def warm_up() -> None:
     if _warm or not _ENABLED:
         return
     # the family kernels' modules import this one: imported here, when the engine asks, not at import
-    from clustergnn.aggregate import attention, sum as sum_family
+    from clustergnn.aggregate import attention
+    from clustergnn.aggregate import sum as sum_family
 
     i64 = np.int64
     one = np.zeros(1, dtype=i64)
@@ -323,14 +407,37 @@ def warm_up() -> None:
     count = np.zeros(2, dtype=i64)
     append_need(np.zeros(2, i64), np.zeros(2, i64), one, count, 4)
     res = np.zeros(4, dtype=i64)
-    block_append_pair(np.zeros(2, i64), np.zeros(2, i64), np.zeros(2, i64), np.zeros(16, np.int32), 0, count,
-                      np.zeros(2, i64), np.zeros(2, i64), np.zeros(2, i64), np.zeros(16, np.int32), 0, count.copy(),
-                      one, one, 4, res)
+    block_append_pair(
+        np.zeros(2, i64),
+        np.zeros(2, i64),
+        np.zeros(2, i64),
+        np.zeros(16, np.int32),
+        0,
+        count,
+        np.zeros(2, i64),
+        np.zeros(2, i64),
+        np.zeros(2, i64),
+        np.zeros(16, np.int32),
+        0,
+        count.copy(),
+        one,
+        one,
+        4,
+        res,
+    )
     for kernel in (gather_blocks, gather_blocks_serial):
         kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, i64), np.zeros(0, i64))
     for apply in (False, True):
-        remove_pairs(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), np.zeros(1, i64), one,
-                     np.array([0, 1], i64), np.zeros(1, i64), apply)
+        remove_pairs(
+            np.zeros(2, i64),
+            np.zeros(2, i64),
+            np.zeros(4, np.int32),
+            np.zeros(1, i64),
+            one,
+            np.array([0, 1], i64),
+            np.zeros(1, i64),
+            apply,
+        )
     sum_family.warm_up_kernels()
     attention.warm_up_kernels()
     _warm = True

@@ -33,7 +33,8 @@ import torch
 
 from clustergnn import cpu_kernels
 from clustergnn._dgl import dgl
-from clustergnn.aggregate import max as max_family, sum as sum_family
+from clustergnn.aggregate import max as max_family
+from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, BatchContext, DeltaStep
 from clustergnn.caches import Caches, RowView, Scratch, gather_rows, put_rows
 from clustergnn.errors import MutationError
@@ -64,9 +65,16 @@ class Engine:
 
     HAS_GHOSTS = False  # a single engine owns every vertex it holds (PartitionEngine mirrors remote ones)
 
-    def __init__(self, rules: list[LayerRule], *, activation: Activation | None = torch.relu,
-                 device: str | torch.device = "cpu", mode: Mode = "incremental", capacity: int = 1024,
-                 collaborative: bool = False) -> None:
+    def __init__(
+        self,
+        rules: list[LayerRule],
+        *,
+        activation: Activation | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        capacity: int = 1024,
+        collaborative: bool = False,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.collaborative = bool(collaborative)
@@ -85,8 +93,14 @@ class Engine:
         if self.fused:
             cpu_kernels.use_threads(torch.get_num_threads())
             cpu_kernels.warm_up()
-        self.edits = StructureEditor(self.graph, self.caches, grow=self._grow, clear_rows=self._clear_rows,
-                                     feature_dim=self.dims[0], fused=self.fused)
+        self.edits = StructureEditor(
+            self.graph,
+            self.caches,
+            grow=self._grow,
+            clear_rows=self._clear_rows,
+            feature_dim=self.dims[0],
+            fused=self.fused,
+        )
         self._grow(self.graph.capacity)
         self.stats = {"batches": 0, "mutations": 0}
 
@@ -101,10 +115,17 @@ class Engine:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dgl(cls, layers: list[torch.nn.Module] | torch.nn.ModuleList, graph: dgl.DGLGraph,
-                 features: torch.Tensor, activation: Activation | None = torch.relu, device: str | torch.device = "cpu",
-                 mode: Mode = "incremental", vertex_ids: np.ndarray | None = None,
-                 collaborative: bool = False) -> Engine:
+    def from_dgl(
+        cls,
+        layers: list[torch.nn.Module] | torch.nn.ModuleList,
+        graph: dgl.DGLGraph,
+        features: torch.Tensor,
+        activation: Activation | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        vertex_ids: np.ndarray | None = None,
+        collaborative: bool = False,
+    ) -> Engine:
         """An engine over ``graph`` (vertex ids = its node ids unless ``vertex_ids`` is given) whose
         caches equal ``layers``' forward pass on it.
 
@@ -124,26 +145,36 @@ class Engine:
         if features.ndim != 2 or features.shape[0] != n:
             raise MutationError(f"features must have shape ({n}, F), got {tuple(features.shape)}")
         rules = rules_from_dgl(list(layers), int(features.shape[1]))
-        eng = cls(rules, activation=activation, device=device, mode=mode, capacity=max(n, 16),
-                  collaborative=collaborative)
+        eng = cls(
+            rules, activation=activation, device=device, mode=mode, capacity=max(n, 16), collaborative=collaborative
+        )
         ids = np.arange(n, dtype=np.int64) if vertex_ids is None else np.asarray(vertex_ids, dtype=np.int64)
         src, dst = (t.numpy() for t in graph.edges())
         eng.load(ids, features, ids[src], ids[dst])
         return eng
 
     @classmethod
-    def from_layers(cls, layers: list[torch.nn.Module] | torch.nn.ModuleList, feature_dim: int,
-                    activation: Activation | None = torch.relu, device: str | torch.device = "cpu",
-                    mode: Mode = "incremental", capacity: int = 1024, collaborative: bool = False) -> Engine:
+    def from_layers(
+        cls,
+        layers: list[torch.nn.Module] | torch.nn.ModuleList,
+        feature_dim: int,
+        activation: Activation | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        capacity: int = 1024,
+        collaborative: bool = False,
+    ) -> Engine:
         """An empty engine for ``layers``; fill it with :meth:`bulk_load` or :meth:`apply`."""
         rules = rules_from_dgl(list(layers), feature_dim)
-        return cls(rules, activation=activation, device=device, mode=mode, capacity=capacity,
-                   collaborative=collaborative)
+        return cls(
+            rules, activation=activation, device=device, mode=mode, capacity=capacity, collaborative=collaborative
+        )
 
     def load(self, ids: np.ndarray, features: torch.Tensor, src: np.ndarray, dst: np.ndarray) -> None:
         """Bulk-load vertices and edges, then compute every cache with one full pass."""
-        self.bulk_load(MutationBatch.concat([MutationBatch.add_vertices(ids, features),
-                                             MutationBatch.add_edges(src, dst)]))
+        self.bulk_load(
+            MutationBatch.concat([MutationBatch.add_vertices(ids, features), MutationBatch.add_edges(src, dst)])
+        )
 
     def bulk_load(self, batch: MutationBatch) -> ApplyResult:
         """Apply a large batch (an initial graph) with one full recompute instead of propagation."""
@@ -176,8 +207,9 @@ class Engine:
     def _layer_index(self, layer: int) -> int:
         top = self.num_layers
         if not isinstance(layer, (int, np.integer)) or not -top - 1 <= layer <= top:
-            raise ValueError(f"layer must be in [{-top - 1}, {top}] (0 = input features, {top} or -1 = output), "
-                             f"got {layer!r}")
+            raise ValueError(
+                f"layer must be in [{-top - 1}, {top}] (0 = input features, {top} or -1 = output), got {layer!r}"
+            )
         return int(layer) % (top + 1)
 
     @torch.no_grad()
@@ -233,17 +265,23 @@ class Engine:
         self.stats["batches"] += 1
         self.stats["mutations"] += len(batch)
         ext = self.graph.ext_of
-        return ApplyResult(num_mutations=len(batch), layers=deltas, added_ids=ext[new],
-                           removed_ids=np.asarray(batch.src[batch.kind == MutationKind.REMOVE_VERTEX]),
-                           feature_changed_ids=ext[feat], seconds=time.perf_counter() - t0)
+        return ApplyResult(
+            num_mutations=len(batch),
+            layers=deltas,
+            added_ids=ext[new],
+            removed_ids=np.asarray(batch.src[batch.kind == MutationKind.REMOVE_VERTEX]),
+            feature_changed_ids=ext[feat],
+            seconds=time.perf_counter() - t0,
+        )
 
     def apply_structure(self, batch: MutationBatch, into: Pending | None = None) -> Pending:
         """The batch's structural and feature edits, all or nothing (:meth:`StructureEditor.apply`)."""
         return self.edits.apply(batch, into)
 
     # ------------------------------------------------------------------ recompute and finish
-    def finish(self, li: int, rows: np.ndarray, agg_rows: torch.Tensor | None = None,
-               view: RowView | None = None) -> torch.Tensor:
+    def finish(
+        self, li: int, rows: np.ndarray, agg_rows: torch.Tensor | None = None, view: RowView | None = None
+    ) -> torch.Tensor:
         """Layer ``li``'s output rows ``(len(rows), D_{li+1})``, activation included, from the caches
         (or from ``agg_rows``, a freshly recomputed aggregate of ``rows``)."""
         rule, agg_t = self.rules[li], self.agg[li]
@@ -277,8 +315,9 @@ class Engine:
         rows = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
         outdeg = torch.from_numpy(self._outdeg(rows)).to(self.device)
         indeg = torch.from_numpy(g.in_degree(rows)).to(self.device)
-        recompute_all(self.rules, self.caches, rows, self._in_edge_index(rows), indeg, outdeg, self.activation,
-                      self._keep_caches)
+        recompute_all(
+            self.rules, self.caches, rows, self._in_edge_index(rows), indeg, outdeg, self.activation, self._keep_caches
+        )
         self.version[rows] = self.round
         return [LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows) for li in range(self.num_layers)]
 
@@ -293,8 +332,9 @@ class Engine:
         touched = self._unique_live([add_dst, rem_dst], live)
         return BatchContext(add_src, add_dst, rem_src, rem_dst, out_changed, touched, new, live)
 
-    def layer_sources(self, li: int, ctx: BatchContext, changed: np.ndarray,
-                      extra_out_changed: np.ndarray | None = None) -> np.ndarray:
+    def layer_sources(
+        self, li: int, ctx: BatchContext, changed: np.ndarray, extra_out_changed: np.ndarray | None = None
+    ) -> np.ndarray:
         """Owned vertices whose layer-``li`` message changes: new ``h`` or (if it matters) new out-degree."""
         if not self.rules[li].message_uses_outdeg:
             return changed
@@ -312,8 +352,9 @@ class Engine:
         h = gather_rows(self.h[li], self.caches.t(srcs))
         return self.rules[li].message(h, torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
-    def _messages_and_self(self, li: int, srcs: np.ndarray,
-                           changed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _messages_and_self(
+        self, li: int, srcs: np.ndarray, changed: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New messages of ``srcs`` and, when the sources are exactly the changed rows (the message does
         not read the out-degree), their new self terms from the same gathered rows in one GEMM."""
         if srcs is not changed or not srcs.size or self.selfc[li] is None:
@@ -331,8 +372,15 @@ class Engine:
             changed = delta.changed_slots
         return deltas
 
-    def propagate_layer(self, li: int, ctx: BatchContext, changed: np.ndarray, srcs: np.ndarray,
-                        m_new: torch.Tensor, self_new: torch.Tensor | None = None) -> LayerDelta:
+    def propagate_layer(
+        self,
+        li: int,
+        ctx: BatchContext,
+        changed: np.ndarray,
+        srcs: np.ndarray,
+        m_new: torch.Tensor,
+        self_new: torch.Tensor | None = None,
+    ) -> LayerDelta:
         """One layer of propagation.
 
         Args:
@@ -364,13 +412,17 @@ class Engine:
         # Per layer, the cheaper exact way: deltas touch one entry per changed edge contribution,
         # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
         # costs about a third of a float64 delta).  Large batches tip towards recomputation.
-        recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (
-            DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(indeg.sum()))
+        recompute = (
+            not incremental
+            or rule.aggregation is Aggregation.ATTENTION
+            or (DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(indeg.sum()))
+        )
         relu = li < self.num_layers - 1 and self.activation is not None
         if fused_sum and not recompute:
             step = DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr)
-            changed_next = sum_family.update_and_finish_fused(rule, tables, step, indeg, relu, self.activation,
-                                                              self._scratch, lambda: self.finish(li, rows))
+            changed_next = sum_family.update_and_finish_fused(
+                rule, tables, step, indeg, relu, self.activation, self._scratch, lambda: self.finish(li, rows)
+            )
             if ctx.new.size:
                 changed_next = self._unique_live([changed_next, ctx.new], ctx.live)
         else:
@@ -382,8 +434,16 @@ class Engine:
                 if tables.agg is not None:
                     put_rows(tables.agg, t(rows), agg_rows)
             else:
-                step = DeltaStep(rows, srcs, m_new, de, ctx, m_old=gather_rows(tables.msg, s_idx), se=se,
-                                 se_pos=np.repeat(np.arange(len(srcs)), g.out_degree(srcs)))
+                step = DeltaStep(
+                    rows,
+                    srcs,
+                    m_new,
+                    de,
+                    ctx,
+                    m_old=gather_rows(tables.msg, s_idx),
+                    se=se,
+                    se_pos=np.repeat(np.arange(len(srcs)), g.out_degree(srcs)),
+                )
                 if rule.aggregation is Aggregation.SUM:
                     sum_family.update(tables, step, self._scratch)
                 else:

@@ -100,9 +100,11 @@ class Verdict:
     def timeout_message(self, timeout_s: float) -> str:
         """Why the read failed at its deadline: what was asked and what the cluster had."""
         stale = "unknown" if self.staleness_ms is None else f"{self.staleness_ms:.0f} ms"
-        return (f"bound not met within {timeout_s * 1000:.0f} ms: staleness {stale} "
-                f"(max_staleness_ms={self.max_staleness_ms}), watermark {self.watermark} "
-                f"(min_offsets={self.min_offsets})")
+        return (
+            f"bound not met within {timeout_s * 1000:.0f} ms: staleness {stale} "
+            f"(max_staleness_ms={self.max_staleness_ms}), watermark {self.watermark} "
+            f"(min_offsets={self.min_offsets})"
+        )
 
 
 class Freshness:
@@ -117,8 +119,14 @@ class Freshness:
         self._visible_p: list[float | None] = [None] * self.partitions
 
     # ------------------------------------------------------------------ reports
-    def report(self, partition: int, next_offset: int, *, oldest_pending_ts_ms: float | None = None,
-               caught_up_at_ms: float | None = None) -> None:
+    def report(
+        self,
+        partition: int,
+        next_offset: int,
+        *,
+        oldest_pending_ts_ms: float | None = None,
+        caught_up_at_ms: float | None = None,
+    ) -> None:
         """What partition ``partition`` reached in the round that just ended.
 
         Args:
@@ -176,19 +184,33 @@ class Freshness:
             if int(o) < 0:
                 raise InvalidReadError(f"min_offsets[{p}] must be >= 0, got {o}")
 
-    def check(self, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None, *,
-              now_ms: float | None = None) -> Verdict:
+    def check(
+        self, max_staleness_ms: float | None = None, min_offsets: Offsets | None = None, *, now_ms: float | None = None
+    ) -> Verdict:
         """Is a read with these bounds answerable at ``now_ms`` (default: the clock's now)?  A staleness
         bound needs a known visible time."""
         visible = self.visible_ms
         stale = self.staleness_at(visible, now_ms)
         fresh = max_staleness_ms is None or (stale is not None and stale <= max_staleness_ms)
-        return Verdict(fresh and self.reflects(min_offsets), stale, visible, self.watermark, max_staleness_ms,
-                       _offsets(min_offsets))
+        return Verdict(
+            fresh and self.reflects(min_offsets),
+            stale,
+            visible,
+            self.watermark,
+            max_staleness_ms,
+            _offsets(min_offsets),
+        )
 
-    def wait(self, max_staleness_ms: float | None, min_offsets: Offsets | None, *, timeout_s: float,
-             sleep: Callable[[float], object], poll_s: float = 0.05,
-             before_check: Callable[[float], object] | None = None) -> Verdict:
+    def wait(
+        self,
+        max_staleness_ms: float | None,
+        min_offsets: Offsets | None,
+        *,
+        timeout_s: float,
+        sleep: Callable[[float], object],
+        poll_s: float = 0.05,
+        before_check: Callable[[float], object] | None = None,
+    ) -> Verdict:
         """Check until the bound is met or ``timeout_s`` has passed on the clock; the last verdict.
 
         ``sleep(s)`` waits at most ``s`` seconds for news (a ``Condition.wait`` whose lock the caller

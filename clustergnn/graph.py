@@ -333,8 +333,12 @@ class MutableGraph:
         """Bytes held by the graph structure (adjacency pools, per-vertex arrays, id maps)."""
         dict_bytes = len(self._dict) * 100  # rough CPython dict entry + two ints
         return (
-            self.inn.nbytes() + self.out.nbytes() + self.ext_of.nbytes + self.alive.nbytes
-            + self._table.nbytes + dict_bytes
+            self.inn.nbytes()
+            + self.out.nbytes()
+            + self.ext_of.nbytes
+            + self.alive.nbytes
+            + self._table.nbytes
+            + dict_bytes
         )
 
     # --------------------------------------------------------------- ids
@@ -362,8 +366,7 @@ class MutableGraph:
         slots = self.lookup(ids)
         bad = np.flatnonzero(slots < 0)
         if bad.size:
-            raise UnknownVertexError(
-                f"unknown {what} id {int(np.asarray(ids)[bad[0]])} (not in the graph or removed)")
+            raise UnknownVertexError(f"unknown {what} id {int(np.asarray(ids)[bad[0]])} (not in the graph or removed)")
         return slots
 
     def _bind(self, ids: np.ndarray, slots: np.ndarray) -> None:
@@ -400,7 +403,8 @@ class MutableGraph:
             twice = np.flatnonzero(srt[1:] == srt[:-1])
             if twice.size:
                 raise MutationError(
-                    f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)")
+                    f"cannot add vertex {int(srt[twice[0]])}: it already exists (added twice in one batch)"
+                )
         slots = self._take_slots(len(ids))
         self.ext_of[slots] = ids
         self.alive[slots] = True
@@ -499,8 +503,24 @@ class MutableGraph:
             # room first, so that neither side can fail half-way
             adj._reserve_pool(int(cpu_kernels.append_need(adj.length, adj.cap, owners, adj._count, _MIN_BLOCK)))
         res = np.zeros(4, dtype=np.int64)
-        cpu_kernels.block_append_pair(a.start, a.length, a.cap, a.pool, a.used, a._count, b.start, b.length, b.cap,
-                                      b.pool, b.used, b._count, src, dst, _MIN_BLOCK, res)
+        cpu_kernels.block_append_pair(
+            a.start,
+            a.length,
+            a.cap,
+            a.pool,
+            a.used,
+            a._count,
+            b.start,
+            b.length,
+            b.cap,
+            b.pool,
+            b.used,
+            b._count,
+            src,
+            dst,
+            _MIN_BLOCK,
+            res,
+        )
         assert res[0] >= 0 and res[2] >= 0, "pool room was reserved"
         for adj, used, garbage in ((a, res[0], res[1]), (b, res[2], res[3])):
             adj.used = int(used)

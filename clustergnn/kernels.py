@@ -68,8 +68,9 @@ class EdgeIndex:
             # SpMM to LIBXSMM kernels, which segfaulted here on R-MAT scale 20 (and have known wrong-output
             # bugs: dmlc/dgl#3471, #5960).
             eids = _arange(self.n_edges, self.src.dtype)
-            self._block = dgl.create_block(("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src,
-                                           num_dst_nodes=self.n_rows)
+            self._block = dgl.create_block(
+                ("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src, num_dst_nodes=self.n_rows
+            )
         return self._block
 
 

@@ -242,8 +242,10 @@ class PartitionEngine(Engine):
         wrong = np.flatnonzero(self.pmap.owner(routing) != self.partition)
         if wrong.size:
             i = int(wrong[0])
-            raise MutationError(f"mutation {i} routes to partition {int(self.pmap.owner(routing[i:i + 1])[0])}, "
-                                f"not {self.partition} (vertex {int(routing[i])})")
+            raise MutationError(
+                f"mutation {i} routes to partition {int(self.pmap.owner(routing[i : i + 1])[0])}, "
+                f"not {self.partition} (vertex {int(routing[i])})"
+            )
         g = self.graph
         remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
         srcs = batch.src[remote_edge]
@@ -461,8 +463,15 @@ class PartitionEngine(Engine):
         self.stats["batches"] += 1
         self.stats["mutations"] += rs.ingested
         owned = int((g.alive & ~self.ghost[: g.capacity]).sum())
-        return RoundSummary(self.partition, rs.ingested, [d.affected for d in rs.deltas],
-                            [len(d.changed_slots) for d in rs.deltas], int(g.num_vertices - owned), owned, published)
+        return RoundSummary(
+            self.partition,
+            rs.ingested,
+            [d.affected for d in rs.deltas],
+            [len(d.changed_slots) for d in rs.deltas],
+            int(g.num_vertices - owned),
+            owned,
+            published,
+        )
 
     def _publish(self, rs: _RoundState, removed_slots: np.ndarray) -> Published | None:
         if self._defers_last_layer:
@@ -471,8 +480,11 @@ class PartitionEngine(Engine):
         gone = removed_slots[~self.ghost[removed_slots]] if removed_slots.size else removed_slots
         changed = rs.deltas[-1].changed_slots if rs.deltas else _EMPTY
         changed = changed[g.alive[changed] & ~self.ghost[changed]] if changed.size else changed
-        rows = (self.h[-1][self.caches.t(changed)].cpu().numpy() if changed.size
-                else np.zeros((0, self.dims[-1]), np.float32))
+        rows = (
+            self.h[-1][self.caches.t(changed)].cpu().numpy()
+            if changed.size
+            else np.zeros((0, self.dims[-1]), np.float32)
+        )
         return Published(g.ext_of[gone], g.ext_of[changed], rows, self.version[changed].copy())
 
 
@@ -492,8 +504,14 @@ class LocalCluster:
     def from_layers(cls, layers, feature_dim: int, partition_map: PartitionMap, **kwargs) -> LocalCluster:
         from clustergnn.rules import rules_from_dgl
 
-        return cls([PartitionEngine(rules_from_dgl(list(layers), feature_dim), partition=p, partition_map=partition_map,
-                                    **kwargs) for p in range(partition_map.num_partitions)])
+        return cls(
+            [
+                PartitionEngine(
+                    rules_from_dgl(list(layers), feature_dim), partition=p, partition_map=partition_map, **kwargs
+                )
+                for p in range(partition_map.num_partitions)
+            ]
+        )
 
     @property
     def messages(self) -> int:
@@ -517,8 +535,9 @@ class LocalCluster:
         for part, b in zip(self.parts, per_partition):
             part.feed(b)
         self.round_id += 1
-        out = run_round(local_fan_out(self.parts), self.round_id, RoundOptions(self.P, self.engines[0].num_layers),
-                        self.stats)
+        out = run_round(
+            local_fan_out(self.parts), self.round_id, RoundOptions(self.P, self.engines[0].num_layers), self.stats
+        )
         return out.finished, [part.deferred for part in self.parts]
 
     def apply(self, batch: MutationBatch, max_rounds: int = 4) -> list[RoundSummary]:

@@ -24,9 +24,16 @@ from clustergnn.kernels import EdgeIndex
 from clustergnn.rules import LayerRule
 
 
-def recompute_all(rules: list[LayerRule], caches: Caches, rows: np.ndarray, edges: EdgeIndex, indeg: torch.Tensor,
-                  outdeg: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] | None,
-                  keep_caches: bool) -> None:
+def recompute_all(
+    rules: list[LayerRule],
+    caches: Caches,
+    rows: np.ndarray,
+    edges: EdgeIndex,
+    indeg: torch.Tensor,
+    outdeg: torch.Tensor,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None,
+    keep_caches: bool,
+) -> None:
     """Recompute ``h_1..h_L`` of ``rows`` (sorted slots; ``indeg``/``outdeg`` theirs, ``edges`` their
     in-edges).  Caches other than the outputs are written only with ``keep_caches`` (the engine will
     propagate incrementally afterwards) or when ``rows`` are not ``0..n-1``; a pure full engine skips

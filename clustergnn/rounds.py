@@ -91,8 +91,9 @@ class RoundPartition(Protocol):
 
     def finish_round(self, inbox: list[Message]) -> Any: ...
 
-    def finish_round_then_ingest(self, inbox: list[Message], next_round: int,
-                                 max_records: int | None) -> tuple[Any, IngestReport]: ...
+    def finish_round_then_ingest(
+        self, inbox: list[Message], next_round: int, max_records: int | None
+    ) -> tuple[Any, IngestReport]: ...
 
 
 class FanOut(Protocol):
@@ -157,8 +158,9 @@ class RoundOptions:
 
     def __post_init__(self) -> None:
         if self.num_partitions < 1 or self.num_layers < 1:
-            raise ValueError(f"num_partitions and num_layers must be >= 1, got {self.num_partitions}, "
-                             f"{self.num_layers}")
+            raise ValueError(
+                f"num_partitions and num_layers must be >= 1, got {self.num_partitions}, {self.num_layers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,9 @@ class RoundOutcome:
     message_bytes: int
 
 
-def run_round(fan_out: FanOut, round_id: int, options: RoundOptions, stats: RoundStats,
-              prefetched: Sequence[Any] | None = None) -> RoundOutcome:
+def run_round(
+    fan_out: FanOut, round_id: int, options: RoundOptions, stats: RoundStats, prefetched: Sequence[Any] | None = None
+) -> RoundOutcome:
     """Run round ``round_id``; ``prefetched`` are its ingest reports when the previous round fused them.
 
     Adds busy rounds, messages, bytes and step times to ``stats`` (the caller counts rounds, mutations).
@@ -282,7 +285,8 @@ class EnginePartition:
         self._open = False
         return self.engine.end_round()
 
-    def finish_round_then_ingest(self, inbox: list[Message], next_round: int,
-                                 max_records: int | None = None) -> tuple[RoundSummary, EngineReport]:
+    def finish_round_then_ingest(
+        self, inbox: list[Message], next_round: int, max_records: int | None = None
+    ) -> tuple[RoundSummary, EngineReport]:
         summary = self.finish_round(inbox)
         return summary, self.ingest(next_round, max_records)

@@ -23,21 +23,31 @@ Propagation stops at vertices whose layer output did not change bit-for-bit.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from clustergnn._dgl import dglnn
-from clustergnn.aggregate import attention, max as max_family, sum as sum_family
+from clustergnn.aggregate import attention
+from clustergnn.aggregate import max as max_family
+from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, FinishKind
 from clustergnn.errors import UnsupportedModelError
 from clustergnn.kernels import EdgeIndex
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
-__all__ = ["Aggregation", "FinishKind", "GatRule", "GinRule", "GraphConvRule", "LayerRule", "SageRule",
-           "rules_from_dgl"]
+__all__ = [
+    "Aggregation",
+    "FinishKind",
+    "GatRule",
+    "GinRule",
+    "GraphConvRule",
+    "LayerRule",
+    "SageRule",
+    "rules_from_dgl",
+]
 
 
 SUPPORTED = (
@@ -97,8 +107,15 @@ class LayerRule:
         that finishing a row whose own input did not change costs no matmul."""
         raise NotImplementedError
 
-    def finish(self, selfv: torch.Tensor | None, agg: torch.Tensor, indeg: torch.Tensor, msg: torch.Tensor,
-               fresh: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    def finish(
+        self,
+        selfv: torch.Tensor | None,
+        agg: torch.Tensor,
+        indeg: torch.Tensor,
+        msg: torch.Tensor,
+        fresh: bool = False,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Rows' output ``(n, out_dim)`` (heads flattened) from their cached self term, aggregate,
         in-degree and own message.  ``fresh``: ``selfv`` and ``agg`` are temporaries that may be
         overwritten (a full recompute), not views of the caches.  ``out``: where the result may be
@@ -203,8 +220,10 @@ class SageRule(LayerRule):
         # both are linear maps of h: one GEMM with the weights stacked is cheaper than two
         if getattr(self, "_stacked", None) is None or self._stacked[0].device != h.device:
             zeros = torch.zeros(self.out_dim, dtype=self.w_neigh.dtype, device=self.w_neigh.device)
-            self._stacked = (torch.cat([self.w_neigh, self.w_self]),
-                             torch.cat([zeros, self.b_self if self.b_self is not None else zeros]))
+            self._stacked = (
+                torch.cat([self.w_neigh, self.w_self]),
+                torch.cat([zeros, self.b_self if self.b_self is not None else zeros]),
+            )
         both = F.linear(h, *self._stacked)
         return both[:, : self.out_dim].contiguous(), both[:, self.out_dim :]
 
@@ -272,8 +291,9 @@ class GraphConvRule(LayerRule):
         # by linearity the weight may go before or after the sum: keep the narrower side cached (as DGL)
         self.lin_before = self.w is not None and in_dim > out_dim
         msg_dim = out_dim if self.lin_before else in_dim
-        super().__init__(Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"),
-                         f"GraphConv[{self.norm}]")
+        super().__init__(
+            Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"), f"GraphConv[{self.norm}]"
+        )
 
     def fused_finish(self):
         if (self.w is not None and not self.lin_before) or not self._plain_post():
@@ -363,7 +383,7 @@ class GatRule(LayerRule):
         self.attn_r = layer.attn_r.detach().clone().view(self.heads, self.f)
         self.slope = layer.leaky_relu.negative_slope
         res = layer.res_fc
-        self.res_w, self.res_b = (_linear(res) if isinstance(res, torch.nn.Linear) else (None, None))
+        self.res_w, self.res_b = _linear(res) if isinstance(res, torch.nn.Linear) else (None, None)
         self.res_identity = res is not None and not isinstance(res, torch.nn.Linear)
         self.has_res = res is not None
         self.bias = layer.bias.detach().clone() if getattr(layer, "has_explicit_bias", False) else None
@@ -371,8 +391,15 @@ class GatRule(LayerRule):
         self.last = last
         in_dim = layer._in_src_feats
         hf = self.heads * self.f
-        super().__init__(Aggregation.ATTENTION, in_dim, hf + self.heads, self.f if last else hf, True, False,
-                         f"GATConv[{self.heads} heads]")
+        super().__init__(
+            Aggregation.ATTENTION,
+            in_dim,
+            hf + self.heads,
+            self.f if last else hf,
+            True,
+            False,
+            f"GATConv[{self.heads} heads]",
+        )
         self.has_self_term = self.has_res  # the bias is added in finish: no per-vertex copy of a constant
         self.self_dim = hf
 
@@ -421,7 +448,8 @@ def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule
             )
         if rule.in_dim != width:
             raise UnsupportedModelError(
-                f"layer {i} ({rule.name}) expects {rule.in_dim} input features, but gets {width}")
+                f"layer {i} ({rule.name}) expects {rule.in_dim} input features, but gets {width}"
+            )
         rules.append(rule)
         width = rule.out_dim
     return rules

@@ -62,8 +62,7 @@ FORMAT_VERSION: Final = 1
 MANIFEST_NAME: Final = "MANIFEST.json"
 MAX_SNAPSHOT_ID: Final = 10**12 - 1  # the directory name holds 12 digits, so names sort as numbers
 SUPPORTED_DTYPES: Final = frozenset(
-    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-     "float16", "float32", "float64"}
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
 )
 _SNAP_DIR: Final = re.compile(r"^snap-(\d{12})$")
 _ARRAY_NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -91,8 +90,14 @@ class ArrayFile:
     crc32c: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "file": self.file, "dtype": self.dtype, "shape": list(self.shape),
-                "size_bytes": self.size_bytes, "crc32c": self.crc32c}
+        return {
+            "name": self.name,
+            "file": self.file,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "size_bytes": self.size_bytes,
+            "crc32c": self.crc32c,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArrayFile:
@@ -102,9 +107,14 @@ class ArrayFile:
             raise ValueError(f"array {name!r} must be stored in {name + _ARRAY_SUFFIX!r}, got {d['file']!r}")
         if dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"array {d['name']!r}: dtype {dtype!r} is not one of {sorted(SUPPORTED_DTYPES)}")
-        return cls(name=name, file=name + _ARRAY_SUFFIX, dtype=dtype,
-                   shape=tuple(_nonneg(x, "shape entry") for x in d["shape"]),
-                   size_bytes=_nonneg(d["size_bytes"], "size_bytes"), crc32c=_nonneg(d["crc32c"], "crc32c"))
+        return cls(
+            name=name,
+            file=name + _ARRAY_SUFFIX,
+            dtype=dtype,
+            shape=tuple(_nonneg(x, "shape entry") for x in d["shape"]),
+            size_bytes=_nonneg(d["size_bytes"], "size_bytes"),
+            crc32c=_nonneg(d["crc32c"], "crc32c"),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,18 +143,28 @@ class PartInfo:
         return sum(a.size_bytes for a in self.arrays)
 
     def to_json(self) -> dict[str, Any]:
-        return {"snapshot_id": self.snapshot_id, "partition": self.partition, "round_id": self.round_id,
-                "next_offset": self.next_offset, "arrays": [a.to_json() for a in self.arrays],
-                "meta": dict(self.meta)}
+        return {
+            "snapshot_id": self.snapshot_id,
+            "partition": self.partition,
+            "round_id": self.round_id,
+            "next_offset": self.next_offset,
+            "arrays": [a.to_json() for a in self.arrays],
+            "meta": dict(self.meta),
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PartInfo:
         _expect_keys(d, {"snapshot_id", "partition", "round_id", "next_offset", "arrays", "meta"}, "part entry")
         if not isinstance(d["meta"], dict):
             raise ValueError(f"part meta must be an object, got {d['meta']!r}")
-        return cls(snapshot_id=_nonneg(d["snapshot_id"], "snapshot_id"), partition=_nonneg(d["partition"], "partition"),
-                   round_id=_nonneg(d["round_id"], "round_id"), next_offset=_nonneg(d["next_offset"], "next_offset"),
-                   arrays=tuple(ArrayFile.from_json(a) for a in d["arrays"]), meta=d["meta"])
+        return cls(
+            snapshot_id=_nonneg(d["snapshot_id"], "snapshot_id"),
+            partition=_nonneg(d["partition"], "partition"),
+            round_id=_nonneg(d["round_id"], "round_id"),
+            next_offset=_nonneg(d["next_offset"], "next_offset"),
+            arrays=tuple(ArrayFile.from_json(a) for a in d["arrays"]),
+            meta=d["meta"],
+        )
 
 
 @dataclass(frozen=True)
@@ -173,14 +193,22 @@ class Manifest:
 
     def part(self, partition: int) -> PartInfo:
         if not 0 <= partition < len(self.parts):
-            raise ValueError(f"partition must be in [0, {len(self.parts)}) for snapshot {self.snapshot_id}, "
-                             f"got {partition!r}")
+            raise ValueError(
+                f"partition must be in [0, {len(self.parts)}) for snapshot {self.snapshot_id}, got {partition!r}"
+            )
         return self.parts[partition]
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": self.format_version, "snapshot_id": self.snapshot_id,
-                "round_id": self.round_id, "created_s": self.created_s, "partitions": self.partitions,
-                "meta": dict(self.meta), "parts": [p.to_json() for p in self.parts]}
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "snapshot_id": self.snapshot_id,
+            "round_id": self.round_id,
+            "created_s": self.created_s,
+            "partitions": self.partitions,
+            "meta": dict(self.meta),
+            "parts": [p.to_json() for p in self.parts],
+        }
 
     @classmethod
     def from_json(cls, d: Any) -> Manifest:
@@ -189,20 +217,31 @@ class Manifest:
             raise ValueError(f"not a {FORMAT} manifest (format {d.get('format') if isinstance(d, dict) else d!r})")
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unknown format_version {d.get('format_version')!r}, this reader knows {FORMAT_VERSION}")
-        _expect_keys(d, {"format", "format_version", "snapshot_id", "round_id", "created_s", "partitions", "meta",
-                         "parts"}, "manifest")
+        _expect_keys(
+            d,
+            {"format", "format_version", "snapshot_id", "round_id", "created_s", "partitions", "meta", "parts"},
+            "manifest",
+        )
         parts = tuple(PartInfo.from_json(p) for p in d["parts"])
         sid, rid = _nonneg(d["snapshot_id"], "snapshot_id"), _nonneg(d["round_id"], "round_id")
         if [p.partition for p in parts] != list(range(_nonneg(d["partitions"], "partitions"))):
             raise ValueError(f"parts {[p.partition for p in parts]} are not partitions 0..{d['partitions']}-1")
         for p in parts:
             if p.snapshot_id != sid or p.round_id != rid:
-                raise ValueError(f"part {p.partition} is of snapshot {p.snapshot_id} round {p.round_id}, "
-                                 f"manifest says snapshot {sid} round {rid}")
+                raise ValueError(
+                    f"part {p.partition} is of snapshot {p.snapshot_id} round {p.round_id}, "
+                    f"manifest says snapshot {sid} round {rid}"
+                )
         if not isinstance(d["meta"], dict) or not isinstance(d["created_s"], (int, float)):
             raise ValueError(f"bad meta {d['meta']!r} or created_s {d['created_s']!r}")
-        return cls(snapshot_id=sid, round_id=rid, created_s=float(d["created_s"]), parts=parts, meta=d["meta"],
-                   format_version=FORMAT_VERSION)
+        return cls(
+            snapshot_id=sid,
+            round_id=rid,
+            created_s=float(d["created_s"]),
+            parts=parts,
+            meta=d["meta"],
+            format_version=FORMAT_VERSION,
+        )
 
 
 @dataclass(frozen=True)
@@ -226,8 +265,14 @@ class SnapshotStore:
     ``clock``: seconds since the epoch, for the manifest's ``created_s`` (injected so tests control it).
     """
 
-    def __init__(self, uri: str | os.PathLike[str], *, retention: int = 3,
-                 filesystem: pafs.FileSystem | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        retention: int = 3,
+        filesystem: pafs.FileSystem | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError(f"retention must be an int >= 1, got {retention!r}")
         uri = os.fspath(uri)
@@ -262,8 +307,16 @@ class SnapshotStore:
 
     # ---------------------------------------------------------------- writing
 
-    def write_part(self, snapshot_id: int, partition: int, arrays: Mapping[str, np.ndarray], *, round_id: int,
-                   next_offset: int, meta: Mapping[str, Any] | None = None) -> PartInfo:
+    def write_part(
+        self,
+        snapshot_id: int,
+        partition: int,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        round_id: int,
+        next_offset: int,
+        meta: Mapping[str, Any] | None = None,
+    ) -> PartInfo:
         """Writes one partition's arrays; returns what the manifest needs.  Does not make anything visible.
 
         Any earlier attempt at the same part is removed first, so a retried owner starts clean.  Arrays keep
@@ -278,8 +331,10 @@ class SnapshotStore:
         checked = {_check_array_name(name): _check_array(name, arr) for name, arr in arrays.items()}
         snap_dir = self.snapshot_dir(sid)
         if self._fs.get_file_info(f"{snap_dir}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
-            raise SnapshotError(f"snapshot {sid} is already committed ({snap_dir}/{MANIFEST_NAME}); "
-                                f"a committed snapshot is immutable, write a new id (next_id())")
+            raise SnapshotError(
+                f"snapshot {sid} is already committed ({snap_dir}/{MANIFEST_NAME}); "
+                f"a committed snapshot is immutable, write a new id (next_id())"
+            )
         part_dir = f"{snap_dir}/part-{partition}"
         self._fs.delete_dir_contents(part_dir, missing_dir_ok=True)
         self._fs.create_dir(part_dir, recursive=True)
@@ -290,15 +345,30 @@ class SnapshotStore:
             fname = name + _ARRAY_SUFFIX
             with self._fs.open_output_stream(f"{part_dir}/{fname}", compression=None) as out:
                 out.write(buf)
-            files.append(ArrayFile(name=name, file=fname, dtype=arr.dtype.name, shape=tuple(arr.shape),
-                                   size_bytes=buf.size, crc32c=crc32c.crc32c(buf)))
-        info = PartInfo(snapshot_id=sid, partition=partition, round_id=round_id, next_offset=next_offset,
-                        arrays=tuple(files), meta=meta_json)
+            files.append(
+                ArrayFile(
+                    name=name,
+                    file=fname,
+                    dtype=arr.dtype.name,
+                    shape=tuple(arr.shape),
+                    size_bytes=buf.size,
+                    crc32c=crc32c.crc32c(buf),
+                )
+            )
+        info = PartInfo(
+            snapshot_id=sid,
+            partition=partition,
+            round_id=round_id,
+            next_offset=next_offset,
+            arrays=tuple(files),
+            meta=meta_json,
+        )
         logger.debug("snapshot %d part %d: %d arrays, %d bytes", sid, partition, len(files), info.size_bytes)
         return info
 
-    def commit(self, snapshot_id: int, parts: Sequence[PartInfo], *, partitions: int,
-               meta: Mapping[str, Any] | None = None) -> Manifest:
+    def commit(
+        self, snapshot_id: int, parts: Sequence[PartInfo], *, partitions: int, meta: Mapping[str, Any] | None = None
+    ) -> Manifest:
         """Makes the snapshot complete by writing its manifest, last and atomically; then prunes.
 
         Refuses (``SnapshotError``, naming what is wrong) unless ``parts`` are exactly partitions
@@ -318,17 +388,18 @@ class SnapshotStore:
             raise SnapshotError(f"snapshot {sid} is already committed ({snap_dir}/{MANIFEST_NAME})")
         newest = next((c.snapshot_id for c in self._scan(verify=False, warn=False) if c.manifest), None)
         if newest is not None and newest >= sid:
-            raise SnapshotError(f"snapshot ids must increase: the newest complete snapshot is {newest}, "
-                                f"got {sid}")
+            raise SnapshotError(f"snapshot ids must increase: the newest complete snapshot is {newest}, got {sid}")
         for part in ordered:
             problem = _file_problem(part, listing)
             if problem:
                 raise SnapshotError(f"snapshot {sid} cannot be committed: {snap_dir}/{problem}")
-        manifest = Manifest(snapshot_id=sid, round_id=ordered[0].round_id, created_s=float(self._clock()),
-                            parts=ordered, meta=meta_json)
+        manifest = Manifest(
+            snapshot_id=sid, round_id=ordered[0].round_id, created_s=float(self._clock()), parts=ordered, meta=meta_json
+        )
         self._write_manifest(snap_dir, manifest)
-        logger.info("snapshot %d committed: round %d, %d partitions, %d bytes", sid, manifest.round_id, n,
-                    manifest.size_bytes)
+        logger.info(
+            "snapshot %d committed: round %d, %d partitions, %d bytes", sid, manifest.round_id, n, manifest.size_bytes
+        )
         try:
             self.prune()
         except OSError as e:  # the snapshot is committed; a failed clean-up must not read as a failed commit
@@ -430,7 +501,7 @@ class SnapshotStore:
         for info in self._fs.get_file_info(sel):
             if not info.path.startswith(prefix):
                 continue
-            head, _, rest = info.path[len(prefix):].partition("/")
+            head, _, rest = info.path[len(prefix) :].partition("/")
             m = _SNAP_DIR.match(head)
             if m is None:
                 continue
@@ -498,15 +569,19 @@ def _check_parts(sid: int, parts: Sequence[PartInfo], n: int) -> tuple[PartInfo,
     duplicated = sorted(p for p, c in counts.items() if c > 1)
     extra = sorted(p for p in counts if p >= n)
     if missing or duplicated or extra:
-        raise SnapshotError(f"snapshot {sid} needs partitions 0..{n - 1} once each: missing {missing}, "
-                            f"duplicated {duplicated}, out of range {extra}")
+        raise SnapshotError(
+            f"snapshot {sid} needs partitions 0..{n - 1} once each: missing {missing}, "
+            f"duplicated {duplicated}, out of range {extra}"
+        )
     foreign = {p.partition: p.snapshot_id for p in parts if p.snapshot_id != sid}
     if foreign:
         raise SnapshotError(f"snapshot {sid}: parts of other snapshots (partition: snapshot) {foreign}")
     rounds = {p.partition: p.round_id for p in parts}
     if len(set(rounds.values())) != 1:
-        raise SnapshotError(f"snapshot {sid} is not a consistent cut: parts at different rounds "
-                            f"(partition: round) {dict(sorted(rounds.items()))}")
+        raise SnapshotError(
+            f"snapshot {sid} is not a consistent cut: parts at different rounds "
+            f"(partition: round) {dict(sorted(rounds.items()))}"
+        )
     return tuple(sorted(parts, key=lambda p: p.partition))
 
 
@@ -537,6 +612,7 @@ def _expect_keys(d: Any, keys: set[str], what: str) -> None:
 
 def _json_object(meta: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     """``meta`` as it will read back from JSON (numpy scalars become numbers); rejects what JSON cannot hold."""
+
     def default(o: Any) -> Any:
         if isinstance(o, (np.integer, np.floating, np.bool_)):
             return o.item()

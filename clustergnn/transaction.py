@@ -91,8 +91,16 @@ class StructureEditor:
         fused: the engine runs the fused kernels (a stretch with removals counts copies with them).
     """
 
-    def __init__(self, graph: MutableGraph, caches: Caches, *, grow: Callable[[int], None],
-                 clear_rows: Callable[[np.ndarray], None], feature_dim: int, fused: bool) -> None:
+    def __init__(
+        self,
+        graph: MutableGraph,
+        caches: Caches,
+        *,
+        grow: Callable[[int], None],
+        clear_rows: Callable[[np.ndarray], None],
+        feature_dim: int,
+        fused: bool,
+    ) -> None:
         self.graph = graph
         self.caches = caches
         self.grow = grow
@@ -122,8 +130,11 @@ class StructureEditor:
         mark = g.savepoint()
         frow = batch.feature_row_index()
         try:
-            if len(batch) and bool(np.isin(batch.kind, STRETCH_KINDS).all()) and self._apply_stretch(
-                    pend, batch, 0, len(batch), frow):
+            if (
+                len(batch)
+                and bool(np.isin(batch.kind, STRETCH_KINDS).all())
+                and self._apply_stretch(pend, batch, 0, len(batch), frow)
+            ):
                 return pend.merge_into(into)  # the common case: a batch of vertex and edge edits only
             for seg in segments(batch.runs()):
                 if len(seg) > 2 and self._apply_stretch(pend, batch, seg[0][1], seg[-1][2], frow):
@@ -209,8 +220,9 @@ class StructureEditor:
             self._add_edges(pend, np.repeat(s[~gone], count[~gone]), np.repeat(d[~gone], count[~gone]))
         return True
 
-    def _net_edges(self, es: np.ndarray, ed: np.ndarray, ls: np.ndarray, ld: np.ndarray,
-                   rem: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _net_edges(
+        self, es: np.ndarray, ed: np.ndarray, ls: np.ndarray, ld: np.ndarray, rem: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The net effect of a stretch's edge events (ids ``es -> ed``, slots ``ls, ld``, -1 for vertices
         added in the stretch): ``(representative event, net copies)`` per edge whose count changes, or
         None if some removal finds no copy (the graph's copies plus earlier additions minus earlier
@@ -264,8 +276,9 @@ class StructureEditor:
         pend.edges.rem_dst.append(d)
         pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))
 
-    def _apply_run(self, pend: Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int,
-                   frow: np.ndarray, where: str) -> None:
+    def _apply_run(
+        self, pend: Pending, kind: MutationKind, batch: MutationBatch, a: int, b: int, frow: np.ndarray, where: str
+    ) -> None:
         g = self.graph
         src, dst = batch.src[a:b], batch.dst[a:b]
         if kind is MutationKind.ADD_VERTEX:

@@ -32,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clustergnn-healthcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--address", default="127.0.0.1:50051", help="gateway host:port (default %(default)s)")
     p.add_argument("--service", default="", help="health service name; '' = the whole server (default)")
-    p.add_argument("--root-cert", action="append", default=[], metavar="PEM",
-                   help="trusted certificate(s); the first existing file is used (repeatable)")
+    p.add_argument(
+        "--root-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="trusted certificate(s); the first existing file is used (repeatable)",
+    )
     p.add_argument("--server-name", default=None, help="name to verify the certificate against")
     p.add_argument("--plaintext", action="store_true", help="no TLS (only for a gateway with insecure_local)")
     p.add_argument("--any-status", action="store_true", help="healthy if the server answers at all (liveness)")

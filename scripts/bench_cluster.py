@@ -33,8 +33,18 @@ def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _producer_process(bootstrap: str, topic: str, P: int, dataset: str, dim: int, start_event: int, rate: float,
-                      seconds: float, batches_per_s: int, out) -> None:
+def _producer_process(
+    bootstrap: str,
+    topic: str,
+    P: int,
+    dataset: str,
+    dim: int,
+    start_event: int,
+    rate: float,
+    seconds: float,
+    batches_per_s: int,
+    out,
+) -> None:
     """Replays events at ``rate`` from a process of its own (producers live elsewhere in a deployment,
     and must not share the coordinator's interpreter lock); reports (ack time, offsets, size) per batch."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,8 +55,11 @@ def _producer_process(bootstrap: str, topic: str, P: int, dataset: str, dim: int
     ds = load(dataset)
     events_per_batch = max(1, int(rate / batches_per_s))
     n_batches = max(1, int(seconds * batches_per_s))
-    batches = list(ds.stream_batches(events_per_batch, dim=dim, start=start_event,
-                                     limit=start_event + events_per_batch * n_batches))
+    batches = list(
+        ds.stream_batches(
+            events_per_batch, dim=dim, start=start_event, limit=start_event + events_per_batch * n_batches
+        )
+    )
     producer = MutationProducer(bootstrap, topic, HashPartitionMap(P))
     producer.send(batches[0].slice(0, 0))  # connect before the clock starts
     out.put(("ready", time.time()))
@@ -68,8 +81,22 @@ def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     kc = cluster.config.kafka
-    proc = ctx.Process(target=_producer_process, args=(kc.bootstrap, kc.topic, cluster.P, ds.name, cluster.feature_dim,
-                                                        start_event, rate, seconds, batches_per_s, q), daemon=True)
+    proc = ctx.Process(
+        target=_producer_process,
+        args=(
+            kc.bootstrap,
+            kc.topic,
+            cluster.P,
+            ds.name,
+            cluster.feature_dim,
+            start_event,
+            rate,
+            seconds,
+            batches_per_s,
+            q,
+        ),
+        daemon=True,
+    )
     proc.start()
     sent: list[tuple[float, dict[int, int], int]] = []
     visible_at: dict[int, float] = {}
@@ -104,12 +131,16 @@ def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches
     tail = (visible_at.get(len(sent) - 1, time.time()) - t_end) if sent else 0.0
     mutations = sum(s[2] for s in sent)
     return {
-        "rate_events_per_s": rate, "events": events, "mutations": mutations,
-        "achieved_mutations_per_s": mutations / max(t_end - t0, 1e-9), "batches": len(sent),
+        "rate_events_per_s": rate,
+        "events": events,
+        "mutations": mutations,
+        "achieved_mutations_per_s": mutations / max(t_end - t0, 1e-9),
+        "batches": len(sent),
         "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
         "latency_ms_max": float(lat.max()) if len(lat) else None,
-        "drain_s": tail, "drained": drained,
+        "drain_s": tail,
+        "drained": drained,
         "series": [((sent[i][0] - t0), float(v)) for i, v in zip(sorted(visible_at), lat)],
     }
 
@@ -121,13 +152,19 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
 
     rows = []
     with EmbeddedBroker(port=0) as broker:
-        cfg = Config.from_dict({
-            "kafka": {"bootstrap": broker.bootstrap, "topic": f"bench-{P}", "poll_timeout_ms": args.poll_timeout_ms,
-                      "max_poll_records": args.max_poll_records},
-            "model": {"builtin": "sage", "in_dim": args.features, "hidden": args.hidden, "out_dim": args.out},
-            "cluster": {"partitions": P, "collaborative": args.collaborative, "actor_num_cpus": 0.25},
-            "graph": {"dataset": None},
-        })
+        cfg = Config.from_dict(
+            {
+                "kafka": {
+                    "bootstrap": broker.bootstrap,
+                    "topic": f"bench-{P}",
+                    "poll_timeout_ms": args.poll_timeout_ms,
+                    "max_poll_records": args.max_poll_records,
+                },
+                "model": {"builtin": "sage", "in_dim": args.features, "hidden": args.hidden, "out_dim": args.out},
+                "cluster": {"partitions": P, "collaborative": args.collaborative, "actor_num_cpus": 0.25},
+                "graph": {"dataset": None},
+            }
+        )
         t = time.time()
         cluster = Cluster(cfg).start()
         progress(f"P={P}: cluster up in {time.time() - t:.1f}s; loading {args.dataset} through Kafka")
@@ -142,17 +179,30 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                 r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s)
                 pos += r["events"]
                 muts = max(cluster.stats.mutations - mut0, 1)
-                r.update({"partitions": P, "messages_per_mutation": (cluster.stats.messages - m0) / muts,
-                          "bytes_per_mutation": (cluster.stats.message_bytes - b0) / muts,
-                          "round_ms_p50": float(np.percentile(list(cluster.stats.round_ms), 50))})
-                r["sustained"] = bool(r["drained"] and r["latency_ms_p99"] is not None
-                                      and r["latency_ms_p99"] <= args.sustain_p99_ms and r["drain_s"] <= 1.0)
-                r["steps_ms_p50"] = {k: float(np.percentile(list(v), 50)) for k, v in cluster.stats.step_ms.items() if v}
+                r.update(
+                    {
+                        "partitions": P,
+                        "messages_per_mutation": (cluster.stats.messages - m0) / muts,
+                        "bytes_per_mutation": (cluster.stats.message_bytes - b0) / muts,
+                        "round_ms_p50": float(np.percentile(list(cluster.stats.round_ms), 50)),
+                    }
+                )
+                r["sustained"] = bool(
+                    r["drained"]
+                    and r["latency_ms_p99"] is not None
+                    and r["latency_ms_p99"] <= args.sustain_p99_ms
+                    and r["drain_s"] <= 1.0
+                )
+                r["steps_ms_p50"] = {
+                    k: float(np.percentile(list(v), 50)) for k, v in cluster.stats.step_ms.items() if v
+                }
                 cluster.stats.step_ms.clear()
                 rows.append(r)
-                progress(f"P={P} rate {rate:,.0f}/s: p50 {r['latency_ms_p50']:.0f} ms p99 {r['latency_ms_p99']:.0f} ms "
-                         f"max {r['latency_ms_max']:.0f} ms; sustained={r['sustained']}; steps p50 "
-                         + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items()))
+                progress(
+                    f"P={P} rate {rate:,.0f}/s: p50 {r['latency_ms_p50']:.0f} ms p99 {r['latency_ms_p99']:.0f} ms "
+                    f"max {r['latency_ms_max']:.0f} ms; sustained={r['sustained']}; steps p50 "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
+                )
                 if not r["drained"] or r["drain_s"] > 10:
                     progress(f"P={P}: backlog does not drain at {rate:,.0f}/s; stopping the ramp")
                     break
@@ -165,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="facebook-wosn-links")
     p.add_argument("--partitions", default="1,2,4")
-    p.add_argument("--rates", default="2500,5000,10000,20000,40000", help="dataset events/s (undirected: 2 mutations each)")
+    p.add_argument(
+        "--rates", default="2500,5000,10000,20000,40000", help="dataset events/s (undirected: 2 mutations each)"
+    )
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--batches-per-s", type=int, default=20)
     p.add_argument("--features", type=int, default=64)
@@ -186,27 +238,37 @@ def main(argv: list[str] | None = None) -> int:
     for P in [int(x) for x in args.partitions.split(",")]:
         rows += bench_partitions(P, ds, args)
     mut_per_event = 1 if ds.directed else 2
-    print(f"\nclustergnn cluster benchmark: {args.dataset} (seeded random features), 2-layer GraphSAGE-mean "
-          f"{args.features}->{args.hidden}->{args.out}{' collaborative' if args.collaborative else ''}; "
-          f"local Ray + embedded broker on this machine")
-    hdr = (f"{'P':>2} {'events/s':>9} {'edge mut/s':>10} {'achieved':>9} {'vis p50':>8} {'vis p99':>8} {'vis max':>8} "
-           f"{'drain s':>7} {'msgs/mut':>8} {'bytes/mut':>9} {'round p50':>9} sustained")
+    print(
+        f"\nclustergnn cluster benchmark: {args.dataset} (seeded random features), 2-layer GraphSAGE-mean "
+        f"{args.features}->{args.hidden}->{args.out}{' collaborative' if args.collaborative else ''}; "
+        f"local Ray + embedded broker on this machine"
+    )
+    hdr = (
+        f"{'P':>2} {'events/s':>9} {'edge mut/s':>10} {'achieved':>9} {'vis p50':>8} {'vis p99':>8} {'vis max':>8} "
+        f"{'drain s':>7} {'msgs/mut':>8} {'bytes/mut':>9} {'round p50':>9} sustained"
+    )
     print(hdr)
     print("-" * len(hdr))
     best: dict[int, float] = {}
     for r in rows:
-        print(f"{r['partitions']:>2} {r['rate_events_per_s']:>9,.0f} {r['rate_events_per_s'] * mut_per_event:>10,.0f} "
-              f"{r['achieved_mutations_per_s']:>9,.0f} {r['latency_ms_p50']:>6.0f}ms {r['latency_ms_p99']:>6.0f}ms "
-              f"{r['latency_ms_max']:>6.0f}ms {r['drain_s']:>7.2f} {r['messages_per_mutation']:>8.3f} "
-              f"{r['bytes_per_mutation']:>9.0f} {r['round_ms_p50']:>7.1f}ms {'yes' if r['sustained'] else 'no'}")
+        print(
+            f"{r['partitions']:>2} {r['rate_events_per_s']:>9,.0f} {r['rate_events_per_s'] * mut_per_event:>10,.0f} "
+            f"{r['achieved_mutations_per_s']:>9,.0f} {r['latency_ms_p50']:>6.0f}ms {r['latency_ms_p99']:>6.0f}ms "
+            f"{r['latency_ms_max']:>6.0f}ms {r['drain_s']:>7.2f} {r['messages_per_mutation']:>8.3f} "
+            f"{r['bytes_per_mutation']:>9.0f} {r['round_ms_p50']:>7.1f}ms {'yes' if r['sustained'] else 'no'}"
+        )
         if r["sustained"]:
             best[r["partitions"]] = max(best.get(r["partitions"], 0.0), r["achieved_mutations_per_s"])
-    print("\nhighest sustained rate (edge mutations/s): " + ", ".join(f"P={k}: {v:,.0f}" for k, v in sorted(best.items())))
+    print(
+        "\nhighest sustained rate (edge mutations/s): " + ", ".join(f"P={k}: {v:,.0f}" for k, v in sorted(best.items()))
+    )
     if 1 in best and 4 in best:
         print(f"P=4 / P=1 sustained ratio: {best[4] / best[1]:.2f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows, "sustained": best}, indent=1))
+    out.write_text(
+        json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows, "sustained": best}, indent=1)
+    )
     try:
         import matplotlib
 
@@ -217,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             s = np.array(r["series"]) if r["series"] else np.zeros((0, 2))
             if len(s):
-                ax.plot(s[:, 0], s[:, 1], ".", ms=2, label=f"P={r['partitions']} {r['rate_events_per_s'] * mut_per_event:,.0f} mut/s")
+                ax.plot(
+                    s[:, 0],
+                    s[:, 1],
+                    ".",
+                    ms=2,
+                    label=f"P={r['partitions']} {r['rate_events_per_s'] * mut_per_event:,.0f} mut/s",
+                )
         ax.set_yscale("log")
         ax.set_xlabel("time in the window (s)")
         ax.set_ylabel("produce -> visible (ms)")

@@ -50,11 +50,16 @@ def model(name: str, f_in: int, hidden: int, f_out: int, seed: int = 0) -> list[
     if name == "sage":
         layers = [dglnn.SAGEConv(f_in, hidden, "mean"), dglnn.SAGEConv(hidden, f_out, "mean")]
     elif name == "gcn":
-        layers = [dglnn.GraphConv(f_in, hidden, allow_zero_in_degree=True), dglnn.GraphConv(hidden, f_out, allow_zero_in_degree=True)]
+        layers = [
+            dglnn.GraphConv(f_in, hidden, allow_zero_in_degree=True),
+            dglnn.GraphConv(hidden, f_out, allow_zero_in_degree=True),
+        ]
     elif name == "gat":
         heads = 4
-        layers = [dglnn.GATConv(f_in, hidden // heads, heads, allow_zero_in_degree=True),
-                  dglnn.GATConv(hidden, f_out, 1, allow_zero_in_degree=True)]
+        layers = [
+            dglnn.GATConv(f_in, hidden // heads, heads, allow_zero_in_degree=True),
+            dglnn.GATConv(hidden, f_out, 1, allow_zero_in_degree=True),
+        ]
     else:
         raise SystemExit(f"unknown model {name!r}; choose from sage, gcn, gat")
     for layer in layers:
@@ -114,18 +119,30 @@ def bench_model(ds, name: str, args) -> list[dict]:
     engines = {}
     for mode in args.modes:
         t = time.perf_counter()
-        eng = Engine.from_layers(layers, args.features, device=args.device, mode=mode.split("+")[0],
-                                 capacity=len(ds.all_vertex_ids()) + 16, collaborative=mode.endswith("collab"))
+        eng = Engine.from_layers(
+            layers,
+            args.features,
+            device=args.device,
+            mode=mode.split("+")[0],
+            capacity=len(ds.all_vertex_ids()) + 16,
+            collaborative=mode.endswith("collab"),
+        )
         eng.bulk_load(init)
         engines[mode] = eng
-        progress(f"{name}: {mode} engine loaded {eng.num_vertices:,} vertices / {eng.num_edges:,} edges in {time.perf_counter() - t:.1f}s")
+        progress(
+            f"{name}: {mode} engine loaded {eng.num_vertices:,} vertices / {eng.num_edges:,} edges "
+            f"in {time.perf_counter() - t:.1f}s"
+        )
     inc = engines["incremental"]
     stream_pos = 0
     rows = []
     for bsz in args.batch_sizes:
         n_batches = max(1, int(BATCHES.get(bsz, 5) * args.scale_batches))
-        batches = list(ds.stream_batches(bsz, dim=args.features, seed=args.seed, start=stream_pos,
-                                         limit=stream_pos + bsz * n_batches))
+        batches = list(
+            ds.stream_batches(
+                bsz, dim=args.features, seed=args.seed, start=stream_pos, limit=stream_pos + bsz * n_batches
+            )
+        )
         if not batches:
             progress(f"{name}: stream exhausted before batch size {bsz}")
             break
@@ -167,25 +184,45 @@ def bench_model(ds, name: str, args) -> list[dict]:
         p99 = {m: float(np.percentile(v, 99)) for m, v in times.items()}
         mem = inc.memory_bytes()
         row = {
-            "model": name, "batch_events": bsz, "mutations_per_batch": n_mut, "batches": len(batches),
-            "vertices": inc.num_vertices, "edges": inc.num_edges,
-            "inc_p50_ms": p50["incremental"] * 1e3, "inc_p99_ms": p99["incremental"] * 1e3,
-            "khop_p50_ms": p50["khop"] * 1e3, "full_p50_ms": p50["full"] * 1e3, "dgl_full_ms": dgl_s * 1e3,
+            "model": name,
+            "batch_events": bsz,
+            "mutations_per_batch": n_mut,
+            "batches": len(batches),
+            "vertices": inc.num_vertices,
+            "edges": inc.num_edges,
+            "inc_p50_ms": p50["incremental"] * 1e3,
+            "inc_p99_ms": p99["incremental"] * 1e3,
+            "khop_p50_ms": p50["khop"] * 1e3,
+            "full_p50_ms": p50["full"] * 1e3,
+            "dgl_full_ms": dgl_s * 1e3,
             "inc_mutations_per_s": n_mut / p50["incremental"],
-            "speedup_vs_dgl": dgl_s / p50["incremental"], "speedup_vs_full": p50["full"] / p50["incremental"],
-            "speedup_vs_khop": p50["khop"] / p50["incremental"], "full_vs_dgl": dgl_s / p50["full"],
+            "speedup_vs_dgl": dgl_s / p50["incremental"],
+            "speedup_vs_full": p50["full"] / p50["incremental"],
+            "speedup_vs_khop": p50["khop"] / p50["incremental"],
+            "full_vs_dgl": dgl_s / p50["full"],
             "affected_per_layer": [float(x) for x in np.mean(affected, axis=0)],
-            **({"collab_p50_ms": p50["incremental+collab"] * 1e3, "collab_p99_ms": p99["incremental+collab"] * 1e3,
-                "khop_collab_p50_ms": p50["khop+collab"] * 1e3,
-                "collab_speedup_vs_dgl": dgl_s / p50["incremental+collab"],
-                "collab_speedup_vs_khop": p50["khop+collab"] / p50["incremental+collab"],
-                "collab_read_ms": read_ms, "max_rel_error_collab": err_collab} if collab else {}),
-            "max_rel_error": err, "structure_bytes_per_edge": mem["structure"] / max(inc.num_edges, 1),
+            **(
+                {
+                    "collab_p50_ms": p50["incremental+collab"] * 1e3,
+                    "collab_p99_ms": p99["incremental+collab"] * 1e3,
+                    "khop_collab_p50_ms": p50["khop+collab"] * 1e3,
+                    "collab_speedup_vs_dgl": dgl_s / p50["incremental+collab"],
+                    "collab_speedup_vs_khop": p50["khop+collab"] / p50["incremental+collab"],
+                    "collab_read_ms": read_ms,
+                    "max_rel_error_collab": err_collab,
+                }
+                if collab
+                else {}
+            ),
+            "max_rel_error": err,
+            "structure_bytes_per_edge": mem["structure"] / max(inc.num_edges, 1),
             "peak_rss_mib": peak_rss_mib(),
         }
         rows.append(row)
-        progress(f"{name} B={bsz}: inc p50 {row['inc_p50_ms']:.2f} ms, x{row['speedup_vs_dgl']:.0f} vs DGL, "
-                 f"x{row['speedup_vs_khop']:.1f} vs khop, err {err:.1e}")
+        progress(
+            f"{name} B={bsz}: inc p50 {row['inc_p50_ms']:.2f} ms, x{row['speedup_vs_dgl']:.0f} vs DGL, "
+            f"x{row['speedup_vs_khop']:.1f} vs khop, err {err:.1e}"
+        )
     if args.to_end:
         t = time.perf_counter()
         n = 0
@@ -194,9 +231,18 @@ def bench_model(ds, name: str, args) -> list[dict]:
             n += len(b)
             progress(f"{name}: rest of stream, {n:,} mutations applied")
         err = check_exact(inc, layers)
-        rows.append({"model": name, "batch_events": "end-of-stream", "mutations": n, "seconds": time.perf_counter() - t,
-                     "vertices": inc.num_vertices, "edges": inc.num_edges, "max_rel_error": err,
-                     "structure_bytes_per_edge": inc.memory_bytes()["structure"] / max(inc.num_edges, 1)})
+        rows.append(
+            {
+                "model": name,
+                "batch_events": "end-of-stream",
+                "mutations": n,
+                "seconds": time.perf_counter() - t,
+                "vertices": inc.num_vertices,
+                "edges": inc.num_edges,
+                "max_rel_error": err,
+                "structure_bytes_per_edge": inc.memory_bytes()["structure"] / max(inc.num_edges, 1),
+            }
+        )
         progress(f"{name}: end of stream: {inc.num_edges:,} edges, relative error vs DGL {err:.2e}")
     for eng in engines.values():
         del eng
@@ -204,40 +250,54 @@ def bench_model(ds, name: str, args) -> list[dict]:
 
 
 def print_table(rows: list[dict], meta: dict) -> None:
-    print(f"\nclustergnn engine benchmark: {meta['dataset']} ({meta['features']}), device {meta['device']}, "
-          f"{meta['cpu']}; layers {meta['features_in']}->{meta['hidden']}->{meta['out']}")
-    hdr = (f"{'model':6} {'B(events)':>9} {'mut/b':>7} {'inc p50':>9} {'inc p99':>9} {'khop p50':>9} {'full p50':>9} "
-           f"{'DGL fwd':>9} {'mut/s':>10} {'xDGL':>7} {'xfull':>7} {'xkhop':>6} {'full/DGL':>8} {'affected L1/L2':>15} "
-           f"{'rel err':>8} {'B/edge':>6}")
+    print(
+        f"\nclustergnn engine benchmark: {meta['dataset']} ({meta['features']}), device {meta['device']}, "
+        f"{meta['cpu']}; layers {meta['features_in']}->{meta['hidden']}->{meta['out']}"
+    )
+    hdr = (
+        f"{'model':6} {'B(events)':>9} {'mut/b':>7} {'inc p50':>9} {'inc p99':>9} {'khop p50':>9} {'full p50':>9} "
+        f"{'DGL fwd':>9} {'mut/s':>10} {'xDGL':>7} {'xfull':>7} {'xkhop':>6} {'full/DGL':>8} {'affected L1/L2':>15} "
+        f"{'rel err':>8} {'B/edge':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         if r["batch_events"] == "end-of-stream":
-            print(f"{r['model']:6} {'end':>9} {r['mutations']:>7} applied in {r['seconds']:.1f}s; "
-                  f"{r['vertices']:,} vertices, {r['edges']:,} edges; rel err vs DGL {r['max_rel_error']:.1e}; "
-                  f"{r['structure_bytes_per_edge']:.1f} B/edge")
+            print(
+                f"{r['model']:6} {'end':>9} {r['mutations']:>7} applied in {r['seconds']:.1f}s; "
+                f"{r['vertices']:,} vertices, {r['edges']:,} edges; rel err vs DGL {r['max_rel_error']:.1e}; "
+                f"{r['structure_bytes_per_edge']:.1f} B/edge"
+            )
             continue
         aff = "/".join(f"{a:.0f}" for a in r["affected_per_layer"])
-        print(f"{r['model']:6} {r['batch_events']:>9} {r['mutations_per_batch']:>7.0f} {r['inc_p50_ms']:>8.2f}ms "
-              f"{r['inc_p99_ms']:>8.2f}ms {r['khop_p50_ms']:>8.2f}ms {r['full_p50_ms']:>8.1f}ms {r['dgl_full_ms']:>8.1f}ms "
-              f"{r['inc_mutations_per_s']:>10.0f} {r['speedup_vs_dgl']:>7.1f} {r['speedup_vs_full']:>7.1f} "
-              f"{r['speedup_vs_khop']:>6.1f} {r['full_vs_dgl']:>8.2f} {aff:>15} {r['max_rel_error']:>8.1e} "
-              f"{r['structure_bytes_per_edge']:>6.1f}")
+        print(
+            f"{r['model']:6} {r['batch_events']:>9} {r['mutations_per_batch']:>7.0f} {r['inc_p50_ms']:>8.2f}ms "
+            f"{r['inc_p99_ms']:>8.2f}ms {r['khop_p50_ms']:>8.2f}ms {r['full_p50_ms']:>8.1f}ms "
+            f"{r['dgl_full_ms']:>8.1f}ms "
+            f"{r['inc_mutations_per_s']:>10.0f} {r['speedup_vs_dgl']:>7.1f} {r['speedup_vs_full']:>7.1f} "
+            f"{r['speedup_vs_khop']:>6.1f} {r['full_vs_dgl']:>8.2f} {aff:>15} {r['max_rel_error']:>8.1e} "
+            f"{r['structure_bytes_per_edge']:>6.1f}"
+        )
 
 
 def print_collab_table(rows: list[dict]) -> None:
     print("\nSTAG collaborative mode (last layer finished at read time; same batches, same graph):")
-    hdr = (f"{'model':6} {'B(events)':>9} {'collab p50':>10} {'collab p99':>10} {'khop+c p50':>10} {'xDGL':>7} {'xkhop':>6} "
-           f"{'read 1 id':>9} {'read 64':>8} {'rel err':>8}")
+    hdr = (
+        f"{'model':6} {'B(events)':>9} {'collab p50':>10} {'collab p99':>10} {'khop+c p50':>10} "
+        f"{'xDGL':>7} {'xkhop':>6} "
+        f"{'read 1 id':>9} {'read 64':>8} {'rel err':>8}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         if r["batch_events"] == "end-of-stream" or "collab_p50_ms" not in r:
             continue
-        print(f"{r['model']:6} {r['batch_events']:>9} {r['collab_p50_ms']:>8.2f}ms {r['collab_p99_ms']:>8.2f}ms "
-              f"{r['khop_collab_p50_ms']:>8.2f}ms {r['collab_speedup_vs_dgl']:>7.1f} {r['collab_speedup_vs_khop']:>6.1f} "
-              f"{r['collab_read_ms']['read1_p50_ms']:>7.2f}ms {r['collab_read_ms']['read64_p50_ms']:>6.2f}ms "
-              f"{r['max_rel_error_collab']:>8.1e}")
+        print(
+            f"{r['model']:6} {r['batch_events']:>9} {r['collab_p50_ms']:>8.2f}ms {r['collab_p99_ms']:>8.2f}ms "
+            f"{r['khop_collab_p50_ms']:>8.2f}ms {r['collab_speedup_vs_dgl']:>7.1f} {r['collab_speedup_vs_khop']:>6.1f} "
+            f"{r['collab_read_ms']['read1_p50_ms']:>7.2f}ms {r['collab_read_ms']['read64_p50_ms']:>6.2f}ms "
+            f"{r['max_rel_error_collab']:>8.1e}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-batches", type=float, default=1.0, help="multiply the number of batches per size")
     p.add_argument("--to-end", action="store_true", help="apply the rest of the stream and check exactness at the end")
     p.add_argument("--quick", action="store_true", help="sage only, fewer batches, sizes 1,16,256,4096")
-    p.add_argument("--modes", default="incremental,khop,full,incremental+collab,khop+collab",
-                   help="engines to run (incremental, khop and full are required; the +collab ones optional)")
+    p.add_argument(
+        "--modes",
+        default="incremental,khop,full,incremental+collab,khop+collab",
+        help="engines to run (incremental, khop and full are required; the +collab ones optional)",
+    )
     p.add_argument("--json", default="results/bench_engine.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -273,10 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models.split(","):
         rows += bench_model(ds, name.strip(), args)
-    meta = {"dataset": args.dataset, "features": "seeded random features" if ds.native_features is None else "native features",
-            "features_in": args.features, "hidden": args.hidden, "out": args.out, "device": args.device,
-            "cpu": f"{platform.machine()} x{torch.get_num_threads()} threads", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "dataset": args.dataset,
+        "features": "seeded random features" if ds.native_features is None else "native features",
+        "features_in": args.features,
+        "hidden": args.hidden,
+        "out": args.out,
+        "device": args.device,
+        "cpu": f"{platform.machine()} x{torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     print_table(rows, meta)
     print_collab_table(rows)
     out = Path(args.json)

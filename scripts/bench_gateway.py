@@ -62,7 +62,9 @@ class TableBackend:
     def status(self):  # noqa: ANN201
         from clustergnn.serving import ClusterStatus, PartitionStatus
 
-        return ClusterStatus([PartitionStatus(0, True, len(self.table), {0: 0}, 0, 0, 0.0)], {0: 0}, 1, [self.table.shape[1]])
+        return ClusterStatus(
+            [PartitionStatus(0, True, len(self.table), {0: 0}, 0, 0, 0.0)], {0: 0}, 1, [self.table.shape[1]]
+        )
 
 
 def _stream(bootstrap: str, topic: str, partitions: int, dataset: str, dim: int, rate: float, seconds: float) -> None:
@@ -92,26 +94,41 @@ def serve_cluster(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=0) as broker:
-        cfg = Config.from_dict({
-            "kafka": {"bootstrap": broker.bootstrap, "topic": "bench-gateway"},
-            "model": {"builtin": "sage", "in_dim": args.dim, "hidden": 128, "out_dim": args.dim},
-            "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
-            "graph": {"dataset": args.dataset},
-            "gateway": {"port": 0, "metrics_port": None, "insecure_local": True, "max_workers": 64},
-        })
+        cfg = Config.from_dict(
+            {
+                "kafka": {"bootstrap": broker.bootstrap, "topic": "bench-gateway"},
+                "model": {"builtin": "sage", "in_dim": args.dim, "hidden": 128, "out_dim": args.dim},
+                "cluster": {"partitions": args.partitions, "collaborative": args.collaborative},
+                "graph": {"dataset": args.dataset},
+                "gateway": {"port": 0, "metrics_port": None, "insecure_local": True, "max_workers": 64},
+            }
+        )
         cluster = Cluster(cfg).start()
         cluster.load_dataset(args.dataset)
         np.save(args.port_file + ".ids.npy", load(args.dataset).initial_vertices)
         gw = GatewayServer(cluster, cfg.gateway).start()
         producer = mp.get_context("spawn").Process(
-            target=_stream, args=(broker.bootstrap, cfg.kafka.topic, args.partitions, args.dataset, args.dim,
-                                  args.stream_rate, args.stream_seconds), daemon=True)
+            target=_stream,
+            args=(
+                broker.bootstrap,
+                cfg.kafka.topic,
+                args.partitions,
+                args.dataset,
+                args.dim,
+                args.stream_rate,
+                args.stream_seconds,
+            ),
+            daemon=True,
+        )
         producer.start()
         Path(args.port_file).write_text(str(gw.port))
         sys.stdin.read()  # the parent closes stdin to stop us
         st = cluster.status().extra
-        print(f"cluster during the run: {st.get('rounds', 0):.0f} rounds, {cluster.stats.mutations:,} mutations applied, "
-              f"staleness now {st.get('staleness_ms', -1):.0f} ms", flush=True)
+        print(
+            f"cluster during the run: {st.get('rounds', 0):.0f} rounds, {cluster.stats.mutations:,} mutations applied, "
+            f"staleness now {st.get('staleness_ms', -1):.0f} ms",
+            flush=True,
+        )
         producer.terminate()
         gw.stop(grace_s=0.5)
         cluster.stop()
@@ -156,6 +173,7 @@ class Cell:
 
 async def run_cell(stub, pb, metadata, rate: int, n_ids: int, args: argparse.Namespace) -> Cell:  # noqa: ANN001
     rng = np.random.default_rng(rate * 1000 + n_ids)
+
     def draw() -> list[int]:
         if args.valid_ids is not None:
             return rng.choice(args.valid_ids, n_ids).tolist()
@@ -204,8 +222,18 @@ async def run_cell(stub, pb, metadata, rate: int, n_ids: int, args: argparse.Nam
         return float(np.percentile(a, p)) if a.size else float("nan")
 
     return Cell(
-        n_ids, rate, round(int(ok.sum()) / elapsed, 1), i, int(ok.sum()), errors,
-        q(d, 50), q(d, 90), q(d, 99), float(d.max()) if d.size else float("nan"), q(s, 50), q(s, 99),
+        n_ids,
+        rate,
+        round(int(ok.sum()) / elapsed, 1),
+        i,
+        int(ok.sum()),
+        errors,
+        q(d, 50),
+        q(d, 90),
+        q(d, 99),
+        float(d.max()) if d.size else float("nan"),
+        q(s, 50),
+        q(s, 99),
     )
 
 
@@ -217,7 +245,7 @@ async def run_all(target: str, args: argparse.Namespace) -> list[Cell]:
     from actors.gateway.auth import bearer_metadata
 
     creds = grpc.ssl_channel_credentials(Path(args.root_cert).read_bytes()) if args.root_cert else None
-    async with (grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)) as ch:
+    async with grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.EmbeddingServiceStub(ch)
         md = bearer_metadata(args.token) if args.token else None
         warm = pb.GetEmbeddingsRequest(vertex_ids=[int(args.valid_ids[0]) if args.valid_ids is not None else 0])
@@ -227,15 +255,21 @@ async def run_all(target: str, args: argparse.Namespace) -> list[Cell]:
         for n_ids in args.ids:
             for rate in args.rates:
                 cell = await run_cell(stub, pb, md, rate, n_ids, args)
-                print(f"  ids={n_ids:<3} rate={rate:<5} p50={cell.p50_ms:.2f} ms p99={cell.p99_ms:.2f} ms "
-                      f"achieved={cell.achieved_rps} rps errors={cell.errors}", flush=True)
+                print(
+                    f"  ids={n_ids:<3} rate={rate:<5} p50={cell.p50_ms:.2f} ms p99={cell.p99_ms:.2f} ms "
+                    f"achieved={cell.achieved_rps} rps errors={cell.errors}",
+                    flush=True,
+                )
                 cells.append(cell)
                 await asyncio.sleep(0.5)
         return cells
 
 
 def table(cells: list[Cell]) -> str:
-    head = f"{'ids':>4} {'rate':>6} {'achieved':>9} {'ok':>7} {'err':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'svc p99':>8}"
+    head = (
+        f"{'ids':>4} {'rate':>6} {'achieved':>9} {'ok':>7} {'err':>5} "
+        f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'svc p99':>8}"
+    )
     rows = [head, "-" * len(head)]
     for c in cells:
         rows.append(
@@ -260,8 +294,13 @@ def plot(cells: list[Cell], path: Path) -> bool:
         ax.plot(x, [c.p50_ms for c in cs], "o--", label=f"{n_ids} ids p50")
         ax.plot(x, [c.p99_ms for c in cs], "s-", label=f"{n_ids} ids p99")
     ax.axhline(10, color="grey", lw=0.8, ls=":", label="10 ms target")
-    ax.set(xscale="log", yscale="log", xlabel="offered load (requests/s)", ylabel="latency (ms)",
-           title="clustergnn gateway GetEmbeddings, open loop")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="offered load (requests/s)",
+        ylabel="latency (ms)",
+        title="clustergnn gateway GetEmbeddings, open loop",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -280,8 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-in-flight", type=int, default=1000)
     p.add_argument("--timeout-s", type=float, default=5.0)
     p.add_argument("--ids-range", type=int, default=10_000, help="ids are drawn from [0, ids-range)")
-    p.add_argument("--backend", choices=["table", "fake", "cluster"], default="table",
-                   help="spawned server's backend; cluster = broker + Ray owners + a dataset streaming in")
+    p.add_argument(
+        "--backend",
+        choices=["table", "fake", "cluster"],
+        default="table",
+        help="spawned server's backend; cluster = broker + Ray owners + a dataset streaming in",
+    )
     p.add_argument("--dataset", default="facebook-wosn-links", help="cluster backend: the graph")
     p.add_argument("--partitions", type=int, default=4, help="cluster backend: partition owners")
     p.add_argument("--collaborative", action="store_true", help="cluster backend: STAG collaborative mode")
@@ -302,10 +345,27 @@ def main(argv: list[str] | None = None) -> int:
     target = args.target
     if target is None:
         port_file = Path(tempfile.mkdtemp()) / "port"
-        cmd = [sys.executable, __file__, "--serve-fake", "--port-file", str(port_file), "--backend", args.backend,
-               "--num-vertices", str(args.num_vertices), "--dim", str(args.dim), "--dataset", args.dataset,
-               "--partitions", str(args.partitions), "--stream-rate", str(args.stream_rate),
-               "--stream-seconds", str(args.stream_seconds)] + (["--collaborative"] if args.collaborative else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve-fake",
+            "--port-file",
+            str(port_file),
+            "--backend",
+            args.backend,
+            "--num-vertices",
+            str(args.num_vertices),
+            "--dim",
+            str(args.dim),
+            "--dataset",
+            args.dataset,
+            "--partitions",
+            str(args.partitions),
+            "--stream-rate",
+            str(args.stream_rate),
+            "--stream-seconds",
+            str(args.stream_seconds),
+        ] + (["--collaborative"] if args.collaborative else [])
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, cwd=ROOT)
         deadline = time.monotonic() + 300
         while not port_file.exists() or not port_file.read_text():
@@ -316,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         args.ids_range = min(args.ids_range, args.num_vertices)
         ids_file = Path(str(port_file) + ".ids.npy")
         args.valid_ids = np.load(ids_file) if ids_file.exists() else None
-    print(f"gateway {target} ({'spawned, backend=' + args.backend if child else 'external'}), "
-          f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"gateway {target} ({'spawned, backend=' + args.backend if child else 'external'}), "
+        f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     try:
         cells = asyncio.run(run_all(target, args))
     finally:
@@ -332,11 +395,24 @@ def main(argv: list[str] | None = None) -> int:
     print(table(cells))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "target": target, "spawned_backend": args.backend if child else None, "dim": args.dim,
-        "cluster": ({"dataset": args.dataset, "partitions": args.partitions, "stream_mutations_per_s": args.stream_rate,
-                     "collaborative": args.collaborative} if child and args.backend == "cluster" else None),
-        "duration_s": args.duration_s, "cores": os.cpu_count(), "python": platform.python_version(),
-        "load_avg_1m_after": os.getloadavg()[0], "unix_time": time.time(),
+        "target": target,
+        "spawned_backend": args.backend if child else None,
+        "dim": args.dim,
+        "cluster": (
+            {
+                "dataset": args.dataset,
+                "partitions": args.partitions,
+                "stream_mutations_per_s": args.stream_rate,
+                "collaborative": args.collaborative,
+            }
+            if child and args.backend == "cluster"
+            else None
+        ),
+        "duration_s": args.duration_s,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg_1m_after": os.getloadavg()[0],
+        "unix_time": time.time(),
     }
     args.out.write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2))
     png = args.out.with_suffix(".png")

@@ -68,8 +68,10 @@ def owner_state(vertices: int, edges: int, seed: int) -> dict[str, np.ndarray]:
         "h3": rng.standard_normal((vertices, 64), dtype=np.float32),
         "agg1": rng.standard_normal((vertices, 64)),
         "agg2": rng.standard_normal((vertices, 128)),
-        "out_indptr": out_ptr, "out_indices": out_idx,
-        "in_indptr": in_ptr, "in_indices": in_idx,
+        "out_indptr": out_ptr,
+        "out_indices": out_idx,
+        "in_indptr": in_ptr,
+        "in_indices": in_idx,
         "vertex_ids": rng.integers(0, 1 << 40, vertices, dtype=np.int64),
         "version": rng.integers(0, 1 << 20, vertices, dtype=np.uint64),
         "alive": rng.random(vertices) < 0.99,
@@ -105,11 +107,18 @@ def s3_target() -> Iterator[Callable[[], SnapshotStore]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="k", secret_key="s",
-                          region="us-east-1", allow_bucket_creation=True).create_dir("bench")
+        pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            access_key="k",
+            secret_key="s",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        ).create_dir("bench")
         n = iter(range(1 << 30))
-        yield lambda: SnapshotStore(f"s3://k:s@bench/{next(n)}?endpoint_override=127.0.0.1:{port}&scheme=http"
-                                    f"&region=us-east-1", retention=1)
+        yield lambda: SnapshotStore(
+            f"s3://k:s@bench/{next(n)}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1", retention=1
+        )
     finally:
         server.stop()
 
@@ -130,8 +139,14 @@ def one_run(store: SnapshotStore, arrays: dict[str, np.ndarray]) -> dict[str, fl
     assert all(np.array_equal(got[k], v) for k, v in arrays.items())  # correctness, not timing
     del got
     store.filesystem.delete_dir(store.snapshot_dir(0))  # the S3 server keeps objects in memory
-    return {"write_s": t_write, "commit_s": t_commit, "latest_s": t_latest, "verify_s": t_verify,
-            "read_s": t_read, "bytes": part.size_bytes}
+    return {
+        "write_s": t_write,
+        "commit_s": t_commit,
+        "latest_s": t_latest,
+        "verify_s": t_verify,
+        "read_s": t_read,
+        "bytes": part.size_bytes,
+    }
 
 
 def bench(make_store: Callable[[], SnapshotStore], arrays: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
@@ -159,8 +174,10 @@ def main() -> None:
     raw_mb = sum(a.nbytes for a in arrays.values()) / 1e6
     buf = pa.py_buffer(arrays["h2"])
     t_crc, _ = timed(lambda: crc32c.crc32c(buf))
-    print(f"part: {args.vertices:,} vertices, {args.edges:,} edges, {len(arrays)} arrays, {raw_mb:.1f} MB in memory; "
-          f"crc32c {'hardware' if crc32c.hardware_based else 'software'} {buf.size / 1e6 / t_crc:.0f} MB/s")
+    print(
+        f"part: {args.vertices:,} vertices, {args.edges:,} edges, {len(arrays)} arrays, {raw_mb:.1f} MB in memory; "
+        f"crc32c {'hardware' if crc32c.hardware_based else 'software'} {buf.size / 1e6 / t_crc:.0f} MB/s"
+    )
 
     targets = {"memory": memory_target, "local": lambda: local_target(args.dir), "s3": s3_target}
     results: dict[str, dict[str, float] | str] = {}
@@ -171,25 +188,38 @@ def main() -> None:
         except ImportError as e:
             results[name] = f"skipped: {e}"
 
-    head = (f"{'target':<8} {'MB':>8} {'write s':>8} {'MB/s':>7} {'commit s':>9} {'latest s':>9} "
-            f"{'verify s':>9} {'read s':>8} {'MB/s':>7}")
+    head = (
+        f"{'target':<8} {'MB':>8} {'write s':>8} {'MB/s':>7} {'commit s':>9} {'latest s':>9} "
+        f"{'verify s':>9} {'read s':>8} {'MB/s':>7}"
+    )
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         if isinstance(r, str):
             print(f"{name:<8} {r}")
             continue
-        print(f"{name:<8} {r['mb']:>8.1f} {r['write_s']:>8.3f} {r['write_mb_s']:>7.0f} {r['commit_s']:>9.4f} "
-              f"{r['latest_s']:>9.4f} {r['verify_s']:>9.3f} {r['read_s']:>8.3f} {r['read_mb_s']:>7.0f}")
+        print(
+            f"{name:<8} {r['mb']:>8.1f} {r['write_s']:>8.3f} {r['write_mb_s']:>7.0f} {r['commit_s']:>9.4f} "
+            f"{r['latest_s']:>9.4f} {r['verify_s']:>9.3f} {r['read_s']:>8.3f} {r['read_mb_s']:>7.0f}"
+        )
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "args": vars(args), "raw_mb": raw_mb,
-        "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
-        "crc32c_hardware": bool(crc32c.hardware_based), "python": platform.python_version(),
-        "pyarrow": pa.__version__, "machine": platform.machine(), "results": results,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "raw_mb": raw_mb,
+                "arrays": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
+                "crc32c_hardware": bool(crc32c.hardware_based),
+                "python": platform.python_version(),
+                "pyarrow": pa.__version__,
+                "machine": platform.machine(),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

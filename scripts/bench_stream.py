@@ -76,7 +76,12 @@ def run_case(bootstrap: str, workload: str, fmt: str, per_record: int, n: int, d
     t0 = time.perf_counter()
     sent = records = value_bytes = 0
     with MutationProducer(
-        bootstrap, topic, pm, fmt, max_mutations_per_record=per_record, max_record_bytes=MAX_RECORD_BYTES  # type: ignore[arg-type]
+        bootstrap,
+        topic,
+        pm,
+        fmt,
+        max_mutations_per_record=per_record,
+        max_record_bytes=MAX_RECORD_BYTES,  # type: ignore[arg-type]
     ) as prod:
         pending = []
         while sent < n:
@@ -94,7 +99,9 @@ def run_case(bootstrap: str, workload: str, fmt: str, per_record: int, n: int, d
             last = max(last, r.get().get(0, last))
     produce_s = time.perf_counter() - t0
     # consume + decode, one consumer, from offset 0 to the known end (never the broker's end offsets)
-    with MutationConsumer(bootstrap, topic, [0], pm, start_offsets={0: 0}, feature_dim=dim if workload == "features" else None) as c:
+    with MutationConsumer(
+        bootstrap, topic, [0], pm, start_offsets={0: 0}, feature_dim=dim if workload == "features" else None
+    ) as c:
         got = 0
         raw: list[tuple[bytes | None, bytes]] = []
         t0 = time.perf_counter()
@@ -117,8 +124,16 @@ def run_case(bootstrap: str, workload: str, fmt: str, per_record: int, n: int, d
     decode_s = time.perf_counter() - t0
     decode_n = sum(len(d) for d in decoded)  # type: ignore[arg-type]
     return Row(
-        workload, fmt, per_record if fmt == "arrow" else 1, n, records, value_bytes / 1e6,
-        n / produce_s, n / consume_s, value_bytes / 1e6 / consume_s, decode_n / decode_s,
+        workload,
+        fmt,
+        per_record if fmt == "arrow" else 1,
+        n,
+        records,
+        value_bytes / 1e6,
+        n / produce_s,
+        n / consume_s,
+        value_bytes / 1e6 / consume_s,
+        decode_n / decode_s,
     )
 
 
@@ -146,27 +161,44 @@ def main() -> int:
     rows: list[Row] = []
     try:
         for i, (workload, fmt, per_record, n) in enumerate(cases, 1):
-            print(f"[{i}/{len(cases)}] {workload} {fmt} {per_record}/record, {n} mutations ...", file=sys.stderr, flush=True)
+            print(
+                f"[{i}/{len(cases)}] {workload} {fmt} {per_record}/record, {n} mutations ...",
+                file=sys.stderr,
+                flush=True,
+            )
             chunk = max(per_record, 65_536) if fmt == "arrow" else 10_000
             rows.append(run_case(bootstrap, workload, fmt, per_record, n, args.feature_dim, chunk))
     finally:
         if broker is not None:
             broker.stop()
 
-    head = f"{'workload':9} {'format':6} {'mut/rec':>7} {'mutations':>10} {'records':>8} {'MB':>8} {'produce mut/s':>14} {'consume mut/s':>14} {'consume MB/s':>12} {'decode-only mut/s':>17}"
+    head = (
+        f"{'workload':9} {'format':6} {'mut/rec':>7} {'mutations':>10} {'records':>8} {'MB':>8} "
+        f"{'produce mut/s':>14} {'consume mut/s':>14} {'consume MB/s':>12} {'decode-only mut/s':>17}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.workload:9} {r.format:6} {r.mutations_per_record:>7} {r.mutations:>10} {r.records:>8} {r.value_mb:>8.1f} "
-            f"{r.produce_mut_per_s:>14,.0f} {r.consume_mut_per_s:>14,.0f} {r.consume_mb_per_s:>12.1f} {r.decode_only_mut_per_s:>17,.0f}"
+            f"{r.workload:9} {r.format:6} {r.mutations_per_record:>7} {r.mutations:>10} {r.records:>8} "
+            f"{r.value_mb:>8.1f} "
+            f"{r.produce_mut_per_s:>14,.0f} {r.consume_mut_per_s:>14,.0f} {r.consume_mb_per_s:>12.1f} "
+            f"{r.decode_only_mut_per_s:>17,.0f}"
         )
-    print(f"features: seeded-random float32, width {args.feature_dim}; broker: {'embedded tansu' if broker else bootstrap}; "
-          f"consume = fetch + decode into MutationBatch (numpy/torch) by one consumer")
+    print(
+        f"features: seeded-random float32, width {args.feature_dim}; "
+        f"broker: {'embedded tansu' if broker else bootstrap}; "
+        f"consume = fetch + decode into MutationBatch (numpy/torch) by one consumer"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-            "broker": "embedded tansu" if broker else bootstrap, "feature_dim": args.feature_dim}
+    meta = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": __import__("os").cpu_count(),
+        "broker": "embedded tansu" if broker else bootstrap,
+        "feature_dim": args.feature_dim,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     fresh = generate()
     if args.check:
         present = {p.name for p in OUT_DIR.glob("*.py*")}
-        stale = sorted(n for n, text in fresh.items() if not (OUT_DIR / n).exists() or (OUT_DIR / n).read_text() != text)
+        stale = sorted(
+            n for n, text in fresh.items() if not (OUT_DIR / n).exists() or (OUT_DIR / n).read_text() != text
+        )
         extra = sorted(present - set(fresh))
         if stale or extra:
             print(f"generated code is out of date: differs {stale}, unexpected {extra}; run scripts/gen_proto.py")

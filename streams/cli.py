@@ -41,18 +41,37 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
         description="Replay a dataset's mutation stream, in time order, into a Kafka topic "
         "(created with --partitions partitions and a <topic>.dlq dead-letter topic if missing).",
     )
-    p.add_argument("--dataset", required=True, help="collegemsg, movielens-100k, movielens-1m, facebook-wosn-links, facebook-wosn-wall, rmat")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="collegemsg, movielens-100k, movielens-1m, facebook-wosn-links, facebook-wosn-wall, rmat",
+    )
     p.add_argument("--bootstrap", required=True, help="HOST:PORT of a Kafka broker")
     p.add_argument("--topic", required=True)
     p.add_argument("--rate", type=float, default=None, help="mutations per second (default: as fast as possible)")
-    p.add_argument("--limit", type=int, default=None, help="replay at most N dataset events (an undirected event is 2 mutations)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="replay at most N dataset events (an undirected event is 2 mutations)"
+    )
     p.add_argument("--format", choices=("arrow", "json"), default="arrow")
     p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="Kafka partitions = owners (default 4)")
-    p.add_argument("--dim", type=int, default=None, help="feature width (default: the dataset's own, or seeded-random 64)")
+    p.add_argument(
+        "--dim", type=int, default=None, help="feature width (default: the dataset's own, or seeded-random 64)"
+    )
     p.add_argument("--with-initial", action="store_true", help="send the initial graph (vertices, then edges) first")
-    p.add_argument("--batch-events", type=int, default=None, help="dataset events per batch (default: from --rate, max 16384)")
-    p.add_argument("--max-mutations-per-record", type=int, default=None, help="Arrow: mutations per Kafka record (default 16384)")
-    p.add_argument("--dataset-option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE", help="passed to the dataset loader (e.g. scale=16 for rmat)")
+    p.add_argument(
+        "--batch-events", type=int, default=None, help="dataset events per batch (default: from --rate, max 16384)"
+    )
+    p.add_argument(
+        "--max-mutations-per-record", type=int, default=None, help="Arrow: mutations per Kafka record (default 16384)"
+    )
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        type=_parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the dataset loader (e.g. scale=16 for rmat)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_produce)
 
@@ -109,8 +128,11 @@ def _produce(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         producer.close()
-    print(f"topic {args.topic} ({info.num_partitions} partitions{', created' if info.created else ''}), "
-          f"dataset {args.dataset}: {total_events} events{' + initial graph' if args.with_initial else ''}, format {args.format}")
+    print(
+        f"topic {args.topic} ({info.num_partitions} partitions{', created' if info.created else ''}), "
+        f"dataset {args.dataset}: {total_events} events{' + initial graph' if args.with_initial else ''}, "
+        f"format {args.format}"
+    )
     for line in report.lines():
         print(line)
     return 0
@@ -123,7 +145,8 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "broker",
         help="a local Kafka-protocol broker (tansu, memory storage) on 127.0.0.1",
-        description="Run the embedded broker for local use and tests. Its log is in memory: stopping it loses every topic.",
+        description="Run the embedded broker for local use and tests. "
+        "Its log is in memory: stopping it loses every topic.",
     )
     bsub = p.add_subparsers(dest="broker_command", required=True)
     for name, func, helptext in (
@@ -132,7 +155,9 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:
         ("status", _broker_status, "is it running and answering?"),
     ):
         q = bsub.add_parser(name, help=helptext)
-        q.add_argument("--port", type=int, default=9092, help="TCP port on 127.0.0.1 (default 9092; start: 0 picks a free one)")
+        q.add_argument(
+            "--port", type=int, default=9092, help="TCP port on 127.0.0.1 (default 9092; start: 0 picks a free one)"
+        )
         q.set_defaults(func=func)
 
 

@@ -39,7 +39,10 @@ def _warn_if_slow_crc() -> None:
     try:
         import crc32c  # noqa: F401
     except ImportError:
-        logger.warning("package crc32c is not installed: Kafka record CRCs are checked in pure Python (~10 MB/s); pip install crc32c")
+        logger.warning(
+            "package crc32c is not installed: Kafka record CRCs are checked in pure Python (~10 MB/s); "
+            "pip install crc32c"
+        )
 
 
 _crc_checked = False
@@ -173,7 +176,9 @@ class MutationConsumer:
         start_offsets = dict(start_offsets or {})
         unknown = sorted(set(start_offsets) - set(self.partitions))
         if unknown:
-            raise StreamError(f"start_offsets names partitions {unknown} that this consumer does not read ({self.partitions})")
+            raise StreamError(
+                f"start_offsets names partitions {unknown} that this consumer does not read ({self.partitions})"
+            )
         for p in self.partitions:
             if p in start_offsets:
                 self.seek(p, start_offsets[p])
@@ -240,7 +245,9 @@ class MutationConsumer:
                 continue
             if self.feature_dim is None and decoded.feature_dim is not None:
                 self.feature_dim = decoded.feature_dim  # pinned: every later record must match
-                logger.info("feature width pinned to %s by %s[%s]@%s", self.feature_dim, self.topic, partition, rec.offset)
+                logger.info(
+                    "feature width pinned to %s by %s[%s]@%s", self.feature_dim, self.topic, partition, rec.offset
+                )
             valid.append(decoded)
             offsets.append(rec.offset)
             stamps.append(rec.timestamp)
@@ -285,9 +292,7 @@ class MutationConsumer:
 
     def _make_dlq_producer(self) -> KafkaProducer:
         if self._dlq is None:
-            ensure_topic(
-                self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False
-            )
+            ensure_topic(self._bootstrap, self.dead_letter_topic, self.partition_map.num_partitions, check_count=False)
             self._dlq = KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 client_id="clustergnn-dlq",
@@ -297,8 +302,9 @@ class MutationConsumer:
             self._dlq_partitions = len(self._dlq.partitions_for(self.dead_letter_topic) or [0])
         return self._dlq
 
-    def reject(self, partition: int, offset: int, timestamp_ms: int, batch: MutationBatch, code: DecodeErrorCode,
-               message: str) -> None:
+    def reject(
+        self, partition: int, offset: int, timestamp_ms: int, batch: MutationBatch, code: DecodeErrorCode, message: str
+    ) -> None:
         """Dead-letter a record that decoded but was rejected downstream (by the partition owner).
 
         The payload is the record's mutations re-encoded as Arrow; headers as for decode failures.
@@ -308,8 +314,13 @@ class MutationConsumer:
         producer = self._dlq_producer()
         d = DeadLetter(self.topic, partition, offset, timestamp_ms, DecodeError(code, message))
         logger.warning("dead letter %s[%s]@%s: %s", self.topic, partition, offset, d.error)
-        producer.send(self.dead_letter_topic, value=encode_arrow(batch), key=None, headers=d.headers(),
-                      partition=partition % (self._dlq_partitions or 1)).get(timeout=30)
+        producer.send(
+            self.dead_letter_topic,
+            value=encode_arrow(batch),
+            key=None,
+            headers=d.headers(),
+            partition=partition % (self._dlq_partitions or 1),
+        ).get(timeout=30)
         self.dead_letters_sent += 1
 
     def close(self) -> None:

@@ -107,7 +107,9 @@ class MutationProducer:
         self._checked = False
 
     # ------------------------------------------------------------------ API
-    def send(self, batch: MutationBatch, timestamp_ms: int | None = None, timeout_s: float | None = 30.0) -> dict[int, int]:
+    def send(
+        self, batch: MutationBatch, timestamp_ms: int | None = None, timeout_s: float | None = 30.0
+    ) -> dict[int, int]:
         """Write ``batch`` and wait until the broker has it; the last offset written per partition.
 
         The offsets let a client wait until its writes are reflected (read-your-writes).
@@ -121,7 +123,9 @@ class MutationProducer:
         for p, part in sorted(split_by_owner(batch, self.partition_map).items()):
             futs = result.futures.setdefault(p, [])
             for key, value, n in self._records(part):
-                futs.append(self._producer.send(self.topic, value=value, key=key, partition=p, timestamp_ms=timestamp_ms))
+                futs.append(
+                    self._producer.send(self.topic, value=value, key=key, partition=p, timestamp_ms=timestamp_ms)
+                )
                 result.records += 1
                 result.mutations += n
                 result.value_bytes += len(value)
@@ -164,7 +168,9 @@ class MutationProducer:
         n = len(part)
         has = feature_kinds_mask(part.kind)
         bytes_per_row = 17 + (4 * part.feature_dim if has.any() else 4)
-        rows = max(1, min(self.max_mutations_per_record, (self.max_record_bytes - _RECORD_OVERHEAD_BYTES) // bytes_per_row))
+        rows = max(
+            1, min(self.max_mutations_per_record, (self.max_record_bytes - _RECORD_OVERHEAD_BYTES) // bytes_per_row)
+        )
         feat_start = np.concatenate([[0], np.cumsum(has)]) if has.any() else None
         out: list[tuple[bytes | None, bytes, int]] = []
         for a in range(0, n, rows):

@@ -84,7 +84,9 @@ def ensure_topic(
         admin.close()
 
 
-def ensure_topics(bootstrap: str, topic: str, num_partitions: int, *, dead_letter_topic: str | None = None, **kwargs: object) -> TopicInfo:
+def ensure_topics(
+    bootstrap: str, topic: str, num_partitions: int, *, dead_letter_topic: str | None = None, **kwargs: object
+) -> TopicInfo:
     """:func:`ensure_topic` for the mutation topic and its dead-letter topic (same partition count)."""
     info = ensure_topic(bootstrap, topic, num_partitions, **kwargs)  # type: ignore[arg-type]
     dlq = dead_letter_topic or dead_letter_topic_for(topic)

@@ -174,7 +174,9 @@ def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
         schema = reader.schema
         table = reader.read_all()
     except (pa.ArrowException, OSError, ValueError) as exc:
-        return DecodeError(DecodeErrorCode.BAD_ARROW, f"not a readable Arrow IPC stream ({exc}); starts {_preview(value)}")
+        return DecodeError(
+            DecodeErrorCode.BAD_ARROW, f"not a readable Arrow IPC stream ({exc}); starts {_preview(value)}"
+        )
     meta = schema.metadata or {}
     version = meta.get(SCHEMA_VERSION_KEY.encode())
     if version is None:
@@ -213,7 +215,8 @@ def decode_json(value: bytes) -> DecodedRecord | DecodeError:
         return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'v' (schema version) is missing; got {sorted(obj)}")
     if obj["v"] != SCHEMA_VERSION or not _is_int(obj["v"]):
         return DecodeError(
-            DecodeErrorCode.UNKNOWN_SCHEMA_VERSION, f"schema version {obj['v']!r} is not supported; allowed: [{SCHEMA_VERSION}]"
+            DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
+            f"schema version {obj['v']!r} is not supported; allowed: [{SCHEMA_VERSION}]",
         )
     if "op" not in obj:
         return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'op' is missing; got {sorted(obj)}")
@@ -226,7 +229,9 @@ def decode_json(value: bytes) -> DecodedRecord | DecodeError:
     if missing := sorted(fields - keys):
         return DecodeError(DecodeErrorCode.MISSING_FIELD, f"{op} lacks fields {missing}; needs {sorted(fields)}")
     if extra := sorted(keys - fields):
-        return DecodeError(DecodeErrorCode.EXTRA_FIELD, f"{op} has unexpected fields {extra}; allowed: {sorted(fields)}")
+        return DecodeError(
+            DecodeErrorCode.EXTRA_FIELD, f"{op} has unexpected fields {extra}; allowed: {sorted(fields)}"
+        )
     ids = ("src", "dst") if kind.is_edge else ("id",)
     for name in ids:
         x = obj[name]
@@ -243,7 +248,9 @@ def decode_json(value: bytes) -> DecodedRecord | DecodeError:
     if kind.has_features:
         raw = obj["features"]
         if not isinstance(raw, list) or not raw:
-            return DecodeError(DecodeErrorCode.BAD_TYPE, f"field 'features' must be a non-empty list of numbers, got {raw!r}")
+            return DecodeError(
+                DecodeErrorCode.BAD_TYPE, f"field 'features' must be a non-empty list of numbers, got {raw!r}"
+            )
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
             bad = next(x for x in raw if not isinstance(x, (int, float)) or isinstance(x, bool))
             return DecodeError(DecodeErrorCode.BAD_TYPE, f"field 'features' must hold numbers, got {bad!r}")
@@ -298,7 +305,10 @@ def decode_record(
     """
     fmt = sniff_format(value)
     if fmt is None or value is None:
-        return DecodeError(DecodeErrorCode.NOT_ARROW_OR_JSON, f"value is neither an Arrow IPC stream nor a JSON object; starts {_preview(value)}")
+        return DecodeError(
+            DecodeErrorCode.NOT_ARROW_OR_JSON,
+            f"value is neither an Arrow IPC stream nor a JSON object; starts {_preview(value)}",
+        )
     key_id: int | None = None
     if fmt == "json":
         parsed_key = parse_key(key)
@@ -311,7 +321,9 @@ def decode_record(
     if isinstance(decoded, DecodeError):
         return decoded
     if feature_dim is not None and decoded.feature_dim is not None and decoded.feature_dim != feature_dim:
-        return DecodeError(DecodeErrorCode.FEATURE_WIDTH, f"features are {decoded.feature_dim} wide; expected {feature_dim}")
+        return DecodeError(
+            DecodeErrorCode.FEATURE_WIDTH, f"features are {decoded.feature_dim} wide; expected {feature_dim}"
+        )
     if len(decoded) == 0:
         return decoded
     route = routing_ids(decoded.kind, decoded.src, decoded.dst)
@@ -323,7 +335,9 @@ def decode_record(
                 f"but the record is in partition {partition}",
             )
         if int(route[0]) != key_id:
-            return DecodeError(DecodeErrorCode.KEY_MISMATCH, f"key {key_id} is not the routing vertex {int(route[0])} of the mutation")
+            return DecodeError(
+                DecodeErrorCode.KEY_MISMATCH, f"key {key_id} is not the routing vertex {int(route[0])} of the mutation"
+            )
     else:
         owners = partition_map.owner(route)
         wrong = owners != partition

@@ -9,6 +9,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from clustergnn.mutations import MutationBatch
 from streams.consumer import MutationConsumer, PolledBatch
 
+
 def raw_send(bootstrap: str, topic: str, records: list[tuple[int, bytes | None, bytes | None]]) -> list[int]:
     """Write ``(partition, key, value)`` records as they are, in order; their offsets."""
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -37,7 +38,9 @@ def joined(batches: list[PolledBatch], feature_dim: int = 0) -> MutationBatch:
 
 def read_all(bootstrap: str, topic: str, partitions: list[int], expect: int, timeout_s: float = 15.0) -> list:
     """Every raw record of ``topic`` (``expect`` of them), for checking dead-letter topics."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     c.assign([TopicPartition(topic, p) for p in partitions])
     c.seek_to_beginning()
     got: list = []

@@ -66,7 +66,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
             value = value.decode("utf-8", "replace")
         if not value.lower().startswith(_SCHEME):
             return "authorization metadata must use the Bearer scheme ('Bearer <token>')"
-        if not self.is_valid(value[len(_SCHEME):].strip()):
+        if not self.is_valid(value[len(_SCHEME) :].strip()):
             return "invalid bearer token"
         return None
 

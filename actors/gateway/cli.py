@@ -68,7 +68,9 @@ def abbreviate(row: np.ndarray, shown: int) -> str:
 
 def format_read(ids: list[int], res: ReadResult, shown: int = 4) -> str:
     wm = ", ".join(f"{p}:{o}" for p, o in sorted(res.watermark.items()))
-    lines = [f"layer {res.layer}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"]
+    lines = [
+        f"layer {res.layer}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"
+    ]
     width = max(len(str(v)) for v in ids)
     for v, ver, row in zip(ids, res.versions.tolist(), res.embeddings):
         lines.append(f"  {v:>{width}}  v{ver:<4} {abbreviate(row, shown)}")
@@ -78,7 +80,8 @@ def format_read(ids: list[int], res: ReadResult, shown: int = 4) -> str:
 def format_status(st: ClusterStatus) -> str:
     wm = ", ".join(f"{p}:{o}" for p, o in sorted(st.watermark.items()))
     lines = [
-        f"{'healthy' if st.healthy else 'UNHEALTHY'}  layers {st.num_layers} dims {st.embedding_dims}  watermark {{{wm}}}",
+        f"{'healthy' if st.healthy else 'UNHEALTHY'}  layers {st.num_layers} dims {st.embedding_dims}"
+        f"  watermark {{{wm}}}",
         f"  {'part':>4} {'alive':>5} {'vertices':>9} {'lag':>8} {'applied':>10} {'mut/s':>9}  watermark",
     ]
     for p in st.partitions:

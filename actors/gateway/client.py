@@ -90,7 +90,9 @@ class WatchStream:
     def __enter__(self) -> WatchStream:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cancel()
 
 
@@ -187,7 +189,12 @@ class GatewayClient:
         )
 
     def watch(
-        self, ids: Sequence[int] | np.ndarray, *, layer: int | None = None, min_interval_ms: int = 0, arrow: bool = False
+        self,
+        ids: Sequence[int] | np.ndarray,
+        *,
+        layer: int | None = None,
+        min_interval_ms: int = 0,
+        arrow: bool = False,
     ) -> WatchStream:
         req = pb.WatchRequest(
             vertex_ids=np.asarray(ids, dtype=np.int64).tolist(),
@@ -202,7 +209,9 @@ class GatewayClient:
     def apply(self, batch: MutationBatch, *, arrow: bool = True, timeout_s: float = 30.0) -> dict[int, int]:
         """Write ``batch``; returns Kafka partition -> offset of its last record (use as ``min_offsets``)."""
         try:
-            resp = self._mut.Apply(convert.batch_to_request(batch, arrow=arrow), timeout=timeout_s, metadata=self._metadata)
+            resp = self._mut.Apply(
+                convert.batch_to_request(batch, arrow=arrow), timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as e:
             raise _translate(e) from e
         return dict(resp.offsets)
@@ -224,6 +233,7 @@ class GatewayClient:
     def __enter__(self) -> GatewayClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
-

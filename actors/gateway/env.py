@@ -47,8 +47,10 @@ def gateway_tokens(config: GatewayConfig, environ: Mapping[str, str] | None = No
     if config.tokens_file is not None:
         tokens.extend(load_tokens(config.tokens_file, environ) or ())
         if not tokens:
-            raise ConfigError(f"gateway.tokens_file {config.tokens_file!r} holds no tokens "
-                              f"(and ${ENV_TOKENS} is empty); give at least 1 token")
+            raise ConfigError(
+                f"gateway.tokens_file {config.tokens_file!r} holds no tokens "
+                f"(and ${ENV_TOKENS} is empty); give at least 1 token"
+            )
     return tuple(dict.fromkeys(tokens)) or None
 
 

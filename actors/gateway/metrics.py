@@ -38,8 +38,12 @@ class _ClusterCollector(Collector):
         yield healthy
         if st is None:
             return
-        alive = GaugeMetricFamily("clustergnn_partition_alive", "1 when the partition owner is alive", labels=["partition"])
-        lag = GaugeMetricFamily("clustergnn_partition_lag", "records produced but not yet applied", labels=["partition"])
+        alive = GaugeMetricFamily(
+            "clustergnn_partition_alive", "1 when the partition owner is alive", labels=["partition"]
+        )
+        lag = GaugeMetricFamily(
+            "clustergnn_partition_lag", "records produced but not yet applied", labels=["partition"]
+        )
         rate = GaugeMetricFamily("clustergnn_partition_mutations_per_second", "apply rate", labels=["partition"])
         applied = GaugeMetricFamily("clustergnn_partition_applied_mutations", "mutations applied", labels=["partition"])
         pwm = GaugeMetricFamily(

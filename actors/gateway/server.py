@@ -100,7 +100,9 @@ class GatewayServer:
             interceptors.append(
                 BearerTokenInterceptor(
                     self._tokens,
-                    on_reject=lambda m: self.metrics.observe(m.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED, None),
+                    on_reject=lambda m: self.metrics.observe(
+                        m.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED, None
+                    ),
                 )
             )
         server = grpc.server(
@@ -164,7 +166,9 @@ class GatewayServer:
     def __enter__(self) -> GatewayServer:
         return self if self._server is not None else self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

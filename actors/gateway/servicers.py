@@ -142,7 +142,9 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
         return timeout
 
     # ------------------------------------------------------------------ RPCs
-    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+    def GetEmbeddings(
+        self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> pb.GetEmbeddingsResponse:
         return self._unary("GetEmbeddings", context, lambda: self._get(request, context))
 
     def _get(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:

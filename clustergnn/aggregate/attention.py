@@ -34,14 +34,21 @@ from clustergnn import cpu_kernels
 from clustergnn.kernels import EdgeIndex, edge_add, segment_softmax, segment_sum_heads
 
 
-def recompute(msg: torch.Tensor, edges: EdgeIndex, er: torch.Tensor, heads: int, f: int,
-              slope: float) -> torch.Tensor:
+def recompute(msg: torch.Tensor, edges: EdgeIndex, er: torch.Tensor, heads: int, f: int, slope: float) -> torch.Tensor:
     """The attention-weighted sum of ``edges.n_rows`` rows from their in-edges (sources index ``msg``)."""
     hf = heads * f
     if msg.device.type == "cpu" and cpu_kernels.enabled() and msg.dtype == torch.float32:
         out = torch.empty(edges.n_rows, hf)
-        gat_aggregate(msg.contiguous().numpy(), er.contiguous().numpy(), edges.indptr.numpy(),
-                      edges.src.numpy(), heads, f, float(slope), out.numpy())
+        gat_aggregate(
+            msg.contiguous().numpy(),
+            er.contiguous().numpy(),
+            edges.indptr.numpy(),
+            edges.src.numpy(),
+            heads,
+            f,
+            float(slope),
+            out.numpy(),
+        )
         return out
     e = F.leaky_relu(edge_add(msg[:, hf:], er, edges), slope)
     a = segment_softmax(e, edges, msg.shape[0])  # (E, H)
@@ -109,5 +116,13 @@ if cpu_kernels.AVAILABLE:
 def warm_up_kernels() -> None:
     """Compile (or load from the disk cache) this family's kernel for the engine's argument types."""
     f32 = np.float32
-    gat_aggregate(np.zeros((2, 3), f32), np.zeros((1, 1), f32), np.array([0, 1], dtype=np.int64),
-                  np.zeros(1, dtype=np.int64), 1, 2, 0.2, np.zeros((1, 2), f32))
+    gat_aggregate(
+        np.zeros((2, 3), f32),
+        np.zeros((1, 1), f32),
+        np.array([0, 1], dtype=np.int64),
+        np.zeros(1, dtype=np.int64),
+        1,
+        2,
+        0.2,
+        np.zeros((1, 2), f32),
+    )

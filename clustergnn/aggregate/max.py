@@ -24,7 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -40,8 +40,13 @@ def recompute(msg: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
     return segment_max(msg, edges)
 
 
-def update(tables: LayerTables, step: DeltaStep, graph: MutableGraph, scratch: Scratch,
-           recompute_rows: Callable[[np.ndarray], torch.Tensor]) -> None:
+def update(
+    tables: LayerTables,
+    step: DeltaStep,
+    graph: MutableGraph,
+    scratch: Scratch,
+    recompute_rows: Callable[[np.ndarray], torch.Tensor],
+) -> None:
     """Raise ``a`` with the new messages and edges, re-aggregate the suspect rows
     (``recompute_rows(rows)`` from the current in-edges, after ``msg[srcs] = m_new``)."""
     g, ctx, rows = graph, step.ctx, step.rows
@@ -77,7 +82,8 @@ def update(tables: LayerTables, step: DeltaStep, graph: MutableGraph, scratch: S
     if sel.any():
         d = t(dsts_all[sel])
         s = t(srcs_all[sel])
-        agg.scatter_reduce_(0, d.unsqueeze(1).expand(-1, agg.shape[1]), gather_rows(msg, s), reduce="amax",
-                            include_self=True)
+        agg.scatter_reduce_(
+            0, d.unsqueeze(1).expand(-1, agg.shape[1]), gather_rows(msg, s), reduce="amax", include_self=True
+        )
     if redo.size:
         put_rows(agg, t(redo), recompute_rows(redo))

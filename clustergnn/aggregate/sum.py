@@ -44,8 +44,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -87,8 +88,7 @@ def update(tables: LayerTables, step: DeltaStep, scratch: Scratch) -> None:
         if ctx.add_src.size:
             agg.index_add_(0, _index(ctx.add_dst, dev), gather_rows(msg, _index(ctx.add_src, dev)).double())
         if ctx.rem_src.size:
-            agg.index_add_(0, _index(ctx.rem_dst, dev), gather_rows(msg, _index(ctx.rem_src, dev)).double(),
-                           alpha=-1)
+            agg.index_add_(0, _index(ctx.rem_dst, dev), gather_rows(msg, _index(ctx.rem_src, dev)).double(), alpha=-1)
         if step.de.size:
             dm = step.m_new.double() - step.m_old.double()
             agg.index_add_(0, _index(step.de, dev), gather_rows(dm, _index(step.se_pos, dev)))
@@ -148,8 +148,9 @@ def fused_finish(rule: LayerRule, tables: LayerTables, relu: bool, activation: C
     return FusedFinish(kind, selfc, bias.numpy() if bias is not None else _NO_BIAS, relu)
 
 
-def update_fused(tables: LayerTables, step: DeltaStep, indeg: np.ndarray, scratch: Scratch,
-                 finish: FusedFinish | None) -> np.ndarray:
+def update_fused(
+    tables: LayerTables, step: DeltaStep, indeg: np.ndarray, scratch: Scratch, finish: FusedFinish | None
+) -> np.ndarray:
     """The sum delta (and, with ``finish``, the finish) of a layer in one CPU kernel (``sum_rows``).
     Returns which ``step.rows`` changed (meaningful with ``finish`` only)."""
     i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
@@ -160,14 +161,34 @@ def update_fused(tables: LayerTables, step: DeltaStep, indeg: np.ndarray, scratc
         kind, selfc, bias, relu = _SUM, _NO_ROWS, _NO_BIAS, False
     else:
         kind, selfc, bias, relu = int(finish.kind), finish.selfc, finish.bias, finish.relu
-    sum_rows(tables.agg.numpy(), tables.msg.numpy(), i64(rows), i64(ctx.add_src), i64(ctx.add_dst),
-             i64(ctx.rem_src), i64(ctx.rem_dst), i64(step.srcs), step.m_new.contiguous().numpy(), step.de_ptr,
-             step.de, posmap, finish is not None, tables.h_out.numpy(), indeg, kind, selfc, bias, relu, diff)
+    sum_rows(
+        tables.agg.numpy(),
+        tables.msg.numpy(),
+        i64(rows),
+        i64(ctx.add_src),
+        i64(ctx.add_dst),
+        i64(ctx.rem_src),
+        i64(ctx.rem_dst),
+        i64(step.srcs),
+        step.m_new.contiguous().numpy(),
+        step.de_ptr,
+        step.de,
+        posmap,
+        finish is not None,
+        tables.h_out.numpy(),
+        indeg,
+        kind,
+        selfc,
+        bias,
+        relu,
+        diff,
+    )
     return diff
 
 
-def finish_gathered(rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool,
-                    activation: Callable | None) -> np.ndarray | None:
+def finish_gathered(
+    rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool, activation: Callable | None
+) -> np.ndarray | None:
     """Finish a widening SAGE-mean layer (``self + mean @ W_neigh^T``, ``rule.fused_gather()``): the
     mean and self rows gathered in one kernel, one GEMM, the store fused with change detection.
     Returns the rows whose output changed; None where the rule's own finish is needed."""
@@ -184,9 +205,16 @@ def finish_gathered(rule: LayerRule, tables: LayerTables, rows: np.ndarray, inde
     return rows[diff]
 
 
-def update_and_finish_fused(rule: LayerRule, tables: LayerTables, step: DeltaStep, indeg: np.ndarray, relu: bool,
-                            activation: Callable | None, scratch: Scratch,
-                            finish_rows: Callable[[], torch.Tensor]) -> np.ndarray:
+def update_and_finish_fused(
+    rule: LayerRule,
+    tables: LayerTables,
+    step: DeltaStep,
+    indeg: np.ndarray,
+    relu: bool,
+    activation: Callable | None,
+    scratch: Scratch,
+    finish_rows: Callable[[], torch.Tensor],
+) -> np.ndarray:
     """A sum layer's whole fused step: :func:`update_fused`, then the fused finish where the rule has one,
     else :func:`finish_gathered`, else ``finish_rows()`` (the rule's torch finish of ``step.rows``) and
     the fused store.  Returns the rows whose output changed."""
@@ -273,8 +301,28 @@ if cpu_kernels.AVAILABLE:
             h[r, k] = v
         return diff
 
-    def _sum_rows(agg, msg, rows, add_src, add_dst, rem_src, rem_dst, srcs, m_new, de_ptr, de, posmap,
-                  finish, h, deg, kind, selfc, bias, relu, changed):  # pragma: no cover - jitted
+    def _sum_rows(
+        agg,
+        msg,
+        rows,
+        add_src,
+        add_dst,
+        rem_src,
+        rem_dst,
+        srcs,
+        m_new,
+        de_ptr,
+        de,
+        posmap,
+        finish,
+        h,
+        deg,
+        kind,
+        selfc,
+        bias,
+        relu,
+        changed,
+    ):  # pragma: no cover - jitted
         """A sum layer's delta, and (``finish``) each affected row's output, in one pass over the rows.
 
         The terms (E+, E-, then changed messages in source order, each widened to float64) are bucketed
@@ -382,7 +430,27 @@ def warm_up_kernels() -> None:
     changed = np.zeros(1, dtype=np.bool_)
     posmap = np.full(2, -1, dtype=i64)
     for finish, kind, selfc, bias in ((True, _MEAN, t32, np.zeros(0, f32)), (False, _SUM, _NO_ROWS, np.zeros(2, f32))):
-        sum_rows(np.zeros((2, 2), f64), t32.copy(), one, one, one, one, one, one, np.zeros((1, 2), f32),
-                 np.array([0, 1], dtype=i64), one, posmap, finish, t32.copy(), one, kind, selfc, bias, True, changed)
+        sum_rows(
+            np.zeros((2, 2), f64),
+            t32.copy(),
+            one,
+            one,
+            one,
+            one,
+            one,
+            one,
+            np.zeros((1, 2), f32),
+            np.array([0, 1], dtype=i64),
+            one,
+            posmap,
+            finish,
+            t32.copy(),
+            one,
+            kind,
+            selfc,
+            bias,
+            True,
+            changed,
+        )
     gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
     gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))

@@ -178,7 +178,11 @@ class TemporalGraph:
         return MutationBatch(kind, src, dst, feats)
 
     def stream_batches(
-        self, events_per_batch: int, dim: int | None = None, seed: int = 0, limit: int | None = None,
+        self,
+        events_per_batch: int,
+        dim: int | None = None,
+        seed: int = 0,
+        limit: int | None = None,
         start: int = 0,
     ) -> Iterator[MutationBatch]:
         """The event stream as batches of ``events_per_batch`` dataset events, in time order.

@@ -132,15 +132,17 @@ GENRES = (
 )  # fmt: skip
 OCCUPATION_SLOTS = 21  # both releases have 21 occupations (ML-100K: names; ML-1M: codes 0..20)
 #: Column layout of MovieLens native features; see :func:`load_movielens`.
-MOVIELENS_LAYOUT = MappingProxyType({
-    "is_user": slice(0, 1),
-    "age": slice(1, 2),
-    "is_male": slice(2, 3),
-    "occupation": slice(3, 3 + OCCUPATION_SLOTS),
-    "is_item": slice(24, 25),
-    "release_year": slice(25, 26),
-    "genre": slice(26, 26 + len(GENRES)),
-})
+MOVIELENS_LAYOUT = MappingProxyType(
+    {
+        "is_user": slice(0, 1),
+        "age": slice(1, 2),
+        "is_male": slice(2, 3),
+        "occupation": slice(3, 3 + OCCUPATION_SLOTS),
+        "is_item": slice(24, 25),
+        "release_year": slice(25, 26),
+        "genre": slice(26, 26 + len(GENRES)),
+    }
+)
 MOVIELENS_FEATURE_DIM = 26 + len(GENRES)  # 45
 _MOVIELENS = {
     "movielens-100k": (RECBOLE, "recbole/dataset_example/ml-100k/ml-100k", "MovieLens-100K (1997-98)"),
@@ -226,7 +228,8 @@ def load_movielens(name: str, initial_fraction: float = 0.5) -> TemporalGraph:
     ratings by time; users and items first rated later arrive in the stream.
 
     Native features, float32 width 45, one layout for both kinds (see :data:`MOVIELENS_LAYOUT`):
-    ``[0] is_user, [1] age/100 (ML-1M: its age bucket's lower bound, 1 for under 18), [2] is_male, [3:24] occupation one-hot (ML-100K: names sorted
+    ``[0] is_user, [1] age/100 (ML-1M: its age bucket's lower bound, 1 for under 18), [2] is_male,
+    [3:24] occupation one-hot (ML-100K: names sorted
     alphabetically; ML-1M: codes 0..20), [24] is_item, [25] (release_year-1900)/100 (0 if unknown),
     [26:45] genre multi-hot in GENRES order``; user rows are zero in the item columns and vice versa.
     """

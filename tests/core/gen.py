@@ -8,8 +8,15 @@ import torch
 from clustergnn import MutationBatch
 
 
-def random_stream(seed: int, n_vertices: int, n_batches: int, batch_size: int, feature_dim: int,
-                  id_offset: int = 0, fence_removals: bool = False) -> tuple[MutationBatch, list[MutationBatch]]:
+def random_stream(
+    seed: int,
+    n_vertices: int,
+    n_batches: int,
+    batch_size: int,
+    feature_dim: int,
+    id_offset: int = 0,
+    fence_removals: bool = False,
+) -> tuple[MutationBatch, list[MutationBatch]]:
     """An initial graph and batches of mixed mutations, each valid when applied in order.
 
     Mixes edge insertions (60%), edge removals (20%), feature updates (10%), vertex additions (6%)
@@ -23,8 +30,12 @@ def random_stream(seed: int, n_vertices: int, n_batches: int, batch_size: int, f
     m = n_vertices * 3
     edges = list(zip(rng.choice(verts, m).tolist(), rng.choice(verts, m).tolist()))
     feats = lambda k: torch.from_numpy(rng.standard_normal((k, feature_dim)).astype(np.float32))  # noqa: E731
-    init = MutationBatch.concat([MutationBatch.add_vertices(verts, feats(len(verts))),
-                                 MutationBatch.add_edges([e[0] for e in edges], [e[1] for e in edges])])
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(verts, feats(len(verts))),
+            MutationBatch.add_edges([e[0] for e in edges], [e[1] for e in edges]),
+        ]
+    )
     alive = set(verts)
     batches = []
     for _ in range(n_batches):

@@ -18,19 +18,30 @@ from tests.batches import assert_same
 
 def mixed(width: int = 3) -> MutationBatch:
     f = torch.arange(3 * width, dtype=torch.float32).view(3, width)
-    return MutationBatch.concat([
-        MutationBatch.add_vertices([1, 2], f[:2]),
-        MutationBatch.add_edges([1], [2], bidirectional=True),
-        MutationBatch.update_features([2], f[2:]),
-        MutationBatch.remove_edges([2], [1]),
-        MutationBatch.remove_vertices([1]),
-    ])
+    return MutationBatch.concat(
+        [
+            MutationBatch.add_vertices([1, 2], f[:2]),
+            MutationBatch.add_edges([1], [2], bidirectional=True),
+            MutationBatch.update_features([2], f[2:]),
+            MutationBatch.remove_edges([2], [1]),
+            MutationBatch.remove_vertices([1]),
+        ]
+    )
 
 
-@pytest.mark.parametrize("batch", [mixed(), mixed(1), MutationBatch.add_vertices([4], torch.ones(1, 5)),
-                                   MutationBatch.add_edges([5, 6], [7, 8]), MutationBatch.remove_vertices([3]),
-                                   MutationBatch.empty(), MutationBatch.empty(4)],
-                         ids=["mixed", "mixed-F1", "features-only", "edges-only", "removals", "empty", "empty-F4"])
+@pytest.mark.parametrize(
+    "batch",
+    [
+        mixed(),
+        mixed(1),
+        MutationBatch.add_vertices([4], torch.ones(1, 5)),
+        MutationBatch.add_edges([5, 6], [7, 8]),
+        MutationBatch.remove_vertices([3]),
+        MutationBatch.empty(),
+        MutationBatch.empty(4),
+    ],
+    ids=["mixed", "mixed-F1", "features-only", "edges-only", "removals", "empty", "empty-F4"],
+)
 def test_round_trip_with_and_without_features(batch: MutationBatch) -> None:
     cols = codec.decode(codec.encode(batch))
     assert isinstance(cols, codec.MutationColumns), cols
@@ -102,13 +113,15 @@ def test_feature_placement_and_finiteness() -> None:
 
 
 def test_lenient_reader_casts_what_fits_and_names_what_does_not() -> None:
-    t = pa.table({
-        "extra": [1],
-        "kind": pa.array([MutationKind.ADD_VERTEX], pa.int64()),
-        "src": pa.array([7], pa.int32()),
-        "dst": [-1],
-        "features": pa.FixedSizeListArray.from_arrays(pa.array([0.5, 1.5], pa.float64()), 2),
-    })
+    t = pa.table(
+        {
+            "extra": [1],
+            "kind": pa.array([MutationKind.ADD_VERTEX], pa.int64()),
+            "src": pa.array([7], pa.int32()),
+            "dst": [-1],
+            "features": pa.FixedSizeListArray.from_arrays(pa.array([0.5, 1.5], pa.float64()), 2),
+        }
+    )
     b = MutationBatch.from_arrow(t)
     assert b.src.tolist() == [7] and b.features.tolist() == [[0.5, 1.5]]
     with pytest.raises(MutationError, match="lacks columns"):

@@ -30,8 +30,9 @@ def assert_matches_dgl(eng: Engine, layers) -> None:
     for li, ref in enumerate(refs):
         got = eng.embeddings(ids, layer=li)
         err = rel_error(got, ref)
-        assert err <= REL_TOL, (f"layer {li}: relative error {err:.3e} > {REL_TOL} "
-                                f"({g.num_nodes()} vertices, {g.num_edges()} edges)")
+        assert err <= REL_TOL, (
+            f"layer {li}: relative error {err:.3e} > {REL_TOL} ({g.num_nodes()} vertices, {g.num_edges()} edges)"
+        )
 
 
 class GraphModel:
@@ -140,12 +141,16 @@ def test_isolated_vertices_self_loops_and_multi_edges() -> None:
         g = dgl.graph(([0, 0, 0, 1, 2], [1, 1, 0, 1, 3]), num_nodes=6)  # 4, 5 isolated; 0->0, 1->1 loops
         eng = Engine.from_dgl(layers, g, torch.randn(6, F_IN))
         assert_matches_dgl(eng, layers)
-        eng.apply(MutationBatch.concat([
-            MutationBatch.remove_edges([0], [1]),  # one of two parallel copies
-            MutationBatch.add_edges([5, 5, 5], [5, 5, 4]),
-            MutationBatch.remove_edges([0], [0]),
-            MutationBatch.update_features([4], torch.full((1, F_IN), -2.0)),
-        ]))
+        eng.apply(
+            MutationBatch.concat(
+                [
+                    MutationBatch.remove_edges([0], [1]),  # one of two parallel copies
+                    MutationBatch.add_edges([5, 5, 5], [5, 5, 4]),
+                    MutationBatch.remove_edges([0], [0]),
+                    MutationBatch.update_features([4], torch.full((1, F_IN), -2.0)),
+                ]
+            )
+        )
         assert_matches_dgl(eng, layers)
 
 
@@ -153,11 +158,15 @@ def test_remove_and_readd_same_id_in_one_batch() -> None:
     layers = build("sage-pool", seed=1)
     g = dgl.graph(([0, 1, 2], [1, 2, 0]), num_nodes=3)
     eng = Engine.from_dgl(layers, g, torch.randn(3, F_IN))
-    eng.apply(MutationBatch.concat([
-        MutationBatch.remove_vertices([1]),
-        MutationBatch.add_vertices([1], torch.randn(1, F_IN)),
-        MutationBatch.add_edges([1, 1], [0, 1]),
-    ]))
+    eng.apply(
+        MutationBatch.concat(
+            [
+                MutationBatch.remove_vertices([1]),
+                MutationBatch.add_vertices([1], torch.randn(1, F_IN)),
+                MutationBatch.add_edges([1, 1], [0, 1]),
+            ]
+        )
+    )
     assert_matches_dgl(eng, layers)
     g2, _, ids = eng.to_dgl()
     assert sorted(ids.tolist()) == [0, 1, 2] and g2.num_edges() == 3
@@ -180,8 +189,9 @@ def test_incremental_does_less_work_than_khop() -> None:
     it multiplies at once, so a few rows can differ in the last bit; they still propagate.)"""
     layers = build("sage-mean")
     gen = torch.Generator().manual_seed(0)
-    g = dgl.graph((torch.randint(0, 200, (1000,), generator=gen), torch.randint(0, 200, (1000,), generator=gen)),
-                  num_nodes=200)
+    g = dgl.graph(
+        (torch.randint(0, 200, (1000,), generator=gen), torch.randint(0, 200, (1000,), generator=gen)), num_nodes=200
+    )
     x = torch.randn(200, F_IN)
     inc = Engine.from_dgl(layers, g, x)
     khop = Engine.from_dgl(layers, g, x, mode="khop")

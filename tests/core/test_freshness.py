@@ -170,9 +170,12 @@ def test_reported_staleness_never_understates_the_oldest_unapplied_record(steps:
         prev = o.prev_poll_ms
         may_say = prev is not None and all(off < o.read for off, ts in enumerate(o.log_ts) if ts < prev)
         o.prev_poll_ms = poll_ms
-        f.report(p, min(o.pending, default=o.read),
-                 oldest_pending_ts_ms=min((o.log_ts[x] for x in o.pending), default=None),
-                 caught_up_at_ms=prev if may_say and knows else None)
+        f.report(
+            p,
+            min(o.pending, default=o.read),
+            oldest_pending_ts_ms=min((o.log_ts[x] for x in o.pending), default=None),
+            caught_up_at_ms=prev if may_say and knows else None,
+        )
         clock.advance(dt / 2)
         stale = f.staleness_ms()
         unapplied = [ts for q in owners for off, ts in enumerate(q.log_ts) if not q.applied(off)]

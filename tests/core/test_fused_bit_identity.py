@@ -32,10 +32,11 @@ from clustergnn import Engine, cpu_kernels
 from clustergnn._dgl import dglnn
 from clustergnn.engine import DELTA_COST
 from tests.core.gen import random_stream
-from tests.core.models import F_IN, randomize, build
+from tests.core.models import F_IN, build, randomize
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.enabled(),
-                                reason="no fused kernels (numba missing or CLUSTERGNN_KERNELS=torch)")
+pytestmark = pytest.mark.skipif(
+    not cpu_kernels.enabled(), reason="no fused kernels (numba missing or CLUSTERGNN_KERNELS=torch)"
+)
 
 REL_TOL = 1e-6
 
@@ -43,12 +44,22 @@ REL_TOL = 1e-6
 EXACT = {
     "sage-mean": lambda: build("sage-mean"),  # widening (gather_mean_self + addmm), then narrowing (MEAN)
     "sage-pool": lambda: build("sage-pool"),  # the max rule
-    "gin-sum-mean-max": lambda: randomize([  # fused SUM and MEAN finishes, then the max rule
-        dglnn.GINConv(None, "sum", learn_eps=True), dglnn.GINConv(None, "mean", init_eps=0.2),
-        dglnn.GINConv(None, "max", init_eps=0.1)], seed=0),
-    "graphconv-right": lambda: randomize([  # RIGHT_NORM without a bias; SUM + bias; weight after the sum
-        dglnn.GraphConv(F_IN, 4, norm="right", bias=False), dglnn.GraphConv(4, 4, norm="none"),
-        dglnn.GraphConv(4, 7, norm="right")], seed=0),
+    "gin-sum-mean-max": lambda: randomize(
+        [  # fused SUM and MEAN finishes, then the max rule
+            dglnn.GINConv(None, "sum", learn_eps=True),
+            dglnn.GINConv(None, "mean", init_eps=0.2),
+            dglnn.GINConv(None, "max", init_eps=0.1),
+        ],
+        seed=0,
+    ),
+    "graphconv-right": lambda: randomize(
+        [  # RIGHT_NORM without a bias; SUM + bias; weight after the sum
+            dglnn.GraphConv(F_IN, 4, norm="right", bias=False),
+            dglnn.GraphConv(4, 4, norm="none"),
+            dglnn.GraphConv(4, 7, norm="right"),
+        ],
+        seed=0,
+    ),
 }
 # fused and torch round differently here (see the module docstring)
 CLOSE = {
@@ -61,8 +72,12 @@ CLOSE = {
 
 
 def caches(eng: Engine) -> dict[str, torch.Tensor]:
-    return {f"{name}[{li}]": t for name in ("h", "msg", "agg", "selfc")
-            for li, t in enumerate(getattr(eng, name)) if t is not None}
+    return {
+        f"{name}[{li}]": t
+        for name in ("h", "msg", "agg", "selfc")
+        for li, t in enumerate(getattr(eng, name))
+        if t is not None
+    }
 
 
 def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -75,8 +90,14 @@ def run_both(layers: list[torch.nn.Module], fence_removals: bool, check) -> None
     """Feed both engines the same stream (small batches: the delta paths; larger ones: recomputation) and
     ``check(batch index, fused caches, torch caches)`` after every batch."""
     for batch_size, seed in ((3, 11), (24, 12)):
-        init, batches = random_stream(seed=seed, n_vertices=50, n_batches=8, batch_size=batch_size,
-                                      feature_dim=F_IN, fence_removals=fence_removals)
+        init, batches = random_stream(
+            seed=seed,
+            n_vertices=50,
+            n_batches=8,
+            batch_size=batch_size,
+            feature_dim=F_IN,
+            fence_removals=fence_removals,
+        )
         fused = Engine.from_layers(layers, F_IN)
         assert fused.fused
         fused.bulk_load(init)
@@ -107,7 +128,8 @@ def test_fused_caches_are_bit_identical(model: str, delta_cost: int) -> None:
     def check(where: str, got: dict, want: dict) -> None:
         for name in want:
             assert torch.equal(got[name], want[name]), (
-                f"{model}, {where}: {name} differs (relative {rel_error(got[name], want[name]):.1e})")
+                f"{model}, {where}: {name} differs (relative {rel_error(got[name], want[name]):.1e})"
+            )
 
     run_both(EXACT[model](), fence_removals=True, check=check)
 

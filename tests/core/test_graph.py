@@ -25,7 +25,11 @@ def edge_multiset(g: MutableGraph) -> Counter:
 
 @pytest.mark.parametrize("kernels", [True, False], ids=["fused", "numpy"])
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "rm", "vadd", "vrm"]), st.integers(0, 15), st.integers(0, 15)), max_size=150))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "rm", "vadd", "vrm"]), st.integers(0, 15), st.integers(0, 15)), max_size=150
+    )
+)
 def test_graph_matches_multiset_model(kernels: bool, ops) -> None:
     with contextlib.nullcontext() if kernels else cpu_kernels.disabled():
         _check_multiset_model(ops)

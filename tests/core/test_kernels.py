@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clustergnn import Engine, MutationBatch
-from clustergnn import kernels
+from clustergnn import Engine, MutationBatch, kernels
 from tests.core.models import F_IN, build
 from tests.core.test_engine_exact import assert_matches_dgl
 
@@ -49,16 +48,21 @@ def test_large_batches_take_the_segmented_delta_path_exactly(monkeypatch) -> Non
     n = 50
     from clustergnn._dgl import dgl
 
-    g0 = dgl.graph((torch.randint(0, n, (200,), generator=gen), torch.randint(0, n, (200,), generator=gen)),
-                   num_nodes=n)
+    g0 = dgl.graph(
+        (torch.randint(0, n, (200,), generator=gen), torch.randint(0, n, (200,), generator=gen)), num_nodes=n
+    )
     eng = Engine.from_dgl(layers, g0, torch.randn(n, F_IN, generator=gen))
     src, dst = (t.numpy() for t in g0.edges())
-    eng.apply(MutationBatch.concat([
-        MutationBatch.remove_edges(src[:40], dst[:40]),
-        MutationBatch.add_edges(np.arange(30), (np.arange(30) * 3) % n),
-        MutationBatch.update_features([1, 2], torch.randn(2, F_IN, generator=gen)),
-        MutationBatch.remove_vertices([7]),
-    ]))
+    eng.apply(
+        MutationBatch.concat(
+            [
+                MutationBatch.remove_edges(src[:40], dst[:40]),
+                MutationBatch.add_edges(np.arange(30), (np.arange(30) * 3) % n),
+                MutationBatch.update_features([1, 2], torch.randn(2, F_IN, generator=gen)),
+                MutationBatch.remove_vertices([7]),
+            ]
+        )
+    )
     assert_matches_dgl(eng, layers)
 
 

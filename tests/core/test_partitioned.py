@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clustergnn import Engine, MutationBatch, MutationError
-from clustergnn.reference import dgl_forward
 from clustergnn.partition import HashPartitionMap
 from clustergnn.partitioned import LocalCluster
+from clustergnn.reference import dgl_forward
 from tests.core.models import F_IN, MODELS, build
 from tests.core.test_engine_exact import GraphModel, initial_graph, rel_error
 
@@ -70,8 +70,9 @@ def test_vertex_removed_while_another_partition_adds_an_edge_from_it() -> None:
     pm = HashPartitionMap(2)
     cluster = LocalCluster.from_layers(layers, F_IN, pm)
     single = Engine.from_layers(layers, F_IN)
-    init = MutationBatch.concat([MutationBatch.add_vertices([0, 1, 2, 3], torch.randn(4, F_IN)),
-                                 MutationBatch.add_edges([0, 2], [1, 3])])
+    init = MutationBatch.concat(
+        [MutationBatch.add_vertices([0, 1, 2, 3], torch.randn(4, F_IN)), MutationBatch.add_edges([0, 2], [1, 3])]
+    )
     cluster.apply(init)
     single.apply(init)
     # vertex 2 (partition 0) is removed in the same round in which partition 1 adds 2 -> 1
@@ -86,8 +87,9 @@ def test_edge_from_a_vertex_added_elsewhere_in_the_same_round_applies_in_that_ro
     cluster = LocalCluster.from_layers(layers, F_IN, pm)
     single = Engine.from_layers(layers, F_IN)
     # 1 is owned by partition 1, 2 by partition 0: 1 -> 2 reaches partition 0 before it knows vertex 1
-    b = MutationBatch.concat([MutationBatch.add_vertices([1, 2], torch.randn(2, F_IN)),
-                              MutationBatch.add_edges([1], [2])])
+    b = MutationBatch.concat(
+        [MutationBatch.add_vertices([1, 2], torch.randn(2, F_IN)), MutationBatch.add_edges([1], [2])]
+    )
     summaries = cluster.apply(b)
     single.apply(b)
     assert len(summaries) == 2, "one round (2 partitions), thanks to the in-round retry"
@@ -123,12 +125,14 @@ def test_metis_partitioning_cuts_fewer_edges_and_stays_exact() -> None:
     layers = build("gin")
     cluster = LocalCluster.from_layers(layers, F_IN, metis)
     single = Engine.from_layers(layers, F_IN)
-    b = MutationBatch.concat([MutationBatch.add_vertices(ids, torch.randn(len(ids), F_IN)),
-                              MutationBatch.add_edges(src, dst)])
+    b = MutationBatch.concat(
+        [MutationBatch.add_vertices(ids, torch.randn(len(ids), F_IN)), MutationBatch.add_edges(src, dst)]
+    )
     cluster.apply(b)
     single.apply(b)
-    more = MutationBatch.concat([MutationBatch.add_vertices([500], torch.randn(1, F_IN)),
-                                 MutationBatch.add_edges([500, 3], [3, 500])])
+    more = MutationBatch.concat(
+        [MutationBatch.add_vertices([500], torch.randn(1, F_IN)), MutationBatch.add_edges([500, 3], [3, 500])]
+    )
     cluster.apply(more)
     single.apply(more)
     assert_cluster_matches(cluster, single, layers)

@@ -14,8 +14,12 @@ E = np.zeros(0, dtype=np.int64)
 
 def pub(removed=E, ids=E, value=0.0, version=1) -> Published:
     ids = np.asarray(ids, dtype=np.int64)
-    return Published(np.asarray(removed, dtype=np.int64), ids, np.full((len(ids), 3), value, np.float32),
-                     np.full(len(ids), version, np.int64))
+    return Published(
+        np.asarray(removed, dtype=np.int64),
+        ids,
+        np.full((len(ids), 3), value, np.float32),
+        np.full(len(ids), version, np.int64),
+    )
 
 
 def test_upserts_removals_and_growth() -> None:

@@ -61,8 +61,9 @@ class FakePartition:
         self.calls.append(("finish", len(inbox)))
         return f"summary{self.p}"
 
-    def finish_round_then_ingest(self, inbox: list[Msg], next_round: int,
-                                 max_records: int | None) -> tuple[str, Report]:
+    def finish_round_then_ingest(
+        self, inbox: list[Msg], next_round: int, max_records: int | None
+    ) -> tuple[str, Report]:
         return self.finish_round(inbox), self.ingest(next_round, max_records)
 
 

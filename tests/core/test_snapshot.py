@@ -41,12 +41,15 @@ def arrays_for(sid: int, partition: int, n: int = 6) -> dict[str, np.ndarray]:
     }
 
 
-def take(store: SnapshotStore, sid: int, partitions: int = 2, *, round_id: int | None = None,
-         commit: bool = True) -> list[PartInfo]:
+def take(
+    store: SnapshotStore, sid: int, partitions: int = 2, *, round_id: int | None = None, commit: bool = True
+) -> list[PartInfo]:
     """Writes every part of snapshot ``sid`` (as owners would) and, if asked, commits it."""
     rid = sid if round_id is None else round_id
-    parts = [store.write_part(sid, p, arrays_for(sid, p), round_id=rid, next_offset=100 * sid + p,
-                              meta={"vertices": 6}) for p in range(partitions)]
+    parts = [
+        store.write_part(sid, p, arrays_for(sid, p), round_id=rid, next_offset=100 * sid + p, meta={"vertices": 6})
+        for p in range(partitions)
+    ]
     if commit:
         store.commit(sid, parts, partitions=partitions, meta={"config_digest": "d1", "round": rid})
     return parts
@@ -97,8 +100,9 @@ def test_non_contiguous_and_big_endian_inputs_round_trip(tmp_path: Path) -> None
         "from_list": [1.5, 2.5],  # anything np.asarray accepts
     }
     store = SnapshotStore(tmp_path)
-    out, _ = store.read_part(store.commit(0, [store.write_part(0, 0, arrays, round_id=0, next_offset=0)],
-                                          partitions=1), 0)
+    out, _ = store.read_part(
+        store.commit(0, [store.write_part(0, 0, arrays, round_id=0, next_offset=0)], partitions=1), 0
+    )
     np.testing.assert_array_equal(out["strided"], base[::2, ::3])
     np.testing.assert_array_equal(out["fortran"], base)
     assert out["big_endian"].dtype == np.dtype("int64") and out["big_endian"].tolist() == [0, 1, 2, 3, 4]
@@ -199,6 +203,7 @@ def _edit_manifest(**changes: object) -> Callable[[SnapshotStore], None]:
         d = json.loads(path.read_text())
         d.update(changes)
         path.write_text(json.dumps(d))
+
     return edit
 
 
@@ -229,8 +234,9 @@ TORN = {
 
 
 @pytest.mark.parametrize("kind", sorted(TORN))
-def test_a_torn_snapshot_is_skipped_with_a_warning_naming_the_fault(tmp_path: Path, kind: str,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_torn_snapshot_is_skipped_with_a_warning_naming_the_fault(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     damage, reason = TORN[kind]
     store = SnapshotStore(tmp_path, retention=5)
     take(store, 1)
@@ -326,15 +332,19 @@ def test_a_crash_mid_prune_leaves_no_half_complete_snapshot(tmp_path: Path) -> N
 # ------------------------------------------------------------------ commit validation
 
 
-@pytest.mark.parametrize(("partitions_written", "p", "message"), [
-    ([0, 2], 3, r"missing \[1\], duplicated \[\], out of range \[\]"),
-    ([0, 1], 3, r"missing \[2\]"),
-    ([0, 0, 1], 2, r"duplicated \[0\]"),
-    ([0, 1, 3], 3, r"missing \[2\], duplicated \[\], out of range \[3\]"),
-    ([], 1, r"missing \[0\]"),
-])
-def test_commit_rejects_anything_but_each_partition_once(tmp_path: Path, partitions_written: list[int], p: int,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("partitions_written", "p", "message"),
+    [
+        ([0, 2], 3, r"missing \[1\], duplicated \[\], out of range \[\]"),
+        ([0, 1], 3, r"missing \[2\]"),
+        ([0, 0, 1], 2, r"duplicated \[0\]"),
+        ([0, 1, 3], 3, r"missing \[2\], duplicated \[\], out of range \[3\]"),
+        ([], 1, r"missing \[0\]"),
+    ],
+)
+def test_commit_rejects_anything_but_each_partition_once(
+    tmp_path: Path, partitions_written: list[int], p: int, message: str
+) -> None:
     store = SnapshotStore(tmp_path)
     parts = [store.write_part(0, q, {"x": np.zeros(2)}, round_id=0, next_offset=0) for q in partitions_written]
     with pytest.raises(SnapshotError, match=message):
@@ -384,20 +394,28 @@ def test_a_retried_part_replaces_the_earlier_attempt(tmp_path: Path) -> None:
     assert out["h"].tolist() == [1.0, 1.0] and part.next_offset == 9
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda s: s.write_part(-1, 0, {}, round_id=0, next_offset=0), "snapshot_id must be an int >= 0, got -1"),
-    (lambda s: s.write_part(10**12, 0, {}, round_id=0, next_offset=0), "snapshot_id must be <= 999999999999"),
-    (lambda s: s.write_part(0, True, {}, round_id=0, next_offset=0), "partition must be an int >= 0, got True"),
-    (lambda s: s.write_part(0, 0, {}, round_id=0, next_offset=-3), "next_offset must be an int >= 0, got -3"),
-    (lambda s: s.write_part(0, 0, {"../x": np.zeros(1)}, round_id=0, next_offset=0), "got '../x'"),
-    (lambda s: s.write_part(0, 0, {"c": np.zeros(1, complex)}, round_id=0, next_offset=0),
-     "dtype 'complex128' is not one of"),
-    (lambda s: s.write_part(0, 0, {"o": np.array(["a"], object)}, round_id=0, next_offset=0),
-     "dtype 'object' is not one of"),
-    (lambda s: s.commit(0, [], partitions=0), "partitions must be >= 1, got 0"),
-])
-def test_bad_arguments_are_refused_quoting_the_value(tmp_path: Path, call: Callable[[SnapshotStore], object],
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.write_part(-1, 0, {}, round_id=0, next_offset=0), "snapshot_id must be an int >= 0, got -1"),
+        (lambda s: s.write_part(10**12, 0, {}, round_id=0, next_offset=0), "snapshot_id must be <= 999999999999"),
+        (lambda s: s.write_part(0, True, {}, round_id=0, next_offset=0), "partition must be an int >= 0, got True"),
+        (lambda s: s.write_part(0, 0, {}, round_id=0, next_offset=-3), "next_offset must be an int >= 0, got -3"),
+        (lambda s: s.write_part(0, 0, {"../x": np.zeros(1)}, round_id=0, next_offset=0), "got '../x'"),
+        (
+            lambda s: s.write_part(0, 0, {"c": np.zeros(1, complex)}, round_id=0, next_offset=0),
+            "dtype 'complex128' is not one of",
+        ),
+        (
+            lambda s: s.write_part(0, 0, {"o": np.array(["a"], object)}, round_id=0, next_offset=0),
+            "dtype 'object' is not one of",
+        ),
+        (lambda s: s.commit(0, [], partitions=0), "partitions must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_refused_quoting_the_value(
+    tmp_path: Path, call: Callable[[SnapshotStore], object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         call(SnapshotStore(tmp_path))
 
@@ -411,8 +429,9 @@ def test_retention_must_be_positive(tmp_path: Path) -> None:
 
 
 op = st.one_of(
-    st.tuples(st.just("snapshot"), st.integers(0, 3),
-              st.sampled_from(["commit", "crash", "torn file", "temp manifest"])),
+    st.tuples(
+        st.just("snapshot"), st.integers(0, 3), st.sampled_from(["commit", "crash", "torn file", "temp manifest"])
+    ),
     st.tuples(st.just("prune")),
     st.tuples(st.just("restart")),
 )

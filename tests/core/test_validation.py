@@ -15,7 +15,7 @@ def snapshot(eng: Engine) -> tuple:
     g, x, ids = eng.to_dgl()
     s, d = g.edges()
     order = np.lexsort((ids[d.numpy()], ids[s.numpy()]))
-    embs = [eng.embeddings(np.sort(ids), layer=l) for l in range(eng.num_layers + 1)]
+    embs = [eng.embeddings(np.sort(ids), layer=li) for li in range(eng.num_layers + 1)]
     return sorted(ids.tolist()), ids[s.numpy()][order].tolist(), ids[d.numpy()][order].tolist(), embs
 
 
@@ -31,13 +31,18 @@ def eng() -> Engine:
     return Engine.from_dgl(build("sage-pool"), g, torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)))
 
 
-GOOD = lambda: MutationBatch.concat([  # noqa: E731 - a valid prefix that the bad tail must roll back
-    MutationBatch.add_vertices([10], torch.ones(1, F_IN)),
-    MutationBatch.add_edges([10, 0], [0, 10]),
-    MutationBatch.remove_edges([0], [1]),
-    MutationBatch.update_features([2], torch.zeros(1, F_IN)),
-    MutationBatch.remove_vertices([3]),
-])
+def good_prefix() -> MutationBatch:
+    """A valid prefix that the bad tail must roll back."""
+    return MutationBatch.concat(
+        [
+            MutationBatch.add_vertices([10], torch.ones(1, F_IN)),
+            MutationBatch.add_edges([10, 0], [0, 10]),
+            MutationBatch.remove_edges([0], [1]),
+            MutationBatch.update_features([2], torch.zeros(1, F_IN)),
+            MutationBatch.remove_vertices([3]),
+        ]
+    )
+
 
 BAD = {
     "edge from unknown vertex": (MutationBatch.add_edges([99], [0]), "unknown source vertex id 99"),
@@ -47,9 +52,15 @@ BAD = {
     "remove edge twice": (MutationBatch.remove_edges([1, 1], [2, 2]), "only 1 of 2 copies exist"),
     "remove missing vertex": (MutationBatch.remove_vertices([42]), "unknown vertex id 42"),
     "remove vertex twice": (MutationBatch.remove_vertices([3]), "unknown vertex id 3"),
-    "add existing vertex": (MutationBatch.add_vertices([1], torch.zeros(1, F_IN)), "cannot add vertex 1: it already exists"),
+    "add existing vertex": (
+        MutationBatch.add_vertices([1], torch.zeros(1, F_IN)),
+        "cannot add vertex 1: it already exists",
+    ),
     "add vertex twice": (MutationBatch.add_vertices([5, 5], torch.zeros(2, F_IN)), "cannot add vertex 5"),
-    "wrong feature width": (MutationBatch.update_features([1], torch.zeros(1, F_IN + 1)), f"width {F_IN + 1}, the model expects {F_IN}"),
+    "wrong feature width": (
+        MutationBatch.update_features([1], torch.zeros(1, F_IN + 1)),
+        f"width {F_IN + 1}, the model expects {F_IN}",
+    ),
     "update unknown vertex": (MutationBatch.update_features([1234], torch.zeros(1, F_IN)), "unknown vertex id 1234"),
 }
 
@@ -60,10 +71,14 @@ def test_bad_batch_is_rejected_whole(eng: Engine, case: str) -> None:
     before = snapshot(eng)
     with pytest.raises(MutationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         # a batch has one feature width, so the width case gets a feature-free valid prefix
-        prefix = GOOD() if bad.feature_dim in (0, F_IN) else MutationBatch.concat([GOOD().slice(3, 4), GOOD().slice(5, 6)])
+        prefix = (
+            good_prefix()
+            if bad.feature_dim in (0, F_IN)
+            else MutationBatch.concat([good_prefix().slice(3, 4), good_prefix().slice(5, 6)])
+        )
         eng.apply(MutationBatch.concat([prefix, bad]))
     assert_same(snapshot(eng), before)
-    eng.apply(GOOD())  # and the engine still works afterwards
+    eng.apply(good_prefix())  # and the engine still works afterwards
     assert eng.num_vertices == 4
 
 
@@ -121,24 +136,38 @@ def _v(i: int, fill: float = 1.0) -> MutationBatch:
 STRETCH_BAD = {
     "edge before its vertex": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.add_edges([0], [21]), _v(21)),
-        "mutations [1, 3) (add_edge): unknown destination vertex id 21"),
+        "mutations [1, 3) (add_edge): unknown destination vertex id 21",
+    ),
     "vertex added twice": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(20)),
-        "mutations [2, 3) (add_vertex): cannot add vertex 20: it already exists"),
+        "mutations [2, 3) (add_vertex): cannot add vertex 20: it already exists",
+    ),
     "removing an edge that is not there yet": (
-        _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.remove_edges([0], [20]),
-                 MutationBatch.add_edges([0], [20])),
-        "mutations [2, 3) (remove_edge): cannot remove edge 0 -> 20: it does not exist"),
+        _stretch(
+            _v(20),
+            MutationBatch.add_edges([20], [0]),
+            MutationBatch.remove_edges([0], [20]),
+            MutationBatch.add_edges([0], [20]),
+        ),
+        "mutations [2, 3) (remove_edge): cannot remove edge 0 -> 20: it does not exist",
+    ),
     "removing one copy too many": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), MutationBatch.remove_edges([20, 20], [0, 0])),
-        "mutations [2, 4) (remove_edge): cannot remove edge 20 -> 0: only 1 of 2 copies exist"),
+        "mutations [2, 4) (remove_edge): cannot remove edge 20 -> 0: only 1 of 2 copies exist",
+    ),
     "removing a graph edge twice": (
-        _stretch(_v(20), MutationBatch.remove_edges([0], [1]), MutationBatch.add_edges([20], [0]),
-                 MutationBatch.remove_edges([0], [1])),
-        "mutations [3, 4) (remove_edge): cannot remove edge 0 -> 1: it does not exist"),
+        _stretch(
+            _v(20),
+            MutationBatch.remove_edges([0], [1]),
+            MutationBatch.add_edges([20], [0]),
+            MutationBatch.remove_edges([0], [1]),
+        ),
+        "mutations [3, 4) (remove_edge): cannot remove edge 0 -> 1: it does not exist",
+    ),
     "existing vertex": (
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(1)),
-        "mutations [2, 3) (add_vertex): cannot add vertex 1: it already exists"),
+        "mutations [2, 3) (add_vertex): cannot add vertex 1: it already exists",
+    ),
 }
 
 
@@ -157,11 +186,22 @@ def test_stretch_of_additions_equals_one_by_one(eng: Engine) -> None:
     """Interleaved vertex additions and edge additions and removals applied as one stretch (their net
     effect) give the same graph, slots and embeddings (the structure exactly, the values to float
     tolerance) as one mutation per batch."""
-    muts = [_v(20, 0.5), MutationBatch.add_edges([20, 0], [0, 20]), MutationBatch.remove_edges([0], [1]),
-            _v(21, -1.0), MutationBatch.add_edges([21, 21, 0], [20, 1, 1]), MutationBatch.remove_edges([20, 21], [0, 1]),
-            _v(22, 2.0), MutationBatch.add_edges([22, 20, 2, 20], [21, 22, 22, 0]), MutationBatch.remove_edges([2], [3])]
-    other = Engine.from_dgl(build("sage-pool"), dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4),
-                            torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)))
+    muts = [
+        _v(20, 0.5),
+        MutationBatch.add_edges([20, 0], [0, 20]),
+        MutationBatch.remove_edges([0], [1]),
+        _v(21, -1.0),
+        MutationBatch.add_edges([21, 21, 0], [20, 1, 1]),
+        MutationBatch.remove_edges([20, 21], [0, 1]),
+        _v(22, 2.0),
+        MutationBatch.add_edges([22, 20, 2, 20], [21, 22, 22, 0]),
+        MutationBatch.remove_edges([2], [3]),
+    ]
+    other = Engine.from_dgl(
+        build("sage-pool"),
+        dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4),
+        torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)),
+    )
     eng.apply(MutationBatch.concat(muts))
     for m in muts:
         other.apply(m)

@@ -199,7 +199,8 @@ def _crd_errors(doc: dict[str, Any]) -> list[str]:
 
 def _kubernetes_validate():
     return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install -e .[test]); standard kinds unchecked"
+        "kubernetes_validate",
+        reason="kubernetes-validate is not installed (pip install -e .[test]); standard kinds unchecked",
     )
 
 
@@ -274,7 +275,9 @@ def test_config_json_is_a_valid_root_config(docs: tuple[dict[str, Any], ...]) ->
     assert cfg.kafka.create_topics is False, "Strimzi owns the topics (KafkaTopic resources)"
     assert cfg.cluster.ray_address == "auto"
     assert cfg.gateway.host == "0.0.0.0"
-    assert cfg.gateway.tls_cert and cfg.gateway.tls_key and cfg.gateway.tokens_file, "a non-loopback gateway needs TLS and tokens"
+    assert cfg.gateway.tls_cert and cfg.gateway.tls_key and cfg.gateway.tokens_file, (
+        "a non-loopback gateway needs TLS and tokens"
+    )
     assert not cfg.gateway.insecure_local
 
 
@@ -307,7 +310,11 @@ def test_kafka_resources_form_one_cluster(docs: tuple[dict[str, Any], ...]) -> N
     for t in _all(docs, "KafkaTopic"):
         assert t["spec"]["replicas"] <= brokers, t["metadata"]["name"]
         assert int(t["spec"]["config"].get("min.insync.replicas", 1)) <= t["spec"]["replicas"], t["metadata"]["name"]
-    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor", "default.replication.factor"):
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "default.replication.factor",
+    ):
         assert int(kafka["spec"]["kafka"]["config"][key]) <= brokers, key
     assert "topicOperator" in kafka["spec"].get("entityOperator", {}), "KafkaTopics need the topic operator"
 
@@ -316,7 +323,9 @@ def test_kafka_resources_form_one_cluster(docs: tuple[dict[str, Any], ...]) -> N
     listeners = {int(li["port"]): li for li in kafka["spec"]["kafka"]["listeners"]}
     host, port = cfg.kafka.bootstrap.rsplit(":", 1)
     assert host == f"{name}-kafka-bootstrap.{kafka['metadata']['namespace']}.svc"
-    assert int(port) in listeners and listeners[int(port)]["tls"] is False and "authentication" not in listeners[int(port)]
+    assert (
+        int(port) in listeners and listeners[int(port)]["tls"] is False and "authentication" not in listeners[int(port)]
+    )
 
 
 # ----------------------------------------------------------------------------- the Ray cluster itself
@@ -326,7 +335,9 @@ def test_driver_runs_in_the_head_pod(docs: tuple[dict[str, Any], ...]) -> None:
     head_c = _head(docs)["spec"]["containers"][0]
     assert head_c is _gateway_container(docs), "the Ray container (index 0) of the head runs the driver"
     script = " ".join(head_c["command"] + head_c["args"])
-    assert "${KUBERAY_GEN_RAY_START_CMD/--block/}" in script, "the head must start Ray without blocking, then the driver"
+    assert "${KUBERAY_GEN_RAY_START_CMD/--block/}" in script, (
+        "the head must start Ray without blocking, then the driver"
+    )
     mounts = {m["mountPath"]: m for m in head_c["volumeMounts"]}
     m = re.search(r"exec clustergnn serve --config (\S+) --ray-address auto\b", script)
     assert m, script
@@ -345,7 +356,9 @@ def test_gateway_ports_and_probes(docs: tuple[dict[str, Any], ...]) -> None:
     ports = {p["containerPort"]: p for p in c["ports"]}
     assert {50051, 9464} <= set(ports)
     assert cfg.gateway.port == 50051 and cfg.gateway.metrics_port == 9464
-    tls_mount = next(m["mountPath"] for m in c["volumeMounts"] if Path(cfg.gateway.tls_cert).parent == Path(m["mountPath"]))
+    tls_mount = next(
+        m["mountPath"] for m in c["volumeMounts"] if Path(cfg.gateway.tls_cert).parent == Path(m["mountPath"])
+    )
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         cmd = c[probe]["exec"]["command"]
         assert cmd[0] == "clustergnn-healthcheck", probe
@@ -434,7 +447,11 @@ def test_network_policies(docs: tuple[dict[str, Any], ...]) -> None:
                     return True
                 for peer in peers:
                     ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
-                    if source == "monitoring" and ns == {"kubernetes.io/metadata.name": "monitoring"} and "podSelector" not in peer:
+                    if (
+                        source == "monitoring"
+                        and ns == {"kubernetes.io/metadata.name": "monitoring"}
+                        and "podSelector" not in peer
+                    ):
                         return True
                     if source in everything and "namespaceSelector" not in peer and "podSelector" in peer:
                         if source in _selected(peer["podSelector"], docs):
@@ -461,8 +478,12 @@ def test_owner_actors_fit_the_workers(docs: tuple[dict[str, Any], ...]) -> None:
         gpus += g["replicas"] * float(limits.get("nvidia.com/gpu", 0))
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
     p = cfg.cluster.partitions
-    assert p * cfg.cluster.actor_num_cpus < cpus, f"{p} owners x {cfg.cluster.actor_num_cpus} CPU do not fit {cpus} CPUs"
-    assert p * cfg.cluster.actor_num_gpus <= gpus, f"{p} owners x {cfg.cluster.actor_num_gpus} GPU do not fit {gpus} GPUs"
+    assert p * cfg.cluster.actor_num_cpus < cpus, (
+        f"{p} owners x {cfg.cluster.actor_num_cpus} CPU do not fit {cpus} CPUs"
+    )
+    assert p * cfg.cluster.actor_num_gpus <= gpus, (
+        f"{p} owners x {cfg.cluster.actor_num_gpus} GPU do not fit {gpus} GPUs"
+    )
     if gpus:
         assert cfg.cluster.actor_num_gpus > 0, "GPU workers, but owners ask for no GPU"
 
@@ -504,8 +525,18 @@ def test_healthcheck_probe(tmp_path: Path) -> None:
     try:
         import healthcheck
 
-        args = ["--address", f"127.0.0.1:{port}", "--root-cert", str(tmp_path / "ca.crt"), "--root-cert", str(cert),
-                "--server-name", "clustergnn-gateway.clustergnn.svc", "--timeout-s", "5"]
+        args = [
+            "--address",
+            f"127.0.0.1:{port}",
+            "--root-cert",
+            str(tmp_path / "ca.crt"),
+            "--root-cert",
+            str(cert),
+            "--server-name",
+            "clustergnn-gateway.clustergnn.svc",
+            "--timeout-s",
+            "5",
+        ]
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         assert healthcheck.main(args) == healthcheck.EXIT_SERVING
         servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -531,10 +562,14 @@ def _self_signed(directory: Path, dns_name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -542,5 +577,7 @@ def _self_signed(directory: Path, dns_name: str) -> tuple[Path, Path]:
     )
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path

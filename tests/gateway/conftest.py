@@ -32,7 +32,7 @@ def _make_certs(root: Path) -> Certs:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -74,9 +74,7 @@ def _make_certs(root: Path) -> Certs:
     out.ca.write_bytes(ca_cert.public_bytes(pem))
     out.other_ca.write_bytes(other_cert.public_bytes(pem))
     out.cert.write_bytes(cert.public_bytes(pem))
-    out.key.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    out.key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return out
 
 

@@ -142,7 +142,11 @@ class FakeBackend:
         self.last_timeout_s = timeout_s
         with self._cond:
             verdict = self.freshness.wait(
-                max_staleness_ms, min_offsets, timeout_s=timeout_s, sleep=self._cond.wait, poll_s=0.002,
+                max_staleness_ms,
+                min_offsets,
+                timeout_s=timeout_s,
+                sleep=self._cond.wait,
+                poll_s=0.002,
                 before_check=self._catch_up_locked,
             )
             if not verdict.met:
@@ -209,8 +213,9 @@ class FakeBackend:
         for p, log in enumerate(self._log):
             w = self._applied[p]
             pending_ms = log[w].produced_ms if w < len(log) else None
-            self.freshness.report(p, w, oldest_pending_ts_ms=pending_ms,
-                                  caught_up_at_ms=now_ms if pending_ms is None else None)
+            self.freshness.report(
+                p, w, oldest_pending_ts_ms=pending_ms, caught_up_at_ms=now_ms if pending_ms is None else None
+            )
 
     def _advance_locked(self, now_ms: float) -> None:
         if self.apply_delay_s is None and now_ms != math.inf:

@@ -82,7 +82,11 @@ def test_reflection_lists_service_names(make_gateway: GatewayFactory) -> None:
         db = ProtoReflectionDescriptorDatabase(ch)
         services = set(db.get_services())
         assert set(SERVICE_NAMES) <= services
-        assert {"clustergnn.v1.EmbeddingService", "clustergnn.v1.MutationService", "clustergnn.v1.AdminService",
-                "grpc.health.v1.Health"} <= services
+        assert {
+            "clustergnn.v1.EmbeddingService",
+            "clustergnn.v1.MutationService",
+            "clustergnn.v1.AdminService",
+            "grpc.health.v1.Health",
+        } <= services
         fd = db.FindFileContainingSymbol("clustergnn.v1.EmbeddingService")
         assert fd.name == "clustergnn/v1/clustergnn.proto" and fd.package == "clustergnn.v1"

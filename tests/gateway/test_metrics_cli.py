@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 
 from actors.cli import main
 from actors.gateway.cli import abbreviate
 from actors.gateway.client import GatewayClient
+from clustergnn.errors import UnknownVertexError
 from clustergnn.mutations import MutationBatch
 from tests.gateway.conftest import TOKENS, Certs, GatewayFactory
 from tests.gateway.fakes import FakeBackend
@@ -30,7 +32,7 @@ def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
     with GatewayClient(gw.target) as c:
         for _ in range(3):
             c.get_embeddings([1, 2])
-        with pytest.raises(Exception):
+        with pytest.raises(UnknownVertexError):
             c.get_embeddings([999])
         c.apply(MutationBatch.add_edges([1, 3], [2, 4]))
     gw.monitor.poll_once()
@@ -56,7 +58,7 @@ def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
 
 def test_unauthenticated_calls_are_counted(make_gateway: GatewayFactory) -> None:
     gw = make_gateway(tokens=TOKENS)
-    with GatewayClient(gw.target, token="nope") as c, pytest.raises(Exception):
+    with GatewayClient(gw.target, token="nope") as c, pytest.raises(grpc.RpcError):
         c.status()
     text = gw.metrics.render().decode()
     assert _value(text, "clustergnn_gateway_requests_total", '{code="UNAUTHENTICATED",method="Status"}') == 1

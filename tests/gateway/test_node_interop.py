@@ -38,7 +38,9 @@ def node_client() -> Path:
     return NODE_DIR / "client.js"
 
 
-def _call(client: Path, target: str, method: str, request: dict[str, Any], token: str | None, root: Path | None) -> dict:
+def _call(
+    client: Path, target: str, method: str, request: dict[str, Any], token: str | None, root: Path | None
+) -> dict:
     spec = {"method": method, "request": request, "token": token, "rootCert": str(root) if root else None}
     done = subprocess.run(
         ["node", str(client), str(PROTO), target, json.dumps(spec)], capture_output=True, text=True, timeout=60
@@ -51,14 +53,23 @@ def test_node_get_embeddings(node_client: Path, make_gateway: GatewayFactory, ce
     fake = FakeBackend(dims=(8, 5))
     gw = make_gateway(fake, tls_cert=certs.cert, tls_key=certs.key, tokens=TOKENS, insecure_local=False)
     # ids as strings: int64 is not exact in a JS number
-    out = _call(node_client, gw.target, "GetEmbeddings", {"vertex_ids": ["3", "9"], "max_staleness_ms": 100}, TOKENS[0], certs.ca)
+    out = _call(
+        node_client,
+        gw.target,
+        "GetEmbeddings",
+        {"vertex_ids": ["3", "9"], "max_staleness_ms": 100},
+        TOKENS[0],
+        certs.ca,
+    )
     assert out["ok"], out
     resp = out["response"]
     assert resp["vertex_ids"] == ["3", "9"] and resp["versions"] == ["0", "0"]
     assert resp["layer"] == 1 and resp["embeddings"]["format"] == "EMBEDDING_FORMAT_RAW_F32"
     assert resp["embeddings"]["rows"] == 2 and resp["embeddings"]["dim"] == 5
     assert resp["staleness_ms"] == 0 and resp["watermark"] == {"0": "0", "1": "0"}
-    np.testing.assert_array_equal(np.asarray(resp["matrix"], dtype=np.float32), np.stack([fake.expected(3), fake.expected(9)]))
+    np.testing.assert_array_equal(
+        np.asarray(resp["matrix"], dtype=np.float32), np.stack([fake.expected(3), fake.expected(9)])
+    )
 
 
 def test_node_errors_and_other_services(node_client: Path, make_gateway: GatewayFactory, certs: Certs) -> None:
@@ -79,8 +90,12 @@ def test_node_errors_and_other_services(node_client: Path, make_gateway: Gateway
     assert applied["ok"], applied
     assert applied["response"]["offsets"] == {"1": "0"} and applied["response"]["num_mutations"] == "1"
     ryw = _call(
-        node_client, gw.target, "GetEmbeddings",
-        {"vertex_ids": ["5"], "min_offsets": {"offsets": applied["response"]["offsets"]}}, TOKENS[0], certs.ca,
+        node_client,
+        gw.target,
+        "GetEmbeddings",
+        {"vertex_ids": ["5"], "min_offsets": {"offsets": applied["response"]["offsets"]}},
+        TOKENS[0],
+        certs.ca,
     )
     assert ryw["ok"] and ryw["response"]["versions"] == ["1"]
     status = _call(node_client, gw.target, "Status", {}, TOKENS[0], certs.ca)

@@ -133,8 +133,9 @@ def test_secure_by_default_config(certs: Certs) -> None:
 def test_gateway_reads_its_tokens_file(tmp_path: Path, certs: Certs) -> None:
     f = tmp_path / "tokens"
     f.write_text("alpha\n")
-    cfg = Config.from_dict({"gateway": {"host": "0.0.0.0", "tls_cert": str(certs.cert), "tls_key": str(certs.key),
-                                        "tokens_file": str(f)}}).gateway
+    cfg = Config.from_dict(
+        {"gateway": {"host": "0.0.0.0", "tls_cert": str(certs.cert), "tls_key": str(certs.key), "tokens_file": str(f)}}
+    ).gateway
     assert gateway_tokens(cfg, environ={ENV_TOKENS: "beta"}) == ("alpha", "beta")
     assert gateway_tokens(GatewayConfig(tokens=("x",)), environ={ENV_TOKENS: "ignored"}) == ("x",)
     assert gateway_tokens(GatewayConfig(), environ={ENV_TOKENS: "ignored"}) is None

@@ -88,7 +88,9 @@ def test_unknown_vertex_maps_back_to_unknown_vertex_error(make_gateway: GatewayF
         (pb.ApplyRequest(mutations=[pb.Mutation(kind=3, src=1, dst=2)] * 6), "6 mutations; at most 5"),
     ],
 )
-def test_malformed_mutations_are_invalid_argument(make_gateway: GatewayFactory, req: pb.ApplyRequest, needle: str) -> None:
+def test_malformed_mutations_are_invalid_argument(
+    make_gateway: GatewayFactory, req: pb.ApplyRequest, needle: str
+) -> None:
     gw = make_gateway(max_mutations_per_request=5)
     code, details = _apply(gw, req)
     assert code is INVALID, details

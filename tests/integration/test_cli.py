@@ -21,15 +21,28 @@ def free_port() -> int:
 
 
 def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "actors.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_up_query_status_down(tmp_path: Path) -> None:
     env = dict(os.environ, CLUSTERGNN_CACHE=str(tmp_path))  # its own state files, never the user's
     port, broker, metrics = free_port(), free_port(), free_port()
-    up = cli("up", "--dataset", "collegemsg", "--partitions", "2", "--port", str(port), "--broker-port", str(broker),
-             "--metrics-port", str(metrics), env=env)
+    up = cli(
+        "up",
+        "--dataset",
+        "collegemsg",
+        "--partitions",
+        "2",
+        "--port",
+        str(port),
+        "--broker-port",
+        str(broker),
+        "--metrics-port",
+        str(metrics),
+        env=env,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"gateway 127.0.0.1:{port} healthy" in up.stdout

@@ -27,15 +27,27 @@ pytestmark = pytest.mark.integration
 F = 8
 
 
-def make_cluster(bootstrap: str, topic: str, partitions: int, builtin: str = "sage", collaborative: bool = False,
-                 hub_window_ms: float = 0.0) -> Cluster:
-    cfg = Config.from_dict({
-        "kafka": {"bootstrap": bootstrap, "topic": topic, "poll_timeout_ms": 10},
-        "cluster": {"partitions": partitions, "collaborative": collaborative, "actor_num_cpus": 0.5,
-                    "hub_window_ms": hub_window_ms},
-        "model": {"builtin": builtin, "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
-        "graph": {"dataset": None},
-    })
+def make_cluster(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    builtin: str = "sage",
+    collaborative: bool = False,
+    hub_window_ms: float = 0.0,
+) -> Cluster:
+    cfg = Config.from_dict(
+        {
+            "kafka": {"bootstrap": bootstrap, "topic": topic, "poll_timeout_ms": 10},
+            "cluster": {
+                "partitions": partitions,
+                "collaborative": collaborative,
+                "actor_num_cpus": 0.5,
+                "hub_window_ms": hub_window_ms,
+            },
+            "model": {"builtin": builtin, "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
+            "graph": {"dataset": None},
+        }
+    )
     return Cluster(cfg).start()
 
 
@@ -51,10 +63,13 @@ def assert_equal_to_engine_and_dgl(cluster: Cluster, single: Engine) -> None:
     assert np.abs(res2.embeddings - dgl_ref).max() / max(1.0, float(np.abs(dgl_ref).max())) <= 1e-5
 
 
-@pytest.mark.parametrize("partitions,builtin,collaborative,window", [
-    (1, "sage", False, 0.0), (2, "gat", True, 0.0), (4, "sage-pool", False, 0.0), (3, "gcn", False, 40.0)])
-def test_random_stream_through_kafka_equals_single_engine_and_dgl(ray_local, kafka_bootstrap, topic_name, partitions,
-                                                                   builtin, collaborative, window) -> None:
+@pytest.mark.parametrize(
+    "partitions,builtin,collaborative,window",
+    [(1, "sage", False, 0.0), (2, "gat", True, 0.0), (4, "sage-pool", False, 0.0), (3, "gcn", False, 40.0)],
+)
+def test_random_stream_through_kafka_equals_single_engine_and_dgl(
+    ray_local, kafka_bootstrap, topic_name, partitions, builtin, collaborative, window
+) -> None:
     cluster = make_cluster(kafka_bootstrap, topic_name(), partitions, builtin, collaborative, window)
     try:
         init, batches = random_stream(seed=partitions, n_vertices=60, n_batches=8, batch_size=25, feature_dim=F)
@@ -80,8 +95,12 @@ def cluster2(ray_local, kafka_bootstrap) -> Iterator[Cluster]:
     import uuid
 
     cluster = make_cluster(kafka_bootstrap, f"shared-{uuid.uuid4().hex[:8]}", 2)
-    init = MutationBatch.concat([MutationBatch.add_vertices(np.arange(40), torch.randn(40, F)),
-                                 MutationBatch.add_edges(np.arange(40), (np.arange(40) * 7) % 40)])
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(np.arange(40), torch.randn(40, F)),
+            MutationBatch.add_edges(np.arange(40), (np.arange(40) * 7) % 40),
+        ]
+    )
     cluster.wait_for(cluster.apply(init), timeout_s=60)
     yield cluster
     cluster.stop()
@@ -126,7 +145,11 @@ def test_staleness_bound_holds_under_a_steady_produce_rate(cluster2: Cluster) ->
         assert res.staleness_ms <= bound_ms
         for t_sent, offsets in sent:
             if t_sent < t_answer - bound_ms:  # produced more than the bound before the answer: reflected
-                assert all(res.watermark[p] > o for p, o in offsets.items()), (t_answer - t_sent, res.watermark, offsets)
+                assert all(res.watermark[p] > o for p, o in offsets.items()), (
+                    t_answer - t_sent,
+                    res.watermark,
+                    offsets,
+                )
 
 
 def test_bad_records_reach_the_dead_letter_topic_while_serving(cluster2: Cluster, kafka_bootstrap) -> None:
@@ -164,8 +187,9 @@ def test_read_errors_name_the_bad_value(cluster2: Cluster) -> None:
 def test_edge_from_a_vertex_added_in_another_partition_in_the_same_batch(cluster2: Cluster) -> None:
     # 101 is owned by partition 1, 100 by partition 0: the edge 101 -> 100 reaches partition 0 possibly
     # before partition 1 has applied the vertex; it waits (deferred), then applies
-    b = MutationBatch.concat([MutationBatch.add_vertices([100, 101], torch.ones(2, F)),
-                              MutationBatch.add_edges([101, 100], [100, 3])])
+    b = MutationBatch.concat(
+        [MutationBatch.add_vertices([100, 101], torch.ones(2, F)), MutationBatch.add_edges([101, 100], [100, 3])]
+    )
     res = cluster2.read([100, 3], min_offsets=cluster2.apply(b), timeout_s=20)
     assert res.embeddings.shape == (2, 4)
     single_neigh = cluster2.read([100], layer=0).embeddings

@@ -43,18 +43,34 @@ def served(ray_local, kafka_bootstrap, tmp_path_factory) -> Iterator[Served]:
     import uuid
 
     certs = _make_certs(tmp_path_factory.mktemp("tls"))
-    cfg = Config.from_dict({
-        "kafka": {"bootstrap": kafka_bootstrap, "topic": f"e2e-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 10},
-        "cluster": {"partitions": 2, "actor_num_cpus": 0.5},
-        "model": {"builtin": "sage", "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 3},
-        "graph": {"dataset": None},
-    })
+    cfg = Config.from_dict(
+        {
+            "kafka": {"bootstrap": kafka_bootstrap, "topic": f"e2e-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 10},
+            "cluster": {"partitions": 2, "actor_num_cpus": 0.5},
+            "model": {"builtin": "sage", "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 3},
+            "graph": {"dataset": None},
+        }
+    )
     cluster = Cluster(cfg).start()
-    gw = GatewayServer(cluster, GatewayConfig(host="127.0.0.1", port=0, metrics_port=None, tls_cert=certs.cert,
-                                              tls_key=certs.key, tokens=TOKENS, health_poll_interval_s=0.1)).start()
+    gw = GatewayServer(
+        cluster,
+        GatewayConfig(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=None,
+            tls_cert=certs.cert,
+            tls_key=certs.key,
+            tokens=TOKENS,
+            health_poll_interval_s=0.1,
+        ),
+    ).start()
     single = Engine.from_layers(cluster.layers, F)
-    init = MutationBatch.concat([MutationBatch.add_vertices(np.arange(30), torch.randn(30, F, generator=torch.Generator().manual_seed(0))),
-                                 MutationBatch.add_edges(np.arange(30), (np.arange(30) * 7 + 1) % 30)])
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(np.arange(30), torch.randn(30, F, generator=torch.Generator().manual_seed(0))),
+            MutationBatch.add_edges(np.arange(30), (np.arange(30) * 7 + 1) % 30),
+        ]
+    )
     single.bulk_load(init)
     with GatewayClient(gw.target, token=TOKENS[0], root_cert=certs.ca) as c:
         c.read(np.arange(30), min_offsets=c.apply(init), timeout_s=60)
@@ -64,8 +80,13 @@ def served(ray_local, kafka_bootstrap, tmp_path_factory) -> Iterator[Served]:
 
 
 def test_mutations_through_the_gateway_are_read_back_exactly(served: Served) -> None:
-    b = MutationBatch.concat([MutationBatch.add_edges([1, 2, 3], [4, 4, 5]), MutationBatch.remove_edges([8], [27]),
-                              MutationBatch.update_features([6], torch.full((1, F), 0.5))])
+    b = MutationBatch.concat(
+        [
+            MutationBatch.add_edges([1, 2, 3], [4, 4, 5]),
+            MutationBatch.remove_edges([8], [27]),
+            MutationBatch.update_features([6], torch.full((1, F), 0.5)),
+        ]
+    )
     served.single.apply(b)
     with served.client() as c:
         offsets = c.apply(b)
@@ -77,7 +98,9 @@ def test_mutations_through_the_gateway_are_read_back_exactly(served: Served) -> 
 def test_mutations_straight_through_kafka_are_served_within_the_staleness_bound(served: Served) -> None:
     b = MutationBatch.add_edges([10, 11], [12, 12])
     served.single.apply(b)
-    producer = MutationProducer(served.cluster.config.kafka.bootstrap, served.cluster.config.kafka.topic, served.cluster.pmap)
+    producer = MutationProducer(
+        served.cluster.config.kafka.bootstrap, served.cluster.config.kafka.topic, served.cluster.pmap
+    )
     producer.send(b)
     producer.close()
     time.sleep(0.3)  # produced more than 250 ms ago: any answer with that bound must reflect it

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 moto_server = pytest.importorskip(
-    "moto.server", reason="moto[server] is not installed (pip install 'moto[server]==5.2.5'): no local S3 server",
-    exc_type=ImportError)
+    "moto.server",
+    reason="moto[server] is not installed (pip install 'moto[server]==5.2.5'): no local S3 server",
+    exc_type=ImportError,
+)
 
 import pyarrow.fs as pafs  # noqa: E402
 
@@ -45,15 +47,18 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def _fs(endpoint: str, **kw: bool) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key=KEY, secret_key=SECRET,
-                             region="us-east-1", **kw)
+    return pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", access_key=KEY, secret_key=SECRET, region="us-east-1", **kw
+    )
 
 
 @pytest.fixture
 def store_uri(s3_endpoint: str) -> str:
     """A fresh prefix per test, as a URI: what a deployment writes in ``snapshot.uri``."""
-    return (f"s3://{KEY}:{SECRET}@{BUCKET}/run-{uuid.uuid4().hex[:8]}/snaps"
-            f"?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1")
+    return (
+        f"s3://{KEY}:{SECRET}@{BUCKET}/run-{uuid.uuid4().hex[:8]}/snaps"
+        f"?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    )
 
 
 def _arrays(sid: int, p: int) -> dict[str, np.ndarray]:
@@ -71,8 +76,9 @@ def _arrays(sid: int, p: int) -> dict[str, np.ndarray]:
 
 
 def _take(store: SnapshotStore, sid: int, partitions: int = 2, *, commit: bool = True) -> None:
-    parts = [store.write_part(sid, p, _arrays(sid, p), round_id=sid, next_offset=10 * sid + p)
-             for p in range(partitions)]
+    parts = [
+        store.write_part(sid, p, _arrays(sid, p), round_id=sid, next_offset=10 * sid + p) for p in range(partitions)
+    ]
     if commit:
         store.commit(sid, parts, partitions=partitions, meta={"config_digest": "abc"})
 

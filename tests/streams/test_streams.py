@@ -55,7 +55,14 @@ def topic(kafka_bootstrap: str, topic_name: Callable[[], str]) -> str:
 
 
 def consumer(bootstrap: str, topic: str, partitions: list[int] | None = None, **kw: object) -> MutationConsumer:
-    return MutationConsumer(bootstrap, topic, partitions if partitions is not None else list(range(P)), PM, feature_dim=kw.pop("feature_dim", F), **kw)  # type: ignore[arg-type]
+    return MutationConsumer(
+        bootstrap,
+        topic,
+        partitions if partitions is not None else list(range(P)),
+        PM,
+        feature_dim=kw.pop("feature_dim", F),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fmt", ["arrow", "json"])
@@ -124,7 +131,9 @@ def test_resume_from_a_given_offset(kafka_bootstrap: str, topic: str) -> None:
 def test_large_batches_split_into_records_under_the_size_limit(kafka_bootstrap: str, topic: str) -> None:
     n = 100_000
     batch = MutationBatch.add_edges(np.arange(n), np.full(n, 3))
-    with MutationProducer(kafka_bootstrap, topic, PM, max_mutations_per_record=65_536, max_record_bytes=1_000_000) as prod:
+    with MutationProducer(
+        kafka_bootstrap, topic, PM, max_mutations_per_record=65_536, max_record_bytes=1_000_000
+    ) as prod:
         result = prod.send_async(batch)
         last = result.get()
         assert result.records >= 2 and result.value_bytes / result.records < 1_000_000
@@ -132,7 +141,9 @@ def test_large_batches_split_into_records_under_the_size_limit(kafka_bootstrap: 
         assert_same(joined(drain(c, {3: last[3] + 1})[3]), batch)
 
 
-def test_topic_partition_count_must_match_the_partition_map(kafka_bootstrap: str, topic_name: Callable[[], str]) -> None:
+def test_topic_partition_count_must_match_the_partition_map(
+    kafka_bootstrap: str, topic_name: Callable[[], str]
+) -> None:
     name = topic_name()
     ensure_topic(kafka_bootstrap, name, 3)
     with pytest.raises(StreamError, match="has 3 partitions"):
@@ -156,7 +167,9 @@ def _arrow(table: pa.Table, version: str | None = "1") -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _table(kind: list[int], src: list[int], dst: list[int], features: pa.Array | None = None, width: int = F) -> pa.Table:
+def _table(
+    kind: list[int], src: list[int], dst: list[int], features: pa.Array | None = None, width: int = F
+) -> pa.Table:
     n = len(kind)
     return pa.table(
         {
@@ -186,17 +199,52 @@ BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, DecodeErrorCode]] = [
     ("arrow-version", None, _arrow(_table([2], [0], [1]), version="9"), DecodeErrorCode.UNKNOWN_SCHEMA_VERSION),
     ("json-missing-field", b"1", _j({"v": 1, "op": "add_edge", "dst": 1}), DecodeErrorCode.MISSING_FIELD),
     ("arrow-missing-column", None, _arrow(_table([2], [0], [1]).drop_columns(["src"])), DecodeErrorCode.MISSING_FIELD),
-    ("json-extra-field", b"1", _j({"v": 1, "op": "add_edge", "src": 0, "dst": 1, "w": 0.5}), DecodeErrorCode.EXTRA_FIELD),
-    ("arrow-extra-column", None, _arrow(_table([2], [0], [1]).append_column("w", pa.array([0.5]))), DecodeErrorCode.EXTRA_FIELD),
-    ("json-feature-width", b"1", _j({"v": 1, "op": "add_vertex", "id": 1, "features": [1.0, 2.0]}), DecodeErrorCode.FEATURE_WIDTH),
-    ("arrow-feature-width", None, _arrow(_table([0], [1], [-1], _fsl([[1.0, 2.0, 3.0, 4.0]]))), DecodeErrorCode.FEATURE_WIDTH),
-    ("json-nan", b"1", b'{"v": 1, "op": "update_features", "id": 1, "features": [1.0, NaN, 2.0]}', DecodeErrorCode.NON_FINITE),
+    (
+        "json-extra-field",
+        b"1",
+        _j({"v": 1, "op": "add_edge", "src": 0, "dst": 1, "w": 0.5}),
+        DecodeErrorCode.EXTRA_FIELD,
+    ),
+    (
+        "arrow-extra-column",
+        None,
+        _arrow(_table([2], [0], [1]).append_column("w", pa.array([0.5]))),
+        DecodeErrorCode.EXTRA_FIELD,
+    ),
+    (
+        "json-feature-width",
+        b"1",
+        _j({"v": 1, "op": "add_vertex", "id": 1, "features": [1.0, 2.0]}),
+        DecodeErrorCode.FEATURE_WIDTH,
+    ),
+    (
+        "arrow-feature-width",
+        None,
+        _arrow(_table([0], [1], [-1], _fsl([[1.0, 2.0, 3.0, 4.0]]))),
+        DecodeErrorCode.FEATURE_WIDTH,
+    ),
+    (
+        "json-nan",
+        b"1",
+        b'{"v": 1, "op": "update_features", "id": 1, "features": [1.0, NaN, 2.0]}',
+        DecodeErrorCode.NON_FINITE,
+    ),
     ("arrow-inf", None, _arrow(_table([4], [1], [-1], _fsl([[1.0, float("inf"), 2.0]]))), DecodeErrorCode.NON_FINITE),
     ("json-unknown-kind", b"1", _j({"v": 1, "op": "merge", "src": 0, "dst": 1}), DecodeErrorCode.UNKNOWN_KIND),
     ("arrow-unknown-kind", None, _arrow(_table([9], [0], [1])), DecodeErrorCode.UNKNOWN_KIND),
     ("json-no-key", None, _j({"v": 1, "op": "add_edge", "src": 0, "dst": 1}), DecodeErrorCode.BAD_KEY),
-    ("json-key-not-routing-vertex", b"5", _j({"v": 1, "op": "add_edge", "src": 5, "dst": 1}), DecodeErrorCode.KEY_MISMATCH),
-    ("json-wrong-partition", b"2", _j({"v": 1, "op": "add_edge", "src": 0, "dst": 2}), DecodeErrorCode.PARTITION_MISMATCH),
+    (
+        "json-key-not-routing-vertex",
+        b"5",
+        _j({"v": 1, "op": "add_edge", "src": 5, "dst": 1}),
+        DecodeErrorCode.KEY_MISMATCH,
+    ),
+    (
+        "json-wrong-partition",
+        b"2",
+        _j({"v": 1, "op": "add_edge", "src": 0, "dst": 2}),
+        DecodeErrorCode.PARTITION_MISMATCH,
+    ),
     ("arrow-wrong-partition", None, _arrow(_table([2, 2], [0, 0], [1, 2])), DecodeErrorCode.PARTITION_MISMATCH),
 ]
 
@@ -205,10 +253,18 @@ BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, DecodeErrorCode]] = [
 def test_bad_record_goes_to_dead_letter_topic_and_consumption_continues(
     kafka_bootstrap: str, topic: str, key: bytes | None, value: bytes | None, reason: DecodeErrorCode
 ) -> None:
-    good_before = MutationBatch.concat([MutationBatch.add_vertices([1, 5], feats(2)), MutationBatch.add_edges([0], [1])])
+    good_before = MutationBatch.concat(
+        [MutationBatch.add_vertices([1, 5], feats(2)), MutationBatch.add_edges([0], [1])]
+    )
     good_after = MutationBatch.add_edges([2, 3], [5, 9])
     records = [(1, None, encode_arrow(good_before)), (1, key, value)]
-    records += [(1, k, v) for k, v in [(b"5", _j({"v": 1, "op": "add_edge", "src": 2, "dst": 5})), (b"9", _j({"v": 1, "op": "add_edge", "src": 3, "dst": 9}))]]
+    records += [
+        (1, k, v)
+        for k, v in [
+            (b"5", _j({"v": 1, "op": "add_edge", "src": 2, "dst": 5})),
+            (b"9", _j({"v": 1, "op": "add_edge", "src": 3, "dst": 9})),
+        ]
+    ]
     offsets = raw_send(kafka_bootstrap, topic, records)
     assert offsets == [0, 1, 2, 3]
     with consumer(kafka_bootstrap, topic, [1]) as c:
@@ -239,7 +295,9 @@ def test_a_poll_of_only_bad_records_still_moves_the_position(kafka_bootstrap: st
 def test_feature_width_is_pinned_by_the_first_record_when_not_given(kafka_bootstrap: str, topic: str) -> None:
     w3 = MutationBatch.add_vertices([1], feats(1))
     w4 = MutationBatch.add_vertices([5], torch.ones(1, 4))
-    raw_send(kafka_bootstrap, topic, [(1, None, encode_arrow(w3)), (1, None, encode_arrow(w4)), (1, None, encode_arrow(w3))])
+    raw_send(
+        kafka_bootstrap, topic, [(1, None, encode_arrow(w3)), (1, None, encode_arrow(w4)), (1, None, encode_arrow(w3))]
+    )
     with consumer(kafka_bootstrap, topic, [1], feature_dim=None) as c:
         got = drain(c, {1: 3})[1]
         assert c.feature_dim == F
@@ -250,7 +308,11 @@ def test_feature_width_is_pinned_by_the_first_record_when_not_given(kafka_bootst
 
 def test_kinds_survive_the_wire(kafka_bootstrap: str, topic: str) -> None:
     """Kind numbers are part of the wire format: a record written with raw numbers decodes to them."""
-    t = _table([int(MutationKind.ADD_EDGE), int(MutationKind.REMOVE_EDGE), int(MutationKind.REMOVE_VERTEX)], [0, 0, 1], [1, 1, -1])
+    t = _table(
+        [int(MutationKind.ADD_EDGE), int(MutationKind.REMOVE_EDGE), int(MutationKind.REMOVE_VERTEX)],
+        [0, 0, 1],
+        [1, 1, -1],
+    )
     raw_send(kafka_bootstrap, topic, [(1, None, _arrow(t))])
     with consumer(kafka_bootstrap, topic, [1]) as c:
         out = joined(drain(c, {1: 1})[1])

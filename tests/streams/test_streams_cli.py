@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CLUSTERGNN_CACHE": str(cache), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "actors.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "actors.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
 
 
 def test_broker_start_status_stop(tmp_path: Path) -> None:
@@ -88,9 +90,28 @@ def test_produce_replays_a_dataset_in_time_order(
 ) -> None:
     topic = topic_name()
     limit = 300 if fmt == "json" else 2000
-    args = ["produce", "--dataset", "rmat", "--dataset-option", "scale=7", "--dataset-option", "edge_factor=4",
-            "--bootstrap", kafka_bootstrap, "--topic", topic, "--format", fmt, "--limit", str(limit),
-            "--dim", "8", "--batch-events", "97", "--no-progress"]
+    args = [
+        "produce",
+        "--dataset",
+        "rmat",
+        "--dataset-option",
+        "scale=7",
+        "--dataset-option",
+        "edge_factor=4",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--topic",
+        topic,
+        "--format",
+        fmt,
+        "--limit",
+        str(limit),
+        "--dim",
+        "8",
+        "--batch-events",
+        "97",
+        "--no-progress",
+    ]
     if fmt == "arrow":
         args.append("--with-initial")
     assert main(args) == 0
@@ -104,10 +125,26 @@ def test_produce_replays_a_dataset_in_time_order(
         assert_same(got[p], part)
 
 
-def test_produce_paces_to_the_requested_rate(kafka_bootstrap: str, topic_name: Callable[[], str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_produce_paces_to_the_requested_rate(
+    kafka_bootstrap: str, topic_name: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
     topic = topic_name()
-    args = ["produce", "--dataset", "rmat", "--dataset-option", "scale=8", "--bootstrap", kafka_bootstrap,
-            "--topic", topic, "--limit", "400", "--rate", "1000", "--no-progress"]
+    args = [
+        "produce",
+        "--dataset",
+        "rmat",
+        "--dataset-option",
+        "scale=8",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--topic",
+        topic,
+        "--limit",
+        "400",
+        "--rate",
+        "1000",
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     rate = float(re.search(r"s: ([\d,]+) mutations/s", out).group(1).replace(",", ""))  # type: ignore[union-attr]

@@ -43,7 +43,9 @@ def arrow_record(kind: list[int], src: list[int], dst: list[int], feats: list[li
         [("kind", pa.int8()), ("src", pa.int64()), ("dst", pa.int64()), ("features", pa.list_(pa.float32(), width))],
         metadata={"clustergnn.schema_version": "1"},
     )
-    batch = pa.record_batch([pa.array(kind, pa.int8()), pa.array(src, pa.int64()), pa.array(dst, pa.int64()), features], schema=schema)
+    batch = pa.record_batch(
+        [pa.array(kind, pa.int8()), pa.array(src, pa.int64()), pa.array(dst, pa.int64()), features], schema=schema
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as w:
         w.write_batch(batch)
@@ -61,8 +63,15 @@ def test_confluent_kafka_producer_json_and_arrow(kafka_bootstrap: str, topic: st
     ck = pytest.importorskip("confluent_kafka", reason="confluent-kafka (the project's test extra) is not installed")
     prod = ck.Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "linger.ms": 0})
     # partition 2: vertices 2 and 6 (Arrow, one record), an edge 6 -> 2 and a feature update of 6 (JSON)
-    prod.produce(topic, value=arrow_record([0, 0, 2], [2, 6, 6], [-1, -1, 2], [[1.0, 2.0], [3.0, 4.0], None], 2), partition=owner(2))
-    for obj in ({"v": 1, "op": "add_edge", "src": 2, "dst": 6}, {"v": 1, "op": "update_features", "id": 6, "features": [5, 6.5]}):
+    prod.produce(
+        topic,
+        value=arrow_record([0, 0, 2], [2, 6, 6], [-1, -1, 2], [[1.0, 2.0], [3.0, 4.0], None], 2),
+        partition=owner(2),
+    )
+    for obj in (
+        {"v": 1, "op": "add_edge", "src": 2, "dst": 6},
+        {"v": 1, "op": "update_features", "id": 6, "features": [5, 6.5]},
+    ):
         route = obj.get("dst", obj.get("id"))
         prod.produce(topic, key=str(route).encode(), value=json.dumps(obj).encode(), partition=owner(route))
     # partition 3: a remove_vertex of -1 (owner 3: the non-negative remainder)
@@ -105,7 +114,7 @@ def test_kcat_produces_json_lines_from_a_file(kafka_bootstrap: str, topic: str, 
             '1\t{"v": 1, "op": "add_vertex", "id": 1, "features": [0.5, 1.5]}',
             '5\t{"v": 1, "op": "add_vertex", "id": 5, "features": [2, 3]}',
             '5\t{"v": 1, "op": "add_edge", "src": 1, "dst": 5}',
-            '5\tthis line is not a mutation',
+            "5\tthis line is not a mutation",
             '1\t{"v": 1, "op": "add_edge", "src": 8, "dst": 1}',
         ],
         0: ['4\t{"v": 1, "op": "remove_vertex", "id": 4}'],
@@ -115,7 +124,10 @@ def test_kcat_produces_json_lines_from_a_file(kafka_bootstrap: str, topic: str, 
         path.write_text("\n".join(rows) + "\n")
         proc = subprocess.run(
             [kcat, "-P", "-b", kafka_bootstrap, "-t", topic, "-p", str(partition), "-K", "\t", "-l", str(path)],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
     with MutationConsumer(kafka_bootstrap, topic, [0, 1], PM, feature_dim=2) as c:

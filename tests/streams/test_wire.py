@@ -55,7 +55,9 @@ def ok(value: bytes | None, key: bytes | None = None, partition: int = 1, featur
     return out
 
 
-def rejected(value: bytes | None, key: bytes | None = None, partition: int = 1, feature_dim: int | None = F) -> DecodeError:
+def rejected(
+    value: bytes | None, key: bytes | None = None, partition: int = 1, feature_dim: int | None = F
+) -> DecodeError:
     out = decode_record(value, key, partition, PM, feature_dim)
     assert isinstance(out, DecodeError), f"accepted a bad record: {value!r}"
     assert str(out)  # the reason reads as text
@@ -146,7 +148,12 @@ def test_json_round_trip_every_kind() -> None:
     decoded = [ok(v, k) for k, v in records]
     assert_same(columns_to_batch(decoded), b)
     key, value = records[0]
-    assert key == b"1" and json.loads(value) == {"v": 1, "op": "add_vertex", "id": 1, "features": b.features[0].tolist()}
+    assert key == b"1" and json.loads(value) == {
+        "v": 1,
+        "op": "add_vertex",
+        "id": 1,
+        "features": b.features[0].tolist(),
+    }
 
 
 def test_json_accepts_integers_as_features_and_whitespace() -> None:
@@ -186,7 +193,9 @@ def batches(draw: st.DrawFn) -> MutationBatch:
     dst = np.where([k.is_edge for k in kinds], dsts, -1).astype(np.int64) if n else np.zeros(0, np.int64)
     nf = sum(k.has_features for k in kinds)
     feats = draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=nf * F, max_size=nf * F))
-    return MutationBatch(kind, np.array(srcs, dtype=np.int64), dst, torch.tensor(feats, dtype=torch.float32).reshape(nf, F))
+    return MutationBatch(
+        kind, np.array(srcs, dtype=np.int64), dst, torch.tensor(feats, dtype=torch.float32).reshape(nf, F)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -274,24 +283,40 @@ def test_wrong_types_and_values() -> None:
     assert rejected(js({"v": 1, "op": "add_edge", "src": "1", "dst": 1}), b"1").code == DecodeErrorCode.BAD_TYPE
     assert rejected(js({"v": 1, "op": "add_edge", "src": 1.5, "dst": 1}), b"1").code == DecodeErrorCode.BAD_TYPE
     assert rejected(js({"v": 1, "op": "add_edge", "src": 2**63, "dst": 1}), b"1").code == DecodeErrorCode.BAD_VALUE
-    assert rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": "1,2,3"}), b"1").code == DecodeErrorCode.BAD_TYPE
-    assert rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": [1, "x", 3]}), b"1").code == DecodeErrorCode.BAD_TYPE
+    assert (
+        rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": "1,2,3"}), b"1").code == DecodeErrorCode.BAD_TYPE
+    )
+    assert (
+        rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": [1, "x", 3]}), b"1").code
+        == DecodeErrorCode.BAD_TYPE
+    )
 
 
 def test_null_feature_values() -> None:
     # nulls under null rows are fine (pa.nulls writes them); a null inside a feature row is not
     values = pa.array([1.0, 2.0, 3.0, None, None, None], type=pa.float32())
     feats = pa.FixedSizeListArray.from_arrays(values, F, mask=pa.array([False, True]))
-    t = pa.table({"kind": pa.array([0, 2], pa.int8()), "src": pa.array([1, 0], pa.int64()), "dst": pa.array([-1, 1], pa.int64()), "features": feats})
+    t = pa.table(
+        {
+            "kind": pa.array([0, 2], pa.int8()),
+            "src": pa.array([1, 0], pa.int64()),
+            "dst": pa.array([-1, 1], pa.int64()),
+            "features": feats,
+        }
+    )
     np.testing.assert_array_equal(ok(arrow_bytes(t)).features, [[1, 2, 3]])
     values = pa.array([1.0, None, 3.0], type=pa.float32())
-    t = vertex_table([1], np.ones((1, F), np.float32)).set_column(3, "features", pa.FixedSizeListArray.from_arrays(values, F))
+    t = vertex_table([1], np.ones((1, F), np.float32)).set_column(
+        3, "features", pa.FixedSizeListArray.from_arrays(values, F)
+    )
     err = rejected(arrow_bytes(t))
     assert err.code == DecodeErrorCode.BAD_VALUE and "null feature" in err.message
 
 
 def test_wrong_feature_width() -> None:
-    assert rejected(arrow_bytes(vertex_table([1], np.ones((1, F + 1), np.float32)))).code == DecodeErrorCode.FEATURE_WIDTH
+    assert (
+        rejected(arrow_bytes(vertex_table([1], np.ones((1, F + 1), np.float32)))).code == DecodeErrorCode.FEATURE_WIDTH
+    )
     err = rejected(js({"v": 1, "op": "add_vertex", "id": 1, "features": [1.0, 2.0]}), b"1")
     assert err.code == DecodeErrorCode.FEATURE_WIDTH and "2 wide; expected 3" in err.message
 
@@ -339,7 +364,10 @@ def test_partition_mismatch() -> None:
     assert err.code == DecodeErrorCode.PARTITION_MISMATCH and "row 2" in err.message
     # edges route by destination, not source
     assert ok(encode_arrow(MutationBatch.add_edges([2], [1])), partition=1)
-    assert rejected(encode_arrow(MutationBatch.add_edges([1], [2])), partition=1).code == DecodeErrorCode.PARTITION_MISMATCH
+    assert (
+        rejected(encode_arrow(MutationBatch.add_edges([1], [2])), partition=1).code
+        == DecodeErrorCode.PARTITION_MISMATCH
+    )
 
 
 def test_arrow_key_is_ignored() -> None:
