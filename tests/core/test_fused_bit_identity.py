@@ -30,7 +30,7 @@ import torch
 
 from clustergnn import Engine, cpu_kernels
 from clustergnn._dgl import dglnn
-from clustergnn.engine import DELTA_COST
+from clustergnn.propagation import DELTA_COST
 from tests.core.gen import random_stream
 from tests.core.models import F_IN, build, randomize
 
@@ -117,9 +117,9 @@ def run_both(layers: list[torch.nn.Module], fence_removals: bool, check) -> None
 @pytest.fixture(params=[DELTA_COST, 0], ids=["natural", "delta-only"])
 def delta_cost(request, monkeypatch) -> int:
     """``0`` makes every sum and max layer take its incremental update, never a recompute of its rows."""
-    import clustergnn.engine as engine_mod
+    import clustergnn.propagation as propagation_mod
 
-    monkeypatch.setattr(engine_mod, "DELTA_COST", request.param)
+    monkeypatch.setattr(propagation_mod, "DELTA_COST", request.param)
     return request.param
 
 
