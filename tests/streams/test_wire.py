@@ -372,3 +372,12 @@ def test_partition_mismatch() -> None:
 
 def test_arrow_key_is_ignored() -> None:
     assert ok(encode_arrow(mixed_batch()), key=b"whatever")
+
+
+def test_every_codec_reason_is_a_dead_letter_reason() -> None:
+    """The wire format maps the core codec's rejections by value (``DecodeErrorCode(code.value)``): a codec
+    reason the wire format lacked would raise inside the decoder instead of dead-lettering the record."""
+    from clustergnn.codec import CodecErrorCode
+
+    missing = {c.value for c in CodecErrorCode} - {c.value for c in DecodeErrorCode}
+    assert not missing, f"codec reasons with no dead-letter reason: {sorted(missing)}"
