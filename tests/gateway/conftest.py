@@ -26,7 +26,7 @@ class Certs:
     other_ca: Path  # a CA that did not sign the server's certificate
 
 
-def _make_certs(root: Path) -> Certs:
+def make_certs(root: Path) -> Certs:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -81,7 +81,7 @@ def _make_certs(root: Path) -> Certs:
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     pytest.importorskip("cryptography", reason="TLS tests need the 'cryptography' package (test extra)")
-    return _make_certs(tmp_path_factory.mktemp("certs"))
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 GatewayFactory = Callable[..., GatewayServer]

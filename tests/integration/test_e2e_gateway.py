@@ -19,7 +19,7 @@ from clustergnn import Engine, MutationBatch, UnknownVertexError
 from clustergnn.config import Config, GatewayConfig
 from clustergnn.serving import InvalidReadError, PartitionUnavailableError, StalenessDeadlineError
 from streams.producer import MutationProducer
-from tests.gateway.conftest import TOKENS, _make_certs
+from tests.gateway.conftest import TOKENS, make_certs
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ class Served:
 def served(ray_local, kafka_bootstrap, tmp_path_factory) -> Iterator[Served]:
     import uuid
 
-    certs = _make_certs(tmp_path_factory.mktemp("tls"))
+    certs = make_certs(tmp_path_factory.mktemp("tls"))
     cfg = Config.from_dict(
         {
             "kafka": {"bootstrap": kafka_bootstrap, "topic": f"e2e-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 10},
