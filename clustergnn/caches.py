@@ -163,6 +163,46 @@ class Caches:
             setattr(self, name, arr)
         self.capacity = capacity
 
+    # ---------------------------------------------------------------- state (clustergnn.state)
+    def row_specs(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Name -> (dtype, trailing shape) of every per-slot array :meth:`export_rows` writes."""
+        return {
+            name: (
+                np.dtype(str(t.dtype).removeprefix("torch.")) if isinstance(t, torch.Tensor) else t.dtype,
+                tuple(t.shape[1:]),
+            )
+            for name, t in self._named().items()
+        }
+
+    def _named(self) -> dict[str, torch.Tensor | np.ndarray]:
+        out: dict[str, torch.Tensor | np.ndarray] = {}
+        for name in ("h", "msg", "agg", "selfc"):
+            for li, t in enumerate(getattr(self, name)):
+                if t is not None:
+                    out[f"{name}{li}"] = t
+        for name in ("ghost", "remote_out", "version"):
+            out[name] = getattr(self, name)
+        return out
+
+    def export_rows(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``slots`` of every table and per-slot array, as numpy copies (named as in :meth:`row_specs`).
+        The values are the caches' own bits (float64 aggregates stay float64), so loading them back
+        gives the same tables."""
+        idx = self.t(slots)
+        out = {}
+        for name, t in self._named().items():
+            out[name] = t.index_select(0, idx).cpu().numpy() if isinstance(t, torch.Tensor) else t[slots].copy()
+        return out
+
+    def load_rows(self, slots: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Write rows ``slots`` from ``arrays`` (checked by the caller against :meth:`row_specs`)."""
+        idx = self.t(slots)
+        for name, t in self._named().items():
+            if isinstance(t, torch.Tensor):
+                t.index_copy_(0, idx, torch.from_numpy(np.ascontiguousarray(arrays[name])).to(self.device))
+            else:
+                t[slots] = arrays[name]
+
     def clear_rows(self, slots: np.ndarray) -> None:
         self.remote_out[slots] = 0
         self.ghost[slots] = False

@@ -26,12 +26,14 @@ hooks a subclass extends for its own per-slot state.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from clustergnn import cpu_kernels
+from clustergnn import state as engine_state
 from clustergnn._dgl import dgl
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.caches import Caches, RowView, Scratch, gather_rows
@@ -182,6 +184,54 @@ class Engine(Propagation):
             return self.apply(batch)
         finally:
             self.mode = mode
+
+    # ------------------------------------------------------------------ state (clustergnn/state.py)
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The engine's whole hard state as ``(arrays, meta)`` (what ``SnapshotStore.write_part`` takes):
+        live slots only, every cache with its own bits; :meth:`from_state` continues bit for bit
+        (:mod:`clustergnn.state` says why).  Between batches only."""
+        g = self.graph.export()
+        arrays = {**engine_state.graph_arrays(g), **self.caches.export_rows(g.slots)}
+        kinds = engine_state.rule_kinds(self.rules)
+        meta = engine_state.StateMeta(
+            self.round, self.stats["batches"], self.stats["mutations"], g.next_slot, tuple(self.dims), kinds
+        )
+        return arrays, meta.to_json()
+
+    @classmethod
+    def from_state(
+        cls,
+        rules: list[LayerRule],
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any],
+        *,
+        activation: Activation | None = torch.relu,
+        device: str | torch.device = "cpu",
+        mode: Mode = "incremental",
+        collaborative: bool = False,
+        **kwargs: Any,
+    ) -> Engine:
+        """The engine that exported ``(arrays, meta)``, with ``rules`` (the same model: ``StateError``
+        naming the expected and the found shape otherwise); ``kwargs`` go to the constructor."""
+        sm = engine_state.StateMeta.from_json(meta)
+        capacity = max(sm.next_slot, 16)
+        kw = dict(activation=activation, device=device, mode=mode, collaborative=collaborative, capacity=capacity)
+        eng = cls(rules, **kw, **kwargs)
+        eng._restore_state(arrays, sm)
+        return eng
+
+    def _restore_state(self, arrays: Mapping[str, np.ndarray], meta: engine_state.StateMeta) -> None:
+        meta.check_rules(engine_state.rule_kinds(self.rules))
+        g = engine_state.graph_state(arrays, meta)
+        specs = self.caches.row_specs()
+        engine_state.check_rows(arrays, specs, len(g.slots))  # names the expected and the found shape
+        engine_state.check_no_extra(arrays, set(specs) | set(engine_state.GRAPH_ARRAYS))
+        meta.check_dims(self.dims)
+        self.graph.load(g)
+        self._grow(self.graph.capacity)
+        self.caches.load_rows(g.slots, arrays)
+        self.round = meta.round
+        self.stats = {"batches": meta.batches, "mutations": meta.mutations}
 
     def _grow(self, capacity: int) -> None:
         self.caches.grow(capacity)

@@ -244,6 +244,26 @@ class BlockAdjacency:
         self.start[:n][cap == 0] = 0
         self.used, self.garbage = total, 0
 
+    # --------------------------------------------------------------- state
+    def export_csr(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr int64, neighbours int32)``: the blocks of ``owners``, each in its block order."""
+        indptr, values = self.gather_csr(owners)
+        return indptr, values.astype(np.int32)
+
+    def load_csr(self, owners: np.ndarray, indptr: np.ndarray, values: np.ndarray) -> None:
+        """Fill the (empty) blocks of ``owners`` with CSR rows, keeping each row's order: a block's order
+        is all that reads see (the pool's layout is not), so this equals the adjacency it was taken from."""
+        if self.used:
+            raise RuntimeError(f"load_csr needs an empty adjacency, this one holds {self.used} pool entries")
+        length = np.diff(indptr).astype(np.int64)
+        cap = np.where(length > 0, np.maximum(length, _MIN_BLOCK), 0)
+        start = np.cumsum(cap) - cap
+        total = int(cap.sum())
+        self.pool = np.zeros(max(2 * total, 1024), dtype=np.int32)
+        self.pool[segment_positions(start, length)] = values
+        self.start[owners], self.length[owners], self.cap[owners] = start, length, cap
+        self.used, self.garbage = total, 0
+
 
 class _MissingEntry(Exception):
     def __init__(self, owner: int, nbr: int, wanted: int, present: int) -> None:
@@ -280,6 +300,60 @@ class Savepoint:
     """A mark of :class:`MutableGraph`'s per-batch slot bookkeeping (:meth:`MutableGraph.savepoint`)."""
 
     pending_free: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class GraphState:
+    """A graph's complete state between batches, live slots only (:meth:`MutableGraph.export`).
+
+    Slot numbers are kept (``slots``, ``free``, ``next_slot``): the incremental rules add a row's terms
+    in source-slot order and new vertices take the free slots first, so a graph restored with the same
+    slots and the same blocks continues bit for bit like the original.  Rows of the CSRs follow
+    ``slots``; neighbours are slots.
+    """
+
+    slots: np.ndarray  # (n,) int64, ascending: the live slots
+    ids: np.ndarray  # (n,) int64: external id of each live slot
+    in_indptr: np.ndarray  # (n + 1,) int64
+    in_nbrs: np.ndarray  # (E,) int32: source slot of each in-edge, in block order
+    out_indptr: np.ndarray  # (n + 1,) int64
+    out_nbrs: np.ndarray  # (E,) int32: destination slot of each out-edge, in block order
+    free: np.ndarray  # int64: dead slots, in the order new vertices will take them
+    next_slot: int  # slots [0, next_slot) have been handed out
+
+    def check(self) -> None:
+        """``ValueError`` naming the first inconsistency (a corrupt or mismatched state)."""
+        n, nxt = len(self.slots), self.next_slot
+        if self.ids.shape != (n,) or self.in_indptr.shape != (n + 1,) or self.out_indptr.shape != (n + 1,):
+            raise ValueError(
+                f"graph state: {n} slots but ids {self.ids.shape}, in_indptr {self.in_indptr.shape}, "
+                f"out_indptr {self.out_indptr.shape} (want ({n},), ({n + 1},), ({n + 1},))"
+            )
+        used = np.zeros(max(nxt, 0), dtype=np.int64)
+        for what, a in (("slot", self.slots), ("free slot", self.free)):
+            bad = np.flatnonzero((a < 0) | (a >= nxt))
+            if bad.size:
+                raise ValueError(f"graph state: {what} {int(a[bad[0]])} is outside [0, next_slot={nxt})")
+            np.add.at(used, a, 1)
+        if nxt and (used != 1).any():
+            s = int(np.flatnonzero(used != 1)[0])
+            raise ValueError(f"graph state: slot {s} is listed {int(used[s])} times as live or free, want once")
+        if len(unique(self.ids)) != n:
+            raise ValueError("graph state: an external id is bound to two slots")
+        live = np.zeros(max(nxt, 0), dtype=bool)
+        live[self.slots] = True
+        for what, ptr, nb in (("in", self.in_indptr, self.in_nbrs), ("out", self.out_indptr, self.out_nbrs)):
+            if ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != len(nb):
+                raise ValueError(f"graph state: {what}_indptr is not a CSR index of {len(nb)} entries")
+            if nb.size and (nb.min() < 0 or nb.max() >= nxt or not live[nb].all()):
+                raise ValueError(f"graph state: an {what}-edge names a slot that is not live")
+        # the two directions must hold the same multiset of edges
+        keys_in = (self.in_nbrs.astype(np.int64) << 32) | np.repeat(self.slots, np.diff(self.in_indptr))
+        keys_out = np.repeat(self.slots, np.diff(self.out_indptr)) << 32 | self.out_nbrs.astype(np.int64)
+        if len(keys_in) != len(keys_out) or not np.array_equal(np.sort(keys_in), np.sort(keys_out)):
+            raise ValueError(
+                f"graph state: in-edges ({len(keys_in)}) and out-edges ({len(keys_out)}) do not mirror each other"
+            )
 
 
 class MutableGraph:
@@ -340,6 +414,39 @@ class MutableGraph:
             + self._table.nbytes
             + dict_bytes
         )
+
+    # --------------------------------------------------------------- state
+    def export(self) -> GraphState:
+        """The complete state between batches (``RuntimeError`` inside one: slots freed by the batch are
+        not reusable yet, a state that has no compact form)."""
+        if self._pending_free:
+            raise RuntimeError("cannot export the graph inside a batch (slots freed by it are pending); call end_batch")
+        slots = self.alive_slots().astype(np.int64)
+        in_indptr, in_nbrs = self.inn.export_csr(slots)
+        out_indptr, out_nbrs = self.out.export_csr(slots)
+        free = np.concatenate(self._free).astype(np.int64) if self._free else np.zeros(0, dtype=np.int64)
+        return GraphState(slots, self.ext_of[slots].copy(), in_indptr, in_nbrs, out_indptr, out_nbrs, free, self._next)
+
+    @classmethod
+    def from_export(cls, state: GraphState, capacity: int = 16) -> MutableGraph:
+        """A graph equal to the exported one: same slots, ids, and per-vertex in- and out-edge order."""
+        g = cls(max(capacity, state.next_slot))
+        g.load(state)
+        return g
+
+    def load(self, state: GraphState) -> None:
+        """Make this empty graph equal to the exported one (see :class:`GraphState`)."""
+        if self._next or self._free:
+            raise RuntimeError(f"load needs an empty graph, this one has handed out {self._next} slots")
+        state.check()
+        self._grow(state.next_slot)
+        self.ext_of[state.slots] = state.ids
+        self.alive[state.slots] = True
+        self._bind(state.ids, state.slots)
+        self._next = int(state.next_slot)
+        self._free = [state.free.astype(np.int64)] if state.free.size else []
+        self.inn.load_csr(state.slots, state.in_indptr, state.in_nbrs)
+        self.out.load_csr(state.slots, state.out_indptr, state.out_nbrs)
 
     # --------------------------------------------------------------- ids
     def lookup(self, ids: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ forward on the union graph (tests/core/test_partitioned.py checks it against DGL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +50,8 @@ from clustergnn.mutations import MutationBatch, edge_kinds_mask
 from clustergnn.partition import PartitionMap, route, split_by_owner
 from clustergnn.results import LayerDelta
 from clustergnn.rounds import EnginePartition, RoundOptions, RoundStats, local_fan_out, run_round
+from clustergnn.snapshot import Manifest, SnapshotStore
+from clustergnn.state import StateError, StateMeta, check_rows
 from clustergnn.transaction import Pending, concat_slots
 
 
@@ -97,6 +99,24 @@ class IdDirectory:
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         return self.state(ids) == self.LIVE
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids int64, states int8)`` of every id that is not unknown (the table's and the dict's)."""
+        direct = np.flatnonzero(self._table).astype(np.int64)
+        other = np.fromiter(self._other, dtype=np.int64, count=len(self._other))
+        ids = np.concatenate([direct, other])
+        states = np.concatenate([self._table[direct], np.fromiter(self._other.values(), np.int8, len(self._other))])
+        return ids, states.astype(np.int8)
+
+    @classmethod
+    def from_export(cls, ids: np.ndarray, states: np.ndarray) -> IdDirectory:
+        bad = np.flatnonzero((states != cls.LIVE) & (states != cls.REMOVED))
+        if bad.size:
+            raise ValueError(f"directory state of id {int(ids[bad[0]])} must be LIVE or REMOVED, got {states[bad[0]]}")
+        d = cls()
+        d.add(ids[states == cls.LIVE])
+        d.remove(ids[states == cls.REMOVED])
+        return d
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -197,6 +217,38 @@ class PartitionEngine(Engine):
     def _clear_rows(self, slots: np.ndarray) -> None:
         self.readers[slots] = 0
         super()._clear_rows(slots)
+
+    # ------------------------------------------------------------------ state (clustergnn/state.py)
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """:meth:`Engine.export_state` plus the reader counts, the directory and the partition; between
+        rounds only (``RuntimeError`` while one is open: its edits are half propagated)."""
+        if self._rs is not None:
+            raise RuntimeError(f"partition {self.partition}: cannot export state while round {self.round} is open")
+        arrays, meta = super().export_state()
+        arrays["readers"] = self.readers[arrays["slots"]].copy()
+        arrays["dir_ids"], arrays["dir_states"] = self.directory.export()
+        return arrays, {**meta, "partition": self.partition, "num_partitions": self.num_partitions}
+
+    def _restore_state(self, arrays: Mapping[str, np.ndarray], meta: StateMeta) -> None:
+        if (meta.partition, meta.num_partitions) != (self.partition, self.num_partitions):
+            raise StateError(
+                f"the state is of partition {meta.partition} of {meta.num_partitions}, "
+                f"restored into partition {self.partition} of {self.num_partitions}"
+            )
+        own = {name: arrays[name] for name in ("readers", "dir_ids", "dir_states") if name in arrays}
+        n = len(arrays["slots"]) if "slots" in arrays else 0
+        check_rows(own, {"readers": (np.dtype(np.int64), (self.num_partitions,))}, n)
+        check_rows(
+            own,
+            {"dir_ids": (np.dtype(np.int64), ()), "dir_states": (np.dtype(np.int8), ())},
+            len(own.get("dir_ids", ())),
+        )
+        super()._restore_state({k: v for k, v in arrays.items() if k not in own}, meta)
+        self.readers[arrays["slots"]] = own["readers"]
+        try:
+            self.directory = IdDirectory.from_export(own["dir_ids"], own["dir_states"])
+        except ValueError as e:
+            raise StateError(str(e)) from e
 
     # ------------------------------------------------------------------ reads
     def owned_ids(self) -> np.ndarray:
@@ -512,6 +564,65 @@ class LocalCluster:
                 for p in range(partition_map.num_partitions)
             ]
         )
+
+    # ------------------------------------------------------------------ snapshots (docs/snapshots.md)
+    def snapshot(
+        self, store: SnapshotStore, snapshot_id: int | None = None, next_offsets: Sequence[int] | None = None
+    ) -> Manifest:
+        """Write every partition's state (:meth:`PartitionEngine.export_state`) and commit: a consistent cut,
+        since between rounds every partition has finished the same round and no message is in flight.
+
+        ``next_offsets[p]``: the first mutation of partition ``p``'s input the snapshot does not reflect
+        (default: the mutations its engine has ingested, which is that offset when the input is fed in
+        order from 0).  ``snapshot_id`` defaults to ``store.next_id()``."""
+        waiting = [p for p, part in enumerate(self.parts) if len(part.deferred)]
+        if waiting:
+            raise RuntimeError(
+                f"partitions {waiting} hold deferred mutations: snapshot after the round that applies them"
+            )
+        if next_offsets is not None and len(next_offsets) != self.P:
+            raise ValueError(f"need one next offset per partition ({self.P}), got {len(next_offsets)}")
+        sid = store.next_id() if snapshot_id is None else snapshot_id
+        infos = []
+        for p, eng in enumerate(self.engines):
+            arrays, meta = eng.export_state()
+            offset = eng.stats["mutations"] if next_offsets is None else next_offsets[p]
+            infos.append(store.write_part(sid, p, arrays, round_id=self.round_id, next_offset=offset, meta=meta))
+        return store.commit(sid, infos, partitions=self.P, meta={"round": self.round_id})
+
+    @classmethod
+    def restore(
+        cls,
+        store: SnapshotStore,
+        layers,
+        partition_map: PartitionMap,
+        manifest: Manifest | None = None,
+        **kwargs,
+    ) -> LocalCluster:
+        """Fresh engines from ``manifest`` (default: the newest complete snapshot, ``store.latest()``), all at
+        its round; ``kwargs`` go to each :meth:`PartitionEngine.from_state`.  ``SnapshotError`` if there is
+        none, ``StateError`` if ``layers`` or ``partition_map`` do not fit it."""
+        from clustergnn.rules import rules_from_dgl
+        from clustergnn.snapshot import SnapshotError
+
+        manifest = store.latest() if manifest is None else manifest
+        if manifest is None:
+            raise SnapshotError(f"no complete snapshot in {store!r}")
+        if manifest.partitions != partition_map.num_partitions:
+            raise StateError(
+                f"snapshot {manifest.snapshot_id} has {manifest.partitions} partitions, "
+                f"the partition map {partition_map.num_partitions}"
+            )
+        engines = []
+        for p in range(manifest.partitions):
+            arrays, info = store.read_part(manifest, p)
+            rules = rules_from_dgl(list(layers), int(StateMeta.from_json(info.meta).dims[0]))
+            engines.append(
+                PartitionEngine.from_state(rules, arrays, info.meta, partition=p, partition_map=partition_map, **kwargs)
+            )
+        cluster = cls(engines)
+        cluster.round_id = manifest.round_id
+        return cluster
 
     @property
     def messages(self) -> int:
