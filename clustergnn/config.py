@@ -11,7 +11,8 @@ Example (JSON)::
      "graph": {"dataset": "facebook-wosn-links"},
      "cluster": {"partitions": 8, "collaborative": true},
      "gateway": {"host": "0.0.0.0", "port": 50051, "tls_cert": "/tls/tls.crt", "tls_key": "/tls/tls.key",
-                 "tokens_file": "/auth/tokens"}}
+                 "tokens_file": "/auth/tokens"},
+     "snapshot": {"uri": "s3://bucket/clustergnn", "interval_s": 10, "retention": 3}}
 """
 
 from __future__ import annotations
@@ -109,9 +110,47 @@ class ClusterConfig:
     pending_timeout_s: float = 10.0
     """How long an owner keeps a mutation that waits for a vertex no partition knows yet (an edge from a
     remote source not added yet) before dead-lettering it with reason ``unknown_vertex``."""
-    snapshot_dir: str | None = None
-    """Reserved for owner snapshots, which are not implemented yet: must be null (recovery replays each
-    Kafka partition from its earliest offset)."""
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    """Periodic snapshots of every owner at a consistent cut (``docs/snapshots.md``); a restarted driver
+    resumes from the newest complete one plus a replay of each Kafka partition from its offsets."""
+
+    uri: str | None = None
+    """Where snapshots go: a local directory or any ``pyarrow.fs`` URI (``s3://bucket/prefix?...``).
+    ``None``: snapshots off (a restarted driver replays every partition from its earliest offset)."""
+    interval_s: float = 10.0
+    """Take a snapshot when this long has passed since the last one started (and anything changed)."""
+    interval_mutations: int = 0
+    """Also take one when this many mutations were applied since the last one; 0 = no mutation trigger."""
+    retention: int = 3
+    """Complete snapshots kept; older ones are deleted after each commit."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.uri, os.PathLike):
+            object.__setattr__(self, "uri", os.fspath(self.uri))
+        _check(
+            self.uri is None or (isinstance(self.uri, str) and self.uri.strip() != ""),
+            f"snapshot.uri must be a non-empty path or URI, or null, got {self.uri!r}",
+        )
+        _check(
+            isinstance(self.interval_s, (int, float))
+            and not isinstance(self.interval_s, bool)
+            and math.isfinite(self.interval_s)
+            and self.interval_s > 0,
+            f"snapshot.interval_s must be a finite number > 0, got {self.interval_s!r}",
+        )
+        _check(
+            isinstance(self.interval_mutations, int)
+            and not isinstance(self.interval_mutations, bool)
+            and self.interval_mutations >= 0,
+            f"snapshot.interval_mutations must be an integer >= 0 (0 = off), got {self.interval_mutations!r}",
+        )
+        _check(
+            isinstance(self.retention, int) and not isinstance(self.retention, bool) and self.retention >= 1,
+            f"snapshot.retention must be an integer >= 1, got {self.retention!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -246,6 +285,7 @@ class Config:
     graph: GraphConfig = field(default_factory=GraphConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -283,6 +323,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is ClusterConfig and "snapshot_dir" in data:
+        raise ConfigError(
+            f"{where}.snapshot_dir was replaced by snapshot.uri (a directory or pyarrow.fs URI; see "
+            f"docs/distributed.md), got {data['snapshot_dir']!r}"
+        )
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}")
@@ -314,11 +359,6 @@ def validate(cfg: Config) -> None:
         and math.isfinite(c.pending_timeout_s)
         and c.pending_timeout_s > 0,
         f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}",
-    )
-    _check(
-        c.snapshot_dir is None,
-        "cluster.snapshot_dir: snapshots are not implemented yet (an owner recovers by "
-        f"replaying its Kafka partition); leave it null, got {c.snapshot_dir!r}",
     )
     _check(
         c.device in ("auto", "cpu") or c.device.startswith("cuda"),
