@@ -86,6 +86,19 @@ class Cluster:
         from clustergnn.replica import EmbeddingReplica
 
         self.replica = None if config.cluster.collaborative else EmbeddingReplica(self.dims[-1])
+        # snapshots (docs/distributed.md, "Durability"): the store, the snapshot restored at start, the
+        # one being written, the last committed one
+        self.snapshots = None
+        self.restored = None  # the Manifest this cluster started from, or None
+        self.replaying = True  # until every partition has caught up with its log once
+        self._caught_up: set[int] = set()
+        self._snap_inflight: dict | None = None
+        self._snap_checked_s = 0.0
+        self._snap_last_s = time.monotonic()
+        self._snap_last_mutations = 0
+        self._snap_last_watermark: dict[int, int] | None = None
+        self.last_snapshot: dict | None = None
+        self.snapshot_failures = 0
 
     @staticmethod
     def _partition_map(config: Config):
@@ -112,6 +125,7 @@ class Cluster:
         from streams.topics import ensure_topics
 
         kc, cc = self.config.kafka, self.config.cluster
+        manifest = self._find_snapshot()  # first: a snapshot that does not fit changes nothing
         self.topic_created = False
         if kc.create_topics:
             self.topic_created = ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq).created
@@ -124,15 +138,55 @@ class Cluster:
                 name=f"clustergnn-owner-{p}",
                 max_restarts=0,
                 runtime_env=_owner_env(cc.actor_num_cpus),
-            ).remote(p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation)
+            ).remote(
+                p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation, restore_from=manifest
+            )
             for p in range(self.P)
         ]
         ray.get([o.ping.remote() for o in self.owners], timeout=120)
+        if manifest is not None:
+            self.restored = manifest
+            self.round_id = manifest.round_id
+            if self.replica is not None:
+                self.replica.apply(ray.get([o.final_embeddings.remote() for o in self.owners], timeout=120))
+            log.info(
+                "resumed from snapshot %s (round %s); replaying from offsets %s",
+                manifest.snapshot_id,
+                manifest.round_id,
+                manifest.next_offsets,
+            )
         self.healthy = True
         self._thread = threading.Thread(target=self._run, name="clustergnn-rounds", daemon=True)
         self._thread.start()
         log.info("cluster up: %s partitions, model %s", self.P, [type(layer).__name__ for layer in self.layers])
         return self
+
+    def _find_snapshot(self):
+        """The newest complete, verified snapshot to resume from (None: snapshots off, or none yet);
+        ``SnapshotError`` saying what differs when it was taken by another model, P or topic."""
+        sc = self.config.snapshot
+        if sc.uri is None:
+            return None
+        from clustergnn.models import model_digest
+        from clustergnn.snapshot import SnapshotError, SnapshotStore
+
+        self.snapshots = SnapshotStore(sc.uri, retention=sc.retention)
+        self.model_digest = model_digest(self.layers, self.config.model)
+        manifest = self.snapshots.latest(verify=True)
+        if manifest is None:
+            log.info("no complete snapshot in %r: starting empty", self.snapshots)
+            return None
+        meta = manifest.meta
+        want = {"model_digest": self.model_digest, "partitions": self.P, "topic": self.config.kafka.topic}
+        got = {"model_digest": meta.get("model_digest"), "partitions": manifest.partitions, "topic": meta.get("topic")}
+        differ = [f"{k}: snapshot has {got[k]!r}, this config {want[k]!r}" for k in want if got[k] != want[k]]
+        if differ:
+            raise SnapshotError(
+                f"cannot resume from snapshot {manifest.snapshot_id} in {self.snapshots!r}: it was taken with "
+                f"another {'/'.join(k.split(':')[0] for k in differ)} ({'; '.join(differ)}). Use the model and "
+                "config it was taken with, or point snapshot.uri at an empty location to start afresh"
+            )
+        return manifest
 
     def stop(self) -> None:
         import ray
@@ -168,6 +222,7 @@ class Cluster:
             try:
                 t = time.perf_counter()
                 busy = self.run_round()
+                self._poll_snapshot()
                 if window_s and busy:  # hold the next round open: more changes coalesce per vertex
                     self._stop.wait(max(0.0, window_s - (time.perf_counter() - t)))
             except Exception as exc:  # an owner died or a step failed: stop serving, say why
@@ -188,12 +243,14 @@ class Cluster:
         """One round (``clustergnn.rounds.run_round``); True if anything was applied."""
         t0 = time.perf_counter()
         self.round_id += 1
-        # with a hub window the next round waits for the window, so its ingest cannot ride on this round
+        # with a hub window the next round waits for the window, so its ingest cannot ride on this round;
+        # before a snapshot's cut neither: no round may be open on any owner when it exports
+        cut = self._snapshot_due()
         options = RoundOptions(
             self.P,
             self.num_layers,
             self.config.kafka.max_poll_records,
-            fuse_next_ingest=not self.config.cluster.hub_window_ms,
+            fuse_next_ingest=not self.config.cluster.hub_window_ms and not cut,
         )
         prefetched, self._next_reports = self._next_reports, None
         out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
@@ -214,7 +271,109 @@ class Cluster:
             self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
             self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
             self._cond.notify_all()
+        if self.replaying:
+            self._caught_up.update(rep.partition for rep in reports if rep.caught_up_at_ms is not None)
+            if len(self._caught_up) == self.P:
+                self._end_replay()
+        if cut:
+            self._take_snapshot()
         return busy
+
+    def _end_replay(self) -> None:
+        import ray
+
+        ray.get([o.end_replay.remote() for o in self.owners])
+        self.replaying = False
+        log.info(
+            "every partition has caught up with its log (round %s): deferral timeouts count from now", self.round_id
+        )
+
+    # ------------------------------------------------------------------ snapshots
+    def _snapshot_due(self) -> bool:
+        """Snapshots on, none being written, something changed since the last, and an interval passed."""
+        sc = self.config.snapshot
+        if self.snapshots is None or self._snap_inflight is not None:
+            return False
+        with self._cond:
+            watermark = self.freshness.watermark
+        if watermark == self._snap_last_watermark:
+            return False
+        done = self.stats.mutations - self._snap_last_mutations
+        return time.monotonic() - self._snap_last_s >= sc.interval_s or (
+            sc.interval_mutations > 0 and done >= sc.interval_mutations
+        )
+
+    def _take_snapshot(self) -> None:
+        """The cut: every owner exports its state now (rounds wait for this, the *stall*) and writes it in
+        the background; :meth:`_poll_snapshot` commits once every part is written."""
+        import ray
+
+        t0 = time.perf_counter()
+        sid = self.snapshots.next_id()
+        got = ray.get([o.snapshot.remote(sid, self.round_id) for o in self.owners])
+        stall_ms = (time.perf_counter() - t0) * 1000
+        with self._cond:
+            self._snap_last_watermark = self.freshness.watermark
+        self._snap_last_s = time.monotonic()
+        self._snap_last_mutations = self.stats.mutations
+        self._snap_inflight = {
+            "id": sid,
+            "round": self.round_id,
+            "t0": t0,
+            "stall_ms": stall_ms,
+            "bytes": sum(g["bytes"] for g in got),
+            "export_s": max(g["export_s"] for g in got),
+        }
+        log.info("snapshot %s: cut after round %s, export stalled rounds %.1f ms", sid, self.round_id, stall_ms)
+
+    def _poll_snapshot(self, force: bool = False) -> None:
+        """Between rounds: commit the snapshot being written once every owner's part is done (asked at most
+        every 50 ms; a round never waits for a write)."""
+        import ray
+
+        snap = self._snap_inflight
+        if snap is None or (not force and time.monotonic() - self._snap_checked_s < 0.05):
+            return
+        self._snap_checked_s = time.monotonic()
+        try:
+            results = ray.get([o.snapshot_result.remote(snap["id"]) for o in self.owners])
+            if any(r is None for r in results):
+                return
+            t = time.perf_counter()
+            meta = {
+                "round": snap["round"],
+                "partitions": self.P,
+                "topic": self.config.kafka.topic,
+                "model_digest": self.model_digest,
+            }
+            manifest = self.snapshots.commit(snap["id"], [r[0] for r in results], partitions=self.P, meta=meta)
+        except Exception:  # noqa: BLE001 - a failed snapshot is logged and retried at the next interval
+            log.exception("snapshot %s failed; the previous one stays the newest", snap["id"])
+            self.snapshot_failures += 1
+            self._snap_inflight = None
+            return
+        self._snap_inflight = None
+        self.last_snapshot = {
+            "id": manifest.snapshot_id,
+            "round": manifest.round_id,
+            "committed_s": time.time(),
+            "size_bytes": manifest.size_bytes,
+            "duration_s": time.perf_counter() - snap["t0"],
+            "stall_ms": snap["stall_ms"],
+            "export_s": snap["export_s"],
+            "write_s": max(r[1] for r in results),
+            "commit_s": time.perf_counter() - t,
+            "count": (self.last_snapshot or {}).get("count", 0) + 1,
+        }
+        log.info(
+            "snapshot %s committed: round %s, %.1f MB, stall %.1f ms, write %.2fs, cut to commit %.2fs",
+            manifest.snapshot_id,
+            manifest.round_id,
+            manifest.size_bytes / 1e6,
+            snap["stall_ms"],
+            self.last_snapshot["write_s"],
+            self.last_snapshot["duration_s"],
+        )
 
     # ------------------------------------------------------------------ writes
     def producer(self):
@@ -392,5 +551,20 @@ class Cluster:
             "messages": float(self.stats.messages),
             "message_bytes": float(self.stats.message_bytes),
             "dead_letters": float(self.stats.dead_letters),
+            "replaying": float(self.replaying),
         }
+        last = self.last_snapshot
+        if self.snapshots is not None:
+            extra |= {
+                "snapshot_last_id": float(last["id"]) if last else -1.0,
+                "snapshot_last_round": float(last["round"]) if last else -1.0,
+                "snapshot_age_s": time.time() - last["committed_s"] if last else -1.0,
+                "snapshot_size_bytes": float(last["size_bytes"]) if last else 0.0,
+                "snapshot_duration_s": last["duration_s"] if last else 0.0,
+                "snapshot_stall_ms": last["stall_ms"] if last else 0.0,
+                "snapshot_write_s": last["write_s"] if last else 0.0,
+                "snapshots_committed": float(last["count"]) if last else 0.0,
+                "snapshot_failures": float(self.snapshot_failures),
+                "restored_snapshot_id": float(self.restored.snapshot_id) if self.restored else -1.0,
+            }
         return ClusterStatus(parts, watermark, self.num_layers, self.dims[1:], extra)

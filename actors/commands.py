@@ -51,7 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cluster = Cluster(cfg).start()
     gateway = None
     try:
-        if cfg.graph.dataset and cluster.topic_created:  # a fresh log: write the initial graph into it once
+        if cluster.restored is not None:  # the snapshot holds the initial graph: never write it twice
+            if cfg.graph.dataset:
+                print(
+                    f"resumed from snapshot {cluster.restored.snapshot_id} (round {cluster.restored.round_id}): "
+                    f"not loading {cfg.graph.dataset}'s initial graph again",
+                    flush=True,
+                )
+        elif cfg.graph.dataset and cluster.topic_created:  # a fresh log: write the initial graph into it once
             t = time.time()
             cluster.load_dataset(cfg.graph.dataset)
             print(f"loaded {cfg.graph.dataset}'s initial graph in {time.time() - t:.1f}s", flush=True)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +27,9 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
+
+if TYPE_CHECKING:
+    from clustergnn.snapshot import Manifest, PartInfo
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,38 @@ class IngestReport:
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
+PENDING_PREFIX = "owner.pending_"  # the owner's own arrays in a snapshot part, beside the engine's
+
+
+def pending_arrays(pending: list[_Pending]) -> dict[str, np.ndarray]:
+    """The deferred records as columns: their mutations concatenated (kind/src/dst/features) plus one
+    size, offset and Kafka timestamp per record, so :func:`pending_from_arrays` cuts them apart again."""
+    batch = MutationBatch.concat([p.batch for p in pending]) if pending else MutationBatch.empty()
+    cols = {
+        "kind": batch.kind,
+        "src": batch.src,
+        "dst": batch.dst,
+        "features": batch.features.detach().cpu().numpy().astype(np.float32, copy=False),
+        "sizes": np.array([len(p.batch) for p in pending], dtype=np.int64),
+        "offsets": np.array([p.offset for p in pending], dtype=np.int64),
+        "timestamps_ms": np.array([p.timestamp_ms for p in pending], dtype=np.int64),
+    }
+    return {PENDING_PREFIX + k: np.ascontiguousarray(v).copy() for k, v in cols.items()}
+
+
+def pending_from_arrays(arrays: Mapping[str, np.ndarray], now_s: float) -> list[_Pending]:
+    """Inverse of :func:`pending_arrays`; each record's wait starts at ``now_s`` (the restore)."""
+    c = {k[len(PENDING_PREFIX) :]: v for k, v in arrays.items() if k.startswith(PENDING_PREFIX)}
+    if not c:
+        return []
+    batch = MutationBatch(c["kind"], c["src"], c["dst"], torch.from_numpy(c["features"]))
+    starts = np.concatenate([[0], np.cumsum(c["sizes"])]).astype(np.int64)
+    return [
+        _Pending(batch.slice(int(starts[i]), int(starts[i + 1])), int(off), int(ts), now_s)
+        for i, (off, ts) in enumerate(zip(c["offsets"].tolist(), c["timestamps_ms"].tolist(), strict=True))
+    ]
+
+
 def _device(config: Config) -> str:
     want = config.cluster.device
     if want == "auto":
@@ -63,7 +101,17 @@ def _device(config: Config) -> str:
 
 
 class PartitionOwner:
-    """Owner of partition ``partition``: its engine, its Kafka partition, its pending records."""
+    """Owner of partition ``partition``: its engine, its Kafka partition, its pending records.
+
+    ``restore_from``: a committed snapshot; the owner reads its own part (``snapshot.uri``), builds its
+    engine with ``PartitionEngine.from_state``, restores its deferred records and seeks its consumer to
+    the part's ``next_offset`` (``start_offset`` is then ignored).
+
+    **Replay.**  Every owner starts in replay mode: deferred mutations never time out (a remote source
+    may only be missing because its partition has not replayed it yet) until the coordinator calls
+    :meth:`end_replay`, once every partition has caught up with its log; the timeout then counts from
+    that moment.
+    """
 
     def __init__(
         self,
@@ -74,6 +122,7 @@ class PartitionOwner:
         feature_dim: int,
         start_offset: int | None = None,
         activation=torch.relu,
+        restore_from: Manifest | None = None,
     ) -> None:
         from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
 
@@ -82,8 +131,7 @@ class PartitionOwner:
         self.config = config
         self.device = _device(config)
         rules = rules_from_dgl(list(layers), feature_dim)
-        self.engine = PartitionEngine(
-            rules,
+        kw = dict(
             partition=partition,
             partition_map=partition_map,
             device=self.device,
@@ -91,6 +139,29 @@ class PartitionOwner:
             activation=activation,
             publish=not config.cluster.collaborative,
         )
+        self.feature_dim = feature_dim
+        self._store = None
+        self.pending: list[_Pending] = []
+        if restore_from is None:
+            self.engine = PartitionEngine(rules, **kw)
+        else:
+            t0 = time.perf_counter()
+            arrays, info = self.store().read_part(restore_from, partition)
+            self.pending = pending_from_arrays(arrays, time.time())
+            engine_arrays = {k: v for k, v in arrays.items() if not k.startswith(PENDING_PREFIX)}
+            self.engine = PartitionEngine.from_state(rules, engine_arrays, info.meta["engine"], **kw)
+            start_offset = info.next_offset
+            log.info(
+                "partition %s restored from snapshot %s (round %s) in %.2fs: %s vertices, %s pending records, "
+                "replaying from offset %s",
+                partition,
+                restore_from.snapshot_id,
+                restore_from.round_id,
+                time.perf_counter() - t0,
+                len(self.engine.owned_ids()),
+                len(self.pending),
+                start_offset,
+            )
         kc = config.kafka
         self.consumer = MutationConsumer(
             kc.bootstrap,
@@ -102,8 +173,10 @@ class PartitionOwner:
             start_offsets=None if start_offset is None else {partition: start_offset},
             kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
         )
-        self.pending: list[_Pending] = []
         self.next_offset = start_offset or 0
+        self.replaying = True  # see the class docstring
+        self._snap: dict[str, Any] | None = None  # the part being written in the background
+        self._snap_thread: threading.Thread | None = None
         self.pending_timeout_s = config.cluster.pending_timeout_s
         self.applied = 0
         self.dead_letters = 0
@@ -181,7 +254,7 @@ class PartitionOwner:
             self._round_mutations += len(rec.batch) - len(deferred)
             self.applied += len(rec.batch) - len(deferred)
             if len(deferred):
-                if now - rec.since_s > self.pending_timeout_s:
+                if not self.replaying and now - rec.since_s > self.pending_timeout_s:
                     self.consumer.reject(
                         self.partition,
                         rec.offset,
@@ -268,5 +341,81 @@ class PartitionOwner:
     def ping(self) -> int:
         return self.partition
 
+    def end_replay(self) -> None:
+        """Every partition has caught up once: deferred mutations may time out again, counted from now."""
+        if self.replaying:
+            self.replaying = False
+            now = time.time()
+            for p in self.pending:
+                p.since_s = now
+            log.info("partition %s: replay over (%s records still deferred)", self.partition, len(self.pending))
+
+    def final_embeddings(self) -> Published:
+        """Every owned vertex's final embedding and version (fills the coordinator's replica after a restore)."""
+        ids = np.sort(self.engine.owned_ids())
+        rows = self.engine.embeddings(ids, -1).cpu().numpy().astype(np.float32, copy=False)
+        return Published(np.zeros(0, dtype=np.int64), ids, rows, self.engine.versions(ids))
+
+    # ------------------------------------------------------------------ snapshots
+    def store(self):
+        if self._store is None:
+            from clustergnn.snapshot import SnapshotStore
+
+            sc = self.config.snapshot
+            if sc.uri is None:
+                raise RuntimeError("snapshot.uri is not set: snapshots are off")
+            self._store = SnapshotStore(sc.uri, retention=sc.retention)
+        return self._store
+
+    def snapshot(self, snapshot_id: int, round_id: int) -> dict[str, float]:
+        """Take this partition's part of snapshot ``snapshot_id`` at the cut after round ``round_id``.
+
+        Called between rounds with no round open (the coordinator's cut).  The export is a copy of the
+        engine's state and the deferred records, taken now; the write runs in a background thread, so
+        the next rounds do not wait for it (:meth:`snapshot_result` says when it is done)."""
+        if self._open:
+            raise RuntimeError(f"partition {self.partition}: snapshot {snapshot_id} asked while a round is open")
+        if self._snap_thread is not None and self._snap_thread.is_alive():
+            raise RuntimeError(f"partition {self.partition}: snapshot {self._snap['id']} is still being written")
+        t0 = time.perf_counter()
+        arrays, meta = self.engine.export_state()
+        # the background write must not see later rounds' edits: own every array (views get copied)
+        arrays = {k: (v if v.flags.owndata else v.copy()) for k, v in arrays.items()}
+        arrays.update(pending_arrays(self.pending))
+        export_s = time.perf_counter() - t0
+        nbytes = int(sum(a.nbytes for a in arrays.values()))
+        part_meta = {"engine": meta, "pending_records": len(self.pending)}
+        snap: dict[str, Any] = {"id": snapshot_id, "info": None, "error": None, "write_s": None, "bytes": nbytes}
+        self._snap = snap
+        next_offset = self.next_offset
+
+        def write() -> None:
+            t = time.perf_counter()
+            try:
+                snap["info"] = self.store().write_part(
+                    snapshot_id, self.partition, arrays, round_id=round_id, next_offset=next_offset, meta=part_meta
+                )
+            except BaseException as exc:  # noqa: BLE001 - reported through snapshot_result
+                snap["error"] = exc
+            snap["write_s"] = time.perf_counter() - t
+
+        self._snap_thread = threading.Thread(target=write, name=f"snapshot-{snapshot_id}-part-{self.partition}")
+        self._snap_thread.start()
+        return {"export_s": export_s, "bytes": float(nbytes)}
+
+    def snapshot_result(self, snapshot_id: int) -> tuple[PartInfo, float] | None:
+        """``(part info, write seconds)`` once this part of ``snapshot_id`` is written, None while it is
+        being written; the write's exception if it failed."""
+        snap = self._snap
+        if snap is None or snap["id"] != snapshot_id:
+            raise RuntimeError(f"partition {self.partition}: no snapshot {snapshot_id} was started here")
+        if self._snap_thread is not None and self._snap_thread.is_alive():
+            return None
+        if snap["error"] is not None:
+            raise snap["error"]
+        return snap["info"], snap["write_s"]
+
     def close(self) -> None:
+        if self._snap_thread is not None:
+            self._snap_thread.join(timeout=30)  # a part half written is never used, but finish it if we can
         self.consumer.close()

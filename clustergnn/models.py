@@ -73,3 +73,22 @@ def feature_dim(layers: list[torch.nn.Module]) -> int:
             if isinstance(m, torch.nn.Linear):
                 return int(m.in_features)
     raise ValueError(f"cannot tell the input width of {type(first).__name__}; give model.in_dim")
+
+
+def model_digest(layers: list[torch.nn.Module], cfg: ModelConfig) -> str:
+    """sha256 over every layer's type and ``state_dict`` (names, dtypes, shapes, bytes) and the model
+    config: a snapshot records it, and a restore refuses a model whose digest differs (the state holds
+    the caches the weights produced, not the weights)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    for i, layer in enumerate(layers):
+        h.update(f"{i}:{type(layer).__name__}".encode())
+        for name, t in sorted(layer.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,165 @@
+"""Driver restart: a cluster with snapshots dies, a new one resumes from the newest complete snapshot plus a
+replay of each Kafka partition, and ends exactly where a single-process engine fed the whole log ends.
+
+Every update of a vertex's features sets its column 0 to one more than the last (a per-vertex sequence),
+so a lost update shows in the final features; a doubled edge addition (multi-edges are allowed) shows in
+the embeddings, which are compared with a single-process :class:`Engine` (rel err <= 1e-5).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.cluster import Cluster
+from clustergnn import Engine, MutationBatch
+from clustergnn.config import Config
+from clustergnn.mutations import MutationKind
+from clustergnn.snapshot import SnapshotError, SnapshotStore
+from tests.core.gen import random_stream
+
+pytestmark = pytest.mark.integration
+
+F = 8
+
+
+def config(bootstrap: str, topic: str, snaps: Path, seed: int = 1, partitions: int = 2) -> Config:
+    return Config.from_dict(
+        {
+            "kafka": {"bootstrap": bootstrap, "topic": topic, "poll_timeout_ms": 10},
+            "cluster": {"partitions": partitions, "actor_num_cpus": 0.5},
+            "model": {"builtin": "sage", "in_dim": F, "hidden": 16, "out_dim": 4, "seed": seed},
+            "graph": {"dataset": None},
+            # a snapshot after the initial graph, one during phase 1, none after (phase 2 is shorter)
+            "snapshot": {"uri": str(snaps), "interval_s": 3600.0, "interval_mutations": 200, "retention": 3},
+        }
+    )
+
+
+def with_sequences(batches: list[MutationBatch], seq: dict[int, int]) -> list[MutationBatch]:
+    """``batches`` with each feature update setting column 0 to its vertex's next sequence number (an
+    addition starts the vertex at 0); ``seq`` ends as every live vertex's expected column 0."""
+    out = []
+    for b in batches:
+        f = b.features.clone()
+        rows = b.feature_row_index()
+        for i, (k, v) in enumerate(zip(b.kind.tolist(), b.src.tolist(), strict=True)):
+            if k == MutationKind.ADD_VERTEX:
+                seq[v] = 0
+                f[rows[i], 0] = 0.0
+            elif k == MutationKind.UPDATE_FEATURES:
+                seq[v] += 1
+                f[rows[i], 0] = float(seq[v])
+            elif k == MutationKind.REMOVE_VERTEX:
+                seq.pop(v, None)
+        out.append(MutationBatch(b.kind, b.src, b.dst, f))
+    return out
+
+
+def send_all(cluster: Cluster, batches: list[MutationBatch]) -> dict[int, int]:
+    offsets: dict[int, int] = {}
+    for b in batches:
+        offsets.update(cluster.apply(b))
+        time.sleep(0.02)  # spread over several rounds
+    return offsets
+
+
+def wait_snapshots(cluster: Cluster, count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        extra = cluster.status().extra
+        if extra.get("snapshots_committed", 0) >= count and cluster._snap_inflight is None:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} snapshots committed after {timeout_s}s: {cluster.status().extra}")
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["newest", "newest-torn"])
+def test_restarted_driver_resumes_from_snapshot_and_replays_exactly(
+    ray_local, kafka_bootstrap, topic_name, tmp_path, torn
+) -> None:
+    snaps = tmp_path / "snaps"
+    cfg = config(kafka_bootstrap, topic_name(), snaps)
+    init, batches = random_stream(seed=7, n_vertices=60, n_batches=14, batch_size=30, feature_dim=F)
+    seq: dict[int, int] = {}
+    init, *batches = with_sequences([init, *batches], seq)
+    phase1, phase2, phase3 = batches[:8], batches[8:11], batches[11:]
+
+    c1 = Cluster(cfg).start()
+    try:
+        c1.wait_for(c1.apply(init), timeout_s=60)
+        c1.wait_for(send_all(c1, phase1), timeout_s=60)
+        wait_snapshots(c1, 2)
+        before = c1.last_snapshot
+        end2 = send_all(c1, phase2)  # after the last snapshot: lost with the driver, replayed from Kafka
+        c1.wait_for(end2, timeout_s=60)
+        time.sleep(0.3)
+        st = c1.status().extra
+        assert st["snapshots_committed"] == 2 and c1.last_snapshot == before, "phase 2 must not be snapshotted"
+        assert st["dead_letters"] == 0
+        assert before["size_bytes"] > 0 and before["stall_ms"] >= 0 and before["write_s"] > 0
+    finally:
+        c1.stop()  # no final snapshot: everything since the last one is gone with the driver
+
+    store = SnapshotStore(str(snaps))
+    newest, older = store.list()[:2]
+    if torn:  # the newest snapshot's part 1 loses its tail after the commit: skipped, the older one used
+        part = snaps / f"snap-{newest.snapshot_id:012d}" / "part-1"
+        victim = max(part.iterdir(), key=lambda f: f.stat().st_size)
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    expect = older if torn else newest
+    assert all(expect.next_offsets[p] <= end2[p] for p in end2)  # there is something to replay
+
+    c2 = Cluster(cfg).start()
+    try:
+        assert c2.restored is not None and c2.restored.snapshot_id == expect.snapshot_id
+        assert c2.round_id >= expect.round_id
+        c2.wait_for(send_all(c2, phase3), timeout_s=60)
+        single = Engine.from_layers(c2.layers, F)
+        single.bulk_load(init)
+        for b in batches:
+            single.apply(b)
+        ids = single.vertex_ids()
+        res = c2.read(ids, max_staleness_ms=60_000)
+        ref = single.embeddings(ids).numpy()
+        assert np.abs(res.embeddings - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+        feats = c2.read(ids, layer=0).embeddings
+        assert np.array_equal(feats, single.embeddings(ids, 0).numpy())
+        assert feats[:, 0].tolist() == [float(seq[int(v)]) for v in ids]  # every update applied exactly once
+        st = c2.status()
+        assert sum(p.num_vertices for p in st.partitions) == single.num_vertices == len(seq)
+        assert st.extra["dead_letters"] == 0 and st.extra["replaying"] == 0.0
+    finally:
+        c2.stop()
+
+
+def fake_snapshot(snaps: Path, partitions: int, meta: dict) -> None:
+    store = SnapshotStore(str(snaps))
+    infos = [
+        store.write_part(1, p, {"x": np.zeros(1, dtype=np.int64)}, round_id=3, next_offset=0) for p in range(partitions)
+    ]
+    store.commit(1, infos, partitions=partitions, meta=meta)
+
+
+@pytest.mark.parametrize(
+    "seed,partitions,topic,match",
+    [
+        (2, 2, "t", r"another model_digest \(model_digest: snapshot has '[0-9a-f]{64}', this config '[0-9a-f]{64}'\)"),
+        (1, 3, "t", r"another partitions \(partitions: snapshot has 2, this config 3\)"),
+        (1, 2, "other", r"another topic \(topic: snapshot has 't', this config 'other'\)"),
+    ],
+)
+def test_a_snapshot_of_another_model_p_or_topic_is_refused(tmp_path, seed, partitions, topic, match) -> None:
+    from clustergnn.models import load_layers, model_digest
+
+    snaps = tmp_path / "snaps"
+    taken = config("127.0.0.1:1", "t", snaps, seed=1)  # the snapshot's model: seed 1, P = 2, topic t
+    digest = model_digest(load_layers(taken.model), taken.model)
+    fake_snapshot(snaps, 2, {"round": 3, "partitions": 2, "topic": "t", "model_digest": digest})
+    cluster = Cluster(config("127.0.0.1:1", topic, snaps, seed=seed, partitions=partitions))
+    with pytest.raises(SnapshotError, match=match):
+        cluster.start()  # refused before anything starts: no topic, no Ray, no owner
+    assert cluster.owners == [] and not cluster.healthy
