@@ -309,12 +309,19 @@ class Cluster:
         import ray
 
         t0 = time.perf_counter()
-        sid = self.snapshots.next_id()
-        got = ray.get([o.snapshot.remote(sid, self.round_id) for o in self.owners])
+        self._snap_last_s = time.monotonic()  # a failed attempt waits for the next interval too
+        try:
+            sid = self.snapshots.next_id()
+            got = ray.get([o.snapshot.remote(sid, self.round_id) for o in self.owners])
+        except ray.exceptions.RayActorError:
+            raise  # an owner died: the round loop reports it
+        except Exception:  # noqa: BLE001 - storage trouble or an owner still writing: serving goes on
+            log.exception("snapshot after round %s could not be started; retrying at the next interval", self.round_id)
+            self.snapshot_failures += 1
+            return
         stall_ms = (time.perf_counter() - t0) * 1000
         with self._cond:
             self._snap_last_watermark = self.freshness.watermark
-        self._snap_last_s = time.monotonic()
         self._snap_last_mutations = self.stats.mutations
         self._snap_inflight = {
             "id": sid,

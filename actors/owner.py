@@ -378,9 +378,9 @@ class PartitionOwner:
         if self._snap_thread is not None and self._snap_thread.is_alive():
             raise RuntimeError(f"partition {self.partition}: snapshot {self._snap['id']} is still being written")
         t0 = time.perf_counter()
+        # export_state returns copies (index_select / fancy indexing), never views of the engine's tables,
+        # so the background write cannot see later rounds' edits
         arrays, meta = self.engine.export_state()
-        # the background write must not see later rounds' edits: own every array (views get copied)
-        arrays = {k: (v if v.flags.owndata else v.copy()) for k, v in arrays.items()}
         arrays.update(pending_arrays(self.pending))
         export_s = time.perf_counter() - t0
         nbytes = int(sum(a.nbytes for a in arrays.values()))
