@@ -99,6 +99,12 @@ class Cluster:
         self._snap_last_watermark: dict[int, int] | None = None
         self.last_snapshot: dict | None = None
         self.snapshot_failures = 0
+        # owner crash recovery (docs/distributed.md, "Recovery"): the one in progress, the finished ones
+        self.recovery: dict | None = None
+        self.recoveries: list[dict] = []
+        self._read_upto: dict[int, int] = {}  # partition -> every record below was read (dead letters sent)
+        self._owner_gen = [0] * self.P
+        self._owner_status: list[dict | None] = [None] * self.P
 
     @staticmethod
     def _partition_map(config: Config):
@@ -120,7 +126,6 @@ class Cluster:
     def start(self) -> Cluster:
         import ray
 
-        from actors.owner import PartitionOwner
         from actors.ray_env import init_ray
         from streams.topics import ensure_topics
 
@@ -130,19 +135,7 @@ class Cluster:
         if kc.create_topics:
             self.topic_created = ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq).created
         self._owns_ray = init_ray(cc)
-        remote = ray.remote(PartitionOwner)
-        self.owners = [
-            remote.options(
-                num_cpus=cc.actor_num_cpus,
-                num_gpus=cc.actor_num_gpus,
-                name=f"clustergnn-owner-{p}",
-                max_restarts=0,
-                runtime_env=_owner_env(cc.actor_num_cpus),
-            ).remote(
-                p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation, restore_from=manifest
-            )
-            for p in range(self.P)
-        ]
+        self.owners = [self._spawn_owner(p, manifest) for p in range(self.P)]
         ray.get([o.ping.remote() for o in self.owners], timeout=120)
         if manifest is not None:
             self.restored = manifest
@@ -160,6 +153,30 @@ class Cluster:
         self._thread.start()
         log.info("cluster up: %s partitions, model %s", self.P, [type(layer).__name__ for layer in self.layers])
         return self
+
+    def _spawn_owner(self, p: int, manifest):
+        """A new Ray actor owning partition ``p``, empty or restored from ``manifest``.  ``max_restarts=0``:
+        Ray does not restart it behind the coordinator's back; the coordinator recovers (:meth:`_recover`)."""
+        import ray
+
+        from actors.owner import PartitionOwner
+
+        cc = self.config.cluster
+        gen = self._owner_gen[p]
+        self._owner_gen[p] += 1
+        return (
+            ray.remote(PartitionOwner)
+            .options(
+                num_cpus=cc.actor_num_cpus,
+                num_gpus=cc.actor_num_gpus,
+                name=f"clustergnn-owner-{p}" + (f"-g{gen}" if gen else ""),
+                max_restarts=0,
+                runtime_env=_owner_env(cc.actor_num_cpus),
+            )
+            .remote(
+                p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation, restore_from=manifest
+            )
+        )
 
     def _find_snapshot(self):
         """The newest complete, verified snapshot to resume from (None: snapshots off, or none yet);
@@ -217,21 +234,138 @@ class Cluster:
 
     # ------------------------------------------------------------------ rounds
     def _run(self) -> None:
+        import ray
+
         window_s = self.config.cluster.hub_window_ms / 1000.0
         while not self._stop.is_set():
             try:
                 t = time.perf_counter()
-                busy = self.run_round()
-                self._poll_snapshot()
+                try:
+                    busy = self.run_round()
+                    self._poll_snapshot()
+                except ray.exceptions.RayActorError as exc:  # an owner died: roll back and replay
+                    if self._stop.is_set():
+                        return
+                    self._recover(exc)
+                    continue
                 if window_s and busy:  # hold the next round open: more changes coalesce per vertex
                     self._stop.wait(max(0.0, window_s - (time.perf_counter() - t)))
-            except Exception as exc:  # an owner died or a step failed: stop serving, say why
+            except Exception as exc:  # a step failed, or a recovery did: stop serving, say why
                 log.exception("round %s failed; the cluster is unavailable until restarted", self.round_id)
                 with self._cond:
                     self.error = exc
                     self.healthy = False
                     self._cond.notify_all()
                 return
+
+    # ------------------------------------------------------------------ recovery
+    def _recover(self, exc: BaseException, attempts: int = 5) -> None:
+        """An owner died (docs/distributed.md, "Recovery").  Every owner rolls back to the newest complete
+        snapshot (the empty state at offset 0 without one): the dead ones are re-created from it, the
+        survivors reload it in place, and all replay their partitions from its offsets.  A rollback of
+        all, not of the dead one alone: the crash may come mid-round, when the survivors hold a round's
+        half-propagated edits, and a cut is the one state all partitions agree on.
+
+        Until every partition has replayed past the watermark it had, the cluster is NOT_SERVING, the
+        watermark and the replica stay as they were (final-layer reads are served from the replica, at
+        that watermark, with their staleness growing honestly) and reads that need an owner fail with
+        UNAVAILABLE; :meth:`run_round` ends the recovery."""
+        import ray
+
+        with self._cond:
+            if self.recovery is None:
+                self.recovery = {
+                    "since_s": time.time(),
+                    "t0": time.monotonic(),
+                    "target": self.freshness.watermark,
+                    "dead": set(),
+                    "attempts": 0,
+                    "snapshot_id": None,
+                }
+                log.warning("an owner died after round %s (%s): recovering", self.round_id, exc)
+            rec = self.recovery
+            self.healthy = False
+            self._cond.notify_all()
+        self._next_reports = None
+        self._snap_inflight = None  # a snapshot being written when an owner died never commits
+        last: BaseException = exc
+        for _ in range(attempts):
+            rec["attempts"] += 1
+            try:
+                dead = self._dead_owners()
+                rec["dead"] |= set(dead)
+                manifest = self.snapshots.latest(verify=True) if self.snapshots is not None else None
+                rec["snapshot_id"] = manifest.snapshot_id if manifest is not None else None
+                for p in dead:
+                    ray.kill(self.owners[p], no_restart=True)
+                    self.owners[p] = self._spawn_owner(p, manifest)
+                calls = [
+                    o.ping.remote() if p in dead else o.restore.remote(manifest, self._read_upto.get(p))
+                    for p, o in enumerate(self.owners)
+                ]
+                ray.get(calls, timeout=120)
+            except ray.exceptions.RayActorError as again:  # another owner died meanwhile: start over
+                last = again
+                log.warning("recovery attempt %s: an owner died again (%s)", rec["attempts"], again)
+                continue
+            self.replaying = True
+            self._caught_up = set()
+            if manifest is not None and self.restored is None:
+                self.restored = manifest
+            log.warning(
+                "partitions %s re-created, all %s owners rolled back to %s; replaying to offsets %s",
+                sorted(dead),
+                self.P,
+                f"snapshot {manifest.snapshot_id} (round {manifest.round_id})" if manifest else "the empty state",
+                rec["target"],
+            )
+            return
+        raise RuntimeError(f"recovery failed after {attempts} attempts: {last!r}")
+
+    def _dead_owners(self) -> list[int]:
+        """Partitions whose owner does not answer a ping (dead, or hung for 30 s)."""
+        import ray
+
+        refs = [o.ping.remote() for o in self.owners]
+        dead = []
+        for p, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(p)
+        return dead
+
+    def _recovered(self, reports: list) -> bool:
+        """During a recovery, after a round: has every partition replayed past its old watermark?  Then
+        the replica is rebuilt from the owners and serving resumes (health SERVING)."""
+        import ray
+
+        rec = self.recovery
+        if any(r.visible_offset < rec["target"].get(r.partition, 0) for r in reports):
+            return False
+        pubs = ray.get([o.final_embeddings.remote() for o in self.owners])
+        with self._cond:
+            if self.replica is not None:
+                from clustergnn.replica import EmbeddingReplica
+
+                replica = EmbeddingReplica(self.dims[-1])
+                replica.apply(pubs)
+                self.replica = replica
+            took = time.monotonic() - rec["t0"]
+            self.recoveries.append(
+                {
+                    "partitions": sorted(rec["dead"]),
+                    "since_s": rec["since_s"],
+                    "duration_s": took,
+                    "snapshot_id": rec["snapshot_id"],
+                    "attempts": rec["attempts"],
+                    "round": self.round_id,
+                }
+            )
+            self.recovery = None
+            self.healthy = True
+        log.warning("recovered partitions %s in %.2fs (round %s): SERVING", sorted(rec["dead"]), took, self.round_id)
+        return True
 
     def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The round driver's fan-out: ``step`` on every owner at once, results in partition order."""
@@ -250,12 +384,20 @@ class Cluster:
             self.P,
             self.num_layers,
             self.config.kafka.max_poll_records,
-            fuse_next_ingest=not self.config.cluster.hub_window_ms and not cut,
+            fuse_next_ingest=not self.config.cluster.hub_window_ms and not cut and self.recovery is None,
         )
         prefetched, self._next_reports = self._next_reports, None
         out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
         self._next_reports = out.next_reports
         busy, reports, published = out.busy, out.reports, out.finished
+        for rep in reports + (out.next_reports or []):
+            self._read_upto[rep.partition] = max(self._read_upto.get(rep.partition, 0), rep.next_offset)
+        if self.recovery is not None and not self._recovered(reports):
+            with self._cond:  # watermark and replica stay where they were until the replay has passed them
+                self.stats.rounds += 1
+                self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
+            self._note_caught_up(reports)
+            return busy
         with self._cond:
             if busy and self.replica is not None:
                 self.replica.apply([x for x in published if x is not None])
@@ -271,13 +413,16 @@ class Cluster:
             self.stats.dead_letters += sum(rep.dead_letters for rep in reports)
             self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
             self._cond.notify_all()
+        self._note_caught_up(reports)
+        if cut:
+            self._take_snapshot()
+        return busy
+
+    def _note_caught_up(self, reports: list) -> None:
         if self.replaying:
             self._caught_up.update(rep.partition for rep in reports if rep.caught_up_at_ms is not None)
             if len(self._caught_up) == self.P:
                 self._end_replay()
-        if cut:
-            self._take_snapshot()
-        return busy
 
     def _end_replay(self) -> None:
         import ray
@@ -292,7 +437,7 @@ class Cluster:
     def _snapshot_due(self) -> bool:
         """Snapshots on, none being written, something changed since the last, and an interval passed."""
         sc = self.config.snapshot
-        if self.snapshots is None or self._snap_inflight is not None:
+        if self.snapshots is None or self._snap_inflight is not None or self.recovery is not None:
             return False
         with self._cond:
             watermark = self.freshness.watermark
@@ -440,9 +585,21 @@ class Cluster:
             return self.freshness.staleness_ms()
 
     def _raise_if_down(self) -> None:
-        if not self.healthy:
+        """Reads fail when the cluster is down for good or not started; during a recovery the replica still
+        answers (at the watermark it had), so only reads that need an owner fail (:meth:`_raise_if_recovering`)."""
+        if not self.healthy and self.recovery is None:
             why = f": {self.error!r}" if self.error else ""
             raise PartitionUnavailableError(f"the cluster is not serving{why}")
+
+    def _raise_if_recovering(self) -> None:
+        rec = self.recovery
+        if rec is not None:
+            raise PartitionUnavailableError(
+                f"partitions {sorted(rec['dead']) or '?'} are recovering (for {time.monotonic() - rec['t0']:.1f}s; "
+                f"every owner replays from snapshot {rec['snapshot_id']}): only final-layer reads are served "
+                f"meanwhile, "
+                f"at watermark {rec['target']}"
+            )
 
     def _check_read(
         self, ids: np.ndarray, layer: int, max_staleness_ms: float | None, min_offsets: Offsets | None
@@ -493,6 +650,7 @@ class Cluster:
                 if max_staleness_ms is None or stale <= max_staleness_ms:
                     return ReadResult(emb, ver, stale, watermark, resolved)
                 continue  # the bound slipped while reading: wait again
+            self._raise_if_recovering()
             owner = self.pmap.owner(ids)
             parts = [(p, np.flatnonzero(owner == p)) for p in range(self.P)]
             parts = [(p, idx) for p, idx in parts if idx.size]
@@ -506,7 +664,7 @@ class Cluster:
                     f"read of {len(ids)} ids did not finish within {timeout_s * 1000:.0f} ms"
                 ) from None
             except ray.exceptions.RayActorError as exc:
-                raise PartitionUnavailableError(f"a partition owner is down: {exc}") from None
+                raise PartitionUnavailableError(f"a partition owner is down (it will be recovered): {exc}") from None
             except UnknownVertexError as exc:
                 raise UnknownVertexError(str(exc.args[0]) if exc.args else str(exc)) from None
             except ray.exceptions.RayTaskError as exc:
@@ -530,10 +688,15 @@ class Cluster:
         import ray
 
         parts = []
-        try:
-            raw = ray.get([o.status.remote() for o in self.owners], timeout=10)
-        except Exception:  # noqa: BLE001 - report the cluster as down rather than fail the status call
-            raw = [None] * self.P
+        raw: list[dict | None] = [None] * self.P
+        if self.recovery is None:  # a recovering owner is busy restoring: report what it said last
+            try:
+                raw = ray.get([o.status.remote() for o in self.owners], timeout=10)
+                self._owner_status = list(raw)
+            except Exception:  # noqa: BLE001 - report the cluster as down rather than fail the status call
+                pass
+        else:
+            raw = list(self._owner_status)
         watermark, staleness = self.watermark, self.staleness_ms()
         for p in range(self.P):
             s = raw[p]
@@ -559,6 +722,16 @@ class Cluster:
             "message_bytes": float(self.stats.message_bytes),
             "dead_letters": float(self.stats.dead_letters),
             "replaying": float(self.replaying),
+        }
+        rec, done = self.recovery, self.recoveries
+        extra |= {
+            "recovering": 1.0 if rec else 0.0,
+            "recovery_elapsed_s": time.monotonic() - rec["t0"] if rec else 0.0,
+            "recovering_partitions": float(len(rec["dead"])) if rec else 0.0,
+            "recoveries": float(len(done)),
+            "recovery_last_s": done[-1]["duration_s"] if done else 0.0,
+            "recovery_max_s": max(r["duration_s"] for r in done) if done else 0.0,
+            "owner_restarts": float(sum(len(r["partitions"]) for r in done)),
         }
         last = self.last_snapshot
         if self.snapshots is not None:

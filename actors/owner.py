@@ -58,6 +58,7 @@ class IngestReport:
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
     deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
+    next_offset: int = 0  # every record below has been read (and a bad one dead-lettered)
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
@@ -140,28 +141,10 @@ class PartitionOwner:
             publish=not config.cluster.collaborative,
         )
         self.feature_dim = feature_dim
+        self._rules, self._engine_kw = rules, kw
         self._store = None
-        self.pending: list[_Pending] = []
-        if restore_from is None:
-            self.engine = PartitionEngine(rules, **kw)
-        else:
-            t0 = time.perf_counter()
-            arrays, info = self.store().read_part(restore_from, partition)
-            self.pending = pending_from_arrays(arrays, time.time())
-            engine_arrays = {k: v for k, v in arrays.items() if not k.startswith(PENDING_PREFIX)}
-            self.engine = PartitionEngine.from_state(rules, engine_arrays, info.meta["engine"], **kw)
-            start_offset = info.next_offset
-            log.info(
-                "partition %s restored from snapshot %s (round %s) in %.2fs: %s vertices, %s pending records, "
-                "replaying from offset %s",
-                partition,
-                restore_from.snapshot_id,
-                restore_from.round_id,
-                time.perf_counter() - t0,
-                len(self.engine.owned_ids()),
-                len(self.pending),
-                start_offset,
-            )
+        self.consumer = None
+        start_offset = self._load(restore_from, start_offset)
         kc = config.kafka
         self.consumer = MutationConsumer(
             kc.bootstrap,
@@ -174,10 +157,40 @@ class PartitionOwner:
             kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
         )
         self.next_offset = start_offset or 0
+        self.pending_timeout_s = config.cluster.pending_timeout_s
+        self._reset_round_state()
+        self.restores = 0
+        log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
+
+    def _load(self, manifest: Manifest | None, start_offset: int | None) -> int | None:
+        """A fresh engine: empty, or this partition's part of ``manifest`` (with its deferred records);
+        returns the offset to read from next (the part's ``next_offset``; else ``start_offset``)."""
+        self.pending = []
+        if manifest is None:
+            self.engine = PartitionEngine(self._rules, **self._engine_kw)
+            return start_offset
+        t0 = time.perf_counter()
+        arrays, info = self.store().read_part(manifest, self.partition)
+        self.pending = pending_from_arrays(arrays, time.time())
+        engine_arrays = {k: v for k, v in arrays.items() if not k.startswith(PENDING_PREFIX)}
+        self.engine = PartitionEngine.from_state(self._rules, engine_arrays, info.meta["engine"], **self._engine_kw)
+        log.info(
+            "partition %s restored from snapshot %s (round %s) in %.2fs: %s vertices, %s pending records, "
+            "replaying from offset %s",
+            self.partition,
+            manifest.snapshot_id,
+            manifest.round_id,
+            time.perf_counter() - t0,
+            len(self.engine.owned_ids()),
+            len(self.pending),
+            info.next_offset,
+        )
+        return info.next_offset
+
+    def _reset_round_state(self) -> None:
         self.replaying = True  # see the class docstring
         self._snap: dict[str, Any] | None = None  # the part being written in the background
         self._snap_thread: threading.Thread | None = None
-        self.pending_timeout_s = config.cluster.pending_timeout_s
         self.applied = 0
         self.dead_letters = 0
         self.round_id = 0
@@ -187,9 +200,29 @@ class PartitionOwner:
         self._round_mutations = 0
         self._round_dead = 0
         self.last_round: RoundSummary | None = None
-
         self._t_rate = (time.time(), 0)
-        log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
+
+    def restore(self, manifest: Manifest | None, quiet_below: int | None = None) -> int:
+        """Roll back to ``manifest`` (None: the empty state at offset 0) after another owner died: drop the
+        engine, any open round and deferred records, load the snapshot's part and read the partition again
+        from its offset, in replay mode.  ``quiet_below``: records below this offset were read before the
+        rollback, so a bad one among them is already in the dead-letter topic and is not sent again.
+        Returns the offset the replay starts at."""
+        if self._snap_thread is not None:
+            self._snap_thread.join(timeout=30)  # its part belongs to a snapshot that will never commit
+        offset = self._load(manifest, None)
+        self.consumer.seek(self.partition, offset or 0)
+        self.consumer.quiet_below(self.partition, quiet_below)
+        self.next_offset = offset or 0
+        self._reset_round_state()
+        self.restores += 1
+        log.info(
+            "partition %s rolled back to %s: replaying from offset %s",
+            self.partition,
+            f"snapshot {manifest.snapshot_id}" if manifest else "the empty state",
+            self.next_offset,
+        )
+        return self.next_offset
 
     # ------------------------------------------------------------------ round steps
     def ingest(self, round_id: int, max_records: int | None) -> IngestReport:
@@ -278,6 +311,7 @@ class PartitionOwner:
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
             deferred=sum(len(p.batch) for p in self.pending),
+            next_offset=self.next_offset,
             struct_out=self.engine.structure_outbox() if self._open else {},
         )
 

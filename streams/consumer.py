@@ -185,6 +185,7 @@ class MutationConsumer:
         rest = [self._tps[p] for p in self.partitions if p not in start_offsets]
         if rest:
             self._consumer.seek_to_beginning(*rest)
+        self._redelivered_below: dict[int, int] = {}  # partition -> offsets below were dead-lettered before a rollback
         self._dlq: KafkaProducer | None = None
         self._dlq_partitions: int | None = None
         self._dlq_lock = threading.Lock()
@@ -205,6 +206,20 @@ class MutationConsumer:
         if partition not in self._position:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
         return self._position[partition]
+
+    def quiet_below(self, partition: int, offset: int | None) -> None:
+        """Records of ``partition`` below ``offset`` were already read once, before a rollback to an older
+        position: a bad one among them is in the dead-letter topic already, so it is counted again but not
+        sent again.  ``None`` clears it."""
+        if partition not in self._tps:
+            raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
+        if offset is None:
+            self._redelivered_below.pop(partition, None)
+        else:
+            self._redelivered_below[partition] = int(offset)
+
+    def _already_dead_lettered(self, partition: int, offset: int) -> bool:
+        return offset < self._redelivered_below.get(partition, -1)
 
     def caught_up(self, partition: int) -> bool:
         """True when this consumer has read up to the partition's high watermark as last reported by
@@ -271,6 +286,9 @@ class MutationConsumer:
         by_offset = {(tp.partition, r.offset): r for tp, recs in fetched.items() for r in recs}
         futures = []
         for d in dead:
+            if self._already_dead_lettered(d.partition, d.offset):
+                logger.info("%s[%s]@%s bad again after a rollback", d.topic, d.partition, d.offset)
+                continue
             rec = by_offset[(d.partition, d.offset)]
             logger.warning("dead letter %s[%s]@%s: %s", d.topic, d.partition, d.offset, d.error)
             futures.append(
@@ -284,7 +302,7 @@ class MutationConsumer:
             )
         for f in futures:
             f.get(timeout=30)
-        self.dead_letters_sent += len(dead)
+        self.dead_letters_sent += len(futures)
 
     def _dlq_producer(self) -> KafkaProducer:
         with self._dlq_lock:  # a poller thread and the owner may both dead-letter
@@ -311,6 +329,9 @@ class MutationConsumer:
         """
         from streams.wire import encode_arrow
 
+        if self._already_dead_lettered(partition, offset):
+            logger.info("%s[%s]@%s rejected again after a rollback", self.topic, partition, offset)
+            return
         producer = self._dlq_producer()
         d = DeadLetter(self.topic, partition, offset, timestamp_ms, DecodeError(code, message))
         logger.warning("dead letter %s[%s]@%s: %s", self.topic, partition, offset, d.error)
