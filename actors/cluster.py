@@ -105,6 +105,7 @@ class Cluster:
         self._read_upto: dict[int, int] = {}  # partition -> every record below was read (dead letters sent)
         self._owner_gen = [0] * self.P
         self._owner_status: list[dict | None] = [None] * self.P
+        self._started = False
 
     @staticmethod
     def _partition_map(config: Config):
@@ -148,7 +149,10 @@ class Cluster:
                 manifest.round_id,
                 manifest.next_offsets,
             )
-        self.healthy = True
+        # NOT_SERVING until every partition has caught up with its log once (the replay after a restart;
+        # on an empty log, the first two rounds): until then the state is older than what was served before
+        self.healthy = False
+        self._started = True
         self._thread = threading.Thread(target=self._run, name="clustergnn-rounds", daemon=True)
         self._thread.start()
         log.info("cluster up: %s partitions, model %s", self.P, [type(layer).__name__ for layer in self.layers])
@@ -222,6 +226,7 @@ class Cluster:
             ray.kill(o)
         self.owners = []
         self.healthy = False
+        self._started = False
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
@@ -429,6 +434,10 @@ class Cluster:
 
         ray.get([o.end_replay.remote() for o in self.owners])
         self.replaying = False
+        with self._cond:
+            if self.recovery is None and self.error is None:
+                self.healthy = True
+            self._cond.notify_all()
         log.info(
             "every partition has caught up with its log (round %s): deferral timeouts count from now", self.round_id
         )
@@ -560,7 +569,7 @@ class Cluster:
                 timeout_s=timeout_s,
                 sleep=self._cond.wait,
                 poll_s=0.1,
-                before_check=lambda _now_ms: self._raise_if_down(),
+                before_check=lambda _now_ms: None if self._starting() else self._raise_if_down(),
             )
         if not verdict.met:
             raise StalenessDeadlineError(
@@ -584,10 +593,18 @@ class Cluster:
         with self._cond:
             return self.freshness.staleness_ms()
 
+    def _starting(self) -> bool:
+        return self._started and self.replaying and self.error is None and self.recovery is None
+
     def _raise_if_down(self) -> None:
         """Reads fail when the cluster is down for good or not started; during a recovery the replica still
         answers (at the watermark it had), so only reads that need an owner fail (:meth:`_raise_if_recovering`)."""
         if not self.healthy and self.recovery is None:
+            if self._starting():
+                raise PartitionUnavailableError(
+                    f"the cluster is replaying its log after a start ({len(self._caught_up)} of {self.P} partitions "
+                    "caught up): it serves once every partition has"
+                )
             why = f": {self.error!r}" if self.error else ""
             raise PartitionUnavailableError(f"the cluster is not serving{why}")
 
@@ -632,6 +649,9 @@ class Cluster:
         resolved = self._check_read(ids, int(layer), max_staleness_ms, min_offsets)
         deadline = time.monotonic() + timeout_s
         fresh = self.freshness
+        with self._cond:  # a read during the replay after a start waits for it (up to its deadline)
+            while self._starting() and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
         while True:
             with self._cond:
                 verdict = fresh.wait(
@@ -722,6 +742,7 @@ class Cluster:
             "message_bytes": float(self.stats.message_bytes),
             "dead_letters": float(self.stats.dead_letters),
             "replaying": float(self.replaying),
+            "edges": float(sum((s or {}).get("edges", 0) for s in raw)),
         }
         rec, done = self.recovery, self.recoveries
         extra |= {

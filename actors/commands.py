@@ -69,8 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         while not stop.wait(0.5):
-            if not cluster.healthy:
+            if cluster.error is not None:
                 print(f"cluster stopped serving: {cluster.error!r}", file=sys.stderr, flush=True)
+                return 1
         return 0
     finally:
         if gateway is not None:
