@@ -743,6 +743,8 @@ class Cluster:
             "dead_letters": float(self.stats.dead_letters),
             "replaying": float(self.replaying),
             "edges": float(sum((s or {}).get("edges", 0) for s in raw)),
+            # seconds since the broker last answered a fetch, worst owner (unreachable broker: grows)
+            "broker_silent_s": float(max([(s or {}).get("broker_silent_s", 0.0) for s in raw] or [0.0])),
         }
         rec, done = self.recovery, self.recoveries
         extra |= {

@@ -160,6 +160,7 @@ class PartitionOwner:
         self.pending_timeout_s = config.cluster.pending_timeout_s
         self._reset_round_state()
         self.restores = 0
+        self._started_s = time.time()
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
 
     def _load(self, manifest: Manifest | None, start_offset: int | None) -> int | None:
@@ -236,7 +237,10 @@ class PartitionOwner:
         # Read up to the high watermark of a fetch answered during this poll or the previous one: every
         # record produced before the previous poll started has been read.  (The fetch behind the
         # watermark may have been sent in the previous poll; so the earlier start time, not this one.)
-        caught_up_at = self._prev_poll_ms if self.consumer.caught_up(self.partition) else None
+        # ... and only if a fetch response came during this poll or the previous one: with the broker
+        # unreachable the last high watermark says nothing, and visible time must stop (staleness grows)
+        since_ms = self._prev_poll_ms if self._prev_poll_ms is not None else t_poll_ms
+        caught_up_at = self._prev_poll_ms if self.consumer.caught_up(self.partition, since_ms / 1000.0) else None
         self._prev_poll_ms = t_poll_ms
         records: list[_Pending] = []
         n_dead = 0
@@ -367,6 +371,7 @@ class PartitionOwner:
             "pending": len(self.pending),
             "dead_letters": self.dead_letters,
             "next_offset": self.next_offset,
+            "broker_silent_s": now - self.consumer.last_response_s.get(self.partition, self._started_s),
             "mutations_per_s": rate,
             "device": self.device,
             "pid": os.getpid(),

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 
 from clustergnn.codec import columns_to_batch
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
-from streams.errors import StreamError
+from streams.errors import OffsetsGoneError, StreamError
 from streams.topics import dead_letter_topic_for, ensure_topic
 from streams.wire import DecodedRecord, DecodeError, DecodeErrorCode, decode_record
 
@@ -151,7 +153,8 @@ class MutationConsumer:
             "client_id": "clustergnn-consumer",
             "group_id": None,
             "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
+            # never reset silently: an offset that is gone is an error (OffsetsGoneError), not a skip or a replay
+            "auto_offset_reset": "none",
             "max_partition_fetch_bytes": DEFAULT_MAX_PARTITION_FETCH_BYTES,
             "fetch_max_bytes": DEFAULT_FETCH_MAX_BYTES,
             "max_poll_records": 100_000,
@@ -160,6 +163,9 @@ class MutationConsumer:
         if config.get("check_crcs", True):
             _warn_if_slow_crc()
         self._consumer = KafkaConsumer(**config)
+        self.last_response_s: dict[int, float] = {}  # partition -> when a fetch response for it last arrived
+        self._log_bounds: dict[int, tuple[int, int]] = {}  # partition -> (log start, high watermark) then
+        self._track_responses()
         known = self._consumer.partitions_for_topic(topic)
         if not known:
             self._consumer.close()
@@ -190,6 +196,26 @@ class MutationConsumer:
         self._dlq_partitions: int | None = None
         self._dlq_lock = threading.Lock()
 
+    def _track_responses(self) -> None:
+        """Note when each fetch response arrives (kafka-python 2.3's fetcher parses every completed fetch,
+        records or none, through ``_parse_fetched_data``): a high watermark is only evidence of being caught
+        up if it is recent, and with the broker unreachable no response comes."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        parse = getattr(fetcher, "_parse_fetched_data", None)
+        if parse is None:  # another kafka-python: caught_up() then trusts the last high watermark
+            logger.warning("kafka-python without Fetcher._parse_fetched_data: broker silence goes unnoticed")
+            return
+
+        def parse_and_note(completed_fetch: Any) -> Any:
+            data = completed_fetch.partition_data
+            if data.error_code == 0:
+                p = completed_fetch.topic_partition.partition
+                self.last_response_s[p] = time.time()
+                self._log_bounds[p] = (int(getattr(data, "log_start_offset", -1)), int(data.high_watermark))
+            return parse(completed_fetch)
+
+        fetcher._parse_fetched_data = parse_and_note
+
     # ------------------------------------------------------------------ positions
     def seek(self, partition: int, offset: int) -> None:
         """Read ``partition`` from ``offset`` next (resume from a snapshot, or replay)."""
@@ -199,6 +225,7 @@ class MutationConsumer:
             raise StreamError(f"offset must be >= 0, got {offset}")
         self._consumer.seek(self._tps[partition], offset)
         self._position[partition] = offset
+        self._log_bounds.pop(partition, None)
 
     def position(self, partition: int) -> int | None:
         """The next offset to read from ``partition``: ``next_offset`` of the last poll, or the seek
@@ -221,18 +248,27 @@ class MutationConsumer:
     def _already_dead_lettered(self, partition: int, offset: int) -> bool:
         return offset < self._redelivered_below.get(partition, -1)
 
-    def caught_up(self, partition: int) -> bool:
+    def caught_up(self, partition: int, since_s: float | None = None) -> bool:
         """True when this consumer has read up to the partition's high watermark as last reported by
-        a fetch response (the broker's end of the log at the time it answered that fetch)."""
+        a fetch response (the broker's end of the log at the time it answered that fetch), and, with
+        ``since_s``, that response arrived at or after ``since_s`` (time.time())."""
         if partition not in self._tps:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
+        if since_s is not None and self.last_response_s.get(partition, 0.0) < since_s:
+            return False
         hw = self._consumer.highwater(self._tps[partition])
         return hw is not None and (self._position[partition] or 0) >= hw
 
     # ------------------------------------------------------------------ polling
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[PolledBatch]:
         """Fetch what is available (waiting up to ``timeout_ms``) and decode it; one entry per partition."""
-        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except kafka_errors.OffsetOutOfRangeError as exc:
+            tp, offset = next(iter(exc.args[0].items())) if exc.args and isinstance(exc.args[0], dict) else (None, -1)
+            p = tp.partition if tp is not None else self.partitions[0]
+            raise OffsetsGoneError(self.topic, p, int(offset), *self._log_range(p)) from None
+        self._check_log_bounds()
         out: list[PolledBatch] = []
         dead: list[DeadLetter] = []
         for tp in sorted(fetched, key=lambda t: t.partition):
@@ -242,6 +278,25 @@ class MutationConsumer:
         if dead:
             self._send_dead_letters(dead, fetched)
         return out
+
+    def _check_log_bounds(self) -> None:
+        """A broker may answer a fetch past its end with no records rather than OFFSET_OUT_OF_RANGE (an
+        in-memory broker restarted empty): a high watermark below what was already read, or a log start
+        above the next offset to read, means records are gone."""
+        for p, (start, hw) in self._log_bounds.items():
+            pos = self._position.get(p)
+            if pos is not None and (0 <= hw < pos or (start >= 0 and pos < start)):
+                raise OffsetsGoneError(self.topic, p, pos, max(start, 0), hw)
+
+    def _log_range(self, partition: int) -> tuple[int | None, int | None]:
+        tp = self._tps[partition]
+        try:
+            return (
+                int(self._consumer.beginning_offsets([tp], timeout_ms=5000)[tp]),
+                int(self._consumer.end_offsets([tp], timeout_ms=5000)[tp]),
+            )
+        except Exception:  # noqa: BLE001 - the error names what it could find out
+            return None, None
 
     def _decode_partition(self, partition: int, records: list[Any], dead: list[DeadLetter]) -> PolledBatch:
         valid: list[DecodedRecord] = []

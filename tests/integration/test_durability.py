@@ -8,6 +8,7 @@ the embeddings, which are compared with a single-process :class:`Engine` (rel er
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -273,5 +274,89 @@ def test_a_killed_owner_is_recovered_and_reads_stay_consistent(
         c.wait_for(send_all(c, phase3), timeout_s=60)
         assert_exact(c, single_engine(c, init, batches), seq)
         assert c.status().extra["recoveries"] == 2.0 and c.status().extra["owner_restarts"] == 2.0
+    finally:
+        c.stop()
+
+
+# ----------------------------------------------------------------------------- the broker misbehaves
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of this test's own (it is paused or restarted): never the session's."""
+    from streams.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=0, log_path=tmp_path / "broker.log")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_unreachable_broker_keeps_reads_served_with_growing_staleness_and_ingest_resumes(
+    ray_local, own_broker, topic_name, tmp_path
+) -> None:
+    import os
+    import signal
+
+    cfg = config(own_broker.bootstrap, topic_name(), tmp_path / "snaps")
+    init, batches = random_stream(seed=5, n_vertices=40, n_batches=6, batch_size=20, feature_dim=F)
+    seq: dict[int, int] = {}
+    init, *batches = with_sequences([init, *batches], seq)
+    c = Cluster(cfg).start()
+    try:
+        c.wait_for(c.apply(init), timeout_s=60)
+        c.wait_for(send_all(c, batches[:3]), timeout_s=60)
+        ids = np.sort(np.array([v for v in seq if v < 40 and v in seq], dtype=np.int64))[:5]
+        assert c.read(ids).staleness_ms < 2000
+        os.kill(own_broker.pid, signal.SIGSTOP)  # unreachable: connections stay open, nothing answers
+        try:
+            time.sleep(4.0)
+            r = c.read(ids)  # still answered, from the state it has, saying how old it may be
+            assert r.staleness_ms >= 3000, r.staleness_ms
+            st = c.status()
+            assert st.extra["broker_silent_s"] >= 3.0 and c.error is None
+        finally:
+            os.kill(own_broker.pid, signal.SIGCONT)
+        c.wait_for(send_all(c, batches[3:]), timeout_s=90)  # ingest resumed by itself
+        assert c.read(ids).staleness_ms < 3000 and c.status().extra["broker_silent_s"] < 3.0
+        single = single_engine(c, init, batches)
+        ids = single.vertex_ids()
+        ref = single.embeddings(ids).numpy()
+        got = c.read(ids, max_staleness_ms=60_000).embeddings
+        assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+    finally:
+        c.stop()
+
+
+def test_a_log_that_lost_its_records_stops_ingestion_and_says_which_offsets(
+    ray_local, own_broker, topic_name, tmp_path
+) -> None:
+    """The in-memory broker restarts empty on the same port: the owners' next offsets are gone.  They must
+    neither skip nor re-apply: the cluster turns NOT_SERVING and says which offsets of which partition."""
+    from clustergnn.serving import PartitionUnavailableError
+    from streams.broker import EmbeddedBroker
+    from streams.topics import ensure_topics
+
+    topic = topic_name()
+    cfg = config(own_broker.bootstrap, topic, tmp_path / "snaps")
+    init, batches = random_stream(seed=6, n_vertices=40, n_batches=2, batch_size=20, feature_dim=F)
+    c = Cluster(cfg).start()
+    try:
+        c.wait_for(c.apply(init), timeout_s=60)
+        c.wait_for(send_all(c, batches), timeout_s=60)
+        port = own_broker.port
+        own_broker.stop()
+        fresh = EmbeddedBroker(port=port, log_path=tmp_path / "b2.log")
+        fresh.start()
+        own_broker._proc = fresh._proc  # the fixture stops this one
+        ensure_topics(fresh.bootstrap, topic, 2, dead_letter_topic=None)
+        deadline = time.monotonic() + 60
+        while c.error is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.error is not None and not c.status().healthy
+        gone = rf"offset \d+ of {re.escape(topic)}\[\d\] is gone: the log now holds offsets \[0, 0\)"
+        assert re.search(gone, str(c.error)), str(c.error)
+        with pytest.raises(PartitionUnavailableError, match="is gone"):
+            c.read(np.array([1]))
     finally:
         c.stop()

@@ -1,0 +1,595 @@
+#!/usr/bin/env python
+"""Chaos run: faults injected on a seeded schedule while a producer streams mutations and a client reads,
+then an oracle that counts every mutation lost or doubled (issue 11; in the style of Kafka Streams'
+exactly-once system test and Flink's end-to-end sequence check).
+
+What runs: the embedded broker, one ``clustergnn serve`` process (the driver: coordinator, gateway and a
+local Ray with P partition owners) on 127.0.0.1, a producer thread writing at a steady rate through
+Kafka, and a reader thread calling ``GetEmbeddings`` over gRPC.  Faults, drawn from a seeded schedule:
+
+* ``owner``: SIGKILL of one partition owner's process (found among the driver's descendants);
+* ``driver``: SIGKILL of ``clustergnn serve`` (and the Ray processes it started), then a new ``serve``
+  with the same config: it resumes from the newest snapshot plus a replay;
+* ``restart``: SIGTERM of ``serve`` (a rollout), then a new one.
+
+After each fault the run measures the time until gRPC health says SERVING again, then waits a random gap.
+
+**Oracle.**  Every feature update sets its vertex's column 0 to one more than the last (a per-vertex
+sequence); an edge added twice is a multi-edge.  At the end the producer stops, the run waits until every
+acknowledged record is visible, and compares what the cluster serves with a single-process engine fed the
+whole log in the order it was produced: vertices (count), edges (count), per-vertex sequence (column 0 of
+layer 0), and every final embedding (relative error).  Lost = sequence numbers missing + vertices and edges
+missing; doubled = edges and vertices in excess.  Malformed records (a few) must each reach the
+dead-letter topic.
+
+    python scripts/chaos.py --seconds 600 --rate 10000 --owner-kills 50 --driver-kills 5   # the long run
+    python scripts/chaos.py --quick                                                        # a short one
+
+Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clustergnn.config import Config  # noqa: E402
+from clustergnn.mutations import MutationBatch  # noqa: E402
+from clustergnn.partition import HashPartitionMap  # noqa: E402
+
+log = logging.getLogger("chaos")
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Driver:
+    """One ``clustergnn serve`` at a time, started and ended by this run only (by process id)."""
+
+    def __init__(self, config_path: Path, workdir: Path) -> None:
+        self.config_path, self.workdir = config_path, workdir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        out = open(self.workdir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.cli", "serve", "--config", str(self.config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            start_new_session=True,
+        )
+
+    def owner_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        return [p for p in descendants(self.proc.pid) if cmdline(p).startswith("ray::PartitionOwner")]
+
+    def _reap(self, pids: list[int]) -> None:
+        time.sleep(0.5)
+        for p in pids:  # what the driver started and left behind (Ray workers finish dying by themselves)
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        pids = descendants(self.proc.pid)
+        self.proc.kill()
+        self.proc.wait()
+        self._reap(pids)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        assert self.proc is not None
+        pids = descendants(self.proc.pid)
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._reap(pids)
+        return rc
+
+
+# ---------------------------------------------------------------------------------------------- workload
+@dataclass
+class Workload:
+    """Valid mutations in order, with a per-vertex sequence in feature column 0 (see the module docstring)."""
+
+    rng: np.random.Generator
+    dim: int
+    alive: list[int]
+    next_id: int
+    seq: dict[int, int] = field(default_factory=dict)
+    edges: list[tuple[int, int]] = field(default_factory=list)  # streamed edges that may be removed
+    _pos: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._pos = {v: i for i, v in enumerate(self.alive)}
+        for v in self.alive:
+            self.seq.setdefault(v, 0)
+
+    def _feat(self, v: int) -> torch.Tensor:
+        f = self.rng.standard_normal((1, self.dim)).astype(np.float32)
+        f[0, 0] = float(self.seq[v])
+        return torch.from_numpy(f)
+
+    def _pick(self) -> int:
+        return self.alive[int(self.rng.integers(len(self.alive)))]
+
+    def _drop(self, v: int) -> None:
+        i = self._pos.pop(v)
+        last = self.alive.pop()
+        if last != v:
+            self.alive[i] = last
+            self._pos[last] = i
+        self.seq.pop(v)
+
+    def batch(self, n: int) -> MutationBatch:
+        parts = []
+        for _ in range(n):
+            r = self.rng.random()
+            if r < 0.60 or (r < 0.75 and not self.edges):
+                u, v = self._pick(), self._pick()
+                self.edges.append((u, v))
+                parts.append(MutationBatch.add_edges([u], [v]))
+            elif r < 0.75:
+                u, v = self.edges.pop(int(self.rng.integers(len(self.edges))))
+                parts.append(MutationBatch.remove_edges([u], [v]))
+            elif r < 0.93:
+                v = self._pick()
+                self.seq[v] += 1
+                parts.append(MutationBatch.update_features([v], self._feat(v)))
+            elif r < 0.98 or len(self.alive) < 16:
+                v = self.next_id
+                self.next_id += 1
+                self.seq[v] = 0
+                self._pos[v] = len(self.alive)
+                self.alive.append(v)
+                parts.append(MutationBatch.add_vertices([v], self._feat(v)))
+            else:
+                v = self._pick()
+                self._drop(v)
+                self.edges = [e for e in self.edges if v not in e]
+                parts.append(MutationBatch.remove_vertices([v]))
+        return MutationBatch.concat(parts)
+
+
+class Producer(threading.Thread):
+    """Writes ``rate`` mutations/s in batches every ``tick_s``, each acknowledged before the next; keeps the
+    log (what was acknowledged, in order) for the oracle; now and then a malformed record."""
+
+    def __init__(self, bootstrap: str, topic: str, pmap, work: Workload, rate: float, bad_every: int) -> None:
+        super().__init__(name="chaos-producer", daemon=True)
+        from kafka import KafkaProducer
+
+        from streams.producer import MutationProducer
+
+        self.producer = MutationProducer(bootstrap, topic, pmap)
+        self.raw = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        self.topic, self.P, self.work, self.rate, self.bad_every = topic, pmap.num_partitions, work, rate, bad_every
+        self.log: list[MutationBatch] = []
+        self.offsets: dict[int, int] = {}
+        self.bad: list[tuple[int, int]] = []  # (partition, offset) of each malformed record
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.mutations = 0
+
+    def run(self) -> None:
+        tick = 0.05
+        per_tick = max(1, int(self.rate * tick))
+        t_next = time.monotonic()
+        n = 0
+        try:
+            while not self.stop.is_set():
+                b = self.work.batch(per_tick)
+                for p, o in self.producer.send(b).items():
+                    self.offsets[p] = max(self.offsets.get(p, -1), o)
+                self.log.append(b)
+                self.mutations += len(b)
+                n += 1
+                if self.bad_every and n % self.bad_every == 0:
+                    p = int(self.work.rng.integers(self.P))
+                    md = self.raw.send(self.topic, value=b"not a mutation record", partition=p).get(timeout=30)
+                    self.bad.append((p, md.offset))
+                    self.offsets[p] = max(self.offsets.get(p, -1), md.offset)
+                t_next += tick
+                self.stop.wait(max(0.0, t_next - time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 - reported by the run
+            self.error = exc
+
+    def close(self) -> None:
+        self.producer.close()
+        self.raw.close()
+
+
+class Reader(threading.Thread):
+    """Reads a few random vertices ``rate`` times a second; counts answers by status code and checks that
+    watermarks never go backwards within one driver's life."""
+
+    def __init__(self, target: str, ids: list[int], rate: float, seed: int) -> None:  # ids: live, shared
+        super().__init__(name="chaos-reader", daemon=True)
+        self.target, self.ids, self.rate = target, ids, rate
+        self.rng = random.Random(seed)
+        self.codes: dict[str, int] = {}
+        self.regressions = 0
+        self.stop = threading.Event()
+        self.epoch = 0  # bumped at each driver restart: a new driver starts from its snapshot's watermark
+
+    def run(self) -> None:
+        from actors.gateway.client import GatewayClient
+
+        last: dict[int, int] = {}
+        epoch = self.epoch
+        client = GatewayClient(self.target)
+        try:
+            while not self.stop.wait(1.0 / self.rate):
+                if epoch != self.epoch:
+                    epoch, last = self.epoch, {}
+                ids = [self.ids[self.rng.randrange(len(self.ids))] for _ in range(4)]
+                try:
+                    r = client.get_embeddings(ids, timeout_s=2.0)
+                    code = "OK"
+                    if any(r.watermark.get(p, 0) < w for p, w in last.items()):
+                        self.regressions += 1
+                    last = dict(r.watermark)
+                except Exception as exc:  # noqa: BLE001 - counted by kind
+                    code = type(exc).__name__
+                self.codes[code] = self.codes.get(code, 0) + 1
+        finally:
+            client.close()
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def health(target: str, timeout_s: float = 1.0) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as ch:
+        try:
+            st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(st.status)
+        except grpc.RpcError as e:
+            return e.code().name
+
+
+def wait_serving(target: str, timeout_s: float, leave_first: bool = False) -> float | None:
+    """Seconds until health is SERVING (after it has left SERVING, with ``leave_first``); None on timeout."""
+    t0 = time.monotonic()
+    left = not leave_first
+    while time.monotonic() - t0 < timeout_s:
+        h = health(target)
+        left |= h != "SERVING"
+        if left and h == "SERVING":
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return None
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from clustergnn.datasets import load
+    from clustergnn.models import load_layers
+    from streams.broker import EmbeddedBroker
+
+    rng = np.random.default_rng(args.seed)
+    sched = random.Random(args.seed)
+    work_dir = Path(args.workdir or tempfile.mkdtemp(prefix="clustergnn-chaos-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker(port=0, log_path=work_dir / "broker.log")
+    broker.start()
+    port = args.port
+    cfg = {
+        "kafka": {"bootstrap": broker.bootstrap, "topic": "chaos", "poll_timeout_ms": 10},
+        "cluster": {"partitions": args.partitions},
+        "model": {"builtin": "sage", "in_dim": args.dim, "hidden": args.hidden, "out_dim": args.out, "seed": 1},
+        "graph": {"dataset": None},
+        "gateway": {"port": port, "metrics_port": None, "insecure_local": True},
+        "snapshot": {"uri": str(work_dir / "snapshots"), "interval_s": args.snapshot_interval_s, "retention": 3},
+    }
+    cfg_path = work_dir / "config.json"
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    config = Config.from_dict(cfg)
+    target = f"127.0.0.1:{port}"
+    driver = Driver(cfg_path, work_dir)
+    pmap = HashPartitionMap(args.partitions)
+    result: dict = {"args": vars(args), "faults": []}
+    producer = reader = None
+    try:
+        t_up = time.monotonic()
+        driver.start()
+        if wait_serving(target, 180) is None:
+            raise RuntimeError(f"serve did not come up; see {work_dir}/serve-1.log")
+        result["first_start_s"] = time.monotonic() - t_up
+        # the initial graph, through Kafka like everything else
+        if args.dataset:
+            ds = load(args.dataset)
+            init = ds.initial_batch(dim=args.dim, seed=1)
+            verts = ds.initial_vertices.tolist()
+        else:
+            verts = list(range(args.vertices))
+            src = rng.choice(verts, args.vertices * 8)
+            dst = rng.choice(verts, args.vertices * 8)
+            f = torch.from_numpy(rng.standard_normal((len(verts), args.dim)).astype(np.float32))
+            init = MutationBatch.concat([MutationBatch.add_vertices(verts, f), MutationBatch.add_edges(src, dst)])
+        feats = init.features.clone()
+        feats[:, 0] = 0.0  # every vertex's sequence starts at 0 (only additions carry feature rows)
+        init = MutationBatch(init.kind, init.src, init.dst, feats)
+        work = Workload(rng, args.dim, list(verts), next_id=int(max(verts)) + 1)
+        producer = Producer(broker.bootstrap, "chaos", pmap, work, args.rate, args.bad_every)
+        for p, o in producer.producer.send(init, timeout_s=120).items():
+            producer.offsets[p] = o
+        producer.log.append(init)
+        reader = Reader(target, work.alive, args.read_rate, args.seed)
+        producer.start()
+        reader.start()
+        print(f"[chaos] up in {result['first_start_s']:.1f}s; streaming {args.rate:.0f} mutations/s", flush=True)
+
+        kinds = ["owner"] * args.owner_kills + ["driver"] * args.driver_kills + ["restart"] * args.restarts
+        sched.shuffle(kinds)
+        t_end = time.monotonic() + args.seconds
+        for i, kind in enumerate(kinds):
+            gap = sched.uniform(args.min_gap_s, args.max_gap_s)
+            time.sleep(gap)
+            if producer.error is not None:
+                raise RuntimeError(f"the producer failed: {producer.error!r}")
+            t0 = time.monotonic()
+            if kind == "owner":
+                pids = driver.owner_pids()
+                if not pids:
+                    raise RuntimeError("no owner process found among the driver's descendants")
+                os.kill(sched.choice(pids), signal.SIGKILL)
+                took = wait_serving(target, 120, leave_first=True)
+            else:
+                if kind == "driver":
+                    driver.kill()
+                    rc = None
+                else:
+                    rc = driver.terminate()
+                reader.epoch += 1
+                driver.start()
+                took = wait_serving(target, 180)
+            fault = {"kind": kind, "at_s": round(t0 - t_up, 2), "to_serving_s": took}
+            if kind == "restart":
+                fault["exit_code"] = rc
+            result["faults"].append(fault)
+            shown = f"{took:.2f}s" if took is not None else "NOT RECOVERED"
+            print(f"[chaos] fault {i + 1}/{len(kinds)} {kind:7s} -> SERVING in {shown}", flush=True)
+            if took is None:
+                break
+        while time.monotonic() < t_end:
+            time.sleep(0.5)
+        producer.stop.set()
+        producer.join()
+        if producer.error is not None:
+            raise RuntimeError(f"the producer failed: {producer.error!r}")
+        result["oracle"] = oracle(target, config, producer, work, args, broker.bootstrap)
+    finally:
+        for th in (producer, reader):
+            if th is not None:
+                th.stop.set()
+        if reader is not None:
+            reader.join(timeout=10)
+        if driver.proc is not None and driver.proc.poll() is None:
+            result["final_exit_code"] = driver.terminate()
+        if producer is not None:
+            producer.close()
+        broker.stop()
+    result["reads"] = dict(reader.codes) if reader else {}
+    result["read_watermark_regressions"] = reader.regressions if reader else None
+    result["produced_mutations"] = producer.mutations if producer else 0
+    result["workdir"] = str(work_dir)
+    _ = load_layers  # the oracle loads the model itself
+    return result
+
+
+def oracle(target: str, config: Config, producer: Producer, work: Workload, args, bootstrap: str) -> dict:
+    """Wait until every acknowledged record is visible, then compare with a single engine fed the whole log."""
+    from actors.gateway.client import GatewayClient
+    from clustergnn import Engine
+    from clustergnn.models import load_layers
+
+    t0 = time.monotonic()
+    with GatewayClient(target) as c:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                c.get_embeddings(work.alive[:1], min_offsets=producer.offsets, timeout_s=10)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline
+                print(f"[chaos] waiting for the log to become visible: {exc}", flush=True)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the produced log never became visible: {exc!r}") from exc
+                time.sleep(0.5)
+        catch_up_s = time.monotonic() - t0
+        single = Engine.from_layers(load_layers(config.model), args.dim)
+        single.bulk_load(producer.log[0])
+        for b in producer.log[1:]:
+            single.apply(b)
+        ids = np.sort(single.vertex_ids())
+        st = c.status()
+        served_vertices = sum(p.num_vertices for p in st.partitions)
+        served_edges = int(st.extra.get("edges", -1))
+        chunk = config.gateway.max_ids_per_request
+        emb, feats = [], []
+        for i in range(0, len(ids), chunk):
+            emb.append(c.get_embeddings(ids[i : i + chunk], timeout_s=30).embeddings)
+            feats.append(c.get_embeddings(ids[i : i + chunk], layer=0, timeout_s=30).embeddings)
+        emb, feats = np.concatenate(emb), np.concatenate(feats)
+    ref = single.embeddings(ids).numpy()
+    err = float(np.abs(emb - ref).max() / max(1.0, float(np.abs(ref).max())))
+    want_seq = np.array([work.seq[int(v)] for v in ids], dtype=np.int64)
+    got_seq = feats[:, 0].astype(np.int64)
+    dlq = dead_letters(bootstrap, "chaos.dlq")
+    bad = set(producer.bad)
+    valid_dead = [k for k in dlq if k not in bad]
+    return {
+        "catch_up_s": catch_up_s,
+        "vertices": {"expected": single.num_vertices, "served": served_vertices},
+        "edges": {"expected": int(single.num_edges), "served": served_edges},
+        "updates_lost": int(np.clip(want_seq - got_seq, 0, None).sum()),
+        "updates_ahead": int(np.clip(got_seq - want_seq, 0, None).sum()),
+        "lost": int(np.clip(want_seq - got_seq, 0, None).sum())
+        + max(0, single.num_vertices - served_vertices)
+        + max(0, int(single.num_edges) - served_edges)
+        + len(valid_dead),
+        "doubled": max(0, served_vertices - single.num_vertices) + max(0, served_edges - int(single.num_edges)),
+        "max_rel_error": err,
+        "embeddings_off": int((np.abs(emb - ref).max(axis=1) > 1e-5 * max(1.0, float(np.abs(ref).max()))).sum()),
+        "malformed_sent": len(bad),
+        "malformed_dead_lettered": len(bad & set(dlq)),
+        "dead_letter_duplicates": len(dlq) - len(set(dlq)),
+        "valid_dead_lettered": len(valid_dead),
+    }
+
+
+def dead_letters(bootstrap: str, topic: str) -> list[tuple[int, int]]:
+    """(source partition, source offset) of every record in the dead-letter topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.consumer import H_OFFSET, H_PARTITION
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out = []
+        while any(c.position(tp) < end[tp] for tp in tps):
+            for recs in c.poll(timeout_ms=1000).values():
+                for r in recs:
+                    h = {k: v.decode() for k, v in r.headers}
+                    out.append((int(h[H_PARTITION]), int(h[H_OFFSET])))
+        return out
+    finally:
+        c.close()
+
+
+def table(res: dict) -> str:
+    lines = ["fault     injected  recovered  to SERVING p50 / p99 / max (s)"]
+    for kind in ("owner", "driver", "restart"):
+        fs = [f for f in res["faults"] if f["kind"] == kind]
+        if not fs:
+            continue
+        ok = [f["to_serving_s"] for f in fs if f["to_serving_s"] is not None]
+        lines.append(
+            f"{kind:8s}  {len(fs):8d}  {len(ok):9d}  "
+            f"{percentile(ok, 50):.2f} / {percentile(ok, 99):.2f} / {max(ok) if ok else float('nan'):.2f}"
+        )
+    o = res.get("oracle")
+    if o:
+        lines += [
+            f"mutations produced {res['produced_mutations']}, lost {o['lost']}, doubled {o['doubled']}, "
+            f"max rel error {o['max_rel_error']:.2e} ({o['embeddings_off']} embeddings off)",
+            f"vertices {o['vertices']}, edges {o['edges']}, updates lost {o['updates_lost']}",
+            f"malformed records {o['malformed_sent']}, dead-lettered {o['malformed_dead_lettered']}, "
+            f"valid dead-lettered {o['valid_dead_lettered']}, duplicate dead letters {o['dead_letter_duplicates']}",
+            f"catch-up after the producer stopped: {o['catch_up_s']:.1f}s",
+        ]
+    lines.append(f"reads {res['reads']}; watermark regressions {res['read_watermark_regressions']}")
+    if "snapshot" in res:
+        lines.append(f"snapshots {res['snapshot']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run: small graph, 3 owner kills, 1 driver kill")
+    ap.add_argument("--seconds", type=float, default=600.0, help="minimum length of the run")
+    ap.add_argument("--rate", type=float, default=10_000.0, help="mutations per second")
+    ap.add_argument("--read-rate", type=float, default=20.0)
+    ap.add_argument("--owner-kills", type=int, default=50)
+    ap.add_argument("--driver-kills", type=int, default=5)
+    ap.add_argument("--restarts", type=int, default=2, help="SIGTERM of serve, then a new one")
+    ap.add_argument("--min-gap-s", type=float, default=2.0)
+    ap.add_argument("--max-gap-s", type=float, default=8.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--dataset", default="facebook-wosn-links", help="initial graph ('' for a random one)")
+    ap.add_argument("--vertices", type=int, default=2000, help="random initial graph's vertices")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--out", dest="out", type=int, default=64)
+    ap.add_argument("--snapshot-interval-s", type=float, default=10.0)
+    ap.add_argument("--bad-every", type=int, default=200, help="a malformed record every N batches (0: none)")
+    ap.add_argument("--port", type=int, default=50171)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default="results/chaos.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rate, args.owner_kills, args.driver_kills, args.restarts = 0.0, 500.0, 3, 1, 1
+        args.dataset, args.vertices, args.dim, args.hidden, args.out = "", 300, 8, 16, 4
+        args.min_gap_s, args.max_gap_s, args.snapshot_interval_s, args.bad_every = 1.0, 2.0, 1.0, 20
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    res = run(args)
+    print(table(res), flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"[chaos] wrote {out}", flush=True)
+    o = res.get("oracle") or {}
+    ok = o and o["lost"] == 0 and o["doubled"] == 0 and o["max_rel_error"] <= 1e-5
+    ok = ok and all(f["to_serving_s"] is not None for f in res["faults"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
