@@ -198,6 +198,9 @@ class GatewayConfig:
     """How often a Watch re-reads its vertices to detect new versions."""
     health_poll_interval_s: float = 0.5
     """How often the health monitor asks ``backend.status()``."""
+    apply_dedup_window_s: float = 600.0
+    """How long an Apply's ``request_id`` is remembered: a retry within it is answered with the first call's
+    offsets and writes nothing (docs/gateway.md, "Retrying writes")."""
 
     def __post_init__(self) -> None:
         # paths may be given as Path and tokens as a list (JSON): store the declared types
@@ -241,7 +244,7 @@ class GatewayConfig:
         ):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"gateway.{name} must be an integer >= 1, got {value!r}")
-        for name in ("default_deadline_s", "watch_poll_interval_s", "health_poll_interval_s"):
+        for name in ("default_deadline_s", "watch_poll_interval_s", "health_poll_interval_s", "apply_dedup_window_s"):
             value = getattr(self, name)
             _check(
                 isinstance(value, (int, float)) and math.isfinite(value) and value > 0,

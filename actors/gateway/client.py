@@ -14,6 +14,8 @@ remote gateway, and the gateway's errors come back as the same exceptions (from 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +208,32 @@ class GatewayClient:
         return WatchStream(self._emb.Watch(req, metadata=self._metadata))
 
     # ------------------------------------------------------------------ mutations, status
-    def apply(self, batch: MutationBatch, *, arrow: bool = True, timeout_s: float = 30.0) -> dict[int, int]:
-        """Write ``batch``; returns Kafka partition -> offset of its last record (use as ``min_offsets``)."""
-        try:
-            resp = self._mut.Apply(
-                convert.batch_to_request(batch, arrow=arrow), timeout=timeout_s, metadata=self._metadata
-            )
-        except grpc.RpcError as e:
-            raise _translate(e) from e
-        return dict(resp.offsets)
+    def apply(
+        self,
+        batch: MutationBatch,
+        *,
+        arrow: bool = True,
+        timeout_s: float = 30.0,
+        request_id: str | None = None,
+        retries: int = 3,
+    ) -> dict[int, int]:
+        """Write ``batch``; returns Kafka partition -> offset of its last record (use as ``min_offsets``).
+
+        The call carries a ``request_id`` (a fresh UUID unless given) and is retried up to ``retries`` times
+        on UNAVAILABLE or DEADLINE_EXCEEDED with the same id, so the gateway writes it once
+        (docs/gateway.md, "Retrying writes")."""
+        req = convert.batch_to_request(batch, arrow=arrow)
+        req.request_id = request_id if request_id is not None else uuid.uuid4().hex
+        retry_on = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        for attempt in range(retries + 1):
+            try:
+                resp = self._mut.Apply(req, timeout=timeout_s, metadata=self._metadata)
+                return dict(resp.offsets)
+            except grpc.RpcError as e:
+                if e.code() not in retry_on or attempt == retries:
+                    raise _translate(e) from e
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def status(self, *, timeout_s: float = 5.0) -> ClusterStatus:
         try:

@@ -7,6 +7,8 @@ errors to gRPC status codes, and record metrics.  Every error carries trailing m
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import math
 import threading
@@ -222,16 +224,92 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
 
 
 class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
+    def __init__(self, backend: EmbeddingBackend, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+        super().__init__(backend, config, metrics)
+        self._dedup = ApplyDedup(config.apply_dedup_window_s)
+
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
         return self._unary("Apply", context, lambda: self._apply(request))
 
     def _apply(self, request: pb.ApplyRequest) -> pb.ApplyResponse:
+        rid = request.request_id
+        if len(rid) > MAX_REQUEST_ID_CHARS:
+            raise MutationError(f"request_id is {len(rid)} characters; at most {MAX_REQUEST_ID_CHARS}")
+        if not rid:
+            return self._write(request)
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        entry, first = self._dedup.claim(rid, digest)
+        if not first:
+            return entry.wait()  # a retry: the first call's answer (or its error), nothing written again
+        try:
+            resp = self._write(request)
+        except BaseException as exc:
+            self._dedup.fail(rid, entry, exc)  # nothing was written: a retry may try again
+            raise
+        entry.done(resp)
+        return resp
+
+    def _write(self, request: pb.ApplyRequest) -> pb.ApplyResponse:
         batch = convert.request_to_batch(request, self._config.max_mutations_per_request)
         if len(batch) == 0:
             raise MutationError("request holds 0 mutations; give at least 1")
         offsets = self._backend.apply(batch)
         self._metrics.mutations_written.inc(len(batch))
         return pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))
+
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+class _Pending:
+    """One request id's call: in flight until :meth:`done`; retries wait for it."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.at = time.monotonic()
+        self._done = threading.Event()
+        self._resp: pb.ApplyResponse | None = None
+
+    def done(self, resp: pb.ApplyResponse) -> None:
+        self._resp = resp
+        self._done.set()
+
+    def wait(self, timeout_s: float = 60.0) -> pb.ApplyResponse:
+        if not self._done.wait(timeout_s) or self._resp is None:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, "the first call with this request_id is still running; retry")
+        return self._resp
+
+
+class ApplyDedup:
+    """Request ids seen in the last ``window_s`` seconds (in this gateway process), with their answers."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._seen: collections.OrderedDict[str, _Pending] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, rid: str, digest: str) -> tuple[_Pending, bool]:
+        """The entry of ``rid`` and whether this call is its first (it must write, then ``done``/``fail``)."""
+        with self._lock:
+            now = time.monotonic()
+            while self._seen and now - next(iter(self._seen.values())).at > self.window_s:
+                self._seen.popitem(last=False)
+            entry = self._seen.get(rid)
+            if entry is not None:
+                if entry.digest != digest:
+                    raise MutationError(
+                        f"request_id {rid!r} was already used for other mutations; use a new id per distinct write"
+                    )
+                return entry, False
+            entry = self._seen[rid] = _Pending(digest)
+            return entry, True
+
+    def fail(self, rid: str, entry: _Pending, exc: BaseException) -> None:
+        with self._lock:
+            if self._seen.get(rid) is entry:
+                del self._seen[rid]
+        entry._resp = None
+        entry._done.set()
 
 
 class AdminServicer(_Base, pb_grpc.AdminServiceServicer):

@@ -3,10 +3,14 @@ offending value; and the Python client maps each back to the contract's exceptio
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
+import torch
 
+from actors.gateway import convert
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.client import GatewayClient
@@ -190,3 +194,47 @@ def test_resource_exhausted_beyond_max_watches(make_gateway: GatewayFactory) -> 
                 next(iter(second))
             assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "at most 1" in info.value.details()
+
+
+# ----------------------------------------------------------------------------- retried writes
+
+
+def test_an_apply_retried_with_its_request_id_is_written_once(make_gateway, fake) -> None:
+    import threading
+
+    gw = make_gateway(fake)
+    writes: list[int] = []
+    real_apply = fake.apply
+
+    def counting_apply(batch):
+        writes.append(len(batch))
+        time.sleep(0.2)  # a slow write: the concurrent retries below arrive while it runs
+        return real_apply(batch)
+
+    fake.apply = counting_apply
+    req = convert.batch_to_request(MutationBatch.add_vertices([900, 901], torch.zeros(2, 4)))
+    req.request_id = "client-7-write-1"
+    answers: list[dict] = []
+
+    def call() -> None:
+        with grpc.insecure_channel(gw.target) as ch:
+            answers.append(dict(pb_grpc.MutationServiceStub(ch).Apply(req, timeout=5).offsets))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    call()  # and once more after it finished
+    assert writes == [2] and len(answers) == 4 and all(a == answers[0] for a in answers)
+
+    other = convert.batch_to_request(MutationBatch.add_vertices([902], torch.zeros(1, 4)))
+    other.request_id = "client-7-write-1"
+    code, msg = _apply(gw, other)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "client-7-write-1" in msg and "already used" in msg
+    other.request_id = "x" * 129
+    code, msg = _apply(gw, other)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "129 characters" in msg
+    req.request_id = ""  # no id: every call writes
+    call()
+    assert writes == [2, 2]

@@ -95,6 +95,21 @@ def test_mutations_through_the_gateway_are_read_back_exactly(served: Served) -> 
     served.check_exact(res, np.arange(30))
 
 
+def test_a_write_retried_with_its_request_id_lands_once_in_the_log(served: Served) -> None:
+    """Against the real cluster: the retry gets the first call's offsets, the log holds one copy (the next
+    write lands right after it) and the embeddings equal DGL's with the edges added once."""
+    b = MutationBatch.add_edges([10, 11], [12, 13])  # both edges route to the partitions of 12 and 13
+    served.single.apply(b)
+    with served.client() as c:
+        first = c.apply(b, request_id="retry-test-1")
+        again = c.apply(b, request_id="retry-test-1")
+        nxt = c.apply(MutationBatch.update_features([12, 13], torch.full((2, F), 0.25)))
+        assert again == first and all(nxt[p] == first[p] + 1 for p in first)
+        served.single.apply(MutationBatch.update_features([12, 13], torch.full((2, F), 0.25)))
+        res = c.get_embeddings(np.arange(30), min_offsets=nxt, timeout_s=20)
+    served.check_exact(res, np.arange(30))
+
+
 def test_mutations_straight_through_kafka_are_served_within_the_staleness_bound(served: Served) -> None:
     b = MutationBatch.add_edges([10, 11], [12, 12])
     served.single.apply(b)

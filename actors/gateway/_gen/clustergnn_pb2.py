@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63lustergnn/v1/clustergnn.proto\x12\rclustergnn.v1\"}\n\x0f\x45mbeddingMatrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x11\n\tarrow_ipc\x18\x05 \x01(\x0c\"o\n\x07Offsets\x12\x34\n\x07offsets\x18\x01 \x03(\x0b\x32#.clustergnn.v1.Offsets.OffsetsEntry\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd9\x01\n\x14GetEmbeddingsRequest\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10max_staleness_ms\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12+\n\x0bmin_offsets\x18\x04 \x01(\x0b\x32\x16.clustergnn.v1.Offsets\x12.\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormatB\x08\n\x06_layerB\x13\n\x11_max_staleness_ms\"\xad\x02\n\x15GetEmbeddingsResponse\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x32\n\nembeddings\x18\x03 \x01(\x0b\x32\x1e.clustergnn.v1.EmbeddingMatrix\x12\x14\n\x0cstaleness_ms\x18\x04 \x01(\x01\x12\x46\n\twatermark\x18\x05 \x03(\x0b\x32\x33.clustergnn.v1.GetEmbeddingsResponse.WatermarkEntry\x12\r\n\x05layer\x18\x06 \x01(\x05\x12\x1b\n\x13\x61nswered_at_unix_ms\x18\x07 \x01(\x03\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x89\x01\n\x0cWatchRequest\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormat\x12\x17\n\x0fmin_interval_ms\x18\x04 \x01(\rB\x08\n\x06_layer\"\xae\x02\n\rWatchResponse\x12\x0f\n\x07initial\x18\x01 \x01(\x08\x12\x12\n\nvertex_ids\x18\x02 \x03(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x32\n\nembeddings\x18\x04 \x01(\x0b\x32\x1e.clustergnn.v1.EmbeddingMatrix\x12\x14\n\x0cstaleness_ms\x18\x05 \x01(\x01\x12>\n\twatermark\x18\x06 \x03(\x0b\x32+.clustergnn.v1.WatchResponse.WatermarkEntry\x12\r\n\x05layer\x18\x07 \x01(\x05\x12\x1b\n\x13\x61nswered_at_unix_ms\x18\x08 \x01(\x03\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"a\n\x08Mutation\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.clustergnn.v1.MutationKind\x12\x0b\n\x03src\x18\x02 \x01(\x03\x12\x0b\n\x03\x64st\x18\x03 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\x02\"M\n\x0c\x41pplyRequest\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12*\n\tmutations\x18\x02 \x03(\x0b\x32\x17.clustergnn.v1.Mutation\"\x92\x01\n\rApplyResponse\x12:\n\x07offsets\x18\x01 \x03(\x0b\x32).clustergnn.v1.ApplyResponse.OffsetsEntry\x12\x15\n\rnum_mutations\x18\x02 \x01(\x04\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x0f\n\rStatusRequest\"\xfe\x01\n\x0fPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x14\n\x0cnum_vertices\x18\x03 \x01(\x04\x12@\n\twatermark\x18\x04 \x03(\x0b\x32-.clustergnn.v1.PartitionStatus.WatermarkEntry\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x19\n\x11\x61pplied_mutations\x18\x06 \x01(\x04\x12\x17\n\x0fmutations_per_s\x18\x07 \x01(\x01\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdb\x02\n\x0eStatusResponse\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.clustergnn.v1.PartitionStatus\x12?\n\twatermark\x18\x02 \x03(\x0b\x32,.clustergnn.v1.StatusResponse.WatermarkEntry\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x16\n\x0e\x65mbedding_dims\x18\x04 \x03(\r\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x37\n\x05\x65xtra\x18\x06 \x03(\x0b\x32(.clustergnn.v1.StatusResponse.ExtraEntry\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*q\n\x0f\x45mbeddingFormat\x12 \n\x1c\x45MBEDDING_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_FORMAT_RAW_F32\x10\x01\x12\x1e\n\x1a\x45MBEDDING_FORMAT_ARROW_IPC\x10\x02*\xca\x01\n\x0cMutationKind\x12\x1d\n\x19MUTATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MUTATION_KIND_ADD_VERTEX\x10\x01\x12\x1f\n\x1bMUTATION_KIND_REMOVE_VERTEX\x10\x02\x12\x1a\n\x16MUTATION_KIND_ADD_EDGE\x10\x03\x12\x1d\n\x19MUTATION_KIND_REMOVE_EDGE\x10\x04\x12!\n\x1dMUTATION_KIND_UPDATE_FEATURES\x10\x05\x32\xb4\x01\n\x10\x45mbeddingService\x12Z\n\rGetEmbeddings\x12#.clustergnn.v1.GetEmbeddingsRequest\x1a$.clustergnn.v1.GetEmbeddingsResponse\x12\x44\n\x05Watch\x12\x1b.clustergnn.v1.WatchRequest\x1a\x1c.clustergnn.v1.WatchResponse0\x01\x32U\n\x0fMutationService\x12\x42\n\x05\x41pply\x12\x1b.clustergnn.v1.ApplyRequest\x1a\x1c.clustergnn.v1.ApplyResponse2U\n\x0c\x41\x64minService\x12\x45\n\x06Status\x12\x1c.clustergnn.v1.StatusRequest\x1a\x1d.clustergnn.v1.StatusResponseBFP\x01ZBgithub.com/clustergnn/clustergnn/gen/go/clustergnn/v1;clustergnnv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63lustergnn/v1/clustergnn.proto\x12\rclustergnn.v1\"}\n\x0f\x45mbeddingMatrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x11\n\tarrow_ipc\x18\x05 \x01(\x0c\"o\n\x07Offsets\x12\x34\n\x07offsets\x18\x01 \x03(\x0b\x32#.clustergnn.v1.Offsets.OffsetsEntry\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd9\x01\n\x14GetEmbeddingsRequest\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10max_staleness_ms\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12+\n\x0bmin_offsets\x18\x04 \x01(\x0b\x32\x16.clustergnn.v1.Offsets\x12.\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormatB\x08\n\x06_layerB\x13\n\x11_max_staleness_ms\"\xad\x02\n\x15GetEmbeddingsResponse\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x32\n\nembeddings\x18\x03 \x01(\x0b\x32\x1e.clustergnn.v1.EmbeddingMatrix\x12\x14\n\x0cstaleness_ms\x18\x04 \x01(\x01\x12\x46\n\twatermark\x18\x05 \x03(\x0b\x32\x33.clustergnn.v1.GetEmbeddingsResponse.WatermarkEntry\x12\r\n\x05layer\x18\x06 \x01(\x05\x12\x1b\n\x13\x61nswered_at_unix_ms\x18\x07 \x01(\x03\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x89\x01\n\x0cWatchRequest\x12\x12\n\nvertex_ids\x18\x01 \x03(\x03\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12.\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1e.clustergnn.v1.EmbeddingFormat\x12\x17\n\x0fmin_interval_ms\x18\x04 \x01(\rB\x08\n\x06_layer\"\xae\x02\n\rWatchResponse\x12\x0f\n\x07initial\x18\x01 \x01(\x08\x12\x12\n\nvertex_ids\x18\x02 \x03(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x32\n\nembeddings\x18\x04 \x01(\x0b\x32\x1e.clustergnn.v1.EmbeddingMatrix\x12\x14\n\x0cstaleness_ms\x18\x05 \x01(\x01\x12>\n\twatermark\x18\x06 \x03(\x0b\x32+.clustergnn.v1.WatchResponse.WatermarkEntry\x12\r\n\x05layer\x18\x07 \x01(\x05\x12\x1b\n\x13\x61nswered_at_unix_ms\x18\x08 \x01(\x03\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"a\n\x08Mutation\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.clustergnn.v1.MutationKind\x12\x0b\n\x03src\x18\x02 \x01(\x03\x12\x0b\n\x03\x64st\x18\x03 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\x02\"a\n\x0c\x41pplyRequest\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12*\n\tmutations\x18\x02 \x03(\x0b\x32\x17.clustergnn.v1.Mutation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x92\x01\n\rApplyResponse\x12:\n\x07offsets\x18\x01 \x03(\x0b\x32).clustergnn.v1.ApplyResponse.OffsetsEntry\x12\x15\n\rnum_mutations\x18\x02 \x01(\x04\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x0f\n\rStatusRequest\"\xfe\x01\n\x0fPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x14\n\x0cnum_vertices\x18\x03 \x01(\x04\x12@\n\twatermark\x18\x04 \x03(\x0b\x32-.clustergnn.v1.PartitionStatus.WatermarkEntry\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x19\n\x11\x61pplied_mutations\x18\x06 \x01(\x04\x12\x17\n\x0fmutations_per_s\x18\x07 \x01(\x01\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdb\x02\n\x0eStatusResponse\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.clustergnn.v1.PartitionStatus\x12?\n\twatermark\x18\x02 \x03(\x0b\x32,.clustergnn.v1.StatusResponse.WatermarkEntry\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x16\n\x0e\x65mbedding_dims\x18\x04 \x03(\r\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x37\n\x05\x65xtra\x18\x06 \x03(\x0b\x32(.clustergnn.v1.StatusResponse.ExtraEntry\x1a\x30\n\x0eWatermarkEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*q\n\x0f\x45mbeddingFormat\x12 \n\x1c\x45MBEDDING_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_FORMAT_RAW_F32\x10\x01\x12\x1e\n\x1a\x45MBEDDING_FORMAT_ARROW_IPC\x10\x02*\xca\x01\n\x0cMutationKind\x12\x1d\n\x19MUTATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MUTATION_KIND_ADD_VERTEX\x10\x01\x12\x1f\n\x1bMUTATION_KIND_REMOVE_VERTEX\x10\x02\x12\x1a\n\x16MUTATION_KIND_ADD_EDGE\x10\x03\x12\x1d\n\x19MUTATION_KIND_REMOVE_EDGE\x10\x04\x12!\n\x1dMUTATION_KIND_UPDATE_FEATURES\x10\x05\x32\xb4\x01\n\x10\x45mbeddingService\x12Z\n\rGetEmbeddings\x12#.clustergnn.v1.GetEmbeddingsRequest\x1a$.clustergnn.v1.GetEmbeddingsResponse\x12\x44\n\x05Watch\x12\x1b.clustergnn.v1.WatchRequest\x1a\x1c.clustergnn.v1.WatchResponse0\x01\x32U\n\x0fMutationService\x12\x42\n\x05\x41pply\x12\x1b.clustergnn.v1.ApplyRequest\x1a\x1c.clustergnn.v1.ApplyResponse2U\n\x0c\x41\x64minService\x12\x45\n\x06Status\x12\x1c.clustergnn.v1.StatusRequest\x1a\x1d.clustergnn.v1.StatusResponseBFP\x01ZBgithub.com/clustergnn/clustergnn/gen/go/clustergnn/v1;clustergnnv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,10 +46,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSRESPONSE_WATERMARKENTRY']._serialized_options = b'8\001'
   _globals['_STATUSRESPONSE_EXTRAENTRY']._loaded_options = None
   _globals['_STATUSRESPONSE_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_EMBEDDINGFORMAT']._serialized_start=2209
-  _globals['_EMBEDDINGFORMAT']._serialized_end=2322
-  _globals['_MUTATIONKIND']._serialized_start=2325
-  _globals['_MUTATIONKIND']._serialized_end=2527
+  _globals['_EMBEDDINGFORMAT']._serialized_start=2229
+  _globals['_EMBEDDINGFORMAT']._serialized_end=2342
+  _globals['_MUTATIONKIND']._serialized_start=2345
+  _globals['_MUTATIONKIND']._serialized_end=2547
   _globals['_EMBEDDINGMATRIX']._serialized_start=49
   _globals['_EMBEDDINGMATRIX']._serialized_end=174
   _globals['_OFFSETS']._serialized_start=176
@@ -71,27 +71,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MUTATION']._serialized_start=1258
   _globals['_MUTATION']._serialized_end=1355
   _globals['_APPLYREQUEST']._serialized_start=1357
-  _globals['_APPLYREQUEST']._serialized_end=1434
-  _globals['_APPLYRESPONSE']._serialized_start=1437
-  _globals['_APPLYRESPONSE']._serialized_end=1583
+  _globals['_APPLYREQUEST']._serialized_end=1454
+  _globals['_APPLYRESPONSE']._serialized_start=1457
+  _globals['_APPLYRESPONSE']._serialized_end=1603
   _globals['_APPLYRESPONSE_OFFSETSENTRY']._serialized_start=241
   _globals['_APPLYRESPONSE_OFFSETSENTRY']._serialized_end=287
-  _globals['_STATUSREQUEST']._serialized_start=1585
-  _globals['_STATUSREQUEST']._serialized_end=1600
-  _globals['_PARTITIONSTATUS']._serialized_start=1603
-  _globals['_PARTITIONSTATUS']._serialized_end=1857
+  _globals['_STATUSREQUEST']._serialized_start=1605
+  _globals['_STATUSREQUEST']._serialized_end=1620
+  _globals['_PARTITIONSTATUS']._serialized_start=1623
+  _globals['_PARTITIONSTATUS']._serialized_end=1877
   _globals['_PARTITIONSTATUS_WATERMARKENTRY']._serialized_start=763
   _globals['_PARTITIONSTATUS_WATERMARKENTRY']._serialized_end=811
-  _globals['_STATUSRESPONSE']._serialized_start=1860
-  _globals['_STATUSRESPONSE']._serialized_end=2207
+  _globals['_STATUSRESPONSE']._serialized_start=1880
+  _globals['_STATUSRESPONSE']._serialized_end=2227
   _globals['_STATUSRESPONSE_WATERMARKENTRY']._serialized_start=763
   _globals['_STATUSRESPONSE_WATERMARKENTRY']._serialized_end=811
-  _globals['_STATUSRESPONSE_EXTRAENTRY']._serialized_start=2163
-  _globals['_STATUSRESPONSE_EXTRAENTRY']._serialized_end=2207
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2530
-  _globals['_EMBEDDINGSERVICE']._serialized_end=2710
-  _globals['_MUTATIONSERVICE']._serialized_start=2712
-  _globals['_MUTATIONSERVICE']._serialized_end=2797
-  _globals['_ADMINSERVICE']._serialized_start=2799
-  _globals['_ADMINSERVICE']._serialized_end=2884
+  _globals['_STATUSRESPONSE_EXTRAENTRY']._serialized_start=2183
+  _globals['_STATUSRESPONSE_EXTRAENTRY']._serialized_end=2227
+  _globals['_EMBEDDINGSERVICE']._serialized_start=2550
+  _globals['_EMBEDDINGSERVICE']._serialized_end=2730
+  _globals['_MUTATIONSERVICE']._serialized_start=2732
+  _globals['_MUTATIONSERVICE']._serialized_end=2817
+  _globals['_ADMINSERVICE']._serialized_start=2819
+  _globals['_ADMINSERVICE']._serialized_end=2904
 # @@protoc_insertion_point(module_scope)

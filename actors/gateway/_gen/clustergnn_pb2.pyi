@@ -149,12 +149,14 @@ class Mutation(_message.Message):
     def __init__(self, kind: _Optional[_Union[MutationKind, str]] = ..., src: _Optional[int] = ..., dst: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("arrow_ipc", "mutations")
+    __slots__ = ("arrow_ipc", "mutations", "request_id")
     ARROW_IPC_FIELD_NUMBER: _ClassVar[int]
     MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     arrow_ipc: bytes
     mutations: _containers.RepeatedCompositeFieldContainer[Mutation]
-    def __init__(self, arrow_ipc: _Optional[bytes] = ..., mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, arrow_ipc: _Optional[bytes] = ..., mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("offsets", "num_mutations")
