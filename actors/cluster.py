@@ -102,7 +102,6 @@ class Cluster:
         # owner crash recovery (docs/distributed.md, "Recovery"): the one in progress, the finished ones
         self.recovery: dict | None = None
         self.recoveries: list[dict] = []
-        self._read_upto: dict[int, int] = {}  # partition -> every record below was read (dead letters sent)
         self._owner_gen = [0] * self.P
         self._owner_status: list[dict | None] = [None] * self.P
         self._started = False
@@ -305,8 +304,7 @@ class Cluster:
                     ray.kill(self.owners[p], no_restart=True)
                     self.owners[p] = self._spawn_owner(p, manifest)
                 calls = [
-                    o.ping.remote() if p in dead else o.restore.remote(manifest, self._read_upto.get(p))
-                    for p, o in enumerate(self.owners)
+                    o.ping.remote() if p in dead else o.restore.remote(manifest) for p, o in enumerate(self.owners)
                 ]
                 ray.get(calls, timeout=120)
             except ray.exceptions.RayActorError as again:  # another owner died meanwhile: start over
@@ -395,8 +393,6 @@ class Cluster:
         out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
         self._next_reports = out.next_reports
         busy, reports, published = out.busy, out.reports, out.finished
-        for rep in reports + (out.next_reports or []):
-            self._read_upto[rep.partition] = max(self._read_upto.get(rep.partition, 0), rep.next_offset)
         if self.recovery is not None and not self._recovered(reports):
             with self._cond:  # watermark and replica stay where they were until the replay has passed them
                 self.stats.rounds += 1
@@ -755,6 +751,7 @@ class Cluster:
             "recovery_last_s": done[-1]["duration_s"] if done else 0.0,
             "recovery_max_s": max(r["duration_s"] for r in done) if done else 0.0,
             "owner_restarts": float(sum(len(r["partitions"]) for r in done)),
+            "recovery_duration_s_sum": float(sum(r["duration_s"] for r in done)),
         }
         last = self.last_snapshot
         if self.snapshots is not None:

@@ -157,6 +157,7 @@ class PartitionOwner:
             kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
         )
         self.next_offset = start_offset or 0
+        self._recall_dead_letters()
         self.pending_timeout_s = config.cluster.pending_timeout_s
         self._reset_round_state()
         self.restores = 0
@@ -188,6 +189,19 @@ class PartitionOwner:
         )
         return info.next_offset
 
+    def _recall_dead_letters(self) -> None:
+        """The replay from here meets records that were dead-lettered before (this owner's previous life):
+        learn which, so each bad record stays in the dead-letter topic once.  From the oldest deferred
+        record, which may have timed out into the dead-letter topic after the snapshot."""
+        since = min([p.offset for p in self.pending], default=self.next_offset)
+        try:
+            n = self.consumer.recall_dead_letters(self.partition, since)
+        except Exception:  # noqa: BLE001 - at worst a bad record is dead-lettered twice
+            log.exception("partition %s: could not read the dead-letter topic; bad records may repeat", self.partition)
+            return
+        if n:
+            log.info("partition %s: %s records from offset %s on were dead-lettered before", self.partition, n, since)
+
     def _reset_round_state(self) -> None:
         self.replaying = True  # see the class docstring
         self._snap: dict[str, Any] | None = None  # the part being written in the background
@@ -203,18 +217,16 @@ class PartitionOwner:
         self.last_round: RoundSummary | None = None
         self._t_rate = (time.time(), 0)
 
-    def restore(self, manifest: Manifest | None, quiet_below: int | None = None) -> int:
+    def restore(self, manifest: Manifest | None) -> int:
         """Roll back to ``manifest`` (None: the empty state at offset 0) after another owner died: drop the
         engine, any open round and deferred records, load the snapshot's part and read the partition again
-        from its offset, in replay mode.  ``quiet_below``: records below this offset were read before the
-        rollback, so a bad one among them is already in the dead-letter topic and is not sent again.
-        Returns the offset the replay starts at."""
+        from its offset, in replay mode.  Returns the offset the replay starts at."""
         if self._snap_thread is not None:
             self._snap_thread.join(timeout=30)  # its part belongs to a snapshot that will never commit
         offset = self._load(manifest, None)
         self.consumer.seek(self.partition, offset or 0)
-        self.consumer.quiet_below(self.partition, quiet_below)
         self.next_offset = offset or 0
+        self._recall_dead_letters()
         self._reset_round_state()
         self.restores += 1
         log.info(

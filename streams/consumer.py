@@ -191,7 +191,7 @@ class MutationConsumer:
         rest = [self._tps[p] for p in self.partitions if p not in start_offsets]
         if rest:
             self._consumer.seek_to_beginning(*rest)
-        self._redelivered_below: dict[int, int] = {}  # partition -> offsets below were dead-lettered before a rollback
+        self._dead_lettered: dict[int, set[int]] = {}  # partition -> offsets dead-lettered before a restore
         self._dlq: KafkaProducer | None = None
         self._dlq_partitions: int | None = None
         self._dlq_lock = threading.Lock()
@@ -234,19 +234,41 @@ class MutationConsumer:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
         return self._position[partition]
 
-    def quiet_below(self, partition: int, offset: int | None) -> None:
-        """Records of ``partition`` below ``offset`` were already read once, before a rollback to an older
-        position: a bad one among them is in the dead-letter topic already, so it is counted again but not
-        sent again.  ``None`` clears it."""
+    def recall_dead_letters(self, partition: int, from_offset: int) -> int:
+        """Before a replay of ``partition`` from ``from_offset`` (a restore from a snapshot, a rollback):
+        read the dead-letter topic for records of ``partition`` at or after that offset that were already
+        dead-lettered, so the replay counts them but does not send them again (the dead-letter topic stays
+        one entry per bad record across restarts).  Returns how many it found.  Scans the dead-letter
+        partition from its start: it holds only bad records, so it stays small."""
         if partition not in self._tps:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
-        if offset is None:
-            self._redelivered_below.pop(partition, None)
-        else:
-            self._redelivered_below[partition] = int(offset)
+        seen: set[int] = set()
+        reader = KafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False, client_id="clustergnn-dlq-scan"
+        )
+        try:
+            parts = reader.partitions_for_topic(self.dead_letter_topic) or set()
+            if parts:
+                tp = TopicPartition(self.dead_letter_topic, partition % len(parts))
+                reader.assign([tp])
+                reader.seek_to_beginning(tp)
+                end = reader.end_offsets([tp])[tp]
+                while reader.position(tp) < end:
+                    for rec in reader.poll(timeout_ms=1000).get(tp, []):
+                        h = dict(rec.headers or [])
+                        if (
+                            h.get(H_TOPIC, b"").decode() == self.topic
+                            and int(h.get(H_PARTITION, b"-1")) == partition
+                            and int(h.get(H_OFFSET, b"-1")) >= from_offset
+                        ):
+                            seen.add(int(h[H_OFFSET]))
+        finally:
+            reader.close()
+        self._dead_lettered[partition] = seen
+        return len(seen)
 
     def _already_dead_lettered(self, partition: int, offset: int) -> bool:
-        return offset < self._redelivered_below.get(partition, -1)
+        return offset in self._dead_lettered.get(partition, ())
 
     def caught_up(self, partition: int, since_s: float | None = None) -> bool:
         """True when this consumer has read up to the partition's high watermark as last reported by

@@ -98,6 +98,9 @@ class MutationProducer:
             "bootstrap_servers": bootstrap,
             "client_id": "clustergnn-producer",
             "acks": "all",
+            # the broker drops a batch the client re-sends after a lost acknowledgement (KIP-98); with
+            # acks=all and unlimited retries this is the default, said explicitly so a conflict raises
+            "enable_idempotence": True,
             "linger_ms": 2,
             "max_request_size": max(max_record_bytes + 65536, 1 << 20),
             "batch_size": 256 * 1024,

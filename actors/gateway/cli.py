@@ -90,9 +90,41 @@ def format_status(st: ClusterStatus) -> str:
             f"  {p.partition:>4} {'yes' if p.alive else 'NO':>5} {p.num_vertices:>9} {p.lag:>8} "
             f"{p.applied_mutations:>10} {p.mutations_per_s:>9.1f}  {{{pwm}}}"
         )
+    lines += durability_lines(st.extra)
     for k, v in sorted(st.extra.items()):
         lines.append(f"  {k}: {v:g}")
     return "\n".join(lines)
+
+
+def durability_lines(x: dict[str, float]) -> list[str]:
+    """What an operator looks at first: recovery in progress, the last snapshot, the broker, the replay."""
+    out = []
+    if x.get("recovering"):
+        out.append(
+            f"RECOVERING: {x.get('recovering_partitions', 0):.0f} owner(s) re-created, every owner replaying from "
+            f"the last snapshot for {x.get('recovery_elapsed_s', 0):.1f}s (final-layer reads served at the old "
+            "watermark meanwhile)"
+        )
+    elif x.get("replaying"):
+        out.append("REPLAYING the log after a start: serving once every partition has caught up")
+    if x.get("broker_silent_s", 0) >= 5:
+        out.append(f"BROKER SILENT for {x['broker_silent_s']:.0f}s: serving what is applied, staleness growing")
+    if "snapshot_last_id" in x:
+        if x["snapshot_last_id"] >= 0:
+            out.append(
+                f"last snapshot {x['snapshot_last_id']:.0f}: round {x['snapshot_last_round']:.0f}, "
+                f"{x['snapshot_age_s']:.1f}s ago, {x['snapshot_size_bytes'] / 1e6:.1f} MB, "
+                f"took {x['snapshot_duration_s']:.2f}s (stalled rounds {x['snapshot_stall_ms']:.0f} ms); "
+                f"{x['snapshots_committed']:.0f} taken, {x['snapshot_failures']:.0f} failed"
+            )
+        else:
+            out.append(f"no snapshot taken yet ({x.get('snapshot_failures', 0):.0f} failed)")
+    if x.get("recoveries"):
+        out.append(
+            f"recoveries {x['recoveries']:.0f} (owners re-created {x.get('owner_restarts', 0):.0f}), "
+            f"last {x['recovery_last_s']:.1f}s, max {x['recovery_max_s']:.1f}s"
+        )
+    return ["  " + line for line in out]
 
 
 def _fail(e: Exception, out: TextIO) -> int:

@@ -136,6 +136,13 @@ class GatewayClient:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A gateway restarts (a rollout, a driver recovery): reconnect within a second or two, not
+            # after gRPC's default backoff of up to 120 s, and never through another client's subchannel
+            # that is still backing off (channels to one target share subchannels by default).
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if use_tls:
             pem = Path(root_cert).read_bytes() if isinstance(root_cert, (str, Path)) else root_cert

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from clustergnn.serving import ClusterStatus
@@ -67,6 +67,36 @@ class _ClusterCollector(Collector):
         ingest = GaugeMetricFamily("clustergnn_ingest_mutations_per_second", "sum of partition apply rates")
         ingest.add_metric([], float(sum(p.mutations_per_s for p in st.partitions)))
         yield from (alive, lag, rate, applied, pwm, wm, ingest)
+        yield from _durability_metrics(st.extra)
+
+
+# ClusterStatus.extra key -> (metric name, help); present only where the backend reports them
+_DURABILITY_GAUGES = {
+    "recovering": ("clustergnn_recovering", "1 while owners are being re-created and replayed after a crash"),
+    "recovery_elapsed_s": ("clustergnn_recovery_elapsed_seconds", "how long the recovery in progress has run"),
+    "owner_restarts": ("clustergnn_owner_restarts", "owners re-created after a crash, since the driver started"),
+    "recovery_last_s": ("clustergnn_recovery_last_duration_seconds", "the last recovery, crash to SERVING"),
+    "replaying": ("clustergnn_replaying", "1 until every partition has caught up with its log after a start"),
+    "broker_silent_s": ("clustergnn_broker_silent_seconds", "since the broker last answered a fetch (worst owner)"),
+    "snapshot_age_s": ("clustergnn_snapshot_age_seconds", "since the last snapshot was committed (-1: none)"),
+    "snapshot_size_bytes": ("clustergnn_snapshot_size_bytes", "size of the last snapshot"),
+    "snapshot_duration_s": ("clustergnn_snapshot_duration_seconds", "the last snapshot, cut to commit"),
+    "snapshot_stall_ms": ("clustergnn_snapshot_stall_milliseconds", "how long the last snapshot held rounds up"),
+    "snapshots_committed": ("clustergnn_snapshots_committed", "snapshots committed since the driver started"),
+    "snapshot_failures": ("clustergnn_snapshot_failures", "snapshots that failed since the driver started"),
+}
+
+
+def _durability_metrics(extra: dict[str, float]) -> Iterator[Metric]:
+    for key, (name, doc) in _DURABILITY_GAUGES.items():
+        if key in extra:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(extra[key]))
+            yield g
+    if "recoveries" in extra:  # a summary without quantiles: rate() and sum/count work on it
+        s = SummaryMetricFamily("clustergnn_recovery_duration_seconds", "owner crash recoveries, crash to SERVING")
+        s.add_metric([], count_value=extra["recoveries"], sum_value=extra.get("recovery_duration_s_sum", 0.0))
+        yield s
 
 
 class GatewayMetrics:

@@ -88,3 +88,45 @@ def test_cli_query_and_status(make_gateway: GatewayFactory, certs: Certs, capsys
     assert "error: UnknownVertexError: vertex 4242 is not in the graph" in capsys.readouterr().err
     assert main(["query", "1", "--target", gw.target, "--token", "bad", "--root-cert", str(certs.ca)]) == 1
     assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_status_and_metrics_show_recovery_snapshots_and_broker_silence() -> None:
+    from actors.gateway.cli import format_status
+    from actors.gateway.metrics import GatewayMetrics
+    from clustergnn.serving import ClusterStatus, PartitionStatus
+
+    extra = {
+        "recovering": 1.0,
+        "recovering_partitions": 1.0,
+        "recovery_elapsed_s": 2.5,
+        "recoveries": 3.0,
+        "owner_restarts": 3.0,
+        "recovery_last_s": 4.0,
+        "recovery_max_s": 6.0,
+        "recovery_duration_s_sum": 14.0,
+        "broker_silent_s": 12.0,
+        "snapshot_last_id": 7.0,
+        "snapshot_last_round": 120.0,
+        "snapshot_age_s": 3.0,
+        "snapshot_size_bytes": 2.5e6,
+        "snapshot_duration_s": 0.4,
+        "snapshot_stall_ms": 30.0,
+        "snapshots_committed": 8.0,
+        "snapshot_failures": 1.0,
+    }
+    st = ClusterStatus([PartitionStatus(0, False, 5, {0: 3}, 0, 10, 0.0)], {0: 3}, 2, [16, 4], extra)
+    text = format_status(st)
+    assert "RECOVERING: 1 owner(s) re-created" in text and "for 2.5s" in text
+    assert "BROKER SILENT for 12s" in text
+    assert "last snapshot 7: round 120, 3.0s ago, 2.5 MB, took 0.40s (stalled rounds 30 ms); 8 taken, 1 failed" in text
+    assert "recoveries 3 (owners re-created 3), last 4.0s, max 6.0s" in text
+    scraped = GatewayMetrics(lambda: st).render().decode()
+    for line in (
+        "clustergnn_recovering 1.0",
+        "clustergnn_recovery_duration_seconds_count 3.0",
+        "clustergnn_recovery_duration_seconds_sum 14.0",
+        "clustergnn_broker_silent_seconds 12.0",
+        "clustergnn_snapshot_size_bytes 2.5e+06",
+        "clustergnn_snapshot_failures 1.0",
+    ):
+        assert line in scraped, line

@@ -273,7 +273,17 @@ def test_a_killed_owner_is_recovered_and_reads_stay_consistent(
         wait_recovered(c, 2)
         c.wait_for(send_all(c, phase3), timeout_s=60)
         assert_exact(c, single_engine(c, init, batches), seq)
-        assert c.status().extra["recoveries"] == 2.0 and c.status().extra["owner_restarts"] == 2.0
+        st = c.status()
+        assert st.extra["recoveries"] == 2.0 and st.extra["owner_restarts"] == 2.0
+        # what an operator sees: `clustergnn status` and the Prometheus endpoint
+        from actors.gateway.cli import format_status
+        from actors.gateway.metrics import GatewayMetrics
+
+        text = format_status(st)
+        assert "recoveries 2 (owners re-created 2)" in text and ("last snapshot" in text) == snapshots
+        scraped = GatewayMetrics(lambda: st).render().decode()
+        assert "clustergnn_recovery_duration_seconds_count 2.0" in scraped
+        assert "clustergnn_recovering 0.0" in scraped and "clustergnn_owner_restarts 2.0" in scraped
     finally:
         c.stop()
 
