@@ -238,6 +238,9 @@ def test_a_killed_owner_is_recovered_and_reads_stay_consistent(
         if snapshots:
             wait_snapshots(c, 1)
         before = c.read(ids)
+        at_crash = single_engine(c, init, phase1)  # everything produced so far is visible: the same state
+        ref = at_crash.embeddings(ids).numpy()
+        assert np.abs(before.embeddings - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
         os.kill(owner_pid(c, 1), signal.SIGKILL)
         seen_down = seen_unavailable = False
         frozen, stale_max = 0, 0.0
