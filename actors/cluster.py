@@ -105,6 +105,8 @@ class Cluster:
         self._owner_gen = [0] * self.P
         self._owner_status: list[dict | None] = [None] * self.P
         self._started = False
+        self._spare = None  # an idle owner process (cluster.spare_owner), adopted by a recovery
+        self._spares_made = 0
 
     @staticmethod
     def _partition_map(config: Config):
@@ -137,6 +139,8 @@ class Cluster:
         self._owns_ray = init_ray(cc)
         self.owners = [self._spawn_owner(p, manifest) for p in range(self.P)]
         ray.get([o.ping.remote() for o in self.owners], timeout=120)
+        if cc.spare_owner:
+            self._spare = self._spawn_owner(None, None)  # starts in the background
         if manifest is not None:
             self.restored = manifest
             self.round_id = manifest.round_id
@@ -157,28 +161,38 @@ class Cluster:
         log.info("cluster up: %s partitions, model %s", self.P, [type(layer).__name__ for layer in self.layers])
         return self
 
-    def _spawn_owner(self, p: int, manifest):
-        """A new Ray actor owning partition ``p``, empty or restored from ``manifest``.  ``max_restarts=0``:
-        Ray does not restart it behind the coordinator's back; the coordinator recovers (:meth:`_recover`)."""
+    def _owner_args(self, p: int | None, manifest) -> tuple[tuple, dict]:
+        return (p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation), {
+            "restore_from": manifest
+        }
+
+    def _spawn_owner(self, p: int | None, manifest):
+        """A new Ray actor owning partition ``p``, empty or restored from ``manifest`` (``p`` None: a spare,
+        which :meth:`_recover` makes an owner with ``adopt``).  ``max_restarts=0``: Ray does not restart it
+        behind the coordinator's back; the coordinator recovers (:meth:`_recover`)."""
         import ray
 
         from actors.owner import PartitionOwner
 
         cc = self.config.cluster
-        gen = self._owner_gen[p]
-        self._owner_gen[p] += 1
+        if p is None:
+            self._spares_made += 1
+            name = f"clustergnn-owner-spare-{self._spares_made}"
+        else:
+            gen = self._owner_gen[p]
+            self._owner_gen[p] += 1
+            name = f"clustergnn-owner-{p}" + (f"-g{gen}" if gen else "")
+        args, kwargs = self._owner_args(p, manifest)
         return (
             ray.remote(PartitionOwner)
             .options(
                 num_cpus=cc.actor_num_cpus,
                 num_gpus=cc.actor_num_gpus,
-                name=f"clustergnn-owner-{p}" + (f"-g{gen}" if gen else ""),
+                name=name,
                 max_restarts=0,
                 runtime_env=_owner_env(cc.actor_num_cpus),
             )
-            .remote(
-                p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation, restore_from=manifest
-            )
+            .remote(*args, **kwargs)
         )
 
     def _find_snapshot(self):
@@ -223,6 +237,9 @@ class Cluster:
             except Exception:  # noqa: BLE001 - a dead owner has nothing to close
                 pass
             ray.kill(o)
+        if self._spare is not None:
+            ray.kill(self._spare)
+            self._spare = None
         self.owners = []
         self.healthy = False
         self._started = False
@@ -300,13 +317,20 @@ class Cluster:
                 rec["dead"] |= set(dead)
                 manifest = self.snapshots.latest(verify=True) if self.snapshots is not None else None
                 rec["snapshot_id"] = manifest.snapshot_id if manifest is not None else None
+                calls = []
                 for p in dead:
                     ray.kill(self.owners[p], no_restart=True)
-                    self.owners[p] = self._spawn_owner(p, manifest)
-                calls = [
-                    o.ping.remote() if p in dead else o.restore.remote(manifest) for p, o in enumerate(self.owners)
-                ]
+                    spare, self._spare = self._spare, None
+                    if spare is not None:  # an owner process already up: no process start, no imports
+                        self.owners[p] = spare
+                        args, kwargs = self._owner_args(p, manifest)
+                        calls.append(spare.adopt.remote(*args, **kwargs))
+                    else:
+                        self.owners[p] = self._spawn_owner(p, manifest)
+                        calls.append(self.owners[p].ping.remote())
+                calls += [o.restore.remote(manifest) for p, o in enumerate(self.owners) if p not in dead]
                 ray.get(calls, timeout=120)
+                rec["restored_s"] = time.monotonic() - rec["t0"]
             except ray.exceptions.RayActorError as again:  # another owner died meanwhile: start over
                 last = again
                 log.warning("recovery attempt %s: an owner died again (%s)", rec["attempts"], again)
@@ -363,11 +387,20 @@ class Cluster:
                     "snapshot_id": rec["snapshot_id"],
                     "attempts": rec["attempts"],
                     "round": self.round_id,
+                    "restore_s": rec.get("restored_s"),
                 }
             )
             self.recovery = None
             self.healthy = True
-        log.warning("recovered partitions %s in %.2fs (round %s): SERVING", sorted(rec["dead"]), took, self.round_id)
+        log.warning(
+            "recovered partitions %s in %.2fs (owners restored after %.2fs; round %s): SERVING",
+            sorted(rec["dead"]),
+            took,
+            rec.get("restored_s", float("nan")),
+            self.round_id,
+        )
+        if self.config.cluster.spare_owner and self._spare is None:
+            self._spare = self._spawn_owner(None, None)  # the next recovery's, started once this one is over
         return True
 
     def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -742,6 +775,8 @@ class Cluster:
             # seconds since the broker last answered a fetch, worst owner (unreachable broker: grows)
             "broker_silent_s": float(max([(s or {}).get("broker_silent_s", 0.0) for s in raw] or [0.0])),
         }
+        # which process owns each partition (for an operator's `kill`, and the chaos suite)
+        extra |= {f"owner_{p}_pid": float(s["pid"]) for p, s in enumerate(raw) if s and "pid" in s}
         rec, done = self.recovery, self.recoveries
         extra |= {
             "recovering": 1.0 if rec else 0.0,

@@ -116,7 +116,7 @@ class PartitionOwner:
 
     def __init__(
         self,
-        partition: int,
+        partition: int | None,
         config: Config,
         layers: list[torch.nn.Module],
         partition_map: PartitionMap,
@@ -129,6 +129,9 @@ class PartitionOwner:
 
         torch.set_num_threads(1)  # P owners share the machine's cores
         self.partition = partition
+        if partition is None:  # a spare: its process is up and everything imported; :meth:`adopt` makes it an owner
+            log.info("spare owner up (pid %s)", os.getpid())
+            return
         self.config = config
         self.device = _device(config)
         rules = rules_from_dgl(list(layers), feature_dim)
@@ -163,6 +166,13 @@ class PartitionOwner:
         self.restores = 0
         self._started_s = time.time()
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
+
+    def adopt(self, *args: Any, **kwargs: Any) -> int:
+        """Become the owner a spare stands by for (the constructor's arguments); returns the partition."""
+        if self.partition is not None:
+            raise RuntimeError(f"owner of partition {self.partition} is no spare")
+        self.__init__(*args, **kwargs)
+        return self.partition
 
     def _load(self, manifest: Manifest | None, start_offset: int | None) -> int | None:
         """A fresh engine: empty, or this partition's part of ``manifest`` (with its deferred records);

@@ -110,6 +110,9 @@ class ClusterConfig:
     pending_timeout_s: float = 10.0
     """How long an owner keeps a mutation that waits for a vertex no partition knows yet (an edge from a
     remote source not added yet) before dead-lettering it with reason ``unknown_vertex``."""
+    spare_owner: bool = True
+    """Keep one idle owner process started (with Ray's resources of an owner): a crashed owner is replaced
+    by it without starting a process and importing torch (seconds of every recovery)."""
 
 
 @dataclass(frozen=True)

@@ -292,6 +292,17 @@ class Reader(threading.Thread):
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def owner_pids(target: str, driver: Driver) -> list[int]:
+    """The partition owners' processes, as the cluster's status names them (not the spare), and only those
+    among this run's driver's descendants."""
+    from actors.gateway.client import GatewayClient
+
+    with GatewayClient(target) as c:
+        extra = c.status(timeout_s=10).extra
+    named = {int(v) for k, v in extra.items() if k.startswith("owner_") and k.endswith("_pid")}
+    return [p for p in driver.owner_pids() if p in named]
+
+
 def health(target: str, timeout_s: float = 1.0) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -389,7 +400,7 @@ def run(args: argparse.Namespace) -> dict:
                 raise RuntimeError(f"the producer failed: {producer.error!r}")
             t0 = time.monotonic()
             if kind == "owner":
-                pids = driver.owner_pids()
+                pids = owner_pids(target, driver)
                 if not pids:
                     raise RuntimeError("no owner process found among the driver's descendants")
                 os.kill(sched.choice(pids), signal.SIGKILL)
@@ -579,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset, args.vertices, args.dim, args.hidden, args.out = "", 300, 8, 16, 4
         args.min_gap_s, args.max_gap_s, args.snapshot_interval_s, args.bad_every = 1.0, 2.0, 1.0, 20
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run's cleanup (driver, broker) still happens
     res = run(args)
     print(table(res), flush=True)
     out = Path(args.json)
