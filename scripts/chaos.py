@@ -152,7 +152,7 @@ class Workload:
     alive: list[int]
     next_id: int
     seq: dict[int, int] = field(default_factory=dict)
-    edges: list[tuple[int, int]] = field(default_factory=list)  # streamed edges that may be removed
+    edges: list[tuple[int, int]] = field(default_factory=list)  # streamed edges (some gone with a vertex)
     _pos: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -177,32 +177,51 @@ class Workload:
         self.seq.pop(v)
 
     def batch(self, n: int) -> MutationBatch:
+        """``n`` mutations: 60% edge additions, 15% edge removals (of streamed edges), 18% feature updates,
+        5% vertex additions, 2% vertex removals; in one batch in that order of kinds: additions of vertices,
+        of edges, removals of edges, updates, removals of vertices (each valid after the ones before)."""
+        rng = self.rng
+        kinds = rng.choice(5, size=n, p=[0.05, 0.60, 0.15, 0.18, 0.02])
+        n_addv, n_adde, n_reme, n_upd, n_remv = (int((kinds == k).sum()) for k in range(5))
         parts = []
-        for _ in range(n):
-            r = self.rng.random()
-            if r < 0.60 or (r < 0.75 and not self.edges):
-                u, v = self._pick(), self._pick()
-                self.edges.append((u, v))
-                parts.append(MutationBatch.add_edges([u], [v]))
-            elif r < 0.75:
-                u, v = self.edges.pop(int(self.rng.integers(len(self.edges))))
-                parts.append(MutationBatch.remove_edges([u], [v]))
-            elif r < 0.93:
-                v = self._pick()
-                self.seq[v] += 1
-                parts.append(MutationBatch.update_features([v], self._feat(v)))
-            elif r < 0.98 or len(self.alive) < 16:
-                v = self.next_id
-                self.next_id += 1
+        if n_addv:
+            new = list(range(self.next_id, self.next_id + n_addv))
+            self.next_id += n_addv
+            for v in new:
                 self.seq[v] = 0
                 self._pos[v] = len(self.alive)
                 self.alive.append(v)
-                parts.append(MutationBatch.add_vertices([v], self._feat(v)))
-            else:
-                v = self._pick()
-                self._drop(v)
-                self.edges = [e for e in self.edges if v not in e]
-                parts.append(MutationBatch.remove_vertices([v]))
+            f = rng.standard_normal((n_addv, self.dim)).astype(np.float32)
+            f[:, 0] = 0.0
+            parts.append(MutationBatch.add_vertices(new, torch.from_numpy(f)))
+        alive = np.asarray(self.alive, dtype=np.int64)
+        if n_adde:
+            src, dst = rng.choice(alive, n_adde), rng.choice(alive, n_adde)
+            self.edges.extend(zip(src.tolist(), dst.tolist(), strict=True))
+            parts.append(MutationBatch.add_edges(src, dst))
+        gone = []
+        while len(gone) < n_reme and self.edges:  # swap-remove; an edge of a removed vertex went with it
+            i = int(rng.integers(len(self.edges)))
+            e = self.edges[i]
+            self.edges[i] = self.edges[-1]
+            self.edges.pop()
+            if e[0] in self._pos and e[1] in self._pos:
+                gone.append(e)
+        if gone:
+            parts.append(MutationBatch.remove_edges([e[0] for e in gone], [e[1] for e in gone]))
+        if n_upd:
+            vs = rng.choice(alive, n_upd).tolist()
+            f = rng.standard_normal((n_upd, self.dim)).astype(np.float32)
+            for i, v in enumerate(vs):  # a vertex updated twice in one batch: 1 then 2 more than before
+                self.seq[v] += 1
+                f[i, 0] = float(self.seq[v])
+            parts.append(MutationBatch.update_features(vs, torch.from_numpy(f)))
+        n_remv = min(n_remv, len(self.alive) - 16)
+        if n_remv > 0:
+            vs = [int(v) for v in rng.choice(alive, n_remv, replace=False)]
+            for v in vs:
+                self._drop(v)  # its streamed edges stay listed; a removal skips them (ids are never reused)
+            parts.append(MutationBatch.remove_vertices(vs))
         return MutationBatch.concat(parts)
 
 
@@ -297,8 +316,16 @@ def owner_pids(target: str, driver: Driver) -> list[int]:
     among this run's driver's descendants."""
     from actors.gateway.client import GatewayClient
 
-    with GatewayClient(target) as c:
-        extra = c.status(timeout_s=10).extra
+    deadline = time.monotonic() + 120
+    while True:  # a saturated box can take a while to answer a new connection
+        try:
+            with GatewayClient(target) as c:
+                extra = c.status(timeout_s=20).extra
+            break
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
     named = {int(v) for k, v in extra.items() if k.startswith("owner_") and k.endswith("_pid")}
     return [p for p in driver.owner_pids() if p in named]
 
