@@ -414,6 +414,7 @@ def run(args: argparse.Namespace) -> dict:
         producer.log.append(init)
         reader = Reader(target, work.alive, args.read_rate, args.seed)
         producer.start()
+        t_stream = time.monotonic()
         reader.start()
         print(f"[chaos] up in {result['first_start_s']:.1f}s; streaming {args.rate:.0f} mutations/s", flush=True)
 
@@ -453,6 +454,7 @@ def run(args: argparse.Namespace) -> dict:
             time.sleep(0.5)
         producer.stop.set()
         producer.join()
+        result["stream_s"] = time.monotonic() - t_stream
         if producer.error is not None:
             raise RuntimeError(f"the producer failed: {producer.error!r}")
         result["oracle"] = oracle(target, config, producer, work, args, broker.bootstrap)
@@ -574,7 +576,9 @@ def table(res: dict) -> str:
         )
     o = res.get("oracle")
     if o:
+        rate = res["produced_mutations"] / res["stream_s"] if res.get("stream_s") else float("nan")
         lines += [
+            f"streamed {res.get('stream_s', float('nan')):.0f}s at {rate:,.0f} mutations/s (acknowledged)",
             f"mutations produced {res['produced_mutations']}, lost {o['lost']}, doubled {o['doubled']}, "
             f"max rel error {o['max_rel_error']:.2e} ({o['embeddings_off']} embeddings off)",
             f"vertices {o['vertices']}, edges {o['edges']}, updates lost {o['updates_lost']}",
