@@ -58,7 +58,6 @@ class IngestReport:
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
     deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
-    next_offset: int = 0  # every record below has been read (and a bad one dead-lettered)
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
@@ -163,7 +162,6 @@ class PartitionOwner:
         self._recall_dead_letters()
         self.pending_timeout_s = config.cluster.pending_timeout_s
         self._reset_round_state()
-        self.restores = 0
         self._started_s = time.time()
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
 
@@ -238,7 +236,6 @@ class PartitionOwner:
         self.next_offset = offset or 0
         self._recall_dead_letters()
         self._reset_round_state()
-        self.restores += 1
         log.info(
             "partition %s rolled back to %s: replaying from offset %s",
             self.partition,
@@ -337,7 +334,6 @@ class PartitionOwner:
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
             deferred=sum(len(p.batch) for p in self.pending),
-            next_offset=self.next_offset,
             struct_out=self.engine.structure_outbox() if self._open else {},
         )
 
