@@ -29,18 +29,20 @@ from clustergnn.errors import UnknownVertexError
 from clustergnn.freshness import Freshness
 from clustergnn.models import activation as activation_fn
 from clustergnn.models import feature_dim as model_feature_dim
-from clustergnn.models import load_layers
+from clustergnn.models import load_layers, model_digest
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import HashPartitionMap
 from clustergnn.rounds import RoundOptions, RoundStats, Step, run_round
 from clustergnn.serving import (
     ClusterStatus,
     InvalidReadError,
+    ModelInfo,
     Offsets,
     PartitionStatus,
     PartitionUnavailableError,
     ReadResult,
     StalenessDeadlineError,
+    resolve_read,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class Cluster:
         rules = rules_from_dgl(self.layers, self.feature_dim)
         self.num_layers = len(rules)
         self.dims = [self.feature_dim] + [r.out_dim for r in rules]
+        self.model_digest = model_digest(self.layers, config.model)
+        self.model_info = ModelInfo([type(layer).__name__ for layer in self.layers], list(self.dims), self.model_digest)
         self._activation = activation_fn(config.model.activation)
         # final embeddings served from this process, updated once per round (no Ray call per read);
         # collaborative mode does not materialise the last layer, so its reads go to the owners
@@ -201,11 +205,9 @@ class Cluster:
         sc = self.config.snapshot
         if sc.uri is None:
             return None
-        from clustergnn.models import model_digest
         from clustergnn.snapshot import SnapshotError, SnapshotStore
 
         self.snapshots = SnapshotStore(sc.uri, retention=sc.retention)
-        self.model_digest = model_digest(self.layers, self.config.model)
         manifest = self.snapshots.latest(verify=True)
         if manifest is None:
             log.info("no complete snapshot in %r: starting empty", self.snapshots)
@@ -648,34 +650,41 @@ class Cluster:
             )
 
     def _check_read(
-        self, ids: np.ndarray, layer: int, max_staleness_ms: float | None, min_offsets: Offsets | None
+        self,
+        ids: np.ndarray,
+        layer: int | None,
+        max_staleness_ms: float | None,
+        min_offsets: Offsets | None,
+        input_features: bool = False,
     ) -> int:
         if ids.ndim != 1:
             raise InvalidReadError(f"vertex_ids must be one-dimensional, got shape {ids.shape}")
         limit = self.config.gateway.max_ids_per_request
         if len(ids) > limit:
             raise InvalidReadError(f"too many ids in one read: {len(ids)} > {limit} (gateway.max_ids_per_request)")
-        top = self.num_layers
-        if not -top - 1 <= layer <= top:
-            raise InvalidReadError(
-                f"layer must be in [{-top - 1}, {top}] (0 = input features, -1 = output), got {layer}"
-            )
         self.freshness.validate(max_staleness_ms, min_offsets)
-        return layer % (top + 1)
+        # the proto's numbering (0 = first GNN layer's output, -1 = final); the engine's index of a
+        # layer's output is one more (its layer 0 holds the input features, which are not served)
+        return resolve_read(layer, self.num_layers, input_features) + 1  # FEATURES (-1) becomes 0
 
     def read(
         self,
         ids,
         *,
-        layer: int = -1,
+        layer: int | None = None,
         max_staleness_ms: float | None = None,
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
+        input_features: bool = False,
     ) -> ReadResult:
+        """Embeddings of ``ids`` at ``layer``, numbered as the proto says (``clustergnn.serving.resolve_layer``:
+        ``0 .. L-1`` = each GNN layer's output, ``-1``/``None`` = the final embeddings), or the stored
+        input features with ``input_features=True``; see ``EmbeddingBackend.read``."""
         import ray
 
         ids = np.asarray(ids, dtype=np.int64)
-        resolved = self._check_read(ids, int(layer), max_staleness_ms, min_offsets)
+        resolved = self._check_read(ids, layer, max_staleness_ms, min_offsets, input_features)
+        served = resolved - 1  # as the proto numbers it (FEATURES = -1 for the input features)
         deadline = time.monotonic() + timeout_s
         fresh = self.freshness
         with self._cond:  # a read during the replay after a start waits for it (up to its deadline)
@@ -697,7 +706,7 @@ class Cluster:
                 emb, ver = self.replica.get(ids)
                 stale = fresh.staleness_at(visible) or 0.0
                 if max_staleness_ms is None or stale <= max_staleness_ms:
-                    return ReadResult(emb, ver, stale, watermark, resolved)
+                    return ReadResult(emb, ver, stale, watermark, served, self.model_digest)
                 continue  # the bound slipped while reading: wait again
             self._raise_if_recovering()
             owner = self.pmap.owner(ids)
@@ -730,7 +739,7 @@ class Cluster:
             if max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
                 if max_staleness_ms is not None and stale > max_staleness_ms:
                     raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {max_staleness_ms} ms")
-                return ReadResult(emb, ver, stale, watermark, resolved)
+                return ReadResult(emb, ver, stale, watermark, served, self.model_digest)
 
     # ------------------------------------------------------------------ status
     def status(self) -> ClusterStatus:
@@ -802,4 +811,4 @@ class Cluster:
                 "snapshot_failures": float(self.snapshot_failures),
                 "restored_snapshot_id": float(self.restored.snapshot_id) if self.restored else -1.0,
             }
-        return ClusterStatus(parts, watermark, self.num_layers, self.dims[1:], extra)
+        return ClusterStatus(parts, watermark, self.num_layers, self.dims[1:], extra, self.model_info)

@@ -53,7 +53,8 @@ class ReadResult:
         staleness_ms: how old the answer may be: now minus the produce time of the oldest mutation not
             yet reflected (0.0 when every produced mutation is reflected).
         watermark: Kafka partition -> next offset not yet visible, at the time of the answer.
-        layer: the layer that was served (resolved: ``-1`` becomes the last layer's index).
+        layer: the layer that was served, resolved to ``0 .. num_layers-1`` (:func:`resolve_layer`).
+        model_digest: sha256 of the model (layer types, config and weights) that produced the answer.
     """
 
     embeddings: np.ndarray
@@ -61,6 +62,62 @@ class ReadResult:
     staleness_ms: float
     watermark: dict[int, int]
     layer: int
+    model_digest: str = ""
+
+
+def resolve_layer(layer: int | None, num_layers: int) -> int:
+    """The proto's layer numbering, the one numbering of every backend and client.
+
+    Layer ``i`` in ``0 .. num_layers-1`` is the output of GNN layer ``i`` (``num_layers-1`` = the final
+    embeddings); a negative ``i`` counts from the last (``-1`` = last, ``-num_layers`` = first); ``None``
+    (unset) means ``-1``.  The input features are not a layer.  Returns the non-negative index, or
+    raises :class:`InvalidReadError` naming the allowed range.
+    """
+    if layer is None:
+        layer = -1
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise InvalidReadError(f"layer must be an integer, got {layer!r}")
+    layer = int(layer)
+    if not -num_layers <= layer < num_layers:
+        raise InvalidReadError(
+            f"layer must be in [{-num_layers}, {num_layers - 1}] (0 = first GNN layer's output, -1 = the "
+            f"final embeddings; {num_layers} layers), got {layer}"
+        )
+    return layer % num_layers
+
+
+FEATURES = -1
+"""The ``layer`` an answer reports for a read of the input features (``input_features=True``)."""
+
+
+def resolve_read(layer: int | None, num_layers: int, input_features: bool = False) -> int:
+    """The layer index a read serves: :func:`resolve_layer`, or :data:`FEATURES` for the input features
+    (then ``layer`` must be unset)."""
+    if input_features:
+        if layer is not None:
+            raise InvalidReadError(f"layer must be unset when input_features is set, got layer {layer}")
+        return FEATURES
+    return resolve_layer(layer, num_layers)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model a cluster serves: what ``Status`` reports and every answer names by its digest.
+
+    Attributes:
+        layer_types: the DGL class of each layer, e.g. ``["SAGEConv", "SAGEConv"]``.
+        dims: input width, then each layer's output width (``len(layer_types) + 1`` values).
+        digest: sha256 over the layer types, the model config and every weight (``model_digest``).
+    """
+
+    layer_types: list[str]
+    dims: list[int]
+    digest: str
+
+    def describe(self) -> str:
+        kinds = sorted(set(self.layer_types))
+        arrows = "->".join(str(d) for d in self.dims)
+        return f"{'/'.join(kinds)} {arrows}, weights sha256 {self.digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +138,7 @@ class ClusterStatus:
     num_layers: int
     embedding_dims: list[int]
     extra: dict[str, float] = field(default_factory=dict)
+    model: ModelInfo | None = None
 
     @property
     def healthy(self) -> bool:
@@ -94,12 +152,15 @@ class EmbeddingBackend(Protocol):
         self,
         ids: np.ndarray,
         *,
-        layer: int = -1,
+        layer: int | None = None,
         max_staleness_ms: float | None = None,
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
+        input_features: bool = False,
     ) -> ReadResult:
-        """Embeddings of ``ids`` (int64).  Raises ``UnknownVertexError`` (naming the id),
+        """Embeddings of ``ids`` (int64) at ``layer`` (:func:`resolve_layer`; ``None`` = the final
+        embeddings), or their stored input features with ``input_features=True`` (``layer`` unset;
+        :func:`resolve_read` checks both).  Raises ``UnknownVertexError`` (naming the id),
         ``InvalidReadError``, ``StalenessDeadlineError`` or ``PartitionUnavailableError``."""
         ...
 

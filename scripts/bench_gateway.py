@@ -45,12 +45,13 @@ class TableBackend:
         self.table = rng.standard_normal((num_vertices, dim), dtype=np.float32)
         self.versions = np.zeros(num_vertices, dtype=np.int64)
 
-    def read(self, ids, *, layer=-1, max_staleness_ms=None, min_offsets=None, timeout_s=5.0):  # noqa: ANN001
+    def read(self, ids, *, layer=None, max_staleness_ms=None, min_offsets=None, timeout_s=5.0, input_features=False):  # noqa: ANN001
         from clustergnn.errors import UnknownVertexError
-        from clustergnn.serving import InvalidReadError, ReadResult
+        from clustergnn.serving import InvalidReadError, ReadResult, resolve_read
 
-        if layer not in (-1, 0):
-            raise InvalidReadError(f"layer must be in [-1, 0], got {layer}")
+        if input_features:
+            raise InvalidReadError("this benchmark backend serves one layer and no input features")
+        resolve_read(layer, 1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.table)):
             bad = int(ids[(ids < 0) | (ids >= len(self.table))][0])
             raise UnknownVertexError(f"vertex {bad} is not in the graph")

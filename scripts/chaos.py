@@ -508,7 +508,7 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
         emb, feats = [], []
         for i in range(0, len(ids), chunk):
             emb.append(c.get_embeddings(ids[i : i + chunk], timeout_s=30).embeddings)
-            feats.append(c.get_embeddings(ids[i : i + chunk], layer=0, timeout_s=30).embeddings)
+            feats.append(c.get_embeddings(ids[i : i + chunk], input_features=True, timeout_s=30).embeddings)
         emb, feats = np.concatenate(emb), np.concatenate(feats)
     ref = single.embeddings(ids).numpy()
     err = float(np.abs(emb - ref).max() / max(1.0, float(np.abs(ref).max())))

@@ -37,7 +37,10 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("query", help="print embeddings of vertices, with their freshness")
     q.add_argument("ids", nargs="+", type=int, metavar="ID", help="vertex ids")
-    q.add_argument("--layer", type=int, default=None, help="layer (default: the last)")
+    q.add_argument(
+        "--layer", type=int, default=None, help="layer: 0..L-1 (layer i's output) or -1 = the last (default)"
+    )
+    q.add_argument("--input-features", action="store_true", help="print the stored input features instead")
     q.add_argument("--max-staleness-ms", type=float, default=None, help="freshness bound in ms (default: none)")
     q.add_argument("--values", type=int, default=4, help="embedding values shown per vertex (default: %(default)s)")
     _connection_args(q)
@@ -68,8 +71,10 @@ def abbreviate(row: np.ndarray, shown: int) -> str:
 
 def format_read(ids: list[int], res: ReadResult, shown: int = 4) -> str:
     wm = ", ".join(f"{p}:{o}" for p, o in sorted(res.watermark.items()))
+    what = "input features" if res.layer < 0 else f"layer {res.layer}"
     lines = [
-        f"layer {res.layer}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"
+        f"{what}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"
+        + (f"  model {res.model_digest[:12]}" if res.model_digest else "")
     ]
     width = max(len(str(v)) for v in ids)
     for v, ver, row in zip(ids, res.versions.tolist(), res.embeddings):
@@ -82,6 +87,7 @@ def format_status(st: ClusterStatus) -> str:
     lines = [
         f"{'healthy' if st.healthy else 'UNHEALTHY'}  layers {st.num_layers} dims {st.embedding_dims}"
         f"  watermark {{{wm}}}",
+        *([f"  model: {st.model.describe()}"] if st.model is not None else []),
         f"  {'part':>4} {'alive':>5} {'vertices':>9} {'lag':>8} {'applied':>10} {'mut/s':>9}  watermark",
     ]
     for p in st.partitions:
@@ -141,7 +147,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         with _client(args) as c:
             res = c.get_embeddings(
-                args.ids, layer=args.layer, max_staleness_ms=args.max_staleness_ms, timeout_s=args.timeout_s
+                args.ids,
+                layer=args.layer,
+                max_staleness_ms=args.max_staleness_ms,
+                timeout_s=args.timeout_s,
+                input_features=args.input_features,
             )
     except (ClusterGNNError, grpc.RpcError, ValueError, OSError) as e:
         return _fail(e, sys.stderr)

@@ -165,11 +165,16 @@ class GatewayClient:
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
         arrow: bool = False,
+        input_features: bool = False,
     ) -> ReadResult:
-        """Embeddings of ``ids`` as numpy (``res.embeddings``: ``(n, D)`` float32) with their freshness."""
+        """Embeddings of ``ids`` as numpy (``res.embeddings``: ``(n, D)`` float32) with their freshness.
+
+        ``layer``: ``0 .. L-1`` (layer ``i``'s output) or negative from the last; ``None`` = the final
+        embeddings.  ``input_features=True`` reads the stored input features instead (``layer`` unset)."""
         req = pb.GetEmbeddingsRequest(
             vertex_ids=np.asarray(ids, dtype=np.int64).tolist(),
             format=convert.ARROW if arrow else convert.RAW,
+            input_features=input_features,
         )
         if layer is not None:
             req.layer = layer
@@ -187,14 +192,20 @@ class GatewayClient:
         self,
         ids: np.ndarray,
         *,
-        layer: int = -1,
+        layer: int | None = None,
         max_staleness_ms: float | None = None,
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
+        input_features: bool = False,
     ) -> ReadResult:
         """:meth:`EmbeddingBackend.read` over the wire."""
         return self.get_embeddings(
-            ids, layer=layer, max_staleness_ms=max_staleness_ms, min_offsets=min_offsets, timeout_s=timeout_s
+            ids,
+            layer=layer,
+            max_staleness_ms=max_staleness_ms,
+            min_offsets=min_offsets,
+            timeout_s=timeout_s,
+            input_features=input_features,
         )
 
     def watch(

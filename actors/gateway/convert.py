@@ -14,7 +14,7 @@ import numpy as np
 from actors.gateway._gen import clustergnn_pb2 as pb
 from clustergnn.errors import MutationError
 from clustergnn.mutations import MutationBatch, MutationKind, feature_kinds_mask
-from clustergnn.serving import ClusterStatus, PartitionStatus, ReadResult
+from clustergnn.serving import ClusterStatus, ModelInfo, PartitionStatus, ReadResult
 
 RAW = pb.EMBEDDING_FORMAT_RAW_F32
 ARROW = pb.EMBEDDING_FORMAT_ARROW_IPC
@@ -82,6 +82,7 @@ def read_result_to_response(res: ReadResult, ids: np.ndarray, fmt: int, now_ms: 
         watermark={int(k): int(v) for k, v in res.watermark.items()},
         layer=int(res.layer),
         answered_at_unix_ms=now_ms,
+        model_digest=res.model_digest,
     )
 
 
@@ -92,6 +93,7 @@ def response_to_read_result(resp: pb.GetEmbeddingsResponse | pb.WatchResponse) -
         staleness_ms=resp.staleness_ms,
         watermark=dict(resp.watermark),
         layer=resp.layer,
+        model_digest=resp.model_digest,
     )
 
 
@@ -197,6 +199,9 @@ def status_to_proto(st: ClusterStatus) -> pb.StatusResponse:
         embedding_dims=list(st.embedding_dims),
         healthy=st.healthy,
         extra={str(k): float(v) for k, v in st.extra.items()},
+        model=None
+        if st.model is None
+        else pb.ModelInfo(layer_types=list(st.model.layer_types), dims=list(st.model.dims), digest=st.model.digest),
     )
 
 
@@ -218,4 +223,7 @@ def proto_to_status(resp: pb.StatusResponse) -> ClusterStatus:
         num_layers=resp.num_layers,
         embedding_dims=list(resp.embedding_dims),
         extra=dict(resp.extra),
+        model=ModelInfo(list(resp.model.layer_types), list(resp.model.dims), resp.model.digest)
+        if resp.HasField("model")
+        else None,
     )

@@ -31,6 +31,7 @@ from clustergnn.serving import (
     InvalidReadError,
     PartitionUnavailableError,
     StalenessDeadlineError,
+    resolve_read,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,11 +123,15 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             raise InvalidReadError(f"vertex_ids has {n} ids; at most {limit} allowed per request")
         return np.fromiter(values, dtype=np.int64, count=n)
 
-    def _layer(self, request: Any) -> int:
-        layer = request.layer if request.HasField("layer") else -1
+    def _layer(self, request: Any) -> int | None:
+        """The requested layer (``None`` = unset = the final embeddings), checked against the served
+        model's layer count (known from the last health poll; before the first one the backend checks
+        it, with the same rule: ``clustergnn.serving.resolve_read``)."""
+        layer = request.layer if request.HasField("layer") else None
+        features = bool(getattr(request, "input_features", False))
         st = self._latest_status()
-        if st is not None and st.num_layers > 0 and not -st.num_layers <= layer < st.num_layers:
-            raise InvalidReadError(f"layer must be in [{-st.num_layers}, {st.num_layers - 1}], got {layer}")
+        if features or (st is not None and st.num_layers > 0):
+            resolve_read(layer, st.num_layers if st is not None else 1, features)  # raises naming the range
         return layer
 
     @staticmethod
@@ -166,7 +171,12 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
         fmt = self._format(request.format)
         self._metrics.ids_per_request.observe(len(ids))
         res = self._backend.read(
-            ids, layer=layer, max_staleness_ms=bound, min_offsets=min_offsets, timeout_s=self._timeout_s(context)
+            ids,
+            layer=layer,
+            max_staleness_ms=bound,
+            min_offsets=min_offsets,
+            timeout_s=self._timeout_s(context),
+            input_features=request.input_features,
         )
         self._metrics.served_staleness_ms.observe(res.staleness_ms)
         return convert.read_result_to_response(res, ids, fmt, int(time.time() * 1000))
@@ -218,6 +228,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
                     watermark={int(k): int(v) for k, v in res.watermark.items()},
                     layer=int(res.layer),
                     answered_at_unix_ms=int(time.time() * 1000),
+                    model_digest=res.model_digest,
                 )
             last = versions
             stop.wait(interval_s)

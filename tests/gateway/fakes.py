@@ -21,6 +21,7 @@ fake needs no thread.  Time comes from an injected :class:`~clustergnn.freshness
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Sequence
@@ -33,13 +34,15 @@ from clustergnn.freshness import Clock, Freshness, SystemClock
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.partition import HashPartitionMap, route
 from clustergnn.serving import (
+    FEATURES,
     ClusterStatus,
-    InvalidReadError,
+    ModelInfo,
     Offsets,
     PartitionStatus,
     PartitionUnavailableError,
     ReadResult,
     StalenessDeadlineError,
+    resolve_read,
 )
 
 
@@ -59,12 +62,16 @@ class FakeBackend:
         *,
         num_vertices: int = 16,
         dims: Sequence[int] = (8, 4),
+        in_dim: int = 6,
         num_kafka_partitions: int = 2,
         num_owners: int = 2,
         apply_delay_s: float | None = 0.0,
         clock: Clock | None = None,
     ) -> None:
-        self.dims = tuple(int(d) for d in dims)
+        self.dims = tuple(int(d) for d in dims)  # output width of each layer
+        self.in_dim = int(in_dim)
+        digest = hashlib.sha256(f"fake {in_dim} {self.dims}".encode()).hexdigest()
+        self.model = ModelInfo(["FakeConv"] * len(self.dims), [in_dim, *self.dims], digest)
         self.num_kafka_partitions = num_kafka_partitions
         self._pmap = HashPartitionMap(num_kafka_partitions)
         self.num_owners = num_owners
@@ -82,12 +89,16 @@ class FakeBackend:
         self.last_timeout_s: float | None = None
 
     # ----------------------------------------------------------------- test controls
-    def expected(self, vertex: int, layer: int = -1, version: int | None = None) -> np.ndarray:
-        """The embedding the fake serves for ``vertex`` at ``layer`` (current version by default)."""
-        layer = layer % len(self.dims)
+    def expected(
+        self, vertex: int, layer: int | None = -1, version: int | None = None, *, input_features: bool = False
+    ) -> np.ndarray:
+        """The embedding the fake serves for ``vertex`` at ``layer`` (current version by default), or
+        its input features (``input_features=True``, ``layer=None``)."""
+        layer = resolve_read(layer, len(self.dims), input_features)
         if version is None:
             version = self._versions[vertex]
-        x = np.arange(self.dims[layer], dtype=np.float64)
+        width = self.in_dim if layer == FEATURES else self.dims[layer]
+        x = np.arange(width, dtype=np.float64)
         return np.sin(0.37 * x + 1.3 * vertex + 0.7 * version + layer).astype(np.float32)
 
     def version(self, vertex: int) -> int:
@@ -129,14 +140,13 @@ class FakeBackend:
         self,
         ids: np.ndarray,
         *,
-        layer: int = -1,
+        layer: int | None = None,
         max_staleness_ms: float | None = None,
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
+        input_features: bool = False,
     ) -> ReadResult:
-        n_layers = len(self.dims)
-        if not -n_layers <= layer < n_layers:
-            raise InvalidReadError(f"layer must be in [{-n_layers}, {n_layers - 1}], got {layer}")
+        layer_idx = resolve_read(layer, len(self.dims), input_features)  # the real cluster's rule
         self.freshness.validate(max_staleness_ms, min_offsets)
         self.read_count += 1
         self.last_timeout_s = timeout_s
@@ -151,21 +161,22 @@ class FakeBackend:
             )
             if not verdict.met:
                 raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
-            layer_idx = layer % n_layers
             ids = np.asarray(ids, dtype=np.int64)
             rows, versions = [], []
             for v in ids.tolist():
                 if v not in self._versions:
                     raise UnknownVertexError(f"vertex {v} is not in the graph")
                 versions.append(self._versions[v])
-                rows.append(self.expected(v, layer_idx))
-            emb = np.stack(rows) if rows else np.zeros((0, self.dims[layer_idx]), dtype=np.float32)
+                rows.append(self.expected(v, None if input_features else layer_idx, input_features=input_features))
+            width = self.in_dim if input_features else self.dims[layer_idx]
+            emb = np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
             return ReadResult(
                 embeddings=emb,
                 versions=np.asarray(versions, dtype=np.int64),
                 staleness_ms=verdict.staleness_ms if verdict.staleness_ms is not None else 0.0,
                 watermark=verdict.watermark,
                 layer=layer_idx,
+                model_digest=self.model.digest,
             )
 
     def status(self) -> ClusterStatus:
@@ -196,6 +207,7 @@ class FakeBackend:
                 num_layers=len(self.dims),
                 embedding_dims=list(self.dims),
                 extra={"fake": 1.0},
+                model=self.model,
             )
 
     # ----------------------------------------------------------------- internals

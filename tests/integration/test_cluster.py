@@ -112,7 +112,7 @@ def test_read_your_writes_with_min_offsets(cluster2: Cluster) -> None:
     res = cluster2.read([5], min_offsets=offsets, timeout_s=10)
     assert all(res.watermark[p] > o for p, o in offsets.items())
     assert not np.array_equal(res.embeddings, before)
-    assert cluster2.read([5], layer=0).embeddings.tolist() == [[3.0] * F]
+    assert cluster2.read([5], input_features=True).embeddings.tolist() == [[3.0] * F]
 
 
 def test_staleness_bound_holds_under_a_steady_produce_rate(cluster2: Cluster) -> None:
@@ -161,7 +161,7 @@ def test_bad_records_reach_the_dead_letter_topic_while_serving(cluster2: Cluster
 
     raw_send(kafka_bootstrap, topic, [(0, None, b"not a record"), (0, None, encode_arrow(bad_edge))])
     offsets = cluster2.apply(MutationBatch.update_features([2], torch.full((1, F), -1.0)))
-    res = cluster2.read([2], layer=0, min_offsets=offsets, timeout_s=20)
+    res = cluster2.read([2], input_features=True, min_offsets=offsets, timeout_s=20)
     assert res.embeddings.tolist() == [[-1.0] * F]  # later valid mutations still apply
     c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
     tps = [TopicPartition(cluster2.config.kafka.dlq, p) for p in range(2)]
@@ -192,5 +192,5 @@ def test_edge_from_a_vertex_added_in_another_partition_in_the_same_batch(cluster
     )
     res = cluster2.read([100, 3], min_offsets=cluster2.apply(b), timeout_s=20)
     assert res.embeddings.shape == (2, 4)
-    single_neigh = cluster2.read([100], layer=0).embeddings
+    single_neigh = cluster2.read([100], input_features=True).embeddings
     assert single_neigh.tolist() == [[1.0] * F]

@@ -127,7 +127,7 @@ def test_restarted_driver_resumes_from_snapshot_and_replays_exactly(
         res = c2.read(ids, max_staleness_ms=60_000)
         ref = single.embeddings(ids).numpy()
         assert np.abs(res.embeddings - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
-        feats = c2.read(ids, layer=0).embeddings
+        feats = c2.read(ids, input_features=True).embeddings
         assert np.array_equal(feats, single.embeddings(ids, 0).numpy())
         assert feats[:, 0].tolist() == [float(seq[int(v)]) for v in ids]  # every update applied exactly once
         st = c2.status()
@@ -199,7 +199,7 @@ def assert_exact(cluster: Cluster, single: Engine, seq: dict[int, int]) -> None:
     res = cluster.read(ids, max_staleness_ms=60_000)
     ref = single.embeddings(ids).numpy()
     assert np.abs(res.embeddings - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
-    feats = cluster.read(ids, layer=0).embeddings
+    feats = cluster.read(ids, input_features=True).embeddings
     assert feats[:, 0].tolist() == [float(seq[int(v)]) for v in ids]  # every update applied exactly once
     st = cluster.status()
     assert sum(p.num_vertices for p in st.partitions) == single.num_vertices == len(seq)
@@ -249,7 +249,7 @@ def test_a_killed_owner_is_recovered_and_reads_stay_consistent(
             if c.recovery is not None:
                 seen_down |= not c.status().healthy
                 try:
-                    c.read(ids[:3], layer=1)
+                    c.read(ids[:3], layer=0)
                 except PartitionUnavailableError as e:
                     seen_unavailable |= "recovering" in str(e)
             r = c.read(ids)

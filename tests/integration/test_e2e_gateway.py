@@ -184,7 +184,7 @@ def test_a_dead_partition_owner_turns_health_off_until_it_is_recovered(served: S
             seen.add(check())
             if served.cluster.recovery is not None:
                 try:
-                    c.get_embeddings([1], layer=1, timeout_s=2)
+                    c.get_embeddings([1], layer=0, timeout_s=2)
                 except PartitionUnavailableError as e:
                     unavailable |= "recovering" in str(e)
                 r = c.get_embeddings([1], timeout_s=2)

@@ -59,21 +59,23 @@ class Offsets(_message.Message):
     def __init__(self, offsets: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class GetEmbeddingsRequest(_message.Message):
-    __slots__ = ("vertex_ids", "layer", "max_staleness_ms", "min_offsets", "format")
+    __slots__ = ("vertex_ids", "layer", "max_staleness_ms", "min_offsets", "format", "input_features")
     VERTEX_IDS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     vertex_ids: _containers.RepeatedScalarFieldContainer[int]
     layer: int
     max_staleness_ms: float
     min_offsets: Offsets
     format: EmbeddingFormat
-    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., layer: _Optional[int] = ..., max_staleness_ms: _Optional[float] = ..., min_offsets: _Optional[_Union[Offsets, _Mapping]] = ..., format: _Optional[_Union[EmbeddingFormat, str]] = ...) -> None: ...
+    input_features: bool
+    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., layer: _Optional[int] = ..., max_staleness_ms: _Optional[float] = ..., min_offsets: _Optional[_Union[Offsets, _Mapping]] = ..., format: _Optional[_Union[EmbeddingFormat, str]] = ..., input_features: _Optional[bool] = ...) -> None: ...
 
 class GetEmbeddingsResponse(_message.Message):
-    __slots__ = ("vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms")
+    __slots__ = ("vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms", "model_digest")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class GetEmbeddingsResponse(_message.Message):
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     vertex_ids: _containers.RepeatedScalarFieldContainer[int]
     versions: _containers.RepeatedScalarFieldContainer[int]
     embeddings: EmbeddingMatrix
@@ -95,7 +98,8 @@ class GetEmbeddingsResponse(_message.Message):
     watermark: _containers.ScalarMap[int, int]
     layer: int
     answered_at_unix_ms: int
-    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ...) -> None: ...
+    model_digest: str
+    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("vertex_ids", "layer", "format", "min_interval_ms")
@@ -110,7 +114,7 @@ class WatchRequest(_message.Message):
     def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., layer: _Optional[int] = ..., format: _Optional[_Union[EmbeddingFormat, str]] = ..., min_interval_ms: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("initial", "vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms")
+    __slots__ = ("initial", "vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms", "model_digest")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +130,7 @@ class WatchResponse(_message.Message):
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     initial: bool
     vertex_ids: _containers.RepeatedScalarFieldContainer[int]
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -134,7 +139,8 @@ class WatchResponse(_message.Message):
     watermark: _containers.ScalarMap[int, int]
     layer: int
     answered_at_unix_ms: int
-    def __init__(self, initial: _Optional[bool] = ..., vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ...) -> None: ...
+    model_digest: str
+    def __init__(self, initial: _Optional[bool] = ..., vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class Mutation(_message.Message):
     __slots__ = ("kind", "src", "dst", "features")
@@ -203,7 +209,7 @@ class PartitionStatus(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., alive: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., watermark: _Optional[_Mapping[int, int]] = ..., lag: _Optional[int] = ..., applied_mutations: _Optional[int] = ..., mutations_per_s: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("partitions", "watermark", "num_layers", "embedding_dims", "healthy", "extra")
+    __slots__ = ("partitions", "watermark", "num_layers", "embedding_dims", "healthy", "extra", "model")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -224,10 +230,22 @@ class StatusResponse(_message.Message):
     EMBEDDING_DIMS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionStatus]
     watermark: _containers.ScalarMap[int, int]
     num_layers: int
     embedding_dims: _containers.RepeatedScalarFieldContainer[int]
     healthy: bool
     extra: _containers.ScalarMap[str, float]
-    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., watermark: _Optional[_Mapping[int, int]] = ..., num_layers: _Optional[int] = ..., embedding_dims: _Optional[_Iterable[int]] = ..., healthy: _Optional[bool] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    model: ModelInfo
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., watermark: _Optional[_Mapping[int, int]] = ..., num_layers: _Optional[int] = ..., embedding_dims: _Optional[_Iterable[int]] = ..., healthy: _Optional[bool] = ..., extra: _Optional[_Mapping[str, float]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("layer_types", "dims", "digest")
+    LAYER_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    layer_types: _containers.RepeatedScalarFieldContainer[str]
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    digest: str
+    def __init__(self, layer_types: _Optional[_Iterable[str]] = ..., dims: _Optional[_Iterable[int]] = ..., digest: _Optional[str] = ...) -> None: ...

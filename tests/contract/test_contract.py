@@ -1,0 +1,312 @@
+"""The .proto is the contract: one suite, run against the fake backend AND a real cluster.
+
+Both backends sit behind the real ``GatewayServer`` on 127.0.0.1 and are driven through the stubs
+generated from ``proto/clustergnn/v1/clustergnn.proto`` (``actors/gateway/_gen``), as any client in any
+language would.  The fake (``tests/gateway/fakes.py``) is built with the real cluster's shapes (input
+width, layer widths), so every assertion here is written once and must hold for both: layer numbering,
+status dims and model, versions, freshness fields and every status code the proto lists.  When the two
+disagree the fake is wrong and is changed (it shares the real rules: ``clustergnn.serving.resolve_read``,
+``clustergnn.freshness.Freshness``, ``clustergnn.partition.route``), never a test.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from actors.gateway import convert
+from actors.gateway._gen import clustergnn_pb2 as pb
+from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
+from actors.gateway.server import GatewayServer
+from clustergnn import Engine, MutationBatch
+from clustergnn.config import GatewayConfig
+from tests.gateway.conftest import TOKENS
+from tests.gateway.fakes import FakeBackend
+
+F, HIDDEN, OUT, N = 8, 16, 4, 16  # the real cluster's model and graph; the fake is built the same shape
+MAX_IDS = 64
+AUTH = (("authorization", f"Bearer {TOKENS[0]}"),)
+
+
+def gateway_config() -> GatewayConfig:
+    return GatewayConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        tokens=TOKENS,
+        insecure_local=True,
+        health_poll_interval_s=0.1,
+        max_ids_per_request=MAX_IDS,
+        default_deadline_s=5.0,
+    )
+
+
+@dataclass
+class Api:
+    """Generated stubs on one gateway, plus what only the real backend has (``single``: a
+    single-process engine fed the same mutations, for exactness)."""
+
+    name: str
+    emb: pb_grpc.EmbeddingServiceStub
+    mut: pb_grpc.MutationServiceStub
+    admin: pb_grpc.AdminServiceStub
+    target: str
+    single: Engine | None = None
+
+    def get(self, ids, timeout: float = 10.0, **fields) -> pb.GetEmbeddingsResponse:
+        req = pb.GetEmbeddingsRequest(vertex_ids=list(ids))
+        for k, v in fields.items():
+            if k == "min_offsets":
+                req.min_offsets.offsets.update(v)
+            else:
+                setattr(req, k, v)
+        return self.emb.GetEmbeddings(req, timeout=timeout, metadata=AUTH)
+
+    def apply(self, batch: MutationBatch) -> dict[int, int]:
+        resp = self.mut.Apply(convert.batch_to_request(batch), timeout=30, metadata=AUTH)
+        if self.single is not None:
+            self.single.apply(batch)
+        return dict(resp.offsets)
+
+    def status(self) -> pb.StatusResponse:
+        return self.admin.Status(pb.StatusRequest(), timeout=10, metadata=AUTH)
+
+
+def _channel_api(name: str, target: str, single: Engine | None = None) -> tuple[grpc.Channel, Api]:
+    ch = grpc.insecure_channel(target)
+    api = Api(
+        name, pb_grpc.EmbeddingServiceStub(ch), pb_grpc.MutationServiceStub(ch), pb_grpc.AdminServiceStub(ch), target
+    )
+    api.single = single
+    return ch, api
+
+
+@pytest.fixture(scope="module")
+def real_api(ray_local, kafka_bootstrap) -> Iterator[Api]:
+    from actors.cluster import Cluster
+    from clustergnn.config import Config
+
+    cfg = Config.from_dict(
+        {
+            "kafka": {"bootstrap": kafka_bootstrap, "topic": f"contract-{uuid.uuid4().hex[:8]}"},
+            "cluster": {"partitions": 2, "actor_num_cpus": 0.5},
+            "model": {"builtin": "sage", "in_dim": F, "hidden": HIDDEN, "out_dim": OUT, "seed": 5},
+            "graph": {"dataset": None},
+        }
+    )
+    cluster = Cluster(cfg).start()
+    gw = GatewayServer(cluster, gateway_config()).start()
+    single = Engine.from_layers(cluster.layers, F)
+    gen = torch.Generator().manual_seed(1)
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(np.arange(N), torch.randn(N, F, generator=gen)),
+            MutationBatch.add_edges(np.arange(N), (np.arange(N) * 5 + 3) % N),
+        ]
+    )
+    single.bulk_load(init)
+    cluster.wait_for(cluster.apply(init), timeout_s=60)
+    ch, api = _channel_api("real", gw.target, single)
+    try:
+        yield api
+    finally:
+        ch.close()
+        gw.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_api() -> Iterator[Api]:
+    fake = FakeBackend(num_vertices=N, dims=(HIDDEN, OUT), in_dim=F, num_kafka_partitions=2, num_owners=2)
+    gw = GatewayServer(fake, gateway_config()).start()
+    ch, api = _channel_api("fake", gw.target)
+    try:
+        yield api
+    finally:
+        ch.close()
+        gw.stop()
+
+
+@pytest.fixture(params=["fake", "real"])
+def api(request: pytest.FixtureRequest) -> Api:
+    return request.getfixturevalue(f"{request.param}_api")
+
+
+def code_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+# ------------------------------------------------------------------------------------------ status
+def test_status_describes_the_served_model(api: Api) -> None:
+    st = api.status()
+    assert st.healthy
+    assert st.num_layers == 2 == len(st.embedding_dims)
+    assert list(st.embedding_dims) == [HIDDEN, OUT]  # embedding_dims[i] is layer i's output width
+    assert st.HasField("model")
+    assert len(st.model.layer_types) == st.num_layers
+    assert list(st.model.dims) == [F, *st.embedding_dims]  # input width, then each layer's
+    assert len(st.model.digest) == 64 and int(st.model.digest, 16) >= 0
+
+
+# ------------------------------------------------------------------------------------------ layers
+def test_layers_are_numbered_as_the_proto_says(api: Api) -> None:
+    st = api.status()
+    L = st.num_layers
+    ids = [1, 2, 3]
+    by_index = {}
+    for i in range(L):
+        r = api.get(ids, layer=i)
+        assert r.layer == i
+        assert r.embeddings.dim == st.embedding_dims[i]
+        by_index[i] = convert.decode_matrix(r.embeddings)
+    unset = api.get(ids)
+    assert unset.layer == L - 1  # unset = the final embeddings, reported resolved
+    assert np.array_equal(convert.decode_matrix(unset.embeddings), by_index[L - 1])
+    for neg in range(-L, 0):
+        r = api.get(ids, layer=neg)
+        assert r.layer == neg % L
+        assert np.array_equal(convert.decode_matrix(r.embeddings), by_index[neg % L])
+    assert not np.array_equal(by_index[0][:, : st.embedding_dims[-1]], by_index[L - 1])
+
+
+@pytest.mark.parametrize("bad", ["L", "-L-1", "big"])
+def test_a_layer_out_of_range_is_invalid_argument(api: Api, bad: str) -> None:
+    L = api.status().num_layers
+    layer = {"L": L, "-L-1": -L - 1, "big": 2**31 - 1}[bad]
+    code, details = code_of(lambda: api.get([1], layer=layer))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"[{-L}, {L - 1}]" in details and str(layer) in details
+
+
+def test_input_features_are_not_a_layer_but_can_be_read(api: Api) -> None:
+    st = api.status()
+    r = api.get([4, 5], input_features=True)
+    assert r.layer == -1
+    assert r.embeddings.dim == st.model.dims[0]
+    code, details = code_of(lambda: api.get([4], input_features=True, layer=0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "input_features" in details
+
+
+def test_every_answer_names_the_model_that_produced_it(api: Api) -> None:
+    digest = api.status().model.digest
+    assert api.get([1]).model_digest == digest
+    assert api.get([1], layer=0).model_digest == digest
+    stream = api.emb.Watch(pb.WatchRequest(vertex_ids=[1, 2]), timeout=10, metadata=AUTH)
+    first = next(stream)
+    stream.cancel()
+    assert first.initial and first.model_digest == digest and first.layer == api.status().num_layers - 1
+
+
+# ------------------------------------------------------------------------------------------ versions, freshness
+def test_a_write_is_visible_with_min_offsets_and_bumps_the_versions(api: Api) -> None:
+    v = 6
+    before_feat = api.get([v], input_features=True)
+    before = api.get([v])
+    feats = torch.full((1, F), float(before_feat.versions[0] + 2))
+    offsets = api.apply(MutationBatch.update_features([v], feats))
+    assert offsets and all(o >= 0 for o in offsets.values())
+    after = api.get([v], min_offsets=offsets)
+    assert all(after.watermark[p] > o for p, o in offsets.items())  # the write is visible
+    assert after.versions[0] > before.versions[0]
+    assert not np.array_equal(convert.decode_matrix(after.embeddings), convert.decode_matrix(before.embeddings))
+    after_feat = api.get([v], input_features=True, min_offsets=offsets)
+    assert after_feat.versions[0] > before_feat.versions[0]
+    assert math.isfinite(after.staleness_ms) and after.staleness_ms >= 0
+    assert after.answered_at_unix_ms > 0
+    assert list(after.vertex_ids) == [v]
+
+
+def test_duplicate_ids_are_answered_in_place(api: Api) -> None:
+    r = api.get([3, 1, 3])
+    m = convert.decode_matrix(r.embeddings)
+    assert list(r.vertex_ids) == [3, 1, 3] and np.array_equal(m[0], m[2]) and not np.array_equal(m[0], m[1])
+
+
+def test_real_answers_equal_a_single_engine(real_api: Api) -> None:
+    """Exactness of what the contract serves (the fake's values are synthetic; this is the real one's)."""
+    offsets = real_api.apply(MutationBatch.add_edges([2, 9], [7, 7]))
+    ids = list(range(N))
+    st = real_api.status()
+    for i in range(st.num_layers):
+        got = convert.decode_matrix(real_api.get(ids, layer=i, min_offsets=offsets).embeddings)
+        ref = real_api.single.embeddings(np.array(ids), i + 1).numpy()
+        assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+    feats = convert.decode_matrix(real_api.get(ids, input_features=True).embeddings)
+    assert np.array_equal(feats, real_api.single.embeddings(np.array(ids), 0).numpy())
+
+
+# ------------------------------------------------------------------------------------------ status codes
+def test_unknown_vertex_is_invalid_argument_naming_it(api: Api) -> None:
+    code, details = code_of(lambda: api.get([1, 987_654]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "987654" in details
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"vertex_ids": []}, "empty"),
+        ({"vertex_ids": list(range(MAX_IDS + 1))}, str(MAX_IDS)),
+        ({"max_staleness_ms": -5.0}, "-5"),
+        ({"max_staleness_ms": float("nan")}, "nan"),
+        ({"min_offsets": {0: -3}}, "-3"),
+        ({"format": 99}, "99"),
+    ],
+    ids=["empty", "too-many", "negative-staleness", "nan-staleness", "negative-offset", "bad-format"],
+)
+def test_malformed_reads_are_invalid_argument(api: Api, fields: dict, needle: str) -> None:
+    fields = dict(fields)
+    ids = fields.pop("vertex_ids", [1])
+    code, details = code_of(lambda: api.get(ids, **fields))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in details.lower()
+
+
+def test_an_unmet_bound_is_deadline_exceeded(api: Api) -> None:
+    code, details = code_of(lambda: api.get([1], min_offsets={0: 10**9}, timeout=1.0))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+def test_a_missing_or_wrong_token_is_unauthenticated(api: Api, token: str | None) -> None:
+    md = () if token is None else (("authorization", f"Bearer {token}"),)
+    for call in (
+        lambda: api.emb.GetEmbeddings(pb.GetEmbeddingsRequest(vertex_ids=[1]), timeout=5, metadata=md),
+        lambda: api.admin.Status(pb.StatusRequest(), timeout=5, metadata=md),
+        lambda: api.mut.Apply(
+            convert.batch_to_request(MutationBatch.update_features([1], torch.zeros(1, F))), timeout=5, metadata=md
+        ),
+    ):
+        code, _ = code_of(call)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_too_many_watches_is_resource_exhausted(api: Api) -> None:
+    # the gateway's own limit (GatewayConfig.max_watches, 16 by default): open that many, then one more
+    streams = []
+    try:
+        for _ in range(16):
+            s = api.emb.Watch(pb.WatchRequest(vertex_ids=[1]), timeout=20, metadata=AUTH)
+            next(s)  # the stream holds its slot once its first message arrived
+            streams.append(s)
+        extra = api.emb.Watch(pb.WatchRequest(vertex_ids=[1]), timeout=20, metadata=AUTH)
+        code, details = code_of(lambda: next(extra))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "16" in details
+    finally:
+        for s in streams:
+            s.cancel()
+
+
+def test_errors_carry_the_exception_class(api: Api) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        api.get([1, 987_654])
+    md = dict(info.value.trailing_metadata() or ())
+    assert md.get("clustergnn-error") == "UnknownVertexError"
