@@ -9,7 +9,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clustergnn", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the libraries' INFO logs")
     sub = parser.add_subparsers(dest="command", required=True)
     from streams import cli as streams_cli
 
@@ -24,12 +24,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OWN_LOGGERS = ("clustergnn", "actors", "streams")
+"""Our own loggers: INFO in ``serve`` (its log is an operator's), WARNING elsewhere unless ``-v``.  Every
+library (kafka-python's connection chatter, Ray, gRPC, urllib3, numba) stays at WARNING unless ``-v``."""
+
+
+def configure_logging(command: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose and command == "serve":
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    if verbose:  # -v: our DEBUG lines, and the libraries' INFO (not their DEBUG floods)
+        for name in ("kafka", "ray", "grpc", "urllib3", "numba", "matplotlib", "asyncio", "botocore"):
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.command, args.verbose)
     return int(args.func(args) or 0)
 
 

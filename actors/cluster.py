@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clustergnn.config import Config
+from clustergnn.config import Config, ConfigError
 from clustergnn.errors import UnknownVertexError
 from clustergnn.freshness import Freshness
 from clustergnn.models import activation as activation_fn
@@ -587,6 +587,13 @@ class Cluster:
         from clustergnn.datasets import load
 
         ds = load(name)
+        native = ds.native_features
+        if native is not None and native.shape[1] != self.feature_dim:
+            raise ConfigError(
+                f"dataset {name!r} has {native.shape[1]} features per vertex but the model's first layer reads "
+                f"{self.feature_dim} ({self.model_info.layer_types[0]}): train on these features, or pick a dataset "
+                "without native features (they then get seeded features of the model's width)"
+            )
         offsets = self.apply(ds.initial_batch(dim=self.feature_dim, seed=self.config.graph.seed))
         self.wait_for(offsets, timeout_s)
         return offsets

@@ -59,8 +59,26 @@ class KafkaConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The served model (docs/models.md): trained weights plus a declared architecture (the safe default),
+    a Python entry point that builds the layers, an opted-in pickled module, or a seeded builtin demo."""
+
     path: str | None = None
-    """A ``torch.save``-d list (or ``nn.ModuleList``) of trained DGL conv layers; overrides ``builtin``."""
+    """Trained weights: a ``torch.save(model.state_dict(), path)`` file, loaded with ``weights_only=True``
+    into the architecture of ``layers`` or ``entry_point``.  A pickled module or layer list is only read
+    with ``allow_pickle``.  ``None``: the seeded ``builtin`` model."""
+    layers: tuple[dict, ...] | None = None
+    """The architecture of ``path``'s weights, one mapping per GNN layer in order, as DGL's constructors
+    take it: ``{"type": "sage", "out_dim": 128, "aggregator": "mean"}``; types sage (aggregator mean,
+    gcn, pool), gcn (norm both/right/left/none), gin (aggregator sum/mean/max; apply linear or mlp), gat
+    (heads, out_dim per head; residual, negative_slope); each may set ``bias`` (default true).  The
+    first layer reads ``in_dim`` features; ``activation`` goes between layers."""
+    entry_point: str | None = None
+    """``module:function`` returning the layers (a list, an ``nn.ModuleList`` or a module with ``.layers``)
+    for architectures ``layers`` cannot declare; ``path``'s weights are loaded into them when given.
+    Importing it runs your code, by your choice."""
+    allow_pickle: bool = False
+    """Let ``path`` hold a pickled module (DGL's example style: a ``.layers`` ModuleList) or a pickled
+    list of layers.  Unpickling runs whatever code the file holds: only for files you trust."""
     builtin: str = "sage"
     """A seeded demo model when no ``path`` is given: one of sage, gcn, gat, gin, sage-pool."""
     in_dim: int = 64
@@ -75,6 +93,28 @@ class ModelConfig:
     """Applied between layers (not after the last): relu, elu, gelu, tanh or none."""
     seed: int = 0
     """Seed of the builtin model's weights."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.path, os.PathLike):
+            object.__setattr__(self, "path", os.fspath(self.path))
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.layers is not None:
+            _check(
+                isinstance(self.layers, tuple) and bool(self.layers) and all(isinstance(x, dict) for x in self.layers),
+                f"model.layers must be a non-empty list of mappings (one per layer), got {self.layers!r}",
+            )
+            _check(self.path is not None, "model.layers declares the architecture of model.path's weights: give path")
+        if self.entry_point is not None:
+            mod, _, fn = str(self.entry_point).partition(":")
+            _check(
+                bool(mod) and fn.isidentifier(),
+                f"model.entry_point must be 'module:function', got {self.entry_point!r}",
+            )
+            _check(self.layers is None, "give model.layers or model.entry_point, not both")
+        _check(
+            isinstance(self.allow_pickle, bool), f"model.allow_pickle must be true or false, got {self.allow_pickle!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -302,15 +342,7 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        return cls.from_dict(data)
+        return cls.from_dict(read_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -323,6 +355,22 @@ class Config:
                 raise ConfigError(f"unknown config section {name!r}; allowed: {sorted(data)}")
             data[name].update(values)
         return Config.from_dict(data)
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping (JSON, or YAML for ``.yaml``/``.yml``), not yet validated: what
+    ``Config.from_file`` builds, and what a CLI merges its flags into before building it."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return data
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -372,7 +420,7 @@ def validate(cfg: Config) -> None:
     )
     _check(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
     _check(
-        m.path is not None or m.builtin in BUILTIN_MODELS,
+        m.path is not None or m.entry_point is not None or m.builtin in BUILTIN_MODELS,
         f"model.builtin must be one of {BUILTIN_MODELS}, got {m.builtin!r}",
     )
     for name in ("in_dim", "hidden", "out_dim", "num_layers"):

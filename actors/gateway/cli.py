@@ -25,8 +25,16 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
-    target, _ = client_defaults()
-    p.add_argument("--target", default=target or DEFAULT_TARGET, help="gateway host:port (default: %(default)s)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="a local cluster `clustergnn up` started: its gateway, token and certificate (see `clustergnn clusters`)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help=f"gateway host:port (default: $CLUSTERGNN_GATEWAY, local cluster 'default' if up, or {DEFAULT_TARGET})",
+    )
     p.add_argument("--token", default=None, help="bearer token (default: $CLUSTERGNN_TOKEN)")
     p.add_argument("--token-file", type=Path, default=None, help="file whose first token is used")
     p.add_argument("--root-cert", type=Path, default=None, help="CA certificate (PEM) of the gateway; enables TLS")
@@ -51,6 +59,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> GatewayClient:
+    from actors.commands import DEFAULT_NAME, credentials, load_state
+
+    env_target, _ = client_defaults()
+    if args.name is not None or (args.target is None and env_target is None):
+        state = load_state(args.name or DEFAULT_NAME)
+        if state is None and args.name is not None:
+            raise ValueError(f"no local cluster named {args.name!r} (`clustergnn clusters` lists them)")
+        if state is not None:
+            creds = credentials(state)
+            token = args.token or creds.get("token")
+            root = args.root_cert or creds.get("root_cert")
+            return GatewayClient(args.target or state["target"], token=token, root_cert=root, tls=args.tls or None)
+    args.target = args.target or env_target or DEFAULT_TARGET
     token = args.token
     if token is None and args.token_file is not None:
         tokens = parse_tokens(args.token_file.read_text())
