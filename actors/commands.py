@@ -191,11 +191,11 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def make_secure_files(d: Path) -> dict[str, str]:
-    """A self-signed certificate for 127.0.0.1/localhost, its key and a random bearer token, mode 0600."""
+def self_signed(dns_names: list[str], ips: list[str] = (), days: int = 365) -> tuple[bytes, bytes]:
+    """A self-signed EC certificate (PEM) for ``dns_names``/``ips`` and its PKCS#8 key (PEM): what
+    ``openssl req -x509 -addext subjectAltName=...`` gives."""
     import datetime
     import ipaddress
-    import secrets
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -203,8 +203,9 @@ def make_secure_files(d: Path) -> dict[str, str]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
     now = datetime.datetime.now(datetime.UTC)
+    alt = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -212,20 +213,24 @@ def make_secure_files(d: Path) -> dict[str, str]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(pem), key_pem
+
+
+def make_secure_files(d: Path) -> dict[str, str]:
+    """A self-signed certificate for 127.0.0.1/localhost, its key and a random bearer token, mode 0600."""
+    import secrets
+
+    cert, key = self_signed(["localhost"], ["127.0.0.1"])
     files = {"tls_cert": d / "tls.crt", "tls_key": d / "tls.key", "token_file": d / "token"}
-    _write_private(files["tls_cert"], cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        files["tls_key"],
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    _write_private(files["tls_cert"], cert)
+    _write_private(files["tls_key"], key)
     _write_private(files["token_file"], (secrets.token_urlsafe(32) + "\n").encode())
     return {k: str(v) for k, v in files.items()}
 
@@ -318,10 +323,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:  # checked before anything starts
         cfg = up_config(args, f"127.0.0.1:{args.broker_port}", secure)
         if cfg.model.path is not None:
-            from clustergnn.models import load_layers
+            from clustergnn.models import feature_dim, load_layers
+            from clustergnn.rules import rules_from_dgl
 
-            load_layers(cfg.model)  # a bad model file fails here, with its message, before a process starts
-    except (ConfigError, OSError, ValueError) as exc:
+            layers = load_layers(cfg.model)  # a bad model fails here, with its message, before a process starts
+            rules_from_dgl(layers, feature_dim(layers))
+    except (ConfigError, OSError, ValueError, TypeError) as exc:  # UnsupportedModelError is a TypeError
         print(f"clustergnn up: bad config: {exc}", file=sys.stderr)
         return 2
     broker = start_detached(args.broker_port)
