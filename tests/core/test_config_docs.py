@@ -60,3 +60,12 @@ def test_the_check_catches_drift(tmp_path, monkeypatch):
     (tmp_path / "config.md").write_text(gen.generate().replace("| `topic` |", "| `topik` |"))
     monkeypatch.setattr("sys.argv", ["gen_config_docs.py", "--check"])
     assert gen.main() == 1
+
+
+def test_every_dead_letter_reason_is_in_the_one_table() -> None:
+    from streams.wire import DecodeErrorCode
+
+    text = (ROOT / "docs" / "wire-format.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", text, re.MULTILINE))
+    missing = sorted(c.value for c in DecodeErrorCode if c.value not in rows)
+    assert not missing, f"dead-letter reasons missing from docs/wire-format.md's table: {missing}"
