@@ -8,9 +8,10 @@ polling its Kafka partition; if any owner applied something, the retry when it i
 one step per GNN layer, with the owners' outboxes routed between steps); this module supplies only the
 fan-out, one ``.remote()`` per owner and a ``ray.get``.  When a round ends, every record below each
 owner's reported offset is applied through every layer on every partition: that is the *watermark*.
-The *visible time* is the moment up to which every produced record is visible: per partition, the
-start of the last poll that found the partition drained (or the timestamp of its oldest record still
-waiting), minimum over partitions.  A read with ``max_staleness_ms = S`` waits until ``now - visible_time <= S``.
+The *visible time* is the moment up to which every produced record is visible: per partition, when the
+fetch was sent whose answer's high watermark the owner has read up to (or the timestamp of its oldest
+record still waiting), minimum over partitions.  A read with ``max_staleness_ms = S`` waits until
+``now - visible_time <= S``, probing the log's end itself when the reports do not show it (``_prove_fresh``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from clustergnn.serving import (
 )
 
 log = logging.getLogger(__name__)
+PROBE_AFTER_S = 0.02
+"""A read whose staleness bound the owners' reports do not meet probes the log's end at once, then again
+after each such wait (about a round) until its deadline."""
 
 
 def _owner_env(num_cpus: float) -> dict:
@@ -76,6 +80,7 @@ class Cluster:
         self._thread: threading.Thread | None = None
         self._next_reports: list | None = None  # the next round's ingest, done in this round's last step
         self._producer = None
+        self._probe = None  # streams.probe.LogEndProbe, made by the first read that needs it
         self._owns_ray = False
         from clustergnn.rules import rules_from_dgl
 
@@ -233,6 +238,9 @@ class Cluster:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         for o in self.owners:
             try:
                 ray.get(o.close.remote(), timeout=10)
@@ -656,6 +664,29 @@ class Cluster:
                 f"at watermark {rec['target']}"
             )
 
+    def _prove_fresh(self, asked_s: float, deadline: float) -> float | None:
+        """Probe the log's end (``streams.probe``): if every partition has applied what the broker had when
+        it answered, every record produced before the probe's fetches were sent is visible; that moment
+        (wall ms), or None when it is not proven (records pending, the broker silent, a recovery)."""
+        if self.recovery is not None or not self.healthy:
+            return None
+        if self._probe is None:
+            from streams.probe import LogEndProbe
+
+            self._probe = LogEndProbe(self.config.kafka.bootstrap, self.config.kafka.topic, self.P)
+        with self._cond:
+            applied = self.freshness.watermark
+        try:
+            left = min(1.0, max(deadline - time.monotonic(), 0.01))
+            res = self._probe.probe(applied, asked_s=asked_s, timeout_s=left)
+        except Exception as exc:  # noqa: BLE001 - a failed probe proves nothing; the read waits on the rounds
+            log.warning("freshness probe failed: %r", exc)
+            return None
+        if res is None:
+            return None
+        with self._cond:
+            return res.sent_s * 1000.0 if self.freshness.confirm(res.high_watermarks, res.sent_s * 1000.0) else None
+
     def _check_read(
         self,
         ids: np.ndarray,
@@ -697,21 +728,34 @@ class Cluster:
         with self._cond:  # a read during the replay after a start waits for it (up to its deadline)
             while self._starting() and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        first = True
         while True:
+            asked_s = time.time()
+            judged_ms: float | None = None  # when the state was proven fresh by a probe (None: now)
+            left = max(deadline - time.monotonic(), 0.0)
+            slice_s, first = (0.0 if first else min(left, PROBE_AFTER_S)), False
             with self._cond:
                 verdict = fresh.wait(
                     max_staleness_ms,
                     min_offsets,
-                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                    # a bounded read checks the log itself after one round's worth of waiting
+                    timeout_s=left if max_staleness_ms is None else slice_s,
                     sleep=self._cond.wait,
                     before_check=lambda _now_ms: self._raise_if_down(),
                 )
+            if not verdict.met and max_staleness_ms is not None and fresh.reflects(min_offsets):
+                judged_ms = self._prove_fresh(asked_s, deadline)
+                if judged_ms is not None:
+                    with self._cond:
+                        verdict = fresh.check(max_staleness_ms, min_offsets, now_ms=judged_ms)
             if not verdict.met:
+                if time.monotonic() < deadline:
+                    continue
                 raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
             visible, watermark = verdict.visible_ms, verdict.watermark
             if resolved == self.num_layers and self.replica is not None:
                 emb, ver = self.replica.get(ids)
-                stale = fresh.staleness_at(visible) or 0.0
+                stale = fresh.staleness_at(visible, judged_ms) or 0.0
                 if max_staleness_ms is None or stale <= max_staleness_ms:
                     return ReadResult(emb, ver, stale, watermark, served, self.model_digest)
                 continue  # the bound slipped while reading: wait again
@@ -742,7 +786,7 @@ class Cluster:
             for (_, idx), (e, v) in zip(parts, got):
                 emb[idx] = e
                 ver[idx] = v
-            stale = fresh.staleness_at(visible) or 0.0
+            stale = fresh.staleness_at(visible, judged_ms) or 0.0
             if max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
                 if max_staleness_ms is not None and stale > max_staleness_ms:
                     raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {max_staleness_ms} ms")

@@ -219,7 +219,6 @@ class PartitionOwner:
         self.round_id = 0
         self._open = False
         self._caught_up_at: int | None = None
-        self._prev_poll_ms: int | None = None
         self._round_mutations = 0
         self._round_dead = 0
         self.last_round: RoundSummary | None = None
@@ -251,16 +250,12 @@ class PartitionOwner:
         Polling here, once per round, rather than in a thread of its own: on a small machine a
         background poller's fetch loop costs the rounds more CPU than the wait it saves."""
         self.round_id = round_id
-        t_poll_ms = int(time.time() * 1000)
         polled = self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
-        # Read up to the high watermark of a fetch answered during this poll or the previous one: every
-        # record produced before the previous poll started has been read.  (The fetch behind the
-        # watermark may have been sent in the previous poll; so the earlier start time, not this one.)
-        # ... and only if a fetch response came during this poll or the previous one: with the broker
-        # unreachable the last high watermark says nothing, and visible time must stop (staleness grows)
-        since_ms = self._prev_poll_ms if self._prev_poll_ms is not None else t_poll_ms
-        caught_up_at = self._prev_poll_ms if self.consumer.caught_up(self.partition, since_ms / 1000.0) else None
-        self._prev_poll_ms = t_poll_ms
+        # Visible time: when the fetch was sent whose answer's high watermark this partition has read up to
+        # (that answer covers every record produced before the fetch left).  A silent broker sends no
+        # answers, so the moment stays put and staleness grows.
+        as_of = self.consumer.caught_up_as_of(self.partition)
+        caught_up_at = int(as_of * 1000) if as_of is not None else None
         records: list[_Pending] = []
         n_dead = 0
         for pb in polled:

@@ -6,8 +6,10 @@ every round each partition *reports* (:meth:`Freshness.report`):
 * its **watermark**: the next offset not yet applied, i.e. every offset below it is applied through
   every layer on every partition;
 * its **visible time**: the Kafka timestamp of its oldest record still waiting (pending) if there is one,
-  else the start of the last poll that found the partition drained (every record produced before that
-  moment has been read); a report with neither keeps the previous value.
+  else the moment the fetch was sent whose answer's high watermark it has read up to (every record
+  produced before that moment has been read); a report with neither keeps the previous value, and a
+  caught-up report never moves it back.  :meth:`Freshness.confirm` raises it from a probe of the log's
+  end (every partition applied what the broker had when it answered fetches sent at that moment).
 
 The cluster's visible time is the minimum over partitions, unknown until every partition has reported
 one; ``staleness_ms = now - visible time`` (never negative).  A read with ``max_staleness_ms = S`` is
@@ -138,8 +140,19 @@ class Freshness:
         self._watermark[p] = int(next_offset)
         if oldest_pending_ts_ms is not None:
             self._visible_p[p] = float(oldest_pending_ts_ms)
-        elif caught_up_at_ms is not None:
-            self._visible_p[p] = float(caught_up_at_ms)
+        elif caught_up_at_ms is not None:  # never back: a later confirm() may have proven more
+            self._visible_p[p] = max(float(caught_up_at_ms), self._visible_p[p] or -math.inf)
+
+    def confirm(self, high_watermarks: Mapping[int, int], sent_ms: float) -> bool:
+        """A probe of the log: fetches sent at ``sent_ms`` were answered with ``high_watermarks``.  If every
+        partition has applied up to them, every record produced before ``sent_ms`` is applied: each
+        partition's visible time becomes at least ``sent_ms`` (True).  Else nothing changes (False)."""
+        if set(high_watermarks) != set(range(self.partitions)):
+            raise ValueError(f"a probe must cover partitions 0..{self.partitions - 1}, got {sorted(high_watermarks)}")
+        if any(self._watermark[int(p)] < int(hw) for p, hw in high_watermarks.items()):
+            return False
+        self._visible_p = [max(float(sent_ms), v if v is not None else -math.inf) for v in self._visible_p]
+        return True
 
     # ------------------------------------------------------------------ state
     @property

@@ -164,6 +164,8 @@ class MutationConsumer:
             _warn_if_slow_crc()
         self._consumer = KafkaConsumer(**config)
         self.last_response_s: dict[int, float] = {}  # partition -> when a fetch response for it last arrived
+        # partition -> (when the fetch behind the last parsed answer was sent, the high watermark it gave)
+        self.highwater_sent_s: dict[int, tuple[float, int]] = {}
         self._log_bounds: dict[int, tuple[int, int]] = {}  # partition -> (log start, high watermark) then
         self._track_responses()
         known = self._consumer.partitions_for_topic(topic)
@@ -206,15 +208,30 @@ class MutationConsumer:
             logger.warning("kafka-python without Fetcher._parse_fetched_data: broker silence goes unnoticed")
             return
 
+        sent_at: dict[tuple[int, int], float] = {}  # (partition, fetch offset) -> when that fetch was sent
+        handle = getattr(fetcher, "_handle_fetch_response", None)
+
+        def handle_and_note(node_id: Any, fetch_offsets: Any, send_time: float, response: Any) -> Any:
+            sent = time.time() - (time.monotonic() - send_time)  # kafka-python stamps sends with monotonic
+            for tp, offset in fetch_offsets.items():
+                sent_at[(tp.partition, int(offset))] = sent
+            return handle(node_id, fetch_offsets, send_time, response)
+
         def parse_and_note(completed_fetch: Any) -> Any:
             data = completed_fetch.partition_data
+            p = completed_fetch.topic_partition.partition
+            sent = sent_at.pop((p, int(completed_fetch.fetched_offset)), None)
             if data.error_code == 0:
-                p = completed_fetch.topic_partition.partition
                 self.last_response_s[p] = time.time()
                 self._log_bounds[p] = (int(getattr(data, "log_start_offset", -1)), int(data.high_watermark))
+                # the broker's high watermark in this answer covers every record produced before the fetch
+                # was sent: with the position at it, that moment is this partition's visible time
+                self.highwater_sent_s[p] = (sent if sent is not None else 0.0, int(data.high_watermark))
             return parse(completed_fetch)
 
         fetcher._parse_fetched_data = parse_and_note
+        if handle is not None:  # looked up for each fetch sent, so every answer passes here
+            fetcher._handle_fetch_response = handle_and_note
 
     # ------------------------------------------------------------------ positions
     def seek(self, partition: int, offset: int) -> None:
@@ -280,6 +297,15 @@ class MutationConsumer:
             return False
         hw = self._consumer.highwater(self._tps[partition])
         return hw is not None and (self._position[partition] or 0) >= hw
+
+    def caught_up_as_of(self, partition: int) -> float | None:
+        """When the fetch was sent whose answer's high watermark this consumer has read up to (wall
+        seconds): every record produced before then has been read.  None while not caught up with the
+        last answer.  A silent broker sends no answers, so the moment stays where it was."""
+        got = self.highwater_sent_s.get(partition)
+        if got is None or got[0] <= 0.0:
+            return None
+        return got[0] if (self._position.get(partition) or 0) >= got[1] else None
 
     # ------------------------------------------------------------------ polling
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[PolledBatch]:

@@ -189,3 +189,21 @@ def test_reported_staleness_never_understates_the_oldest_unapplied_record(steps:
         # the watermark never claims a record that is not applied
         for q, (part, wm) in zip(owners, sorted(f.watermark.items())):
             assert all(q.applied(off) for off in range(wm)), part
+
+
+def test_a_probe_confirms_freshness_only_when_every_partition_applied_the_log_end() -> None:
+    clock = FakeClock()
+    f = Freshness(partitions=2, clock=clock)
+    f.report(0, next_offset=5, caught_up_at_ms=clock.now_ms() - 60)
+    f.report(1, next_offset=3, caught_up_at_ms=clock.now_ms() - 40)
+    assert f.staleness_ms() == 60
+    assert not f.confirm({0: 5, 1: 4}, clock.now_ms())  # partition 1 has not applied offset 3
+    assert f.staleness_ms() == 60
+    assert f.confirm({0: 5, 1: 3}, clock.now_ms())
+    assert f.staleness_ms() == 0 and f.check(max_staleness_ms=0).met
+    f.report(0, next_offset=5, caught_up_at_ms=clock.now_ms() - 30)  # an older report does not undo it
+    assert f.staleness_ms() == 0
+    f.report(1, next_offset=3, oldest_pending_ts_ms=clock.now_ms() - 5)  # a pending record does
+    assert f.staleness_ms() == 5
+    with pytest.raises(ValueError, match="must cover partitions"):
+        f.confirm({0: 1}, clock.now_ms())

@@ -115,6 +115,19 @@ def test_read_your_writes_with_min_offsets(cluster2: Cluster) -> None:
     assert cluster2.read([5], input_features=True).embeddings.tolist() == [[3.0] * F]
 
 
+def test_max_staleness_zero_succeeds_on_an_idle_cluster_and_reads_your_writes(cluster2: Cluster) -> None:
+    cluster2.wait_for(cluster2.apply(MutationBatch.update_features([6], torch.full((1, F), 1.0))), timeout_s=20)
+    time.sleep(0.3)  # idle: nothing produced since
+    res = cluster2.read([6], max_staleness_ms=0, timeout_s=5)
+    assert res.staleness_ms == 0.0  # every mutation produced so far is reflected (proven by a probe of the log)
+    assert res.watermark == cluster2.watermark
+    for value in (2.0, 3.0):  # a bound of 0 right after a write reflects it: nothing produced is left out
+        offsets = cluster2.apply(MutationBatch.update_features([6], torch.full((1, F), value)))
+        res = cluster2.read([6], max_staleness_ms=0, input_features=True, timeout_s=10)
+        assert res.embeddings.tolist() == [[value] * F] and res.staleness_ms == 0.0
+        assert all(res.watermark[p] > o for p, o in offsets.items())
+
+
 def test_staleness_bound_holds_under_a_steady_produce_rate(cluster2: Cluster) -> None:
     bound_ms, rate_per_s, seconds = 250.0, 400, 3.0
     sent: list[tuple[float, dict[int, int]]] = []
