@@ -88,14 +88,14 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
 
 def _denying_handler(handler: grpc.RpcMethodHandler, reason: str) -> grpc.RpcMethodHandler:
-    def deny(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+    """A handler that refuses at once, without reading the request: it is registered as request-streaming
+    (whatever the method's kind; the wire is the same) and never pulls a message, and it deserializes
+    nothing.  A unary handler would make gRPC receive and parse the whole body first (a 60 MB Apply)."""
+
+    def deny(request_iterator: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+    kw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+        return grpc.stream_stream_rpc_method_handler(deny, **kw)
+    return grpc.stream_unary_rpc_method_handler(deny, **kw)

@@ -137,6 +137,11 @@ def request_to_batch(req: pb.ApplyRequest, max_mutations: int) -> MutationBatch:
         except (pa.ArrowInvalid, OSError) as e:
             raise MutationError(f"arrow_ipc is not a readable Arrow IPC stream: {e}") from e
         _check_count(table.num_rows, max_mutations)
+        from clustergnn import codec
+
+        bad = codec.check_schema(table.schema)  # the wire doc's types exactly (int64 ids), as Kafka records
+        if bad is not None:
+            raise MutationError(f"arrow_ipc: {bad.message} (docs/wire-format.md)")
         return MutationBatch.from_arrow(table)
     return _mutations_to_batch(req.mutations, max_mutations)
 

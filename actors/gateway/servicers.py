@@ -235,8 +235,15 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
 
 
 class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
-    def __init__(self, backend: EmbeddingBackend, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        latest_status: Callable[[], ClusterStatus | None] = lambda: None,
+    ) -> None:
         super().__init__(backend, config, metrics)
+        self._latest_status = latest_status
         self._dedup = ApplyDedup(config.apply_dedup_window_s)
 
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
@@ -264,6 +271,13 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
         batch = convert.request_to_batch(request, self._config.max_mutations_per_request)
         if len(batch) == 0:
             raise MutationError("request holds 0 mutations; give at least 1")
+        st = self._latest_status()
+        width = st.model.dims[0] if st is not None and st.model is not None else None
+        if width is not None and batch.features.shape[0] and batch.features.shape[1] != width:
+            raise MutationError(
+                f"features are {batch.features.shape[1]} wide; the served model reads {width} "
+                "(the whole request is rejected, nothing was written)"
+            )
         offsets = self._backend.apply(batch)
         self._metrics.mutations_written.inc(len(batch))
         return pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))

@@ -310,3 +310,62 @@ def test_errors_carry_the_exception_class(api: Api) -> None:
         api.get([1, 987_654])
     md = dict(info.value.trailing_metadata() or ())
     assert md.get("clustergnn-error") == "UnknownVertexError"
+
+
+# ------------------------------------------------------------------------------------------ writes
+def _arrow_request(batch: MutationBatch, id_type=None) -> pb.ApplyRequest:
+    import io
+
+    import pyarrow as pa
+
+    from clustergnn import codec
+
+    rb = codec.encode(batch)
+    if id_type is not None:
+        rb = pa.RecordBatch.from_arrays(
+            [rb.column(i).cast(id_type) if rb.schema.names[i] in ("src", "dst") else rb.column(i) for i in range(4)],
+            names=rb.schema.names,
+        )
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, rb.schema) as w:
+        w.write_batch(rb)
+    return pb.ApplyRequest(arrow_ipc=sink.getvalue())
+
+
+@pytest.mark.parametrize("case", ["int32-ids", "wrong-width", "nan", "inf-list"])
+def test_a_malformed_write_is_rejected_whole_and_writes_nothing(api: Api, case: str) -> None:
+    v = 9
+    ok = MutationBatch.update_features([v], torch.ones(1, F))
+    first = api.apply(ok)
+    if case == "int32-ids":
+        import pyarrow as pa
+
+        req, needle = _arrow_request(MutationBatch.update_features([v, 2], torch.ones(2, F)), pa.int32()), "int64"
+    elif case == "wrong-width":
+        req, needle = convert.batch_to_request(MutationBatch.update_features([v, 2], torch.ones(2, 3))), "3 wide"
+    elif case == "nan":  # built by hand: MutationBatch itself refuses non-finite features
+        import pyarrow as pa
+
+        good = _arrow_request(MutationBatch.update_features([v, 2], torch.ones(2, F)))
+        rb = pa.ipc.open_stream(good.arrow_ipc).read_next_batch()
+        vals = np.ones(2 * F, dtype=np.float32)
+        vals[F + 2] = np.nan
+        cols = [
+            pa.FixedSizeListArray.from_arrays(pa.array(vals), F) if n == "features" else rb.column(i)
+            for i, n in enumerate(rb.schema.names)
+        ]
+        sink = __import__("io").BytesIO()
+        with pa.ipc.new_stream(sink, rb.schema) as w:
+            w.write_batch(pa.RecordBatch.from_arrays(cols, schema=rb.schema))
+        req, needle = pb.ApplyRequest(arrow_ipc=sink.getvalue()), "non-finite value nan"
+    else:
+        kind = int(pb.MutationKind.Value("MUTATION_KIND_UPDATE_FEATURES"))
+        muts = [
+            pb.Mutation(kind=kind, src=v, features=[1.0] * F),
+            pb.Mutation(kind=kind, src=2, features=[math.inf] * F),
+        ]
+        req, needle = pb.ApplyRequest(mutations=muts), "finite"
+    code, details = code_of(lambda: api.mut.Apply(req, timeout=10, metadata=AUTH))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and needle in details, details
+    second = api.apply(ok)
+    assert second == {p: o + 1 for p, o in first.items()}  # nothing was written in between

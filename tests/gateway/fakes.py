@@ -62,7 +62,7 @@ class FakeBackend:
         *,
         num_vertices: int = 16,
         dims: Sequence[int] = (8, 4),
-        in_dim: int = 6,
+        in_dim: int = 8,
         num_kafka_partitions: int = 2,
         num_owners: int = 2,
         apply_delay_s: float | None = 0.0,

@@ -95,7 +95,7 @@ def test_apply_forms_carry_the_same_batch(make_gateway: GatewayFactory, arrow: b
             return super().apply(batch)
 
     gw = make_gateway(Recording())
-    feats = np.arange(6, dtype=np.float32).reshape(2, 3)
+    feats = np.arange(16, dtype=np.float32).reshape(2, 8)  # the fake model reads 8
     batch = MutationBatch.concat(
         [
             MutationBatch.add_vertices([100, 101], feats),

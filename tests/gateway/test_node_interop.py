@@ -83,7 +83,7 @@ def test_node_errors_and_other_services(node_client: Path, make_gateway: Gateway
         node_client,
         gw.target,
         "Apply",
-        {"mutations": [{"kind": "MUTATION_KIND_UPDATE_FEATURES", "src": "5", "features": [1, 2, 3]}]},
+        {"mutations": [{"kind": "MUTATION_KIND_UPDATE_FEATURES", "src": "5", "features": [1, 2, 3, 4, 5, 6, 7, 8]}]},
         TOKENS[0],
         certs.ca,
     )

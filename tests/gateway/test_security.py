@@ -166,3 +166,22 @@ def test_client_refuses_plaintext_token_to_remote_host() -> None:
     with pytest.raises(ValueError, match="plaintext to non-loopback target '10.1.2.3:50051'"):
         GatewayClient("10.1.2.3:50051", token="t")
     GatewayClient("localhost:50051", token="t").close()
+
+
+def test_an_unauthenticated_call_is_refused_before_its_body_is_read(make_gateway: GatewayFactory) -> None:
+    """The refusal never parses the request: bytes that are no protobuf at all still get UNAUTHENTICATED
+    (a handler that read the body first would fail to deserialize it: INTERNAL)."""
+    gw = make_gateway(tokens=TOKENS)
+    with grpc.insecure_channel(gw.target) as ch:
+        apply = ch.unary_unary("/clustergnn.v1.MutationService/Apply")  # raw bytes in, raw bytes out
+        with pytest.raises(grpc.RpcError) as info:
+            apply(b"\xff" * 100_000, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        read = ch.unary_unary("/clustergnn.v1.EmbeddingService/GetEmbeddings")
+        with pytest.raises(grpc.RpcError) as info:
+            read(b"\xff\xff\xff", timeout=10, metadata=(("authorization", "Bearer wrong"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        watch = ch.unary_stream("/clustergnn.v1.EmbeddingService/Watch")
+        with pytest.raises(grpc.RpcError) as info:
+            next(watch(b"\xff\xff", timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

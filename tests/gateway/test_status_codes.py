@@ -104,13 +104,15 @@ def test_malformed_mutations_are_invalid_argument(
 def test_mutation_error_maps_back(make_gateway: GatewayFactory) -> None:
     class Refusing(FakeBackend):
         def apply(self, batch: MutationBatch) -> dict[int, int]:
-            raise MutationError(f"feature width must be 8, got {batch.feature_dim}")
+            raise MutationError(f"owner refused vertex {int(batch.src[0])}")
 
     gw = make_gateway(Refusing())
     with GatewayClient(gw.target) as c:
         with pytest.raises(MutationError, match="0 mutations"):
             c.apply(MutationBatch.empty())
-        with pytest.raises(MutationError, match="must be 8, got 3"):
+        with pytest.raises(MutationError, match="owner refused vertex 1"):
+            c.apply(MutationBatch.update_features([1], np.ones((1, 8), dtype=np.float32)))
+        with pytest.raises(MutationError, match="3 wide; the served model reads 8"):  # checked at the gateway
             c.apply(MutationBatch.update_features([1], np.ones((1, 3), dtype=np.float32)))
 
 
@@ -212,7 +214,7 @@ def test_an_apply_retried_with_its_request_id_is_written_once(make_gateway, fake
         return real_apply(batch)
 
     fake.apply = counting_apply
-    req = convert.batch_to_request(MutationBatch.add_vertices([900, 901], torch.zeros(2, 4)))
+    req = convert.batch_to_request(MutationBatch.add_vertices([900, 901], torch.zeros(2, 8)))
     req.request_id = "client-7-write-1"
     answers: list[dict] = []
 
@@ -228,7 +230,7 @@ def test_an_apply_retried_with_its_request_id_is_written_once(make_gateway, fake
     call()  # and once more after it finished
     assert writes == [2] and len(answers) == 4 and all(a == answers[0] for a in answers)
 
-    other = convert.batch_to_request(MutationBatch.add_vertices([902], torch.zeros(1, 4)))
+    other = convert.batch_to_request(MutationBatch.add_vertices([902], torch.zeros(1, 8)))
     other.request_id = "client-7-write-1"
     code, msg = _apply(gw, other)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "client-7-write-1" in msg and "already used" in msg
