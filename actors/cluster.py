@@ -47,6 +47,9 @@ from clustergnn.serving import (
 )
 
 log = logging.getLogger(__name__)
+PENDING_GRACE_MS = 250
+"""An edge whose source no partition had added this long after the edge's timestamp is dead-lettered
+(``Cluster._expire_pending``): room for producers' clocks and for a source added in the same produce call."""
 PROBE_AFTER_S = 0.02
 """A read whose staleness bound the owners' reports do not meet probes the log's end at once, then again
 after each such wait (about a round) until its deadline."""
@@ -458,9 +461,36 @@ class Cluster:
             self.stats.round_ms.append((time.perf_counter() - t0) * 1000)
             self._cond.notify_all()
         self._note_caught_up(reports)
+        if not self.replaying and any(rep.oldest_pending_ts_ms is not None for rep in reports):
+            self._expire_pending(reports)
         if cut:
             self._take_snapshot()
         return busy
+
+    def _expire_pending(self, reports: list) -> None:
+        """Dead-letter (``unknown_vertex``) the edges whose source vertex no partition had added by
+        ``PENDING_GRACE_MS`` after the edge was produced: once every *other* partition's visible time has
+        passed that moment, every vertex addition produced before it is applied, so the source was not.
+        Such an edge then holds its partition's watermark for about the grace plus a round, not for
+        ``cluster.pending_timeout_s`` (which stays the backstop, e.g. while a partition is silent)."""
+        import ray
+
+        with self._cond:
+            visible = [self.freshness.partition_visible_ms(p) for p in range(self.P)]
+        calls = []
+        for rep in reports:
+            if rep.oldest_pending_ts_ms is None:
+                continue
+            others = [v for q, v in enumerate(visible) if q != rep.partition]
+            if not others or any(v is None for v in others):
+                continue
+            before = int(min(others)) - PENDING_GRACE_MS
+            if rep.oldest_pending_ts_ms <= before:
+                calls.append(self.owners[rep.partition].expire_pending.remote(before, PENDING_GRACE_MS))
+        if calls:
+            n = sum(ray.get(calls, timeout=30))
+            with self._cond:
+                self.stats.dead_letters += n
 
     def _note_caught_up(self, reports: list) -> None:
         if self.replaying:

@@ -305,19 +305,52 @@ class PartitionOwner:
             self._round_mutations += len(rec.batch) - len(deferred)
             self.applied += len(rec.batch) - len(deferred)
             if len(deferred):
+                rest = _Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s)
                 if not self.replaying and now - rec.since_s > self.pending_timeout_s:
-                    self.consumer.reject(
-                        self.partition,
-                        rec.offset,
-                        rec.timestamp_ms,
-                        deferred,
-                        DecodeErrorCode.UNKNOWN_VERTEX,
-                        f"edges from vertices unknown for {self.pending_timeout_s:.0f}s "
-                        f"(first: {int(deferred.src[0])})",
+                    self._round_dead += self._drop_unknown_sources(
+                        rest, f"edges from vertices unknown for {self.pending_timeout_s:.0f}s"
                     )
-                    self._round_dead += 1
-                else:
-                    self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))
+                    rest.batch = deferred.subset(~self.engine.unknown_sources(deferred))
+                if len(rest.batch):
+                    self.pending.append(rest)
+
+    def expire_pending(self, before_ms: int, grace_ms: int) -> int:
+        """Dead-letter (``unknown_vertex``) the deferred records produced at or before ``before_ms``: the
+        coordinator has seen every other partition apply everything produced up to ``before_ms + grace_ms``,
+        and their sources are still unknown.  Returns how many records went to the dead-letter topic."""
+        if self.replaying:
+            return 0
+        keep, n = [], 0
+        for rec in self.pending:
+            if rec.timestamp_ms > before_ms:
+                keep.append(rec)
+                continue
+            n += self._drop_unknown_sources(
+                rec, f"edges from vertices that no partition had added {grace_ms} ms after the edge was produced"
+            )
+            rest = rec.batch.subset(~self.engine.unknown_sources(rec.batch))
+            if len(rest):  # mutations that only waited behind those edges: applied next round
+                keep.append(_Pending(rest, rec.offset, rec.timestamp_ms, rec.since_s))
+        self.pending = keep
+        return n
+
+    def _drop_unknown_sources(self, rec: _Pending, why: str) -> int:
+        """Dead-letter the edges of ``rec`` whose source is unknown (``unknown_vertex``); 1 if any."""
+        from streams.wire import DecodeErrorCode
+
+        mask = self.engine.unknown_sources(rec.batch)
+        if not mask.any():
+            return 0
+        dead = rec.batch.subset(mask)
+        self.consumer.reject(
+            self.partition,
+            rec.offset,
+            rec.timestamp_ms,
+            dead,
+            DecodeErrorCode.UNKNOWN_VERTEX,
+            f"{why} (first: {int(dead.src[0])})",
+        )
+        return 1
 
     def _report(self) -> IngestReport:
         return IngestReport(

@@ -148,8 +148,9 @@ class ClusterConfig:
     ray_num_cpus: int | None = None
     """CPUs a locally started Ray reports; more than the cores avoids actor-placement deadlocks."""
     pending_timeout_s: float = 10.0
-    """How long an owner keeps a mutation that waits for a vertex no partition knows yet (an edge from a
-    remote source not added yet) before dead-lettering it with reason ``unknown_vertex``."""
+    """The backstop for an edge waiting for a source vertex no partition knows yet: dead-lettered with
+    reason ``unknown_vertex`` after this long.  Normally it goes much sooner: once every other partition
+    has applied everything produced until 250 ms after the edge (docs/gateway.md, "Writes")."""
     spare_owner: bool = True
     """Keep one idle owner process started (with Ray's resources of an owner): a crashed owner is replaced
     by it without starting a process and importing torch (seconds of every recovery)."""

@@ -283,6 +283,19 @@ class PartitionEngine(Engine):
         return self._rs
 
     @torch.no_grad()
+    def unknown_sources(self, batch: MutationBatch) -> np.ndarray:
+        """Mask of ``batch``'s edges whose source is another partition's vertex this partition has never
+        heard of (what :meth:`ingest` defers them for); the rest of a deferred batch waits only behind them."""
+        is_edge = edge_kinds_mask(batch.kind)
+        remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
+        out = np.zeros(len(batch), dtype=bool)
+        idx = np.flatnonzero(remote_edge)
+        if idx.size:
+            srcs = batch.src[idx]
+            state = np.where(self.graph.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
+            out[idx[state == IdDirectory.UNKNOWN]] = True
+        return out
+
     def ingest(self, batch: MutationBatch) -> MutationBatch:
         """Apply ``batch`` atomically except for its deferred part, which is returned (see the module
         docstring); ``MutationError`` (naming the bad value) if it is invalid: then nothing changed."""

@@ -128,6 +128,27 @@ def test_max_staleness_zero_succeeds_on_an_idle_cluster_and_reads_your_writes(cl
         assert all(res.watermark[p] > o for p, o in offsets.items())
 
 
+def test_an_edge_from_a_missing_remote_vertex_does_not_hold_back_unrelated_writes(cluster2: Cluster) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    # 777_000 is owned by partition 0 and never added; the edge routes to 3's partition (1), where it waits
+    # for its source until every other partition has applied what was produced up to 250 ms after it
+    cluster2.apply(MutationBatch.add_edges([777_000], [3]))
+    offsets = cluster2.apply(MutationBatch.update_features([3], torch.full((1, F), 4.0)))
+    # an unrelated write behind it is visible well within cluster.pending_timeout_s (10 s), the old bound
+    res = cluster2.read([3], input_features=True, min_offsets=offsets, timeout_s=3)
+    assert res.embeddings.tolist() == [[4.0] * F]
+    assert cluster2.read([5], max_staleness_ms=1000, timeout_s=3).staleness_ms <= 1000
+    bootstrap = cluster2.config.kafka.bootstrap
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+    tps = [TopicPartition(cluster2.config.kafka.dlq, p) for p in range(2)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    dead = [dict(m.headers) for m in c]
+    c.close()
+    assert any(h["dlq.reason"] == b"unknown_vertex" and b"777000" in h["dlq.detail"] for h in dead), dead
+
+
 def test_staleness_bound_holds_under_a_steady_produce_rate(cluster2: Cluster) -> None:
     bound_ms, rate_per_s, seconds = 250.0, 400, 3.0
     sent: list[tuple[float, dict[int, int]]] = []
