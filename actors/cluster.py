@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 PENDING_GRACE_MS = 250
 """An edge whose source no partition had added this long after the edge's timestamp is dead-lettered
 (``Cluster._expire_pending``): room for producers' clocks and for a source added in the same produce call."""
+IDLE_AFTER_ROUNDS = 2
+"""Rounds in a row with nothing to do before the cluster goes idle (``Cluster._idle``)."""
+IDLE_MAX_S = 1.0
+"""Longest idle spell without a round: rounds are how a crashed owner is noticed (a RayActorError)."""
+IDLE_WAIT_MS = 10
+"""The idle long poll's broker wait: how often an idle cluster proves itself fresh (its staleness
+stays below about this), and about what an idle cluster's CPU is spent on."""
 PROBE_AFTER_S = 0.02
 """A read whose staleness bound the owners' reports do not meet probes the log's end at once, then again
 after each such wait (about a round) until its deadline."""
@@ -84,6 +91,9 @@ class Cluster:
         self._next_reports: list | None = None  # the next round's ingest, done in this round's last step
         self._producer = None
         self._probe = None  # streams.probe.LogEndProbe, made by the first read that needs it
+        self._watcher = None  # another, for the idle long poll (Cluster._idle)
+        self._last_reports: list | None = None
+        self.idle_periods = 0  # times the rounds stopped for the idle long poll
         self._owns_ray = False
         from clustergnn.rules import rules_from_dgl
 
@@ -241,9 +251,10 @@ class Cluster:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
+        for probe in (self._probe, self._watcher):
+            if probe is not None:
+                probe.close()
+        self._probe = self._watcher = None
         for o in self.owners:
             try:
                 ray.get(o.close.remote(), timeout=10)
@@ -271,12 +282,17 @@ class Cluster:
         import ray
 
         window_s = self.config.cluster.hub_window_ms / 1000.0
+        quiet = 0  # rounds in a row that found nothing to do
         while not self._stop.is_set():
             try:
                 t = time.perf_counter()
                 try:
                     busy = self.run_round()
                     self._poll_snapshot()
+                    quiet = quiet + 1 if self._quiet(busy) else 0
+                    if quiet >= IDLE_AFTER_ROUNDS:
+                        self._idle()
+                        quiet = 0
                 except ray.exceptions.RayActorError as exc:  # an owner died: roll back and replay
                     if self._stop.is_set():
                         return
@@ -290,6 +306,47 @@ class Cluster:
                     self.error = exc
                     self.healthy = False
                     self._cond.notify_all()
+                return
+
+    # ------------------------------------------------------------------ idle
+    def _quiet(self, busy: bool) -> bool:
+        """The round applied nothing, nothing waits, every owner is caught up: rounds would only poll."""
+        reps = self._last_reports
+        return (
+            not busy
+            and reps is not None
+            and not self.replaying
+            and self.recovery is None
+            and self._snap_inflight is None  # its commit is polled between rounds
+            and all(r.oldest_pending_ts_ms is None and r.caught_up_at_ms is not None and not r.busy for r in reps)
+            and (self._next_reports is None or not any(r.busy for r in self._next_reports))
+        )
+
+    def _idle(self) -> None:
+        """Rounds stop while the log has nothing new: one long poll of every partition's end from the driver
+        (``LogEndProbe.watch``) instead of every owner polling in back-to-back rounds.  Each empty answer
+        proves the cluster fresh up to the moment it proves (``Freshness.confirm``); new data, a silent
+        broker, a stop, or a snapshot falling due returns to rounds at once, and ``IDLE_MAX_S`` at the latest."""
+        if self._watcher is None:
+            from streams.probe import LogEndProbe
+
+            self._watcher = LogEndProbe(self.config.kafka.bootstrap, self.config.kafka.topic, self.P)
+        self.idle_periods += 1
+        until = time.monotonic() + IDLE_MAX_S  # then a round: it is how a dead owner gets noticed
+        while not self._stop.is_set() and not self._snapshot_due() and time.monotonic() < until:
+            with self._cond:
+                applied = self.freshness.watermark
+            try:
+                res = self._watcher.watch(applied, IDLE_WAIT_MS, timeout_s=max(2.0, 4 * IDLE_WAIT_MS / 1000))
+            except Exception as exc:  # noqa: BLE001 - back to rounds, which see (and report) what is wrong
+                log.warning("idle watch failed: %r", exc)
+                return
+            if res is None:
+                return
+            with self._cond:
+                fresh = self.freshness.confirm(res.high_watermarks, res.sent_s * 1000.0)
+                self._cond.notify_all()
+            if not fresh:
                 return
 
     # ------------------------------------------------------------------ recovery
@@ -439,6 +496,7 @@ class Cluster:
         out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
         self._next_reports = out.next_reports
         busy, reports, published = out.busy, out.reports, out.finished
+        self._last_reports = reports
         if self.recovery is not None and not self._recovered(reports):
             with self._cond:  # watermark and replica stay where they were until the replay has passed them
                 self.stats.rounds += 1
@@ -856,6 +914,7 @@ class Cluster:
             "staleness_ms": staleness if staleness is not None else -1.0,
             "rounds": float(self.stats.rounds),
             "busy_rounds": float(self.stats.busy_rounds),
+            "idle_periods": float(self.idle_periods),
             "round_ms_p50": float(np.percentile(rms, 50)) if rms else 0.0,
             "messages": float(self.stats.messages),
             "message_bytes": float(self.stats.message_bytes),

@@ -24,6 +24,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 FETCH_WAIT_MS = 1
+WATCH_POLL_MS = 10
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class LogEndProbe:
         self._consumer: Any = None
         self._tps: dict[int, Any] = {}
         self._answers: dict[int, tuple[float, int]] = {}  # partition -> (sent wall time, high watermark)
+        self._held: dict[int, float] = {}  # partition -> seconds between sending the fetch and its answer
+        self._watch_pos: dict[int, int] | None = None  # where watch() last sought
+        self._watch_since = 0.0  # the send time of the oldest answer watch() last used
         self._last: ProbeResult | None = None
         self.probes = 0
 
@@ -70,11 +74,14 @@ class LogEndProbe:
         handle = fetcher._handle_fetch_response
 
         def note(node_id, fetch_offsets, send_time, response):  # noqa: ANN001 - kafka-python's callback
-            sent = time.time() - (time.monotonic() - send_time)
+            held_s = time.monotonic() - send_time
+            sent = time.time() - held_s
             for topic_data in response.responses:
                 for data in topic_data.partitions:
                     if topic_data.topic == self.topic and data.error_code == 0:
-                        self._answers[data.partition_index] = (sent, int(data.high_watermark))
+                        p = data.partition_index
+                        self._answers[p] = (sent, int(data.high_watermark))
+                        self._held[p] = held_s
             return handle(node_id, fetch_offsets, send_time, response)
 
         fetcher._handle_fetch_response = note  # looked up per fetch sent: every answer passes here
@@ -101,6 +108,43 @@ class LogEndProbe:
                     return self._last
             logger.warning("freshness probe: not every partition answered within %.1fs", timeout_s)
             return None
+
+    def watch(self, applied: Mapping[int, int], wait_ms: int, timeout_s: float = 5.0) -> ProbeResult | None:
+        """A long poll for an idle cluster: fetches from the ``applied`` offsets that the broker holds up to
+        ``wait_ms`` unless data arrives.  An answer that came back empty after the full wait proves more
+        than its send time: the broker held it ``wait_ms`` (from a moment after the send) with nothing
+        new, so nothing was appended until ``sent + wait_ms`` (network delays far below ``wait_ms``).
+        The result's ``sent_s`` is that proven moment; its high watermarks say whether data is waiting.
+        None if not every partition answered in ``timeout_s``."""
+        with self._lock:
+            if self._consumer is None:
+                self._connect()
+            fetcher = self._consumer._fetcher
+            fetcher.config["fetch_max_wait_ms"] = int(wait_ms)
+            try:
+                want = {p: max(0, int(applied.get(p, 0))) for p in self._tps}
+                if want != self._watch_pos:  # seeking drops the fetch in flight: only when the offsets moved
+                    for p, tp in self._tps.items():
+                        self._consumer.seek(tp, want[p])
+                    self._watch_pos = want
+                # any answer newer than the last one used proves something new (its high watermark is the
+                # log's end when the broker answered, whatever offset the fetch was for)
+                since = self._watch_since
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline:
+                    self._consumer.poll(timeout_ms=WATCH_POLL_MS)  # short slices: act on an answer at once
+                    got = {p: a for p, a in self._answers.items() if a[0] > since}
+                    if len(got) == self.partitions:
+                        proven = []
+                        for p, (sent, hw) in got.items():
+                            empty = hw <= int(applied.get(p, 0))
+                            held = self._held.get(p, 0.0) >= wait_ms / 1000.0
+                            proven.append(sent + wait_ms / 1000.0 if empty and held else sent)
+                        self._watch_since = min(sent for sent, _ in got.values())
+                        return ProbeResult(min(proven), {p: hw for p, (_, hw) in got.items()})
+                return None
+            finally:
+                fetcher.config["fetch_max_wait_ms"] = FETCH_WAIT_MS
 
     def close(self) -> None:
         with self._lock:
