@@ -156,6 +156,25 @@ def _is_our_serve(pid: int) -> bool:
     return b"serve" in cmd and any(b"actors.cli" in c or c.endswith(b"clustergnn") for c in cmd)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children of children too), from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:

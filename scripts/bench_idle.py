@@ -44,24 +44,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -73,17 +55,27 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--interval-ms", type=float, default=100.0)
     ap.add_argument("--out", default="results")
+    ap.add_argument(
+        "--no-idle-wait",
+        action="store_true",
+        help="the baseline: rounds never stop for the idle long poll (writes bench_idle_baseline.*)",
+    )
     args = ap.parse_args()
 
     import grpc
 
+    import actors.cluster
     from actors.cluster import Cluster
+    from actors.commands import descendants
     from actors.gateway.client import GatewayClient
     from actors.gateway.server import GatewayServer
     from clustergnn.config import Config
     from clustergnn.datasets import load
     from streams.broker import EmbeddedBroker
 
+    if args.no_idle_wait:
+        actors.cluster.IDLE_AFTER_ROUNDS = 10**9  # read at run time by Cluster._loop
+    stem = "bench_idle_baseline" if args.no_idle_wait else "bench_idle"
     ds = load(args.dataset)
     with EmbeddedBroker(port=0) as broker:
         cfg = Config.from_dict(
@@ -185,7 +177,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args), "reads": rows, "cpu_cores": cpu, "cluster_cpu_cores": cluster_cpu, "samples": samples}
-    (out / "bench_idle.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
     try:
         import matplotlib
 
@@ -201,10 +193,10 @@ def main() -> int:
         ax.set_title(f"idle staleness, P = {args.partitions}; cluster CPU {cluster_cpu:.2f} cores")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "bench_idle.png", dpi=120)
+        fig.savefig(out / f"{stem}.png", dpi=120)
     except ImportError:
         print("matplotlib missing: no plot (pip install .[plot])")
-    print(f"wrote {out / 'bench_idle.json'} and {out / 'bench_idle.png'}")
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
     return 0
 
 

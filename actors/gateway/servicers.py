@@ -83,10 +83,20 @@ R = TypeVar("R")
 
 
 class _Base:
-    def __init__(self, backend: EmbeddingBackend, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+    """``latest_status``: the health monitor's last ``ClusterStatus`` (the served model's layers and input
+    width), or None before the first poll (then the backend checks what the gateway cannot)."""
+
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        latest_status: Callable[[], ClusterStatus | None] = lambda: None,
+    ) -> None:
         self._backend = backend
         self._config = config
         self._metrics = metrics
+        self._latest_status = latest_status
 
     def _unary(self, method: str, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
         t0 = time.perf_counter()
@@ -102,16 +112,9 @@ class _Base:
 
 
 class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
-    def __init__(
-        self,
-        backend: EmbeddingBackend,
-        config: GatewayConfig,
-        metrics: GatewayMetrics,
-        latest_status: Callable[[], ClusterStatus | None] = lambda: None,
-    ) -> None:
-        super().__init__(backend, config, metrics)
-        self._latest_status = latest_status
-        self._watch_slots = threading.BoundedSemaphore(config.max_watches)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch_slots = threading.BoundedSemaphore(self._config.max_watches)
 
     # ------------------------------------------------------------------ validation
     def _ids(self, values: Any) -> np.ndarray:
@@ -235,16 +238,9 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
 
 
 class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
-    def __init__(
-        self,
-        backend: EmbeddingBackend,
-        config: GatewayConfig,
-        metrics: GatewayMetrics,
-        latest_status: Callable[[], ClusterStatus | None] = lambda: None,
-    ) -> None:
-        super().__init__(backend, config, metrics)
-        self._latest_status = latest_status
-        self._dedup = ApplyDedup(config.apply_dedup_window_s)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._dedup = ApplyDedup(self._config.apply_dedup_window_s)
 
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
         return self._unary("Apply", context, lambda: self._apply(request))

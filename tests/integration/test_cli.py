@@ -97,25 +97,6 @@ def test_up_refuses_a_config_it_cannot_honour(tmp_path: Path) -> None:
     assert r.returncode == 2 and "cluster.partitions" in r.stderr
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (children of children too), from /proc."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -126,7 +107,7 @@ def _alive(pid: int) -> bool:
 def test_serve_drains_on_sigterm_and_exits_0(tmp_path: Path, kafka_bootstrap: str) -> None:
     import uuid
 
-    from actors.commands import SERVE_DRAIN_BOUND_S, _wait_healthy
+    from actors.commands import SERVE_DRAIN_BOUND_S, _wait_healthy, descendants
 
     port = free_port()
     cfg = tmp_path / "serve.json"
@@ -151,7 +132,7 @@ def test_serve_drains_on_sigterm_and_exits_0(tmp_path: Path, kafka_bootstrap: st
     started: set[int] = set()
     try:
         _wait_healthy(f"127.0.0.1:{port}", 180, proc)
-        started = _descendants(proc.pid)
+        started = descendants(proc.pid)
         assert started, "serve started no processes (Ray)?"
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=SERVE_DRAIN_BOUND_S + 30)
