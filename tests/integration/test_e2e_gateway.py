@@ -125,6 +125,28 @@ def test_mutations_straight_through_kafka_are_served_within_the_staleness_bound(
     served.check_exact(res, np.arange(30))
 
 
+def test_max_staleness_zero_through_the_gateway_is_every_mutation_produced_so_far(served: Served) -> None:
+    """Idle and caught up, a bound-0 read answers OK with staleness 0 and the cluster's latest watermark;
+    after a mutation produced straight through Kafka (the read names no offsets), a bound-0 read reflects
+    it: read-your-writes through the bound alone."""
+    with served.client() as c:
+        res = c.get_embeddings(np.arange(30), max_staleness_ms=0, timeout_s=10)
+        assert res.staleness_ms == 0.0
+        assert res.watermark == served.cluster.watermark
+        served.check_exact(res, np.arange(30))
+        b = MutationBatch.concat(
+            [MutationBatch.add_edges([20], [21]), MutationBatch.update_features([21], torch.full((1, F), -1.5))]
+        )
+        served.single.apply(b)
+        kc = served.cluster.config.kafka
+        with MutationProducer(kc.bootstrap, kc.topic, served.cluster.pmap) as producer:
+            offsets = producer.send(b)  # acknowledged: in the log before the read below is sent
+        res = c.get_embeddings(np.arange(30), max_staleness_ms=0, timeout_s=10)
+    assert res.staleness_ms == 0.0
+    assert all(res.watermark[p] > o for p, o in offsets.items())
+    served.check_exact(res, np.arange(30))
+
+
 def test_status_codes(served: Served) -> None:
     with served.client() as c:
         with pytest.raises(UnknownVertexError, match="999"):
