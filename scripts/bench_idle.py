@@ -74,7 +74,7 @@ def main() -> int:
     from streams.broker import EmbeddedBroker
 
     if args.no_idle_wait:
-        actors.cluster.IDLE_AFTER_ROUNDS = 10**9  # read at run time by Cluster._loop
+        actors.cluster.IDLE_AFTER_ROUNDS = 10**9  # read at run time by Cluster._run
     stem = "bench_idle_baseline" if args.no_idle_wait else "bench_idle"
     ds = load(args.dataset)
     with EmbeddedBroker(port=0) as broker:
