@@ -111,10 +111,9 @@ class LogEndProbe:
 
     def watch(self, applied: Mapping[int, int], wait_ms: int, timeout_s: float = 5.0) -> ProbeResult | None:
         """A long poll for an idle cluster: fetches from the ``applied`` offsets that the broker holds up to
-        ``wait_ms`` unless data arrives.  An answer that came back empty after the full wait proves more
-        than its send time: the broker held it ``wait_ms`` (from a moment after the send) with nothing
-        new, so nothing was appended until ``sent + wait_ms`` (network delays far below ``wait_ms``).
-        The result's ``sent_s`` is that proven moment; its high watermarks say whether data is waiting.
+        ``wait_ms`` unless data arrives.  Each answer proves only its fetch's send time (the result's
+        ``sent_s``), not ``sent + wait``: the embedded broker answered held fetches empty although records
+        acknowledged before then existed.  The high watermarks say whether data is waiting.
         None if not every partition answered in ``timeout_s``."""
         with self._lock:
             if self._consumer is None:
@@ -135,11 +134,9 @@ class LogEndProbe:
                     self._consumer.poll(timeout_ms=WATCH_POLL_MS)  # short slices: act on an answer at once
                     got = {p: a for p, a in self._answers.items() if a[0] > since}
                     if len(got) == self.partitions:
-                        proven = []
-                        for p, (sent, hw) in got.items():
-                            empty = hw <= int(applied.get(p, 0))
-                            held = self._held.get(p, 0.0) >= wait_ms / 1000.0
-                            proven.append(sent + wait_ms / 1000.0 if empty and held else sent)
+                        # only the send time is proven: the embedded broker was seen answering a held fetch
+                        # empty while records acknowledged before ``sent + wait`` existed
+                        proven = [sent for sent, _ in got.values()]
                         self._watch_since = min(sent for sent, _ in got.values())
                         return ProbeResult(min(proven), {p: hw for p, (_, hw) in got.items()})
                 return None
