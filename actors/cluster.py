@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from clustergnn.config import Config, ConfigError
-from clustergnn.errors import UnknownVertexError
+from clustergnn.errors import UnknownVertexError, WriteRejectedError
 from clustergnn.freshness import Freshness
 from clustergnn.models import activation as activation_fn
 from clustergnn.models import feature_dim as model_feature_dim
@@ -45,6 +45,7 @@ from clustergnn.serving import (
     StalenessDeadlineError,
     resolve_read,
 )
+from clustergnn.txn import TxnBook, TxnDecision
 
 log = logging.getLogger(__name__)
 PENDING_GRACE_MS = 250
@@ -129,6 +130,10 @@ class Cluster:
         self._started = False
         self._spare = None  # an idle owner process (cluster.spare_owner), adopted by a recovery
         self._spares_made = 0
+        # transactional writes (clustergnn/txn.py): votes in, decisions out to each holder's next ingest
+        self.txns = TxnBook(self.P, grace_ms=PENDING_GRACE_MS, backstop_s=config.cluster.pending_timeout_s)
+        self._txn_out: list[dict[str, TxnDecision]] = [{} for _ in range(self.P)]
+        self._txn_lock = threading.Lock()  # one transaction written at a time: the same order in every partition
 
     @staticmethod
     def _partition_map(config: Config):
@@ -379,6 +384,9 @@ class Cluster:
             self._cond.notify_all()
         self._next_reports = None
         self._snap_inflight = None  # a snapshot being written when an owner died never commits
+        with self._cond:  # every owner votes again from its snapshot; decisions already taken are resent
+            self.txns.reset()
+            self._txn_out = [{} for _ in range(self.P)]
         last: BaseException = exc
         for _ in range(attempts):
             rec["attempts"] += 1
@@ -493,10 +501,16 @@ class Cluster:
             fuse_next_ingest=not self.config.cluster.hub_window_ms and not cut and self.recovery is None,
         )
         prefetched, self._next_reports = self._next_reports, None
-        out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched)
+        extra = [(dict(self._txn_out[p]),) for p in range(self.P)]
+        out = run_round(self._fan_out, self.round_id, options, self.stats, prefetched=prefetched, ingest_extra=extra)
         self._next_reports = out.next_reports
         busy, reports, published = out.busy, out.reports, out.finished
         self._last_reports = reports
+        if out.ingested:
+            for p, (sent,) in enumerate(extra):
+                for txn_id in sent:
+                    self._txn_out[p].pop(txn_id, None)
+        self._judge_txns(reports + (out.next_reports or []))
         if self.recovery is not None and not self._recovered(reports):
             with self._cond:  # watermark and replica stay where they were until the replay has passed them
                 self.stats.rounds += 1
@@ -524,6 +538,35 @@ class Cluster:
         if cut:
             self._take_snapshot()
         return busy
+
+    def _judge_txns(self, reports: list) -> None:
+        """Collect the owners' votes on transactions, decide what can be decided (``TxnBook``), queue each
+        decision for its holders' next ingest and wake the writers waiting for it."""
+        votes = [r.txn_vote for r in reports if getattr(r, "txn_vote", None) is not None]
+        if not votes and not self.txns.open:
+            return
+        now = time.monotonic()
+        with self._cond:
+            for v in votes:  # a holder that has not heard its decision (or replays after a rollback) hears it again
+                known = self.txns.verdicts.get(v.tag.txn_id)
+                if known is not None:
+                    self._txn_out[v.partition][v.tag.txn_id] = known
+            self.txns.observe(votes, now)
+            visible = [self.freshness.partition_visible_ms(p) for p in range(self.P)]
+            replaying = self.replaying or self.recovery is not None
+            decided = self.txns.decide(self.round_id, visible, now, replaying=replaying)
+            for d in decided:
+                for p in d.parts:
+                    self._txn_out[p][d.txn_id] = d
+                log.log(
+                    logging.DEBUG if d.commit else logging.INFO,
+                    "transaction %s %s%s",
+                    d.txn_id,
+                    "committed" if d.commit else "aborted: ",
+                    d.message,
+                )
+            if decided:
+                self._cond.notify_all()
 
     def _expire_pending(self, reports: list) -> None:
         """Dead-letter (``unknown_vertex``) the edges whose source vertex no partition had added by
@@ -674,6 +717,32 @@ class Cluster:
     def apply(self, batch: MutationBatch) -> dict[int, int]:
         """Write ``batch`` to Kafka; the last offset written per partition (for ``min_offsets``)."""
         return self.producer().send(batch)
+
+    def apply_txn(self, batch: MutationBatch, txn_id: str) -> dict[int, int]:
+        """Write ``batch`` as one transaction (``clustergnn/txn.py``): applied whole or not at all; the
+        offset of its record per partition.  :meth:`await_txn` learns the verdict."""
+        with self._txn_lock:
+            return self.producer().send_txn(batch, txn_id)
+
+    def await_txn(self, txn_id: str, offsets: Offsets, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the verdict on transaction ``txn_id`` and, on a commit, until its
+        ``offsets`` are visible.  True: applied and visible; False: not known yet (ask again);
+        ``WriteRejectedError`` (naming the partition and the mutation): aborted, nothing of it applied."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (d := self.txns.verdicts.get(txn_id)) is None:
+                self._raise_if_down()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        if not d.commit:
+            raise WriteRejectedError(f"nothing of this write was applied: {d.message}")
+        try:
+            self.wait_for(offsets, max(0.0, deadline - time.monotonic()))
+        except StalenessDeadlineError:
+            return False
+        return True
 
     def load_dataset(self, name: str, timeout_s: float = 600.0) -> dict[int, int]:
         """Write a dataset's initial graph to the mutation log and wait until it is visible.

@@ -27,6 +27,7 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
+from clustergnn.txn import TxnDecision, TxnTag, TxnVote, adds_of
 
 if TYPE_CHECKING:
     from clustergnn.snapshot import Manifest, PartInfo
@@ -42,6 +43,7 @@ class _Pending:
     offset: int
     timestamp_ms: int
     since_s: float
+    txn: TxnTag | None = None  # a transaction's part: applied only on the coordinator's commit
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class IngestReport:
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
     deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
+    txn_vote: TxnVote | None = None  # the transaction part this partition holds, judged (clustergnn/txn.py)
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
@@ -76,6 +79,8 @@ def pending_arrays(pending: list[_Pending]) -> dict[str, np.ndarray]:
         "sizes": np.array([len(p.batch) for p in pending], dtype=np.int64),
         "offsets": np.array([p.offset for p in pending], dtype=np.int64),
         "timestamps_ms": np.array([p.timestamp_ms for p in pending], dtype=np.int64),
+        "txn_lens": np.array([len(p.txn.encode()) if p.txn else -1 for p in pending], dtype=np.int64),
+        "txn_bytes": np.frombuffer(b"".join(p.txn.encode() for p in pending if p.txn), dtype=np.uint8),
     }
     return {PENDING_PREFIX + k: np.ascontiguousarray(v).copy() for k, v in cols.items()}
 
@@ -87,8 +92,13 @@ def pending_from_arrays(arrays: Mapping[str, np.ndarray], now_s: float) -> list[
         return []
     batch = MutationBatch(c["kind"], c["src"], c["dst"], torch.from_numpy(c["features"]))
     starts = np.concatenate([[0], np.cumsum(c["sizes"])]).astype(np.int64)
+    lens = c.get("txn_lens", np.full(len(c["offsets"]), -1)).tolist()
+    raw, at, tags = bytes(c.get("txn_bytes", np.zeros(0, np.uint8))), 0, []
+    for n in lens:
+        tags.append(TxnTag.decode(raw[at : at + n]) if n >= 0 else None)
+        at += max(n, 0)
     return [
-        _Pending(batch.slice(int(starts[i]), int(starts[i + 1])), int(off), int(ts), now_s)
+        _Pending(batch.slice(int(starts[i]), int(starts[i + 1])), int(off), int(ts), now_s, tags[i])
         for i, (off, ts) in enumerate(zip(c["offsets"].tolist(), c["timestamps_ms"].tolist(), strict=True))
     ]
 
@@ -221,6 +231,9 @@ class PartitionOwner:
         self._caught_up_at: int | None = None
         self._round_mutations = 0
         self._round_dead = 0
+        self._held: _Pending | None = None  # the transaction part everything behind waits for
+        self._vote: TxnVote | None = None
+        self._decisions: dict[str, TxnDecision] = {}
         self.last_round: RoundSummary | None = None
         self._t_rate = (time.time(), 0)
 
@@ -244,13 +257,22 @@ class PartitionOwner:
         return self.next_offset
 
     # ------------------------------------------------------------------ round steps
-    def ingest(self, round_id: int, max_records: int | None) -> IngestReport:
-        """Step 1: poll, apply records atomically (deferring what waits for remote vertices).
+    def ingest(
+        self, round_id: int, max_records: int | None, decisions: Mapping[str, TxnDecision] | None = None
+    ) -> IngestReport:
+        """Step 1: poll, apply records atomically (deferring what waits for remote vertices), up to a
+        transaction's part whose decision has not come (``decisions``: the coordinator's, by id).
 
         Polling here, once per round, rather than in a thread of its own: on a small machine a
-        background poller's fetch loop costs the rounds more CPU than the wait it saves."""
+        background poller's fetch loop costs the rounds more CPU than the wait it saves.  While a
+        transaction's part waits for its decision nothing is polled: what follows it cannot apply anyway."""
         self.round_id = round_id
-        polled = self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
+        if decisions:
+            self._decisions.update(decisions)
+        held = self._held is not None and self._held.txn is not None and self._held.txn.txn_id not in self._decisions
+        polled = (
+            [] if held else self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
+        )
         # Visible time: when the fetch was sent whose answer's high watermark this partition has read up to
         # (that answer covers every record produced before the fetch left).  A silent broker sends no
         # answers, so the moment stays put and staleness grows.
@@ -268,6 +290,7 @@ class PartitionOwner:
                         off,
                         int(pb.record_timestamps_ms[i]),
                         time.time(),
+                        pb.record_txns[i] if pb.record_txns else None,
                     )
                 )
             self.next_offset = pb.next_offset
@@ -293,7 +316,25 @@ class PartitionOwner:
         from streams.wire import DecodeErrorCode
 
         now = time.time()
-        for rec in todo:
+        self._held = self._vote = None
+        for i, rec in enumerate(todo):
+            if rec.txn is not None:
+                decision = self._decisions.pop(rec.txn.txn_id, None)
+                if decision is None:  # judge it, then wait for the decision with everything behind it
+                    self._held, self._vote = rec, self._judge(rec)
+                    self.pending.extend(todo[i:])
+                    return
+                if not decision.commit:
+                    self.consumer.reject(
+                        self.partition,
+                        rec.offset,
+                        rec.timestamp_ms,
+                        rec.batch,
+                        DecodeErrorCode(decision.reason_for(self.partition)),
+                        f"transaction {rec.txn.txn_id} aborted: {decision.message}",
+                    )
+                    self._round_dead += 1
+                    continue
             try:
                 deferred = self.engine.ingest(rec.batch)
             except (MutationError, UnknownVertexError) as exc:
@@ -305,7 +346,7 @@ class PartitionOwner:
             self._round_mutations += len(rec.batch) - len(deferred)
             self.applied += len(rec.batch) - len(deferred)
             if len(deferred):
-                rest = _Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s)
+                rest = _Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s)  # committed: a plain record now
                 if not self.replaying and now - rec.since_s > self.pending_timeout_s:
                     self._round_dead += self._drop_unknown_sources(
                         rest, f"edges from vertices unknown for {self.pending_timeout_s:.0f}s"
@@ -313,6 +354,25 @@ class PartitionOwner:
                     rest.batch = deferred.subset(~self.engine.unknown_sources(deferred))
                 if len(rest.batch):
                     self.pending.append(rest)
+
+    def _judge(self, rec: _Pending) -> TxnVote:
+        """This partition's vote on a transaction's part, against its state right now (nothing changes)."""
+        from streams.wire import DecodeErrorCode
+
+        assert rec.txn is not None
+        vote = {
+            "tag": rec.txn,
+            "partition": self.partition,
+            "round_id": self.round_id,
+            "timestamp_ms": rec.timestamp_ms,
+        }
+        if self.consumer.was_dead_lettered(self.partition, rec.offset):  # aborted in an earlier life
+            return TxnVote(**vote, error_code=DecodeErrorCode.TXN_ABORTED.value, error="aborted before a restart")
+        try:
+            unknown = self.engine.check(rec.batch)
+        except (MutationError, UnknownVertexError) as exc:
+            return TxnVote(**vote, error_code=DecodeErrorCode.INVALID_MUTATION.value, error=str(exc))
+        return TxnVote(**vote, unknown=tuple(int(x) for x in unknown), adds=adds_of(rec.batch.kind, rec.batch.src))
 
     def expire_pending(self, before_ms: int, grace_ms: int) -> int:
         """Dead-letter (``unknown_vertex``) the deferred records produced at or before ``before_ms``: the
@@ -322,7 +382,7 @@ class PartitionOwner:
             return 0
         keep, n = [], 0
         for rec in self.pending:
-            if rec.timestamp_ms > before_ms:
+            if rec.timestamp_ms > before_ms or rec.txn is not None:  # a transaction's part waits for its decision
                 keep.append(rec)
                 continue
             n += self._drop_unknown_sources(
@@ -361,8 +421,9 @@ class PartitionOwner:
             oldest_pending_ts_ms=min([p.timestamp_ms for p in self.pending], default=None),
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
-            deferred=sum(len(p.batch) for p in self.pending),
+            deferred=sum(len(p.batch) for p in self.pending if p.txn is None),
             struct_out=self.engine.structure_outbox() if self._open else {},
+            txn_vote=self._vote,
         )
 
     def _begin(self, round_id: int) -> None:
@@ -390,12 +451,16 @@ class PartitionOwner:
         return self.last_round.published
 
     def finish_round_then_ingest(
-        self, inbox: list[LayerMsg], next_round: int, max_records: int | None
+        self,
+        inbox: list[LayerMsg],
+        next_round: int,
+        max_records: int | None,
+        decisions: Mapping[str, TxnDecision] | None = None,
     ) -> tuple[Published | None, IngestReport]:
         """The last layer of this round, then the next round's ingest, in one call (one Ray step less
         per round; the round is closed before the next one starts, so nothing overlaps)."""
         published = self.finish_round(inbox)
-        return published, self.ingest(next_round, max_records)
+        return published, self.ingest(next_round, max_records, decisions)
 
     # ------------------------------------------------------------------ reads
     def read(self, ids: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:

@@ -322,9 +322,10 @@ class Engine(Propagation):
             seconds=time.perf_counter() - t0,
         )
 
-    def apply_structure(self, batch: MutationBatch, into: Pending | None = None) -> Pending:
-        """The batch's structural and feature edits, all or nothing (:meth:`StructureEditor.apply`)."""
-        return self.edits.apply(batch, into)
+    def apply_structure(self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False) -> Pending:
+        """The batch's structural and feature edits, all or nothing (:meth:`StructureEditor.apply`);
+        with ``dry_run`` only whether they would apply (``MutationError`` if not), nothing changed."""
+        return self.edits.apply(batch, into, dry_run=dry_run)
 
     # ------------------------------------------------------------------ recompute and finish
     def finish(

@@ -20,3 +20,8 @@ class UnknownVertexError(ClusterGNNError, KeyError):
 
 class UnsupportedModelError(ClusterGNNError, TypeError):
     """A model layer (or its configuration) has no exact incremental rule."""
+
+
+class WriteRejectedError(ClusterGNNError):
+    """A transactional write was judged by the partition owners and rejected whole: nothing of it applied
+    (the message names the partition, the mutation and why)."""

@@ -296,6 +296,50 @@ class PartitionEngine(Engine):
             out[idx[state == IdDirectory.UNKNOWN]] = True
         return out
 
+    @torch.no_grad()
+    def check(self, batch: MutationBatch) -> np.ndarray:
+        """Would ``batch`` apply whole here, now?  ``MutationError`` naming the first problem if not;
+        otherwise the sources of its remote edges this partition has never heard of (sorted, unique),
+        which only other partitions can vouch for (a transaction's other parts may add them).  Nothing
+        changes either way.  Edges from a source that is known to be removed are left out, as
+        :meth:`ingest` leaves them out."""
+        if len(batch) == 0:
+            return _EMPTY
+        routing = route(batch)
+        wrong = np.flatnonzero(self.pmap.owner(routing) != self.partition)
+        if wrong.size:
+            i = int(wrong[0])
+            raise MutationError(
+                f"mutation {i} routes to partition {int(self.pmap.owner(routing[i : i + 1])[0])}, "
+                f"not {self.partition} (vertex {int(routing[i])})"
+            )
+        g = self.graph
+        remote_edge = edge_kinds_mask(batch.kind) & (self.pmap.owner(batch.src) != self.partition)
+        srcs = batch.src[remote_edge]
+        state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
+        gone = np.flatnonzero(remote_edge)[state == IdDirectory.REMOVED]
+        if gone.size:
+            keep = np.ones(len(batch), dtype=bool)
+            keep[gone] = False
+            batch = batch.subset(keep)
+            remote_edge = remote_edge[keep]
+            srcs = batch.src[remote_edge]
+            state = state[state != IdDirectory.REMOVED]
+        unknown = unique(srcs[state == IdDirectory.UNKNOWN])
+        remote = unique(srcs)
+        missing = remote[g.lookup(remote) < 0] if remote.size else _EMPTY
+        ghosts = g.add_vertices(missing) if missing.size else _EMPTY
+        try:
+            if ghosts.size:
+                self._grow(g.capacity)
+                self.ghost[ghosts] = True
+            self.apply_structure(batch, dry_run=True)
+        finally:
+            if ghosts.size:
+                g.discard_vertices(ghosts)
+                self.ghost[ghosts] = False
+        return unknown
+
     def ingest(self, batch: MutationBatch) -> MutationBatch:
         """Apply ``batch`` atomically except for its deferred part, which is returned (see the module
         docstring); ``MutationError`` (naming the bad value) if it is invalid: then nothing changed."""

@@ -171,20 +171,34 @@ class RoundOutcome:
     next_reports: list[Any] | None  # the next round's ingest (fused into this round's last step)
     messages: int
     message_bytes: int
+    ingested: bool = False  # an ingest ran in this call (with ``ingest_extra``): not only a prefetched one
 
 
 def run_round(
-    fan_out: FanOut, round_id: int, options: RoundOptions, stats: RoundStats, prefetched: Sequence[Any] | None = None
+    fan_out: FanOut,
+    round_id: int,
+    options: RoundOptions,
+    stats: RoundStats,
+    prefetched: Sequence[Any] | None = None,
+    ingest_extra: Sequence[tuple[Any, ...]] | None = None,
 ) -> RoundOutcome:
-    """Run round ``round_id``; ``prefetched`` are its ingest reports when the previous round fused them.
+    """Run round ``round_id``; ``prefetched`` are its ingest reports when the previous round fused them;
+    ``ingest_extra[p]`` is appended to partition ``p``'s arguments of whichever ingest this call runs
+    (the Ray owners take the coordinator's transaction decisions so; ``RoundOutcome.ingested`` says
+    whether one ran).
 
     Adds busy rounds, messages, bytes and step times to ``stats`` (the caller counts rounds, mutations).
     """
     P, L = options.num_partitions, options.num_layers
     t0 = stats.clock()
-    reports = list(prefetched) if prefetched is not None else fan_out("ingest", [(round_id, options.max_records)] * P)
+    extra = list(ingest_extra) if ingest_extra is not None else [()] * P
+    ingested = prefetched is None
+    if prefetched is not None:
+        reports = list(prefetched)
+    else:
+        reports = fan_out("ingest", [(round_id, options.max_records, *extra[p]) for p in range(P)])
     if not any(r.busy for r in reports):
-        return RoundOutcome(False, reports, [], None, 0, 0)
+        return RoundOutcome(False, reports, [], None, 0, 0, ingested)
     t = stats.step("ingest", t0)
     struct = [r.struct_out for r in reports]
     if needs_retry(reports, P):
@@ -203,7 +217,8 @@ def run_round(
         if li < L - 1:
             outs = fan_out("layer", [(li, inbox[p]) for p in range(P)])
         elif options.fuse_next_ingest:
-            args = [(inbox[p], round_id + 1, options.max_records) for p in range(P)]
+            args = [(inbox[p], round_id + 1, options.max_records, *extra[p]) for p in range(P)]
+            ingested = True
             both = fan_out("finish_round_then_ingest", args)
             finished, next_reports = [x[0] for x in both], [x[1] for x in both]
         else:
@@ -212,7 +227,7 @@ def run_round(
     stats.busy_rounds += 1
     stats.messages += n
     stats.message_bytes += nbytes
-    return RoundOutcome(True, reports, finished, next_reports, n, nbytes)
+    return RoundOutcome(True, reports, finished, next_reports, n, nbytes, ingested)
 
 
 # ----------------------------------------------------------------------------- in-process partitions

@@ -30,6 +30,10 @@ Run = tuple[MutationKind, int, int]  # (kind, start, stop) of a run of equal mut
 STRETCH_KINDS = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE, MutationKind.REMOVE_EDGE)
 
 
+class _DryRunDone(Exception):
+    """Raised inside :meth:`StructureEditor.apply` to undo a dry run that applied."""
+
+
 def concat_slots(parts: list[np.ndarray]) -> np.ndarray:
     """The concatenation of slot arrays (int64 empty for none)."""
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -120,39 +124,47 @@ class StructureEditor:
             raise MutationError(f"{where}: features must be finite, got NaN or inf")
         return feats.to(self.caches.device)
 
-    def apply(self, batch: MutationBatch, into: Pending | None = None) -> Pending:
+    def apply(self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False) -> Pending:
         """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails.
 
         With ``into``, the batch's changes are appended to it (several atomic batches in one round).
+        With ``dry_run``, a batch that applies is undone too: ``MutationError`` says whether it would.
         """
         g = self.graph
         pend = Pending()
         mark = g.savepoint()
-        frow = batch.feature_row_index()
         try:
-            if (
-                len(batch)
-                and bool(np.isin(batch.kind, STRETCH_KINDS).all())
-                and self._apply_stretch(pend, batch, 0, len(batch), frow)
-            ):
-                return pend.merge_into(into)  # the common case: a batch of vertex and edge edits only
-            for seg in segments(batch.runs()):
-                if len(seg) > 2 and self._apply_stretch(pend, batch, seg[0][1], seg[-1][2], frow):
-                    continue
-                for kind, a, b in seg:  # run by run; an invalid segment raises here, naming its first error
-                    where = f"mutations [{a}, {b}) ({kind.name.lower()})"
-                    try:
-                        self._apply_run(pend, kind, batch, a, b, frow, where)
-                    except UnknownVertexError as e:
-                        raise MutationError(f"{where}: {e}") from None
-                    except MutationError as e:
-                        raise MutationError(f"{where}: {e}") from None
-        except BaseException:
+            self._apply_all(pend, batch)
+            if dry_run:
+                raise _DryRunDone
+        except BaseException as exc:
             for undo in reversed(pend.undo):
                 undo()
             g.rollback(mark)
+            if isinstance(exc, _DryRunDone):
+                return Pending()
             raise
         return pend.merge_into(into)
+
+    def _apply_all(self, pend: Pending, batch: MutationBatch) -> None:
+        frow = batch.feature_row_index()
+        if (
+            len(batch)
+            and bool(np.isin(batch.kind, STRETCH_KINDS).all())
+            and self._apply_stretch(pend, batch, 0, len(batch), frow)
+        ):
+            return  # the common case: a batch of vertex and edge edits only
+        for seg in segments(batch.runs()):
+            if len(seg) > 2 and self._apply_stretch(pend, batch, seg[0][1], seg[-1][2], frow):
+                continue
+            for kind, a, b in seg:  # run by run; an invalid segment raises here, naming its first error
+                where = f"mutations [{a}, {b}) ({kind.name.lower()})"
+                try:
+                    self._apply_run(pend, kind, batch, a, b, frow, where)
+                except UnknownVertexError as e:
+                    raise MutationError(f"{where}: {e}") from None
+                except MutationError as e:
+                    raise MutationError(f"{where}: {e}") from None
 
     def _apply_stretch(self, pend: Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
         """Apply mutations ``[a, b)`` (vertex additions, edge additions and removals) as one vertex add,

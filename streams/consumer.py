@@ -25,9 +25,10 @@ from kafka import errors as kafka_errors
 from clustergnn.codec import columns_to_batch
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
+from clustergnn.txn import TxnTag
 from streams.errors import OffsetsGoneError, StreamError
 from streams.topics import dead_letter_topic_for, ensure_topic
-from streams.wire import DecodedRecord, DecodeError, DecodeErrorCode, decode_record
+from streams.wire import H_TXN, DecodedRecord, DecodeError, DecodeErrorCode, decode_record
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class PolledBatch:
     record_timestamps_ms: np.ndarray  # int64, the Kafka record timestamps: a mutation's time
     record_sizes: np.ndarray  # int64, mutations per record
     dead_letters: int = 0
+    record_txns: tuple[TxnTag | None, ...] = ()  # per valid record: its transaction tag (clustergnn/txn.py)
 
     def mutation_offsets(self) -> np.ndarray:
         """The Kafka offset of each mutation (its identity is ``(partition, offset)`` plus its row in the record)."""
@@ -92,6 +94,19 @@ class PolledBatch:
             f"PolledBatch(partition={self.partition}, offsets=[{self.first_offset}, {self.next_offset}), "
             f"records={len(self.record_offsets)}, dead_letters={self.dead_letters}, {self.batch!r})"
         )
+
+
+def _txn_tag(raw: bytes, partition: int, decoded: DecodedRecord) -> tuple[TxnTag | None, DecodedRecord | DecodeError]:
+    """The record's transaction tag, or a dead-letter reason when it does not parse or leaves this partition out."""
+    try:
+        tag = TxnTag.decode(raw)
+    except ValueError as e:
+        return None, DecodeError(DecodeErrorCode.BAD_TXN_TAG, str(e))
+    if partition not in tag.parts:
+        return None, DecodeError(
+            DecodeErrorCode.BAD_TXN_TAG, f"transaction {tag.txn_id} names partitions {list(tag.parts)}, not {partition}"
+        )
+    return tag, decoded
 
 
 @dataclass(frozen=True)
@@ -350,10 +365,15 @@ class MutationConsumer:
         valid: list[DecodedRecord] = []
         offsets: list[int] = []
         stamps: list[int] = []
+        txns: list[TxnTag | None] = []
         n_dead = 0
         for rec in records:
+            tag: TxnTag | None = None
             try:
                 decoded = decode_record(rec.value, rec.key, partition, self.partition_map, self.feature_dim)
+                raw = next((v for k, v in rec.headers or () if k == H_TXN), None)
+                if raw is not None and not isinstance(decoded, DecodeError):
+                    tag, decoded = _txn_tag(raw, partition, decoded)
             except Exception as exc:  # a decoder bug must not stop ingestion: the record is dead-lettered
                 logger.exception("decoder failed on %s[%s]@%s", self.topic, partition, rec.offset)
                 decoded = DecodeError(DecodeErrorCode.DECODE_FAILED, f"the decoder failed: {exc!r}")
@@ -369,6 +389,7 @@ class MutationConsumer:
             valid.append(decoded)
             offsets.append(rec.offset)
             stamps.append(rec.timestamp)
+            txns.append(tag)
         next_offset = int(records[-1].offset) + 1
         self._position[partition] = next_offset
         return PolledBatch(
@@ -380,7 +401,12 @@ class MutationConsumer:
             record_timestamps_ms=np.asarray(stamps, dtype=np.int64),
             record_sizes=np.asarray([len(v) for v in valid], dtype=np.int64),
             dead_letters=n_dead,
+            record_txns=tuple(txns),
         )
+
+    def was_dead_lettered(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` was dead-lettered in an earlier life (:meth:`recall_dead_letters`)."""
+        return self._already_dead_lettered(partition, offset)
 
     # ------------------------------------------------------------------ dead letters
     def _send_dead_letters(self, dead: list[DeadLetter], fetched: Mapping[TopicPartition, list[Any]]) -> None:

@@ -24,6 +24,7 @@ from kafka.producer.future import FutureRecordMetadata
 from clustergnn.mutations import MutationBatch, feature_kinds_mask
 from clustergnn.partition import PartitionMap, split_by_owner
 from streams.errors import StreamError
+from streams.topics import DEFAULT_MAX_MESSAGE_BYTES
 from streams.wire import Compression, Format, encode_arrow_columns, encode_json_columns
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class MutationProducer:
         self.format: Format = format
         self.max_mutations_per_record = max_mutations_per_record
         self.max_record_bytes = max_record_bytes
+        self.max_txn_record_bytes = DEFAULT_MAX_MESSAGE_BYTES - _RECORD_OVERHEAD_BYTES
         self.compression: Compression = compression
         self.stats = ProducerStats()
         config: dict[str, Any] = {
@@ -102,7 +104,7 @@ class MutationProducer:
             # acks=all and unlimited retries this is the default, said explicitly so a conflict raises
             "enable_idempotence": True,
             "linger_ms": 2,
-            "max_request_size": max(max_record_bytes + 65536, 1 << 20),
+            "max_request_size": max(max_record_bytes, DEFAULT_MAX_MESSAGE_BYTES) + 65536,
             "batch_size": 256 * 1024,
         }
         config.update(kafka_config or {})
@@ -136,6 +138,40 @@ class MutationProducer:
         self.stats.mutations += result.mutations
         self.stats.value_bytes += result.value_bytes
         return result
+
+    def send_txn(
+        self, batch: MutationBatch, txn_id: str, timestamp_ms: int | None = None, timeout_s: float | None = 30.0
+    ) -> dict[int, int]:
+        """Write ``batch`` as one transaction (``clustergnn/txn.py``): one Arrow record per partition it
+        touches, each tagged with ``txn_id`` and the partitions; the owners apply all of it or none.
+
+        ``StreamError`` (nothing written) when one partition's part would exceed ``max_txn_record_bytes``
+        (the topic's ``max.message.bytes``): split the write.  Returns the offset per partition."""
+        from clustergnn.txn import TxnTag
+        from streams.wire import H_TXN
+
+        self._check_topic()
+        parts = sorted(split_by_owner(batch, self.partition_map).items())
+        tag = TxnTag(txn_id, tuple(p for p, _ in parts)).encode()
+        records = []
+        for p, part in parts:
+            value = encode_arrow_columns(part.kind, part.src, part.dst, part.features.numpy(), self.compression)
+            if len(value) > self.max_txn_record_bytes:
+                raise StreamError(
+                    f"the part of this write for partition {p} is {len(value)} bytes as one record; a transaction "
+                    f"writes one record per partition, at most {self.max_txn_record_bytes} bytes: split the write"
+                )
+            records.append((p, value, len(part)))
+        futs = {
+            p: self._producer.send(
+                self.topic, value=value, partition=p, timestamp_ms=timestamp_ms, headers=[(H_TXN, tag)]
+            )
+            for p, value, _ in records
+        }
+        self.stats.records += len(records)
+        self.stats.mutations += sum(n for _, _, n in records)
+        self.stats.value_bytes += sum(len(v) for _, v, _ in records)
+        return {p: int(f.get(timeout=timeout_s).offset) for p, f in futs.items()}
 
     def flush(self, timeout_s: float | None = None) -> None:
         self._producer.flush(timeout=timeout_s)

@@ -78,6 +78,13 @@ class DecodeErrorCode(str, enum.Enum):
     # rejected after decoding, by the partition owner (the payload is the record re-encoded as Arrow)
     INVALID_MUTATION = "invalid_mutation"  # e.g. an edge to a vertex that does not exist, a duplicate vertex
     UNKNOWN_VERTEX = "unknown_vertex"  # an edge from a remote vertex that never appeared in time
+    TXN_ABORTED = "txn_aborted"  # a valid part of a transaction another part of which was rejected
+    BAD_TXN_TAG = "bad_txn_tag"  # a clustergnn.txn header that does not parse or does not name this partition
+
+
+H_TXN = "clustergnn.txn"
+"""Kafka record header of a transaction's part: ``"<id>;<partition>,<partition>,..."``
+(:class:`clustergnn.txn.TxnTag`)."""
 
 
 @dataclass(frozen=True)

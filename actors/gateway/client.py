@@ -31,7 +31,7 @@ from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.auth import bearer_metadata
 from actors.gateway.servicers import ERROR_METADATA_KEY
 from clustergnn.config import is_loopback
-from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.errors import MutationError, UnknownVertexError, WriteRejectedError
 from clustergnn.mutations import MutationBatch
 from clustergnn.serving import (
     ClusterStatus,
@@ -46,7 +46,14 @@ logger = logging.getLogger(__name__)
 
 _ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls
-    for cls in (UnknownVertexError, InvalidReadError, MutationError, StalenessDeadlineError, PartitionUnavailableError)
+    for cls in (
+        UnknownVertexError,
+        InvalidReadError,
+        MutationError,
+        WriteRejectedError,
+        StalenessDeadlineError,
+        PartitionUnavailableError,
+    )
 }
 
 
@@ -235,23 +242,36 @@ class GatewayClient:
         request_id: str | None = None,
         retries: int = 3,
     ) -> dict[int, int]:
-        """Write ``batch``; returns Kafka partition -> offset of its last record (use as ``min_offsets``).
+        """Write ``batch`` and wait until it is applied whole; returns Kafka partition -> offset of its
+        record (a read with these ``min_offsets`` sees it).  ``WriteRejectedError`` (naming the partition
+        and the mutation) when the owners rejected it: nothing of it applied.
 
         The call carries a ``request_id`` (a fresh UUID unless given) and is retried up to ``retries`` times
         on UNAVAILABLE or DEADLINE_EXCEEDED with the same id, so the gateway writes it once
-        (docs/gateway.md, "Retrying writes")."""
+        (docs/gateway.md, "Retrying writes"); a PENDING answer (no verdict yet) is asked again with the
+        same id until ``timeout_s`` has passed, then ``StalenessDeadlineError``."""
         req = convert.batch_to_request(batch, arrow=arrow)
         req.request_id = request_id if request_id is not None else uuid.uuid4().hex
         retry_on = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        for attempt in range(retries + 1):
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
             try:
-                resp = self._mut.Apply(req, timeout=timeout_s, metadata=self._metadata)
-                return dict(resp.offsets)
+                left = max(0.05, deadline - time.monotonic())
+                resp = self._mut.Apply(req, timeout=left, metadata=self._metadata)
             except grpc.RpcError as e:
-                if e.code() not in retry_on or attempt == retries:
+                if e.code() not in retry_on or attempt >= retries:
                     raise _translate(e) from e
+                attempt += 1
                 time.sleep(min(2.0, 0.1 * 2**attempt))
-        raise AssertionError("unreachable")
+                continue
+            if resp.state != pb.APPLY_STATE_PENDING:
+                return dict(resp.offsets)
+            if time.monotonic() >= deadline:
+                raise StalenessDeadlineError(
+                    f"write {req.request_id} is in the log at offsets {dict(resp.offsets)} but the owners gave no "
+                    f"verdict within {timeout_s}s; Apply again with request_id={req.request_id!r} to learn it"
+                )
 
     def status(self, *, timeout_s: float = 5.0) -> ClusterStatus:
         try:

@@ -127,6 +127,11 @@ class GatewayMetrics:
         self.mutations_written = Counter(
             "clustergnn_gateway_mutations_written", "mutations written to the log through Apply", registry=r
         )
+        self.mutations_rejected = Counter(
+            "clustergnn_gateway_mutations_rejected",
+            "mutations of Apply requests the owners rejected whole (FAILED_PRECONDITION; written, never applied)",
+            registry=r,
+        )
         self.active_watches = Gauge("clustergnn_gateway_active_watches", "open Watch streams", registry=r)
         r.register(_ClusterCollector(latest_status))
         self._children: dict[tuple[str, str], Any] = {}

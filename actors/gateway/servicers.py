@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway._gen import clustergnn_pb2_grpc as pb_grpc
 from actors.gateway.metrics import GatewayMetrics
 from clustergnn.config import GatewayConfig
-from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.errors import MutationError, UnknownVertexError, WriteRejectedError
 from clustergnn.serving import (
     ClusterStatus,
     EmbeddingBackend,
@@ -45,6 +46,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnknownVertexError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidReadError, grpc.StatusCode.INVALID_ARGUMENT),
     (MutationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (WriteRejectedError, grpc.StatusCode.FAILED_PRECONDITION),
     (StalenessDeadlineError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PartitionUnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
@@ -98,6 +100,13 @@ class _Base:
         self._metrics = metrics
         self._latest_status = latest_status
 
+    def _timeout_s(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        timeout = self._config.default_deadline_s
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining - DEADLINE_MARGIN_S))
+        return timeout
+
     def _unary(self, method: str, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -143,13 +152,6 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             return convert.resolve_format(fmt)
         except ValueError as e:
             raise InvalidReadError(str(e)) from None
-
-    def _timeout_s(self, context: grpc.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        timeout = self._config.default_deadline_s
-        if remaining is not None:
-            timeout = min(timeout, max(0.0, remaining - DEADLINE_MARGIN_S))
-        return timeout
 
     # ------------------------------------------------------------------ RPCs
     def GetEmbeddings(
@@ -243,27 +245,44 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
         self._dedup = ApplyDedup(self._config.apply_dedup_window_s)
 
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
-        return self._unary("Apply", context, lambda: self._apply(request))
+        return self._unary("Apply", context, lambda: self._apply(request, self._timeout_s(context)))
 
-    def _apply(self, request: pb.ApplyRequest) -> pb.ApplyResponse:
+    def _apply(self, request: pb.ApplyRequest, timeout_s: float) -> pb.ApplyResponse:
         rid = request.request_id
         if len(rid) > MAX_REQUEST_ID_CHARS:
             raise MutationError(f"request_id is {len(rid)} characters; at most {MAX_REQUEST_ID_CHARS}")
         if not rid:
-            return self._write(request)
+            resp, txn_id = self._write(request)
+            return self._verdict(resp, txn_id, timeout_s)
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         entry, first = self._dedup.claim(rid, digest)
         if not first:
-            return entry.wait()  # a retry: the first call's answer (or its error), nothing written again
+            resp = entry.wait()  # a retry: the first call's write (or its error), nothing written again
+            return self._verdict(resp, entry.txn_id, timeout_s)
         try:
-            resp = self._write(request)
+            resp, entry.txn_id = self._write(request)
         except BaseException as exc:
             self._dedup.fail(rid, entry, exc)  # nothing was written: a retry may try again
             raise
         entry.done(resp)
+        return self._verdict(resp, entry.txn_id, timeout_s)
+
+    def _verdict(self, written: pb.ApplyResponse, txn_id: str | None, timeout_s: float) -> pb.ApplyResponse:
+        """The owners' verdict on a written transaction: APPLIED, PENDING (not known within ``timeout_s``),
+        or ``WriteRejectedError`` (FAILED_PRECONDITION: nothing of it applied)."""
+        resp = pb.ApplyResponse()
+        resp.CopyFrom(written)
+        if txn_id is None:  # a backend that does not judge writes: written, state unspecified
+            return resp
+        try:
+            applied = self._backend.await_txn(txn_id, dict(written.offsets), timeout_s)
+        except WriteRejectedError:
+            self._metrics.mutations_rejected.inc(written.num_mutations)
+            raise
+        resp.state = pb.APPLY_STATE_APPLIED if applied else pb.APPLY_STATE_PENDING
         return resp
 
-    def _write(self, request: pb.ApplyRequest) -> pb.ApplyResponse:
+    def _write(self, request: pb.ApplyRequest) -> tuple[pb.ApplyResponse, str | None]:
         batch = convert.request_to_batch(request, self._config.max_mutations_per_request)
         if len(batch) == 0:
             raise MutationError("request holds 0 mutations; give at least 1")
@@ -274,9 +293,15 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
                 f"features are {batch.features.shape[1]} wide; the served model reads {width} "
                 "(the whole request is rejected, nothing was written)"
             )
-        offsets = self._backend.apply(batch)
+        txn_id: str | None = None
+        if hasattr(self._backend, "apply_txn"):
+            txn_id = uuid.uuid4().hex  # fresh per write: a retried request_id never reuses another write's verdict
+            offsets = self._backend.apply_txn(batch, txn_id)
+        else:
+            offsets = self._backend.apply(batch)
         self._metrics.mutations_written.inc(len(batch))
-        return pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))
+        resp = pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))
+        return resp, txn_id
 
 
 MAX_REQUEST_ID_CHARS = 128
@@ -287,6 +312,7 @@ class _Pending:
 
     def __init__(self, digest: str) -> None:
         self.digest = digest
+        self.txn_id: str | None = None  # the write's transaction, set once it is written
         self.at = time.monotonic()
         self._done = threading.Event()
         self._resp: pb.ApplyResponse | None = None

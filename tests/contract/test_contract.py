@@ -71,6 +71,7 @@ class Api:
 
     def apply(self, batch: MutationBatch) -> dict[int, int]:
         resp = self.mut.Apply(convert.batch_to_request(batch), timeout=30, metadata=AUTH)
+        assert resp.state == pb.APPLY_STATE_APPLIED, resp  # an OK write is applied whole and visible
         if self.single is not None:
             self.single.apply(batch)
         return dict(resp.offsets)
@@ -369,3 +370,63 @@ def test_a_malformed_write_is_rejected_whole_and_writes_nothing(api: Api, case: 
     assert code == grpc.StatusCode.INVALID_ARGUMENT and needle in details, details
     second = api.apply(ok)
     assert second == {p: o + 1 for p, o in first.items()}  # nothing was written in between
+
+
+# ------------------------------------------------------------------------------------------ owners' verdicts
+# The fake has no graph to judge writes against (tests/gateway/fakes.py): these run on the real cluster.
+# Every request below spans both partitions (even ids: 0, odd: 1; an edge goes to its destination's).
+def _unknown(api: Api, v: int) -> bool:
+    code, details = code_of(lambda: api.get([v]))
+    return code == grpc.StatusCode.INVALID_ARGUMENT and str(v) in details
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("add-existing", "3"),
+        ("remove-missing-edge", "edge"),
+        ("remove-unknown-vertex", "41"),
+        ("edge-to-unknown", "43"),
+        ("update-unknown", "47"),
+        ("edge-from-unknown", "45"),
+    ],
+)
+def test_a_write_the_owners_reject_applies_nothing(real_api: Api, case: str, needle: str) -> None:
+    fresh = {"add-existing": 100, "remove-missing-edge": 102, "remove-unknown-vertex": 104}.get(case, 106)
+    fresh += {"edge-from-unknown": 3, "update-unknown": 4}.get(case, 0)  # 109 is odd: the other partition
+    add = MutationBatch.add_vertices([fresh], torch.ones(1, F))
+    bad = {
+        "add-existing": lambda: MutationBatch.add_vertices([3], torch.ones(1, F)),
+        "remove-missing-edge": lambda: MutationBatch.remove_edges([0], [1]),
+        "remove-unknown-vertex": lambda: MutationBatch.remove_vertices([41]),
+        "edge-to-unknown": lambda: MutationBatch.add_edges([1], [43]),
+        "update-unknown": lambda: MutationBatch.update_features([47], torch.ones(1, F)),
+        "edge-from-unknown": lambda: MutationBatch.add_edges([45], [2]),
+    }[case]()
+    before = real_api.get(list(range(N)), layer=-1)
+    req = convert.batch_to_request(MutationBatch.concat([add, bad]))
+    code, details = code_of(lambda: real_api.mut.Apply(req, timeout=30, metadata=AUTH))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, details)
+    assert needle in details and "nothing of this write was applied" in details and "partition" in details, details
+    barrier = real_api.apply(MutationBatch.update_features([5], torch.full((1, F), 0.25)))
+    assert _unknown(real_api, fresh), f"vertex {fresh} of the rejected write must not exist"
+    after = real_api.get(list(range(N)), layer=-1, min_offsets=barrier)
+    ref = real_api.single.embeddings(np.arange(N), real_api.status().num_layers).numpy()
+    got = convert.decode_matrix(after.embeddings)
+    assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+    assert before.watermark != after.watermark  # the barrier moved on: nothing holds the partitions back
+
+
+def test_a_vertex_and_its_edges_across_partitions_apply_together(real_api: Api) -> None:
+    batch = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices([120, 121], torch.arange(2 * F, dtype=torch.float32).reshape(2, F) / F),
+            MutationBatch.add_edges([120, 121, 3, 120], [121, 2, 120, 7]),
+        ]
+    )
+    real_api.apply(batch)  # APPLIED: visible now, no bound needed
+    ids = [*range(N), 120, 121]
+    for i in range(real_api.status().num_layers):
+        got = convert.decode_matrix(real_api.get(ids, layer=i).embeddings)
+        ref = real_api.single.embeddings(np.array(ids), i + 1).numpy()
+        assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5

@@ -87,6 +87,7 @@ class FakeBackend:
         self.status_error: Exception | None = None
         self.read_count = 0
         self.last_timeout_s: float | None = None
+        self.txns: dict[str, dict[int, int]] = {}  # transaction id -> offsets (apply_txn)
 
     # ----------------------------------------------------------------- test controls
     def expected(
@@ -135,6 +136,29 @@ class FakeBackend:
                 last[p] = len(self._log[p]) - 1
             self._cond.notify_all()
         return last
+
+    def apply_txn(self, batch: MutationBatch, txn_id: str) -> dict[int, int]:
+        """:meth:`apply`, remembered as a transaction.  The fake does not judge writes against a graph
+        (it has none): every transaction commits once its records are applied; the owners' rejections
+        are tested against the real cluster only (tests/integration/test_apply_verdicts.py)."""
+        offsets = self.apply(batch)
+        self.txns[txn_id] = offsets
+        return offsets
+
+    def await_txn(self, txn_id: str, offsets: Offsets, timeout_s: float) -> bool:
+        """As ``Cluster.await_txn``: True once the transaction's offsets are visible, False at ``timeout_s``."""
+        if txn_id not in self.txns:
+            raise KeyError(f"unknown transaction {txn_id}")
+        with self._cond:
+            verdict = self.freshness.wait(
+                None,
+                offsets,
+                timeout_s=timeout_s,
+                sleep=self._cond.wait,
+                poll_s=0.002,
+                before_check=self._catch_up_locked,
+            )
+        return verdict.met
 
     def read(
         self,

@@ -24,7 +24,7 @@ def test_read_your_writes(make_gateway: GatewayFactory) -> None:
     with GatewayClient(gw.target) as c:
         before = c.get_embeddings([1, 3])
         assert before.versions.tolist() == [0, 0] and before.staleness_ms == 0.0
-        offsets = c.apply(MutationBatch.add_edges([1], [3]))
+        offsets = fake.apply(MutationBatch.add_edges([1], [3]))
         assert offsets == {1: 0}  # Kafka partition src % 2, first record
         stale = c.get_embeddings([1, 3])  # no bound: answers now, says it is behind
         assert stale.versions.tolist() == [0, 0]
@@ -41,14 +41,14 @@ def test_staleness_bound_is_honoured(make_gateway: GatewayFactory) -> None:
     fake = FakeBackend(apply_delay_s=DELAY_S)
     gw = make_gateway(fake)
     with GatewayClient(gw.target) as c:
-        c.apply(MutationBatch.update_features([2], np.ones((1, 8), dtype=np.float32)))
+        fake.apply(MutationBatch.update_features([2], np.ones((1, 8), dtype=np.float32)))
         loose = c.get_embeddings([2], max_staleness_ms=10_000)
         assert loose.versions.tolist() == [0]  # allowed to be behind
         strict = c.get_embeddings([2], max_staleness_ms=0)
         assert strict.versions.tolist() == [1] and strict.staleness_ms <= 0.0 + 1e-9
         # several writes: each answer's staleness is within its bound
         for i in range(3):
-            c.apply(MutationBatch.update_features([2], np.full((1, 8), i, dtype=np.float32)))
+            fake.apply(MutationBatch.update_features([2], np.full((1, 8), i, dtype=np.float32)))
             res = c.get_embeddings([2], max_staleness_ms=50)
             assert res.staleness_ms <= 50
 

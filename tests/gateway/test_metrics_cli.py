@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from actors.cli import main
+from actors.gateway import convert
+from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway.cli import abbreviate
 from actors.gateway.client import GatewayClient
 from clustergnn.errors import UnknownVertexError
@@ -34,7 +36,9 @@ def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
             c.get_embeddings([1, 2])
         with pytest.raises(UnknownVertexError):
             c.get_embeddings([999])
-        c.apply(MutationBatch.add_edges([1, 3], [2, 4]))
+        # nothing is applied until advance(): the write is answered PENDING (OK) when its deadline passes
+        resp = c.apply_raw(convert.batch_to_request(MutationBatch.add_edges([1, 3], [2, 4])), timeout_s=0.3)
+        assert resp.state == pb.APPLY_STATE_PENDING
     gw.monitor.poll_once()
     text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
     assert _value(text, "clustergnn_gateway_requests_total", '{code="OK",method="GetEmbeddings"}') == 3

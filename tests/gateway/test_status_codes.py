@@ -120,7 +120,7 @@ def test_deadline_exceeded_when_bound_not_met(make_gateway: GatewayFactory) -> N
     fake = FakeBackend(apply_delay_s=None)  # nothing becomes visible until advance()
     gw = make_gateway(fake)
     with GatewayClient(gw.target) as c:
-        offsets = c.apply(MutationBatch.add_edges([1], [2]))
+        offsets = fake.apply(MutationBatch.add_edges([1], [2]))
         with pytest.raises(StalenessDeadlineError, match="bound not met"):
             c.get_embeddings([1], max_staleness_ms=0.0, timeout_s=0.2)
         with pytest.raises(StalenessDeadlineError, match="min_offsets"):
@@ -137,7 +137,7 @@ def test_server_default_deadline_caps_a_longer_client_deadline(make_gateway: Gat
     fake = FakeBackend(apply_delay_s=None)
     gw = make_gateway(fake, default_deadline_s=0.1)
     with GatewayClient(gw.target) as c:
-        c.apply(MutationBatch.add_edges([1], [2]))
+        fake.apply(MutationBatch.add_edges([1], [2]))
         with pytest.raises(StalenessDeadlineError):
             c.get_embeddings([1], max_staleness_ms=0.0, timeout_s=10.0)
     assert fake.last_timeout_s is not None and fake.last_timeout_s <= 0.1
@@ -240,3 +240,38 @@ def test_an_apply_retried_with_its_request_id_is_written_once(make_gateway, fake
     req.request_id = ""  # no id: every call writes
     call()
     assert writes == [2, 2]
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def test_an_apply_answers_applied_once_visible(make_gateway) -> None:
+    fake = FakeBackend(apply_delay_s=0.15)  # each record is applied 150 ms after it is written
+    gw = make_gateway(fake)
+    with grpc.insecure_channel(gw.target) as ch:
+        stub = pb_grpc.MutationServiceStub(ch)
+        t0 = time.monotonic()
+        resp = stub.Apply(convert.batch_to_request(MutationBatch.add_edges([1], [3])), timeout=5)
+        assert resp.state == pb.APPLY_STATE_APPLIED and time.monotonic() - t0 >= 0.1  # it waited for the owners
+    with GatewayClient(gw.target) as c:
+        assert c.get_embeddings([1, 3]).versions.tolist() == [1, 1]  # no bound needed: it is visible
+
+
+def test_a_pending_write_learns_its_verdict_by_its_request_id(make_gateway) -> None:
+    fake = FakeBackend(apply_delay_s=None)  # nothing is applied until advance()
+    gw = make_gateway(fake)
+    req = convert.batch_to_request(MutationBatch.add_edges([1], [3]))
+    req.request_id = "w-1"
+    with grpc.insecure_channel(gw.target) as ch:
+        stub = pb_grpc.MutationServiceStub(ch)
+        first = stub.Apply(req, timeout=0.3)
+        assert first.state == pb.APPLY_STATE_PENDING and dict(first.offsets) == {1: 0}
+        again = stub.Apply(req, timeout=0.3)
+        assert again.state == pb.APPLY_STATE_PENDING and dict(again.offsets) == {1: 0}
+        fake.advance()
+        done = stub.Apply(req, timeout=5)
+        assert done.state == pb.APPLY_STATE_APPLIED and dict(done.offsets) == {1: 0}
+    assert len(fake._log[1]) == 1, "asked three times, written once"
+    with GatewayClient(gw.target) as c:  # the client asks again by itself until its own deadline
+        with pytest.raises(StalenessDeadlineError, match="Apply again with request_id"):
+            c.apply(MutationBatch.add_edges([1], [3]), timeout_s=0.5)

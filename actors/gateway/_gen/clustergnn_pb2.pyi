@@ -21,6 +21,12 @@ class MutationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MUTATION_KIND_ADD_EDGE: _ClassVar[MutationKind]
     MUTATION_KIND_REMOVE_EDGE: _ClassVar[MutationKind]
     MUTATION_KIND_UPDATE_FEATURES: _ClassVar[MutationKind]
+
+class ApplyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPLY_STATE_UNSPECIFIED: _ClassVar[ApplyState]
+    APPLY_STATE_APPLIED: _ClassVar[ApplyState]
+    APPLY_STATE_PENDING: _ClassVar[ApplyState]
 EMBEDDING_FORMAT_UNSPECIFIED: EmbeddingFormat
 EMBEDDING_FORMAT_RAW_F32: EmbeddingFormat
 EMBEDDING_FORMAT_ARROW_IPC: EmbeddingFormat
@@ -30,6 +36,9 @@ MUTATION_KIND_REMOVE_VERTEX: MutationKind
 MUTATION_KIND_ADD_EDGE: MutationKind
 MUTATION_KIND_REMOVE_EDGE: MutationKind
 MUTATION_KIND_UPDATE_FEATURES: MutationKind
+APPLY_STATE_UNSPECIFIED: ApplyState
+APPLY_STATE_APPLIED: ApplyState
+APPLY_STATE_PENDING: ApplyState
 
 class EmbeddingMatrix(_message.Message):
     __slots__ = ("rows", "dim", "format", "data", "arrow_ipc")
@@ -165,7 +174,7 @@ class ApplyRequest(_message.Message):
     def __init__(self, arrow_ipc: _Optional[bytes] = ..., mutations: _Optional[_Iterable[_Union[Mutation, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("offsets", "num_mutations")
+    __slots__ = ("offsets", "num_mutations", "state")
     class OffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,9 +184,11 @@ class ApplyResponse(_message.Message):
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     NUM_MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     offsets: _containers.ScalarMap[int, int]
     num_mutations: int
-    def __init__(self, offsets: _Optional[_Mapping[int, int]] = ..., num_mutations: _Optional[int] = ...) -> None: ...
+    state: ApplyState
+    def __init__(self, offsets: _Optional[_Mapping[int, int]] = ..., num_mutations: _Optional[int] = ..., state: _Optional[_Union[ApplyState, str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

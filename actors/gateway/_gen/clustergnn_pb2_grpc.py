@@ -187,8 +187,15 @@ class MutationServiceServicer:
     """
 
     def Apply(self, request, context):
-        """Writes the mutations, in order, to the mutation log and returns where they landed.  Applying is
-        asynchronous: pass the returned offsets as GetEmbeddingsRequest.min_offsets to read your writes.
+        """Writes the mutations, in order, to the mutation log as one transaction, waits for the partition
+        owners' verdict and answers it: all of the request applies or none of it (docs/gateway.md, "Writes").
+        OK, state APPLIED: every mutation is applied and visible at the returned offsets.
+        OK, state PENDING: written at the returned offsets, but no verdict within the call's deadline
+        (the owners are behind); call Apply again with the same request_id to learn it.
+        INVALID_ARGUMENT: rejected by the gateway before anything was written (form, types, width, values).
+        FAILED_PRECONDITION: the owners rejected it (a mutation does not fit the graph: an edge to or from
+        a vertex that does not exist, removing a missing edge or vertex, adding an existing vertex); the
+        message names the partition and the mutation; nothing of the request applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,173 @@
+"""Transactions across partitions (clustergnn/txn.py): the owners' dry run and the coordinator's book."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clustergnn import Engine, MutationBatch, MutationError
+from clustergnn.partition import HashPartitionMap, split_by_owner
+from clustergnn.partitioned import LocalCluster
+from clustergnn.txn import ABORTED, TxnBook, TxnTag, TxnVote
+from tests.core.models import F_IN, build
+from tests.core.test_partitioned import assert_cluster_matches
+
+# HashPartitionMap(2) owns even ids in 0 and odd ids in 1 (checked below); edges route to dst's owner
+
+
+def _setup(model: str = "sage-mean"):
+    layers = build(model)
+    pm = HashPartitionMap(2)
+    cluster = LocalCluster.from_layers(layers, F_IN, pm)
+    single = Engine.from_layers(layers, F_IN)
+    gen = torch.Generator().manual_seed(3)
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(np.arange(8), torch.randn(8, F_IN, generator=gen)),
+            MutationBatch.add_edges([0, 1, 2, 3, 5], [1, 2, 3, 4, 6]),
+        ]
+    )
+    cluster.apply(init)
+    single.apply(init)
+    return layers, pm, cluster, single
+
+
+def _fingerprint(cluster: LocalCluster) -> list:
+    out = []
+    for e in cluster.engines:
+        ids = np.sort(e.owned_ids())
+        out.append((ids.tolist(), e.num_edges, int(e.ghost.sum()), e.embeddings(ids).clone(), e.versions(ids).tolist()))
+    return out
+
+
+def _same(a: list, b: list) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x[:3] == y[:3] and x[4] == y[4]
+        assert torch.equal(x[3], y[3])
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (lambda: MutationBatch.add_vertices([2], torch.zeros(1, F_IN)), "already|exists"),
+        (lambda: MutationBatch.remove_edges([4], [2]), "no edge|not an edge|missing|does not exist"),
+        (lambda: MutationBatch.remove_vertices([40]), "unknown vertex"),
+        (lambda: MutationBatch.update_features([42], torch.zeros(1, F_IN)), "unknown vertex"),
+    ],
+)
+@pytest.mark.parametrize("model", ["sage-mean", "sage-pool", "gat"])
+def test_check_rejects_what_ingest_would_and_changes_nothing(bad, match, model) -> None:
+    layers, pm, cluster, single = _setup(model)
+    batch = bad()
+    (p,) = split_by_owner(batch, pm).keys()
+    eng = cluster.engines[p]
+    before = _fingerprint(cluster)
+    # a valid prefix in the same part (a new vertex of partition p) must be undone too
+    part = MutationBatch.concat([MutationBatch.add_vertices([100 + p], torch.ones(1, F_IN)), batch])
+    with pytest.raises(MutationError, match=match):
+        eng.check(part)
+    _same(before, _fingerprint(cluster))
+    # and the engines go on exactly
+    more = MutationBatch.add_edges([6, 7], [0, 3])
+    cluster.apply(more)
+    single.apply(more)
+    assert_cluster_matches(cluster, single, layers)
+
+
+def test_check_of_a_valid_part_reports_unknown_sources_and_changes_nothing() -> None:
+    layers, pm, cluster, single = _setup("graphconv-both")
+    assert pm.owner(np.array([0, 1, 2, 3])).tolist() == [0, 1, 0, 1]
+    # into partition 0 (dst 2 and 4 are even): 7 -> 2 (7 known to partition 0? it has no edge from 7 yet),
+    # 51 -> 4 (51 exists nowhere), and a feature update of 2
+    part = MutationBatch.concat(
+        [
+            MutationBatch.add_edges([3, 51], [2, 4]),
+            MutationBatch.update_features([2], torch.full((1, F_IN), 0.5)),
+        ]
+    )
+    before = _fingerprint(cluster)
+    unknown = cluster.engines[0].check(part)
+    assert 51 in unknown.tolist() and 3 not in unknown.tolist()
+    _same(before, _fingerprint(cluster))
+    ok = MutationBatch.concat(
+        [MutationBatch.add_edges([3], [2]), MutationBatch.update_features([2], torch.ones(1, F_IN))]
+    )
+    assert cluster.engines[0].check(ok).size == 0
+    cluster.apply(ok)
+    single.apply(ok)
+    assert_cluster_matches(cluster, single, layers)
+
+
+def _vote(tag, p, rnd=1, ts=1000, **kw) -> TxnVote:
+    return TxnVote(tag, p, rnd, ts, **kw)
+
+
+def test_tag_round_trips_and_bad_tags_are_named() -> None:
+    t = TxnTag("abc", (0, 3))
+    assert TxnTag.decode(t.encode()) == t
+    for raw in (b"abc", b"abc;x", b";1", b"abc;2,1", b"\xff;1"):
+        with pytest.raises(ValueError, match="transaction"):
+            TxnTag.decode(raw)
+
+
+def test_book_commits_when_every_part_votes_ok() -> None:
+    book = TxnBook(3, grace_ms=250, backstop_s=10)
+    t = TxnTag("t", (0, 2))
+    book.observe([_vote(t, 0)], 0.0)
+    assert book.decide(1, [None] * 3, 0.0) == [], "a part is missing and nothing says it never comes"
+    book.observe([_vote(t, 2)], 0.1)
+    (d,) = book.decide(2, [None] * 3, 0.1)
+    assert d.commit and d.parts == (0, 2) and book.verdicts["t"] is d
+
+
+def test_book_aborts_a_rejected_part_naming_it() -> None:
+    book = TxnBook(2, grace_ms=250, backstop_s=10)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0), _vote(t, 1, error_code="invalid_mutation", error="vertex 5 already exists")], 0.0)
+    (d,) = book.decide(1, [None, None], 0.0)
+    assert not d.commit and d.culprit == 1 and "vertex 5 already exists" in d.message
+    assert d.reason_for(1) == "invalid_mutation" and d.reason_for(0) == ABORTED
+
+
+def test_book_unknown_sources_added_by_another_part_commit() -> None:
+    book = TxnBook(2, grace_ms=250, backstop_s=10)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0, unknown=(9,)), _vote(t, 1, adds=(9,))], 0.0)
+    (d,) = book.decide(1, [None, None], 0.0)
+    assert d.commit
+
+
+def test_book_unknown_sources_abort_only_after_a_later_vote() -> None:
+    book = TxnBook(3, grace_ms=250, backstop_s=100)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0, rnd=1, unknown=(9,)), _vote(t, 1, rnd=1)], 0.0)
+    assert book.decide(1, [0, 0, 1100], 0.0) == [], "partition 2 has not applied past ts + grace"
+    assert book.decide(2, [0, 0, 1300], 0.0) == [], "settled now, but the vote predates it"
+    book.observe([_vote(t, 0, rnd=3, unknown=(9,)), _vote(t, 1, rnd=3)], 0.0)
+    (d,) = book.decide(3, [0, 0, 1300], 0.0)
+    assert not d.commit and d.code == "unknown_vertex" and d.culprit == 0 and "first: 9" in d.message
+
+
+def test_book_missing_part_aborts_when_its_partition_is_past_it_and_backstop() -> None:
+    book = TxnBook(2, grace_ms=250, backstop_s=5)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0)], 0.0)
+    assert book.decide(1, [0, 1200], 0.0) == []
+    assert book.decide(2, [0, 1300], 0.0, replaying=True) == [], "no timeout decision while replaying"
+    (d,) = book.decide(3, [0, 1300], 0.0)
+    assert not d.commit and "[1] never arrived" in d.message
+    u = TxnTag("u", (0, 1))
+    book.observe([_vote(u, 0)], 10.0)
+    assert book.decide(4, [0, None], 14.0) == []
+    (d,) = book.decide(5, [0, None], 15.5)
+    assert not d.commit and "no decision after 5 s" in d.message
+
+
+def test_votes_on_decided_transactions_are_ignored() -> None:
+    book = TxnBook(1, grace_ms=250, backstop_s=5)
+    t = TxnTag("t", (0,))
+    book.observe([_vote(t, 0)], 0.0)
+    assert book.decide(1, [None], 0.0)[0].commit
+    book.observe([_vote(t, 0, error_code="invalid_mutation", error="x")], 0.0)
+    assert book.decide(2, [None], 0.0) == [] and book.verdicts["t"].commit
