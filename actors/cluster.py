@@ -542,19 +542,21 @@ class Cluster:
     def _judge_txns(self, reports: list) -> None:
         """Collect the owners' votes on transactions, decide what can be decided (``TxnBook``), queue each
         decision for its holders' next ingest and wake the writers waiting for it."""
-        votes = [r.txn_vote for r in reports if getattr(r, "txn_vote", None) is not None]
+        votes = [v for r in reports for v in getattr(r, "txn_votes", ())]
         if not votes and not self.txns.open:
             return
         now = time.monotonic()
         with self._cond:
             for v in votes:  # a holder that has not heard its decision (or replays after a rollback) hears it again
                 known = self.txns.verdicts.get(v.tag.txn_id)
-                if known is not None:
+                if known is not None and not v.final:
                     self._txn_out[v.partition][v.tag.txn_id] = known
-            self.txns.observe(votes, now)
+            alone = self.txns.observe(votes, now)  # decided by their owners: nothing to send
             visible = [self.freshness.partition_visible_ms(p) for p in range(self.P)]
             replaying = self.replaying or self.recovery is not None
             decided = self.txns.decide(self.round_id, visible, now, replaying=replaying)
+            if alone:
+                self._cond.notify_all()
             for d in decided:
                 for p in d.parts:
                     self._txn_out[p][d.txn_id] = d

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
-from clustergnn.txn import TxnDecision, TxnTag, TxnVote, adds_of
+from clustergnn.txn import TxnDecision, TxnTag, TxnVote, adds_of, decides_alone, own_decision
 
 if TYPE_CHECKING:
     from clustergnn.snapshot import Manifest, PartInfo
@@ -60,7 +60,9 @@ class IngestReport:
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
     deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
-    txn_vote: TxnVote | None = None  # the transaction part this partition holds, judged (clustergnn/txn.py)
+    # this ingest's votes on transactions (clustergnn/txn.py): the ones it decided alone (``final``), then
+    # the part it holds, if it holds one
+    txn_votes: tuple[TxnVote, ...] = ()
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
@@ -234,6 +236,7 @@ class PartitionOwner:
         self._held: _Pending | None = None  # the transaction part everything behind waits for
         self._vote: TxnVote | None = None
         self._decisions: dict[str, TxnDecision] = {}
+        self._final_votes: list[TxnVote] = []
         self.last_round: RoundSummary | None = None
         self._t_rate = (time.time(), 0)
 
@@ -267,6 +270,7 @@ class PartitionOwner:
         background poller's fetch loop costs the rounds more CPU than the wait it saves.  While a
         transaction's part waits for its decision nothing is polled: what follows it cannot apply anyway."""
         self.round_id = round_id
+        self._final_votes = []
         if decisions:
             self._decisions.update(decisions)
         held = self._held is not None and self._held.txn is not None and self._held.txn.txn_id not in self._decisions
@@ -298,8 +302,7 @@ class PartitionOwner:
         todo = self.pending + records
         self.pending = []
         self._round_mutations, self._round_dead = 0, n_dead
-        if todo:
-            self._begin(round_id)
+        if todo:  # the round opens with the first record applied: one that only holds a transaction is not busy
             self._feed(todo)
         return self._report()
 
@@ -320,10 +323,15 @@ class PartitionOwner:
         for i, rec in enumerate(todo):
             if rec.txn is not None:
                 decision = self._decisions.pop(rec.txn.txn_id, None)
-                if decision is None:  # judge it, then wait for the decision with everything behind it
-                    self._held, self._vote = rec, self._judge(rec)
-                    self.pending.extend(todo[i:])
-                    return
+                if decision is None:
+                    vote = self._judge(rec)
+                    if not decides_alone(vote):  # wait for the decision with everything behind it
+                        self._held, self._vote = rec, vote
+                        self.pending.extend(todo[i:])
+                        return
+                    vote = replace(vote, final=True)
+                    self._final_votes.append(vote)
+                    decision = own_decision(vote)
                 if not decision.commit:
                     self.consumer.reject(
                         self.partition,
@@ -336,6 +344,7 @@ class PartitionOwner:
                     self._round_dead += 1
                     continue
             try:
+                self._begin(self.round_id)
                 deferred = self.engine.ingest(rec.batch)
             except (MutationError, UnknownVertexError) as exc:
                 self.consumer.reject(
@@ -423,7 +432,7 @@ class PartitionOwner:
             dead_letters=self._round_dead,
             deferred=sum(len(p.batch) for p in self.pending if p.txn is None),
             struct_out=self.engine.structure_outbox() if self._open else {},
-            txn_vote=self._vote,
+            txn_votes=(*self._final_votes, *((self._vote,) if self._vote is not None else ())),
         )
 
     def _begin(self, round_id: int) -> None:

@@ -16,6 +16,8 @@ record per partition it touches, each tagged with the transaction's id and the l
    outside the transaction has applied everything produced until ``grace_ms`` after it, and a vote
    taken after that still says unknown); or after ``backstop_s`` without a decision.  *Commit* when
    every part has voted, none rejects, and every unknown source is added by another part.
+   A transaction wholly in one partition needs no coordinator unless a source is unknown: its owner
+   applies or dead-letters it at once and reports its vote as ``final`` (:func:`decides_alone`).
 3. **Apply.**  The decision travels with each holder's next ingest: a commit applies the part where it
    stood (an edge whose source another part adds waits for it within the round, as any edge does); an
    abort dead-letters every part, the rejecting one with its own reason, the others ``txn_aborted``.
@@ -74,6 +76,7 @@ class TxnVote:
     error: str = ""
     unknown: tuple[int, ...] = ()  # remote edge sources this partition has never heard of
     adds: tuple[int, ...] = ()  # vertices the part adds
+    final: bool = False  # a transaction of this partition alone, decided by the owner itself (below)
 
     @property
     def ok(self) -> bool:
@@ -115,16 +118,25 @@ class TxnBook:
         self.open: dict[str, _Open] = {}
         self.verdicts: collections.OrderedDict[str, TxnDecision] = collections.OrderedDict()
 
-    def observe(self, votes: Iterable[TxnVote], now_s: float) -> None:
+    def observe(self, votes: Iterable[TxnVote], now_s: float) -> list[TxnDecision]:
         """Record the latest vote per (transaction, partition); votes on decided transactions are ignored
-        (the holder has not heard the decision yet)."""
+        (the holder has not heard the decision yet).  A ``final`` vote is the verdict of a transaction
+        its owner decided alone (:func:`own_decision`); those verdicts are returned."""
+        out = []
         for v in votes:
             if v.tag.txn_id in self.verdicts:
+                continue
+            if v.final:
+                d = own_decision(v)
+                self.verdicts[v.tag.txn_id] = d
+                self.open.pop(v.tag.txn_id, None)
+                out.append(d)
                 continue
             t = self.open.setdefault(v.tag.txn_id, _Open(v.tag, now_s))
             old = t.votes.get(v.partition)
             if old is None or v.round_id >= old.round_id:
                 t.votes[v.partition] = v
+        return out
 
     def decide(
         self, round_id: int, visible_ms: Sequence[float | None], now_s: float, *, replaying: bool = False
@@ -202,6 +214,27 @@ class TxnBook:
     def reset(self) -> None:
         """After a rollback every owner votes again from scratch; verdicts already given stand."""
         self.open.clear()
+
+
+def decides_alone(vote: TxnVote) -> bool:
+    """A transaction wholly in the voter's partition needs no coordinator when its vote is a rejection or
+    has no unknown source: the owner applies or dead-letters it at once (a round sooner) and reports
+    the vote as ``final``; with unknown sources it waits for the coordinator like any other."""
+    return vote.tag.parts == (vote.partition,) and (not vote.ok or not vote.unknown)
+
+
+def own_decision(vote: TxnVote) -> TxnDecision:
+    """The decision a ``final`` vote stands for."""
+    if vote.ok:
+        return TxnDecision(vote.tag.txn_id, True, parts=vote.tag.parts)
+    return TxnDecision(
+        vote.tag.txn_id,
+        False,
+        vote.error_code or ABORTED,
+        f"partition {vote.partition} rejected its part: {vote.error}",
+        vote.partition,
+        vote.tag.parts,
+    )
 
 
 def adds_of(kind: np.ndarray, src: np.ndarray) -> tuple[int, ...]:

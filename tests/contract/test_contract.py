@@ -430,3 +430,20 @@ def test_a_vertex_and_its_edges_across_partitions_apply_together(real_api: Api) 
         got = convert.decode_matrix(real_api.get(ids, layer=i).embeddings)
         ref = real_api.single.embeddings(np.array(ids), i + 1).numpy()
         assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+
+
+def test_a_write_to_one_partition_is_judged_by_its_owner_alone(real_api: Api) -> None:
+    """No coordinator round: the owner applies or rejects it at once (docs/distributed.md)."""
+    bad = MutationBatch.concat(
+        [MutationBatch.add_vertices([130], torch.ones(1, F)), MutationBatch.add_edges([130, 5], [2, 4])]
+    )
+    bad = MutationBatch.concat([bad, MutationBatch.remove_edges([7], [0])])  # 7 -> 0 does not exist
+    code, details = code_of(lambda: real_api.mut.Apply(convert.batch_to_request(bad), timeout=30, metadata=AUTH))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "partition 0 rejected" in details and "7 -> 0" in details
+    assert _unknown(real_api, 130)
+    good = bad.slice(0, 3)
+    real_api.apply(good)  # the same without the bad removal: applied, visible at once
+    ids = np.array([130, 2, 4])
+    got = convert.decode_matrix(real_api.get(ids.tolist()).embeddings)
+    ref = real_api.single.embeddings(ids, real_api.status().num_layers).numpy()
+    assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5

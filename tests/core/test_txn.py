@@ -171,3 +171,16 @@ def test_votes_on_decided_transactions_are_ignored() -> None:
     assert book.decide(1, [None], 0.0)[0].commit
     book.observe([_vote(t, 0, error_code="invalid_mutation", error="x")], 0.0)
     assert book.decide(2, [None], 0.0) == [] and book.verdicts["t"].commit
+
+
+def test_a_transaction_of_one_partition_is_decided_by_its_owner() -> None:
+    from clustergnn.txn import decides_alone
+
+    book = TxnBook(2, grace_ms=250, backstop_s=5)
+    one, two = TxnTag("a", (1,)), TxnTag("b", (0, 1))
+    assert decides_alone(_vote(one, 1)) and decides_alone(_vote(one, 1, error_code="invalid_mutation", error="x"))
+    assert not decides_alone(_vote(one, 1, unknown=(8,))), "an unknown source needs the other partitions"
+    assert not decides_alone(_vote(two, 1)), "a part of a wider transaction needs the other votes"
+    (d,) = book.observe([_vote(one, 1, final=True, error_code="invalid_mutation", error="vertex 3 exists")], 0.0)
+    assert not d.commit and d.culprit == 1 and "vertex 3 exists" in d.message and book.verdicts["a"] is d
+    assert book.open == {} and book.decide(1, [None, None], 0.0) == []
