@@ -165,7 +165,12 @@ class EmbeddingBackend(Protocol):
         ...
 
     def apply(self, batch: MutationBatch) -> dict[int, int]:
-        """Write ``batch`` to the mutation log; returns Kafka partition -> offset of its last record."""
+        """Write ``batch`` to the mutation log; returns Kafka partition -> offset of its last record.
+
+        A backend that judges writes also has ``apply_txn(batch, txn_id) -> offsets`` (one transaction,
+        applied whole or not at all, ``clustergnn/txn.py``) and ``await_txn(txn_id, offsets, timeout_s)
+        -> bool`` (True: applied and visible; False: no verdict yet; ``WriteRejectedError``: rejected,
+        nothing applied); the gateway's ``Apply`` then answers the verdict (docs/gateway.md, "Writes")."""
         ...
 
     def status(self) -> ClusterStatus: ...
