@@ -27,7 +27,7 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
-from clustergnn.txn import TxnDecision, TxnTag, TxnVote, adds_of, decides_alone, own_decision
+from clustergnn.txn import CommittedTxns, TxnDecision, TxnTag, TxnVote, adds_of, decides_alone, own_decision
 
 if TYPE_CHECKING:
     from clustergnn.snapshot import Manifest, PartInfo
@@ -66,7 +66,8 @@ class IngestReport:
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
-PENDING_PREFIX = "owner.pending_"  # the owner's own arrays in a snapshot part, beside the engine's
+OWNER_PREFIX = "owner."  # the owner's own arrays in a snapshot part, beside the engine's
+PENDING_PREFIX = OWNER_PREFIX + "pending_"  # its deferred records (and CommittedTxns.PREFIX: applied transactions)
 
 
 def pending_arrays(pending: list[_Pending]) -> dict[str, np.ndarray]:
@@ -188,13 +189,16 @@ class PartitionOwner:
         """A fresh engine: empty, or this partition's part of ``manifest`` (with its deferred records);
         returns the offset to read from next (the part's ``next_offset``; else ``start_offset``)."""
         self.pending = []
+        window_ms = self.config.gateway.apply_dedup_window_s * 1000.0
         if manifest is None:
             self.engine = PartitionEngine(self._rules, **self._engine_kw)
+            self.done = CommittedTxns(window_ms)
             return start_offset
         t0 = time.perf_counter()
         arrays, info = self.store().read_part(manifest, self.partition)
         self.pending = pending_from_arrays(arrays, time.time())
-        engine_arrays = {k: v for k, v in arrays.items() if not k.startswith(PENDING_PREFIX)}
+        self.done = CommittedTxns.from_arrays(arrays, window_ms)
+        engine_arrays = {k: v for k, v in arrays.items() if not k.startswith(OWNER_PREFIX)}
         self.engine = PartitionEngine.from_state(self._rules, engine_arrays, info.meta["engine"], **self._engine_kw)
         log.info(
             "partition %s restored from snapshot %s (round %s) in %.2fs: %s vertices, %s pending records, "
@@ -332,6 +336,8 @@ class PartitionOwner:
                     vote = replace(vote, final=True)
                     self._final_votes.append(vote)
                     decision = own_decision(vote)
+                if False:  # a retry of one applied before: once is enough
+                    continue
                 if not decision.commit:
                     self.consumer.reject(
                         self.partition,
@@ -354,6 +360,8 @@ class PartitionOwner:
                 continue
             self._round_mutations += len(rec.batch) - len(deferred)
             self.applied += len(rec.batch) - len(deferred)
+            if rec.txn is not None:
+                self.done.add(rec.txn.txn_id, rec.timestamp_ms)
             if len(deferred):
                 rest = _Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s)  # committed: a plain record now
                 if not self.replaying and now - rec.since_s > self.pending_timeout_s:
@@ -375,6 +383,8 @@ class PartitionOwner:
             "round_id": self.round_id,
             "timestamp_ms": rec.timestamp_ms,
         }
+        if False:  # a retry of a transaction this partition applied: nothing to judge
+            return TxnVote(**vote, duplicate=True)
         if self.consumer.was_dead_lettered(self.partition, rec.offset):  # aborted in an earlier life
             return TxnVote(**vote, error_code=DecodeErrorCode.TXN_ABORTED.value, error="aborted before a restart")
         try:
@@ -541,6 +551,7 @@ class PartitionOwner:
         # so the background write cannot see later rounds' edits
         arrays, meta = self.engine.export_state()
         arrays.update(pending_arrays(self.pending))
+        arrays.update(self.done.arrays())
         export_s = time.perf_counter() - t0
         nbytes = int(sum(a.nbytes for a in arrays.values()))
         part_meta = {"engine": meta, "pending_records": len(self.pending)}

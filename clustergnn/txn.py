@@ -46,8 +46,8 @@ class TxnTag:
     parts: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if not self.txn_id or len(self.txn_id) > 128 or any(c in self.txn_id for c in ";\n"):
-            raise ValueError(f"transaction id {self.txn_id!r}: 1 to 128 characters, no ';' or newline")
+        if not self.txn_id or len(self.txn_id) > 200 or any(c in self.txn_id for c in ";\n"):
+            raise ValueError(f"transaction id {self.txn_id!r}: 1 to 200 characters, no ';' or newline")
         if not self.parts or list(self.parts) != sorted(set(self.parts)) or self.parts[0] < 0:
             raise ValueError(f"transaction {self.txn_id}: parts must be distinct partitions, sorted: {self.parts}")
 
@@ -76,6 +76,7 @@ class TxnVote:
     error: str = ""
     unknown: tuple[int, ...] = ()  # remote edge sources this partition has never heard of
     adds: tuple[int, ...] = ()  # vertices the part adds
+    duplicate: bool = False  # this partition already applied a transaction with this id (a retry)
     final: bool = False  # a transaction of this partition alone, decided by the owner itself (below)
 
     @property
@@ -242,3 +243,55 @@ def adds_of(kind: np.ndarray, src: np.ndarray) -> tuple[int, ...]:
     from clustergnn.mutations import MutationKind
 
     return tuple(int(x) for x in np.unique(src[kind == MutationKind.ADD_VERTEX]))
+
+
+class CommittedTxns:
+    """The transactions an owner has applied recently, so that a retry of one (the same request written
+    again through another gateway, or after a restart, with the same id) is not applied twice.
+
+    An id is kept while its record's timestamp is within ``window_ms`` of the newest one seen, and at
+    most ``max_entries`` ids.  It lives in the owner's snapshot part (:meth:`arrays`), and a replay adds
+    the ids it re-applies, so it survives crashes of owners and of the driver."""
+
+    PREFIX = "owner.txn_done_"
+
+    def __init__(self, window_ms: float, max_entries: int = 1_000_000) -> None:
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self._ids: collections.OrderedDict[str, int] = collections.OrderedDict()  # id -> timestamp, oldest first
+        self._newest_ms = 0
+
+    def __contains__(self, txn_id: str) -> bool:
+        return txn_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, txn_id: str, timestamp_ms: int) -> None:
+        self._ids[txn_id] = int(timestamp_ms)
+        self._ids.move_to_end(txn_id)
+        self._newest_ms = max(self._newest_ms, int(timestamp_ms))
+        while self._ids and (
+            len(self._ids) > self.max_entries or next(iter(self._ids.values())) < self._newest_ms - self.window_ms
+        ):
+            self._ids.popitem(last=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        raw = [k.encode() for k in self._ids]
+        return {
+            self.PREFIX + "lens": np.array([len(b) for b in raw], dtype=np.int64),
+            self.PREFIX + "bytes": np.frombuffer(b"".join(raw), dtype=np.uint8).copy(),
+            self.PREFIX + "ts": np.array(list(self._ids.values()), dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays, window_ms: float, max_entries: int = 1_000_000) -> CommittedTxns:
+        """Inverse of :meth:`arrays` (empty when the arrays are absent: a snapshot from before)."""
+        out = cls(window_ms, max_entries)
+        if cls.PREFIX + "lens" not in arrays:
+            return out
+        raw, at = bytes(arrays[cls.PREFIX + "bytes"]), 0
+        for n, ts in zip(arrays[cls.PREFIX + "lens"].tolist(), arrays[cls.PREFIX + "ts"].tolist(), strict=True):
+            out.add(raw[at : at + n].decode(), ts)
+            at += n
+        return out

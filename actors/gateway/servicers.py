@@ -252,15 +252,18 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
         if len(rid) > MAX_REQUEST_ID_CHARS:
             raise MutationError(f"request_id is {len(rid)} characters; at most {MAX_REQUEST_ID_CHARS}")
         if not rid:
-            resp, txn_id = self._write(request)
+            resp, txn_id = self._write(request, uuid.uuid4().hex)
             return self._verdict(resp, txn_id, timeout_s)
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         entry, first = self._dedup.claim(rid, digest)
         if not first:
             resp = entry.wait()  # a retry: the first call's write (or its error), nothing written again
             return self._verdict(resp, entry.txn_id, timeout_s)
+        # the transaction id is the request's: owners that applied it once skip a copy written again through
+        # another gateway or after a restart (clustergnn.txn.CommittedTxns); other mutations, another id
+        txn_id = f"r.{hashlib.sha256(rid.encode()).hexdigest()[:32]}.{digest[:32]}"
         try:
-            resp, entry.txn_id = self._write(request)
+            resp, entry.txn_id = self._write(request, txn_id)
         except BaseException as exc:
             self._dedup.fail(rid, entry, exc)  # nothing was written: a retry may try again
             raise
@@ -282,7 +285,7 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
         resp.state = pb.APPLY_STATE_APPLIED if applied else pb.APPLY_STATE_PENDING
         return resp
 
-    def _write(self, request: pb.ApplyRequest) -> tuple[pb.ApplyResponse, str | None]:
+    def _write(self, request: pb.ApplyRequest, txn_id: str) -> tuple[pb.ApplyResponse, str | None]:
         batch = convert.request_to_batch(request, self._config.max_mutations_per_request)
         if len(batch) == 0:
             raise MutationError("request holds 0 mutations; give at least 1")
@@ -293,12 +296,10 @@ class MutationServicer(_Base, pb_grpc.MutationServiceServicer):
                 f"features are {batch.features.shape[1]} wide; the served model reads {width} "
                 "(the whole request is rejected, nothing was written)"
             )
-        txn_id: str | None = None
         if hasattr(self._backend, "apply_txn"):
-            txn_id = uuid.uuid4().hex  # fresh per write: a retried request_id never reuses another write's verdict
             offsets = self._backend.apply_txn(batch, txn_id)
         else:
-            offsets = self._backend.apply(batch)
+            offsets, txn_id = self._backend.apply(batch), None
         self._metrics.mutations_written.inc(len(batch))
         resp = pb.ApplyResponse(offsets={int(k): int(v) for k, v in offsets.items()}, num_mutations=len(batch))
         return resp, txn_id

@@ -59,6 +59,7 @@ class Api:
     admin: pb_grpc.AdminServiceStub
     target: str
     single: Engine | None = None
+    backend: object | None = None  # the real cluster (to put a second gateway in front of it)
 
     def get(self, ids, timeout: float = 10.0, **fields) -> pb.GetEmbeddingsResponse:
         req = pb.GetEmbeddingsRequest(vertex_ids=list(ids))
@@ -115,6 +116,7 @@ def real_api(ray_local, kafka_bootstrap) -> Iterator[Api]:
     single.bulk_load(init)
     cluster.wait_for(cluster.apply(init), timeout_s=60)
     ch, api = _channel_api("real", gw.target, single)
+    api.backend = cluster
     try:
         yield api
     finally:
@@ -447,3 +449,28 @@ def test_a_write_to_one_partition_is_judged_by_its_owner_alone(real_api: Api) ->
     got = convert.decode_matrix(real_api.get(ids.tolist()).embeddings)
     ref = real_api.single.embeddings(ids, real_api.status().num_layers).numpy()
     assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5
+
+
+def test_a_write_retried_through_another_gateway_is_applied_once(real_api: Api) -> None:
+    """The request id makes the transaction's id: owners skip a copy of a transaction they applied."""
+    batch = MutationBatch.concat(
+        [MutationBatch.add_vertices([140], torch.ones(1, F)), MutationBatch.add_edges([140, 140, 1], [3, 6, 140])]
+    )
+    req = convert.batch_to_request(batch)
+    req.request_id = f"retry-{uuid.uuid4().hex[:6]}"
+    first = real_api.mut.Apply(req, timeout=30, metadata=AUTH)
+    assert first.state == pb.APPLY_STATE_APPLIED
+    real_api.single.apply(batch)
+    other = GatewayServer(real_api.backend, gateway_config()).start()  # its own request-id memory: empty
+    try:
+        ch, api2 = _channel_api("real-2", other.target)
+        with ch:
+            again = api2.mut.Apply(req, timeout=30, metadata=AUTH)
+            assert again.state == pb.APPLY_STATE_APPLIED, "the copy is answered as applied"
+            assert all(again.offsets[p] > first.offsets[p] for p in first.offsets), "it was written again"
+            ids = [1, 3, 6, 140]
+            got = convert.decode_matrix(api2.get(ids, min_offsets=dict(again.offsets)).embeddings)
+    finally:
+        other.stop()
+    ref = real_api.single.embeddings(np.array(ids), real_api.status().num_layers).numpy()
+    assert np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())) <= 1e-5, "applied once, not twice"

@@ -184,3 +184,17 @@ def test_a_transaction_of_one_partition_is_decided_by_its_owner() -> None:
     (d,) = book.observe([_vote(one, 1, final=True, error_code="invalid_mutation", error="vertex 3 exists")], 0.0)
     assert not d.commit and d.culprit == 1 and "vertex 3 exists" in d.message and book.verdicts["a"] is d
     assert book.open == {} and book.decide(1, [None, None], 0.0) == []
+
+
+def test_committed_ids_are_kept_for_the_window_and_round_trip() -> None:
+    from clustergnn.txn import CommittedTxns
+
+    done = CommittedTxns(window_ms=1000, max_entries=3)
+    for i, ts in enumerate([0, 500, 900, 1200]):
+        done.add(f"t{i}", ts)
+    assert "t0" not in done and "t1" in done and len(done) == 3, "t0 is older than the window"
+    done.add("t4", 1300)
+    assert "t1" not in done and len(done) == 3, "at most max_entries"
+    back = CommittedTxns.from_arrays(done.arrays(), window_ms=1000)
+    assert [k for k in ("t2", "t3", "t4") if k in back] == ["t2", "t3", "t4"]
+    assert len(CommittedTxns.from_arrays({}, window_ms=1000)) == 0

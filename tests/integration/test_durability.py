@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from actors.cluster import Cluster
 from clustergnn import Engine, MutationBatch
@@ -88,15 +89,35 @@ def test_restarted_driver_resumes_from_snapshot_and_replays_exactly(
     seq: dict[int, int] = {}
     init, *batches = with_sequences([init, *batches], seq)
     phase1, phase2, phase3 = batches[:8], batches[8:11], batches[11:]
+    # two transactions (as the gateway writes them), of vertices the stream never touches: one before the
+    # last snapshot, one after; written again with the same ids after the restart (a client's retry),
+    # they must not apply twice (adding their vertices again would be rejected)
+    txns = {
+        "t-before": MutationBatch.concat(
+            [
+                MutationBatch.add_vertices([10_000, 10_001], torch.zeros(2, F)),
+                MutationBatch.add_edges([10_000], [10_001]),
+            ]
+        ),
+        "t-after": MutationBatch.concat(
+            [
+                MutationBatch.add_vertices([10_002, 10_003], torch.zeros(2, F)),
+                MutationBatch.add_edges([10_002, 10_003], [10_001, 10_000]),
+            ]
+        ),
+    }
+    seq.update({v: 0 for v in range(10_000, 10_004)})
 
     c1 = Cluster(cfg).start()
     try:
         c1.wait_for(c1.apply(init), timeout_s=60)
         c1.wait_for(send_all(c1, phase1), timeout_s=60)
+        assert c1.await_txn("t-before", c1.apply_txn(txns["t-before"], "t-before"), timeout_s=30)
         wait_snapshots(c1, 2)
         before = c1.last_snapshot
         end2 = send_all(c1, phase2)  # after the last snapshot: lost with the driver, replayed from Kafka
         c1.wait_for(end2, timeout_s=60)
+        assert c1.await_txn("t-after", c1.apply_txn(txns["t-after"], "t-after"), timeout_s=30)
         time.sleep(0.3)
         st = c1.status().extra
         assert st["snapshots_committed"] == 2 and c1.last_snapshot == before, "phase 2 must not be snapshotted"
@@ -119,9 +140,11 @@ def test_restarted_driver_resumes_from_snapshot_and_replays_exactly(
         assert c2.restored is not None and c2.restored.snapshot_id == expect.snapshot_id
         assert c2.round_id >= expect.round_id
         c2.wait_for(send_all(c2, phase3), timeout_s=60)
+        for tid, b in txns.items():  # the retries: answered applied, applied once
+            assert c2.await_txn(tid, c2.apply_txn(b, tid), timeout_s=30)
         single = Engine.from_layers(c2.layers, F)
         single.bulk_load(init)
-        for b in batches:
+        for b in [*batches, *txns.values()]:
             single.apply(b)
         ids = single.vertex_ids()
         res = c2.read(ids, max_staleness_ms=60_000)
