@@ -336,7 +336,7 @@ class PartitionOwner:
                     vote = replace(vote, final=True)
                     self._final_votes.append(vote)
                     decision = own_decision(vote)
-                if False:  # a retry of one applied before: once is enough
+                if decision.commit and rec.txn.txn_id in self.done:  # a retry of one applied before: once is enough
                     continue
                 if not decision.commit:
                     self.consumer.reject(
@@ -383,7 +383,7 @@ class PartitionOwner:
             "round_id": self.round_id,
             "timestamp_ms": rec.timestamp_ms,
         }
-        if False:  # a retry of a transaction this partition applied: nothing to judge
+        if rec.txn.txn_id in self.done:  # a retry of a transaction this partition applied: nothing to judge
             return TxnVote(**vote, duplicate=True)
         if self.consumer.was_dead_lettered(self.partition, rec.offset):  # aborted in an earlier life
             return TxnVote(**vote, error_code=DecodeErrorCode.TXN_ABORTED.value, error="aborted before a restart")
