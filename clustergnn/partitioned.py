@@ -296,15 +296,11 @@ class PartitionEngine(Engine):
             out[idx[state == IdDirectory.UNKNOWN]] = True
         return out
 
-    @torch.no_grad()
-    def check(self, batch: MutationBatch) -> np.ndarray:
-        """Would ``batch`` apply whole here, now?  ``MutationError`` naming the first problem if not;
-        otherwise the sources of its remote edges this partition has never heard of (sorted, unique),
-        which only other partitions can vouch for (a transaction's other parts may add them).  Nothing
-        changes either way.  Edges from a source that is known to be removed are left out, as
-        :meth:`ingest` leaves them out."""
-        if len(batch) == 0:
-            return _EMPTY
+    def _own_edges(self, batch: MutationBatch) -> tuple[MutationBatch, np.ndarray, np.ndarray, np.ndarray]:
+        """``batch`` checked to route here, without its edges whose remote source is known to be removed
+        (such an edge goes as it would have gone with its source: cross-partition order is undefined, and
+        this equals "edge first"); with its edge mask, its remote-edge mask and those sources' directory
+        states.  ``MutationError`` names a mutation that routes elsewhere."""
         routing = route(batch)
         wrong = np.flatnonzero(self.pmap.owner(routing) != self.partition)
         if wrong.size:
@@ -314,17 +310,30 @@ class PartitionEngine(Engine):
                 f"not {self.partition} (vertex {int(routing[i])})"
             )
         g = self.graph
-        remote_edge = edge_kinds_mask(batch.kind) & (self.pmap.owner(batch.src) != self.partition)
+        is_edge = edge_kinds_mask(batch.kind)
+        remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
         srcs = batch.src[remote_edge]
         state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
         gone = np.flatnonzero(remote_edge)[state == IdDirectory.REMOVED]
         if gone.size:
             keep = np.ones(len(batch), dtype=bool)
             keep[gone] = False
-            batch = batch.subset(keep)
-            remote_edge = remote_edge[keep]
-            srcs = batch.src[remote_edge]
+            batch, is_edge, remote_edge = batch.subset(keep), is_edge[keep], remote_edge[keep]
             state = state[state != IdDirectory.REMOVED]
+        return batch, is_edge, remote_edge, state
+
+    @torch.no_grad()
+    def check(self, batch: MutationBatch) -> np.ndarray:
+        """Would ``batch`` apply whole here, now?  ``MutationError`` naming the first problem if not;
+        otherwise the sources of its remote edges this partition has never heard of (sorted, unique),
+        which only other partitions can vouch for (a transaction's other parts may add them).  Nothing
+        changes either way.  Edges from a source that is known to be removed are left out, as
+        :meth:`ingest` leaves them out."""
+        if len(batch) == 0:
+            return _EMPTY
+        g = self.graph
+        batch, _, remote_edge, state = self._own_edges(batch)
+        srcs = batch.src[remote_edge]
         unknown = unique(srcs[state == IdDirectory.UNKNOWN])
         remote = unique(srcs)
         missing = remote[g.lookup(remote) < 0] if remote.size else _EMPTY
@@ -346,28 +355,8 @@ class PartitionEngine(Engine):
         rs = self._state()
         if len(batch) == 0:
             return batch
-        is_edge = edge_kinds_mask(batch.kind)
-        routing = route(batch)
-        wrong = np.flatnonzero(self.pmap.owner(routing) != self.partition)
-        if wrong.size:
-            i = int(wrong[0])
-            raise MutationError(
-                f"mutation {i} routes to partition {int(self.pmap.owner(routing[i : i + 1])[0])}, "
-                f"not {self.partition} (vertex {int(routing[i])})"
-            )
         g = self.graph
-        remote_edge = is_edge & (self.pmap.owner(batch.src) != self.partition)
-        srcs = batch.src[remote_edge]
-        state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
-        gone = np.flatnonzero(remote_edge)[state == IdDirectory.REMOVED]
-        if gone.size:
-            # The source was removed by its owner before this edge could apply: the edge goes as it would
-            # have gone with its source (cross-partition order is undefined; this equals "edge first").
-            keep = np.ones(len(batch), dtype=bool)
-            keep[gone] = False
-            batch, is_edge, remote_edge = batch.subset(keep), is_edge[keep], remote_edge[keep]
-            srcs = batch.src[remote_edge]
-            state = np.where(g.lookup(srcs) >= 0, IdDirectory.LIVE, self.directory.state(srcs))
+        batch, is_edge, remote_edge, state = self._own_edges(batch)
         unknown = state == IdDirectory.UNKNOWN
         if unknown.any() or rs.blocked:
             keep = self._defer_mask(batch, is_edge, np.flatnonzero(remote_edge)[unknown], rs.blocked)
