@@ -53,11 +53,21 @@ PENDING_GRACE_MS = 250
 (``Cluster._expire_pending``): room for producers' clocks and for a source added in the same produce call."""
 IDLE_AFTER_ROUNDS = 2
 """Rounds in a row with nothing to do before the cluster goes idle (``Cluster._idle``)."""
-IDLE_MAX_S = 1.0
-"""Longest idle spell without a round: rounds are how a crashed owner is noticed (a RayActorError)."""
-IDLE_WAIT_MS = 10
-"""The idle long poll's broker wait: how often an idle cluster proves itself fresh (its staleness
-stays below about this), and about what an idle cluster's CPU is spent on."""
+IDLE_PING_S = 1.0
+"""How often an idle cluster pings its owners: rounds are how a crashed owner is noticed (a RayActorError),
+and an idle cluster runs none, so a ping every this long stands in for them."""
+IDLE_WAIT_MS = 50
+"""The idle long poll's broker wait.  Each answer proves every record produced before its fetch was sent
+is applied (``streams.probe``), so an idle cluster's own proof is 50-100 ms old; reads that want it younger
+refresh it (``IDLE_STALE_MS``).  It bounds how long new data waits to be noticed (at once on Apache Kafka,
+within about half the wait on tansu, which checks its log at half-wait intervals) and sets what an idle
+cluster costs: one wake-up of the driver per turn, about 0.2-0.3 ms of CPU on a small VM."""
+IDLE_STALE_MS = 10.0
+"""A read of an idle cluster whose freshness was last proven longer ago than this proves it first: one
+fetch of every partition's end (``Cluster._prove_fresh``, about 1.3 ms on tansu), shared by every read that
+comes meanwhile and good for the reads of the next ``IDLE_STALE_MS``.  So no read of an idle cluster is
+served staler than this, at most one probe runs per this long however many reads come, and a busy
+cluster's unbounded reads never wait for one."""
 PROBE_AFTER_S = 0.02
 """A read whose staleness bound the owners' reports do not meet probes the log's end at once, then again
 after each such wait (about a round) until its deadline."""
@@ -95,6 +105,8 @@ class Cluster:
         self._watcher = None  # another, for the idle long poll (Cluster._idle)
         self._last_reports: list | None = None
         self.idle_periods = 0  # times the rounds stopped for the idle long poll
+        self.idle_long_poll = config.cluster.idle_long_poll  # may be switched on a running cluster (bench_idle)
+        self._idling = False  # rounds are stopped for the idle long poll (Cluster._idle)
         self._owns_ray = False
         from clustergnn.rules import rules_from_dgl
 
@@ -295,7 +307,7 @@ class Cluster:
                     busy = self.run_round()
                     self._poll_snapshot()
                     quiet = quiet + 1 if self._quiet(busy) else 0
-                    if quiet >= IDLE_AFTER_ROUNDS:
+                    if quiet >= IDLE_AFTER_ROUNDS and self.idle_long_poll:
                         self._idle()
                         quiet = 0
                 except ray.exceptions.RayActorError as exc:  # an owner died: roll back and replay
@@ -329,30 +341,46 @@ class Cluster:
 
     def _idle(self) -> None:
         """Rounds stop while the log has nothing new: one long poll of every partition's end from the driver
-        (``LogEndProbe.watch``) instead of every owner polling in back-to-back rounds.  Each empty answer
-        proves the cluster fresh up to the moment it proves (``Freshness.confirm``); new data, a silent
-        broker, a stop, or a snapshot falling due returns to rounds at once, and ``IDLE_MAX_S`` at the latest."""
+        (``LogEndProbe.watch``) instead of every owner polling in back-to-back rounds.  Each answer whose high
+        watermarks are applied proves the cluster fresh up to the moment its fetch was sent
+        (``Freshness.confirm``); reads that want a younger proof make one themselves (``IDLE_STALE_MS``).  New
+        data, a silent broker, a stop, or a snapshot falling due returns to rounds at once.  Every
+        ``IDLE_PING_S`` the owners are pinged: a dead one raises ``RayActorError`` here, as a round would
+        (``_run`` recovers)."""
+        import ray
+
         if self._watcher is None:
             from streams.probe import LogEndProbe
 
             self._watcher = LogEndProbe(self.config.kafka.bootstrap, self.config.kafka.topic, self.P)
         self.idle_periods += 1
-        until = time.monotonic() + IDLE_MAX_S  # then a round: it is how a dead owner gets noticed
-        while not self._stop.is_set() and not self._snapshot_due() and time.monotonic() < until:
-            with self._cond:
-                applied = self.freshness.watermark
-            try:
-                res = self._watcher.watch(applied, IDLE_WAIT_MS, timeout_s=max(2.0, 4 * IDLE_WAIT_MS / 1000))
-            except Exception as exc:  # noqa: BLE001 - back to rounds, which see (and report) what is wrong
-                log.warning("idle watch failed: %r", exc)
-                return
-            if res is None:
-                return
-            with self._cond:
-                fresh = self.freshness.confirm(res.high_watermarks, res.sent_s * 1000.0)
-                self._cond.notify_all()
-            if not fresh:
-                return
+        self._idling = True  # unbounded reads prove freshness themselves when it got old (Cluster.read)
+        try:
+            ping_at = time.monotonic() + IDLE_PING_S
+            while self.idle_long_poll and not self._stop.is_set() and not self._snapshot_due():
+                if time.monotonic() >= ping_at:
+                    try:
+                        ray.get([o.ping.remote() for o in self.owners], timeout=10)
+                    except ray.exceptions.GetTimeoutError:  # a busy owner: rounds will tell
+                        return
+                    ping_at = time.monotonic() + IDLE_PING_S
+                with self._cond:
+                    applied = self.freshness.watermark
+                wait_ms = IDLE_WAIT_MS
+                try:
+                    res = self._watcher.watch(applied, wait_ms, timeout_s=max(2.0, 4 * wait_ms / 1000))
+                except Exception as exc:  # noqa: BLE001 - back to rounds, which see (and report) what is wrong
+                    log.warning("idle watch failed: %r", exc)
+                    return
+                if res is None:
+                    return
+                with self._cond:
+                    fresh = self.freshness.confirm(res.high_watermarks, res.sent_s * 1000.0)
+                    self._cond.notify_all()
+                if not fresh:
+                    return
+        finally:
+            self._idling = False
 
     # ------------------------------------------------------------------ recovery
     def _recover(self, exc: BaseException, attempts: int = 5) -> None:
@@ -902,8 +930,18 @@ class Cluster:
                     sleep=self._cond.wait,
                     before_check=lambda _now_ms: self._raise_if_down(),
                 )
-            if not verdict.met and max_staleness_ms is not None and fresh.reflects(min_offsets):
-                judged_ms = self._prove_fresh(asked_s, deadline)
+            # an idle cluster's own proof is 50-100 ms old (IDLE_WAIT_MS): a read whose bound it meets still
+            # refreshes it rather than report a staleness an idle cluster need not have (IDLE_STALE_MS)
+            old_idle_proof = (
+                verdict.met and self._idling and (verdict.staleness_ms is None or verdict.staleness_ms > IDLE_STALE_MS)
+            )
+            bound_unmet = not verdict.met and max_staleness_ms is not None
+            if (bound_unmet or old_idle_proof) and fresh.reflects(min_offsets):
+                # a read whose bound is met waits for a probe briefly (a broker slow to answer is noticed
+                # by the idle loop, which goes back to rounds)
+                judged_ms = self._prove_fresh(
+                    asked_s, deadline if bound_unmet else min(deadline, time.monotonic() + 0.05)
+                )
                 if judged_ms is not None:
                     with self._cond:
                         verdict = fresh.check(max_staleness_ms, min_offsets, now_ms=judged_ms)

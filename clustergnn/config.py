@@ -154,6 +154,12 @@ class ClusterConfig:
     spare_owner: bool = True
     """Keep one idle owner process started (with Ray's resources of an owner): a crashed owner is replaced
     by it without starting a process and importing torch (seconds of every recovery)."""
+    idle_long_poll: bool = True
+    """When nothing is pending, stop rounds: the driver long-polls the log's end instead (fetches the broker
+    holds 50 ms) and pings the owners every second, and a read that finds freshness last proven more than
+    10 ms ago proves it with one fetch of every partition's end first (docs/gateway.md, "Freshness at idle").
+    ``false`` keeps rounds back to back, each owner polling its partitions: staleness ~30 ms at about a core
+    on an idle cluster (P = 4), for comparisons (``scripts/bench_idle.py``)."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +420,9 @@ def validate(cfg: Config) -> None:
         and math.isfinite(c.pending_timeout_s)
         and c.pending_timeout_s > 0,
         f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}",
+    )
+    _check(
+        isinstance(c.idle_long_poll, bool), f"cluster.idle_long_poll must be true or false, got {c.idle_long_poll!r}"
     )
     _check(
         c.device in ("auto", "cpu") or c.device.startswith("cuda"),

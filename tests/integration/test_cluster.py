@@ -128,6 +128,19 @@ def test_max_staleness_zero_succeeds_on_an_idle_cluster_and_reads_your_writes(cl
         assert all(res.watermark[p] > o for p, o in offsets.items())
 
 
+def test_max_staleness_zero_without_the_idle_long_poll(cluster2: Cluster) -> None:
+    """``cluster.idle_long_poll = false``: rounds never stop, and a bound-0 read is proven by its own probe."""
+    cluster2.idle_long_poll = False
+    try:
+        for value in (5.0, 6.0):
+            offsets = cluster2.apply(MutationBatch.update_features([7], torch.full((1, F), value)))
+            res = cluster2.read([7], max_staleness_ms=0, input_features=True, timeout_s=10)
+            assert res.embeddings.tolist() == [[value] * F] and res.staleness_ms == 0.0
+            assert all(res.watermark[p] > o for p, o in offsets.items())
+    finally:
+        cluster2.idle_long_poll = True
+
+
 def test_an_edge_from_a_missing_remote_vertex_does_not_hold_back_unrelated_writes(cluster2: Cluster) -> None:
     from kafka import KafkaConsumer, TopicPartition
 

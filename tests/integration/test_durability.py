@@ -276,10 +276,15 @@ def test_a_killed_owner_is_recovered_and_reads_stay_consistent(
                 except PartitionUnavailableError as e:
                     seen_unavailable |= "recovering" in str(e)
             r = c.read(ids)
-            if r.watermark == before.watermark:
+            # the recovery may have ended during that read: then it may be served from the re-derived replica,
+            # at the same watermark (nothing new was produced) but not bit for bit (checked after the loop)
+            ended = bool(c.recoveries) and c.recovery is None
+            if r.watermark == before.watermark and not ended:
                 frozen += 1
                 assert np.array_equal(r.embeddings, before.embeddings) and np.array_equal(r.versions, before.versions)
                 stale_max = max(stale_max, r.staleness_ms)
+            elif r.watermark == before.watermark:
+                assert np.abs(r.embeddings - before.embeddings).max() <= 1e-5
             else:  # only once the replay has passed the old watermark
                 assert c.recovery is None and all(r.watermark[p] >= w for p, w in before.watermark.items())
             time.sleep(0.01)
