@@ -56,12 +56,15 @@ IDLE_AFTER_ROUNDS = 2
 IDLE_PING_S = 1.0
 """How often an idle cluster pings its owners: rounds are how a crashed owner is noticed (a RayActorError),
 and an idle cluster runs none, so a ping every this long stands in for them."""
-IDLE_WAIT_MS = 50
+IDLE_WAIT_MS = 20
 """The idle long poll's broker wait.  Each answer proves every record produced before its fetch was sent
-is applied (``streams.probe``), so an idle cluster's own proof is 50-100 ms old; reads that want it younger
-refresh it (``IDLE_STALE_MS``).  It bounds how long new data waits to be noticed (at once on Apache Kafka,
-within about half the wait on tansu, which checks its log at half-wait intervals) and sets what an idle
-cluster costs: one wake-up of the driver per turn, about 0.2-0.3 ms of CPU on a small VM."""
+is applied (``streams.probe``), so an idle cluster's own proof is 20-45 ms old; reads and status calls
+that want it younger refresh it (``IDLE_STALE_MS``).  It bounds how long new data waits to be noticed (at
+once on Apache Kafka, within about half the wait on tansu, which checks its log at half-wait intervals)
+and sets what an idle cluster costs: one wake-up of the driver per turn, about 0.2-0.3 ms of CPU on a
+small VM.  Measured (bench_idle --wait-ms, P = 4, no reads; docs/gateway.md): 5 ms costs the cluster
+0.10-0.11 cores, 10 ms 0.08-0.10, 20 ms 0.08 and 50 ms 0.07-0.08, while new data waits about 3, 5, 10 and
+25 ms on tansu to be noticed."""
 IDLE_STALE_MS = 10.0
 """A read of an idle cluster whose freshness was last proven longer ago than this proves it first: one
 fetch of every partition's end (``Cluster._prove_fresh``, about 1.3 ms on tansu), shared by every read that
@@ -1003,7 +1006,13 @@ class Cluster:
                 pass
         else:
             raw = list(self._owner_status)
-        watermark, staleness = self.watermark, self.staleness_ms()
+        staleness = self.staleness_ms()
+        if self._idling and (staleness is None or staleness > IDLE_STALE_MS):
+            # an idle cluster's own proof is up to two long-poll waits old: status (and the metrics and health
+            # built on it) proves it now instead, as reads do, so no figure it shows says more than IDLE_STALE_MS
+            if self._prove_fresh(time.time(), time.monotonic() + 0.05) is not None:
+                staleness = self.staleness_ms()
+        watermark = self.watermark
         for p in range(self.P):
             s = raw[p]
             parts.append(
