@@ -760,20 +760,22 @@ class Cluster:
     def await_txn(self, txn_id: str, offsets: Offsets, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the verdict on transaction ``txn_id`` and, on a commit, until its
         ``offsets`` are visible.  True: applied and visible; False: not known yet (ask again);
-        ``WriteRejectedError`` (naming the partition and the mutation): aborted, nothing of it applied."""
+        ``WriteRejectedError`` (naming the partition and the mutation): aborted, nothing of it applied.
+
+        The write is in the log whatever happens here, so a cluster that is down, starting or recovering
+        gives False (the caller says PENDING), never an error that would read as "not written"."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while (d := self.txns.verdicts.get(txn_id)) is None:
-                self._raise_if_down()
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.error is not None:
                     return False
                 self._cond.wait(min(left, 0.1))
         if not d.commit:
             raise WriteRejectedError(f"nothing of this write was applied: {d.message}")
         try:
             self.wait_for(offsets, max(0.0, deadline - time.monotonic()))
-        except StalenessDeadlineError:
+        except (StalenessDeadlineError, PartitionUnavailableError):
             return False
         return True
 
