@@ -578,16 +578,12 @@ class Cluster:
             return
         now = time.monotonic()
         with self._cond:
-            for v in votes:  # a holder that has not heard its decision (or replays after a rollback) hears it again
-                known = self.txns.verdicts.get(v.tag.txn_id)
-                if known is not None and not v.final:
-                    self._txn_out[v.partition][v.tag.txn_id] = known
-            alone = self.txns.observe(votes, now)  # decided by their owners: nothing to send
+            alone, resend = self.txns.observe(votes, now)  # alone: decided by their owners, nothing to send
+            for p, d in resend:
+                self._txn_out[p][d.txn_id] = d
             visible = [self.freshness.partition_visible_ms(p) for p in range(self.P)]
             replaying = self.replaying or self.recovery is not None
             decided = self.txns.decide(self.round_id, visible, now, replaying=replaying)
-            if alone:
-                self._cond.notify_all()
             for d in decided:
                 for p in d.parts:
                     self._txn_out[p][d.txn_id] = d
@@ -598,7 +594,7 @@ class Cluster:
                     "committed" if d.commit else "aborted: ",
                     d.message,
                 )
-            if decided:
+            if alone or decided:
                 self._cond.notify_all()
 
     def _expire_pending(self, reports: list) -> None:
@@ -935,7 +931,7 @@ class Cluster:
                     sleep=self._cond.wait,
                     before_check=lambda _now_ms: self._raise_if_down(),
                 )
-            # an idle cluster's own proof is 50-100 ms old (IDLE_WAIT_MS): a read whose bound it meets still
+            # an idle cluster's own proof is 20-45 ms old (IDLE_WAIT_MS): a read whose bound it meets still
             # refreshes it rather than report a staleness an idle cluster need not have (IDLE_STALE_MS)
             old_idle_proof = (
                 verdict.met and self._idling and (verdict.staleness_ms is None or verdict.staleness_ms > IDLE_STALE_MS)

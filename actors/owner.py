@@ -27,7 +27,17 @@ from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
 from clustergnn.rules import rules_from_dgl
-from clustergnn.txn import CommittedTxns, TxnDecision, TxnTag, TxnVote, adds_of, decides_alone, own_decision
+from clustergnn.txn import (
+    CommittedTxns,
+    TxnDecision,
+    TxnTag,
+    TxnVote,
+    adds_of,
+    decides_alone,
+    own_decision,
+    pack_strings,
+    unpack_strings,
+)
 
 if TYPE_CHECKING:
     from clustergnn.snapshot import Manifest, PartInfo
@@ -82,9 +92,8 @@ def pending_arrays(pending: list[_Pending]) -> dict[str, np.ndarray]:
         "sizes": np.array([len(p.batch) for p in pending], dtype=np.int64),
         "offsets": np.array([p.offset for p in pending], dtype=np.int64),
         "timestamps_ms": np.array([p.timestamp_ms for p in pending], dtype=np.int64),
-        "txn_lens": np.array([len(p.txn.encode()) if p.txn else -1 for p in pending], dtype=np.int64),
-        "txn_bytes": np.frombuffer(b"".join(p.txn.encode() for p in pending if p.txn), dtype=np.uint8),
     }
+    cols["txn_lens"], cols["txn_bytes"] = pack_strings([str(p.txn) if p.txn else None for p in pending])
     return {PENDING_PREFIX + k: np.ascontiguousarray(v).copy() for k, v in cols.items()}
 
 
@@ -95,11 +104,8 @@ def pending_from_arrays(arrays: Mapping[str, np.ndarray], now_s: float) -> list[
         return []
     batch = MutationBatch(c["kind"], c["src"], c["dst"], torch.from_numpy(c["features"]))
     starts = np.concatenate([[0], np.cumsum(c["sizes"])]).astype(np.int64)
-    lens = c.get("txn_lens", np.full(len(c["offsets"]), -1)).tolist()
-    raw, at, tags = bytes(c.get("txn_bytes", np.zeros(0, np.uint8))), 0, []
-    for n in lens:
-        tags.append(TxnTag.decode(raw[at : at + n]) if n >= 0 else None)
-        at += max(n, 0)
+    raw = unpack_strings(c.get("txn_lens", np.full(len(c["offsets"]), -1)), c.get("txn_bytes", np.zeros(0, np.uint8)))
+    tags = [TxnTag.decode(t.encode()) if t is not None else None for t in raw]
     return [
         _Pending(batch.slice(int(starts[i]), int(starts[i + 1])), int(off), int(ts), now_s, tags[i])
         for i, (off, ts) in enumerate(zip(c["offsets"].tolist(), c["timestamps_ms"].tolist(), strict=True))
@@ -277,7 +283,7 @@ class PartitionOwner:
         self._final_votes = []
         if decisions:
             self._decisions.update(decisions)
-        held = self._held is not None and self._held.txn is not None and self._held.txn.txn_id not in self._decisions
+        held = self._held is not None and self._held.txn.txn_id not in self._decisions
         polled = (
             [] if held else self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
         )
@@ -383,8 +389,8 @@ class PartitionOwner:
             "round_id": self.round_id,
             "timestamp_ms": rec.timestamp_ms,
         }
-        if rec.txn.txn_id in self.done:  # a retry of a transaction this partition applied: nothing to judge
-            return TxnVote(**vote, duplicate=True)
+        if rec.txn.txn_id in self.done:  # a copy of a transaction this partition applied: committed, then skipped
+            return TxnVote(**vote)
         if self.consumer.was_dead_lettered(self.partition, rec.offset):  # aborted in an earlier life
             return TxnVote(**vote, error_code=DecodeErrorCode.TXN_ABORTED.value, error="aborted before a restart")
         try:

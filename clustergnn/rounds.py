@@ -183,9 +183,9 @@ def run_round(
     ingest_extra: Sequence[tuple[Any, ...]] | None = None,
 ) -> RoundOutcome:
     """Run round ``round_id``; ``prefetched`` are its ingest reports when the previous round fused them;
-    ``ingest_extra[p]`` is appended to partition ``p``'s arguments of whichever ingest this call runs
-    (the Ray owners take the coordinator's transaction decisions so; ``RoundOutcome.ingested`` says
-    whether one ran).
+    ``ingest_extra[p]`` is appended to partition ``p``'s arguments of the first ingest this call runs, and
+    of that one only (the Ray owners take the coordinator's transaction decisions so, once;
+    ``RoundOutcome.ingested`` says whether one ran).
 
     Adds busy rounds, messages, bytes and step times to ``stats`` (the caller counts rounds, mutations).
     """
@@ -217,7 +217,9 @@ def run_round(
         if li < L - 1:
             outs = fan_out("layer", [(li, inbox[p]) for p in range(P)])
         elif options.fuse_next_ingest:
-            args = [(inbox[p], round_id + 1, options.max_records, *extra[p]) for p in range(P)]
+            # ``ingest_extra`` goes to one ingest per call: the plain one above if it ran, else this one
+            more = [()] * P if ingested else extra
+            args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(P)]
             ingested = True
             both = fan_out("finish_round_then_ingest", args)
             finished, next_reports = [x[0] for x in both], [x[1] for x in both]

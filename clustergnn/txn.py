@@ -51,8 +51,11 @@ class TxnTag:
         if not self.parts or list(self.parts) != sorted(set(self.parts)) or self.parts[0] < 0:
             raise ValueError(f"transaction {self.txn_id}: parts must be distinct partitions, sorted: {self.parts}")
 
+    def __str__(self) -> str:
+        return f"{self.txn_id};{','.join(map(str, self.parts))}"
+
     def encode(self) -> bytes:
-        return f"{self.txn_id};{','.join(map(str, self.parts))}".encode()
+        return str(self).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> TxnTag:
@@ -76,7 +79,6 @@ class TxnVote:
     error: str = ""
     unknown: tuple[int, ...] = ()  # remote edge sources this partition has never heard of
     adds: tuple[int, ...] = ()  # vertices the part adds
-    duplicate: bool = False  # this partition already applied a transaction with this id (a retry)
     final: bool = False  # a transaction of this partition alone, decided by the owner itself (below)
 
     @property
@@ -94,6 +96,7 @@ class TxnDecision:
     message: str = ""
     culprit: int | None = None
     parts: tuple[int, ...] = ()  # the partitions holding a part (they hear the decision)
+    round_id: int = 0  # the newest vote it was decided on: a later vote is from a holder that must hear it again
 
     def reason_for(self, partition: int) -> str:
         return self.code if partition == self.culprit or self.culprit is None else ABORTED
@@ -119,13 +122,21 @@ class TxnBook:
         self.open: dict[str, _Open] = {}
         self.verdicts: collections.OrderedDict[str, TxnDecision] = collections.OrderedDict()
 
-    def observe(self, votes: Iterable[TxnVote], now_s: float) -> list[TxnDecision]:
-        """Record the latest vote per (transaction, partition); votes on decided transactions are ignored
-        (the holder has not heard the decision yet).  A ``final`` vote is the verdict of a transaction
-        its owner decided alone (:func:`own_decision`); those verdicts are returned."""
-        out = []
+    def observe(
+        self, votes: Iterable[TxnVote], now_s: float
+    ) -> tuple[list[TxnDecision], list[tuple[int, TxnDecision]]]:
+        """Record the latest vote per (transaction, partition).  Returns the verdicts of ``final`` votes (a
+        transaction its owner decided alone, :func:`own_decision`) and ``(partition, decision)`` to send
+        again: a vote on a decided transaction taken after the decision's own votes comes from a holder
+        that must hear it (one that replays after a rollback, or holds a copy written again with the same
+        id); older votes (a report read twice) are ignored, so nothing is sent twice to an owner that
+        already applied it."""
+        out, resend = [], []
         for v in votes:
-            if v.tag.txn_id in self.verdicts:
+            known = self.verdicts.get(v.tag.txn_id)
+            if known is not None:
+                if not v.final and v.round_id > known.round_id:
+                    resend.append((v.partition, known))
                 continue
             if v.final:
                 d = own_decision(v)
@@ -137,7 +148,7 @@ class TxnBook:
             old = t.votes.get(v.partition)
             if old is None or v.round_id >= old.round_id:
                 t.votes[v.partition] = v
-        return out
+        return out, resend
 
     def decide(
         self, round_id: int, visible_ms: Sequence[float | None], now_s: float, *, replaying: bool = False
@@ -148,7 +159,7 @@ class TxnBook:
         for txn_id, t in list(self.open.items()):
             d = self._decide_one(t, round_id, visible_ms, now_s, replaying)
             if d is not None:
-                d = replace(d, parts=t.tag.parts)
+                d = replace(d, parts=t.tag.parts, round_id=max(v.round_id for v in t.votes.values()))
                 del self.open[txn_id]
                 self.verdicts[txn_id] = d
                 out.append(d)
@@ -227,7 +238,7 @@ def decides_alone(vote: TxnVote) -> bool:
 def own_decision(vote: TxnVote) -> TxnDecision:
     """The decision a ``final`` vote stands for."""
     if vote.ok:
-        return TxnDecision(vote.tag.txn_id, True, parts=vote.tag.parts)
+        return TxnDecision(vote.tag.txn_id, True, parts=vote.tag.parts, round_id=vote.round_id)
     return TxnDecision(
         vote.tag.txn_id,
         False,
@@ -235,6 +246,7 @@ def own_decision(vote: TxnVote) -> TxnDecision:
         f"partition {vote.partition} rejected its part: {vote.error}",
         vote.partition,
         vote.tag.parts,
+        vote.round_id,
     )
 
 
@@ -277,12 +289,9 @@ class CommittedTxns:
             self._ids.popitem(last=False)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        raw = [k.encode() for k in self._ids]
-        return {
-            self.PREFIX + "lens": np.array([len(b) for b in raw], dtype=np.int64),
-            self.PREFIX + "bytes": np.frombuffer(b"".join(raw), dtype=np.uint8).copy(),
-            self.PREFIX + "ts": np.array(list(self._ids.values()), dtype=np.int64),
-        }
+        lens, raw = pack_strings(list(self._ids))
+        ts = np.array(list(self._ids.values()), dtype=np.int64)
+        return {self.PREFIX + "lens": lens, self.PREFIX + "bytes": raw, self.PREFIX + "ts": ts}
 
     @classmethod
     def from_arrays(cls, arrays, window_ms: float, max_entries: int = 1_000_000) -> CommittedTxns:
@@ -290,8 +299,23 @@ class CommittedTxns:
         out = cls(window_ms, max_entries)
         if cls.PREFIX + "lens" not in arrays:
             return out
-        raw, at = bytes(arrays[cls.PREFIX + "bytes"]), 0
-        for n, ts in zip(arrays[cls.PREFIX + "lens"].tolist(), arrays[cls.PREFIX + "ts"].tolist(), strict=True):
-            out.add(raw[at : at + n].decode(), ts)
-            at += n
+        ids = unpack_strings(arrays[cls.PREFIX + "lens"], arrays[cls.PREFIX + "bytes"])
+        for txn_id, ts in zip(ids, arrays[cls.PREFIX + "ts"].tolist(), strict=True):
+            out.add(txn_id, ts)
         return out
+
+
+def pack_strings(items: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` as snapshot arrays: UTF-8 lengths (int64, -1 for None) and the bytes concatenated (uint8)."""
+    raw = [x.encode() if x is not None else b"" for x in items]
+    lens = np.array([len(b) if x is not None else -1 for b, x in zip(raw, items, strict=True)], dtype=np.int64)
+    return lens, np.frombuffer(b"".join(raw), dtype=np.uint8).copy()
+
+
+def unpack_strings(lens: np.ndarray, raw: np.ndarray) -> list[str | None]:
+    """Inverse of :func:`pack_strings`."""
+    data, at, out = bytes(raw), 0, []
+    for n in lens.tolist():
+        out.append(data[at : at + n].decode() if n >= 0 else None)
+        at += max(n, 0)
+    return out

@@ -96,17 +96,17 @@ class PolledBatch:
         )
 
 
-def _txn_tag(raw: bytes, partition: int, decoded: DecodedRecord) -> tuple[TxnTag | None, DecodedRecord | DecodeError]:
-    """The record's transaction tag, or a dead-letter reason when it does not parse or leaves this partition out."""
+def _txn_tag(raw: bytes, partition: int) -> TxnTag | DecodeError:
+    """The record's transaction tag, or why it is dead-lettered: it does not parse, or leaves this partition out."""
     try:
         tag = TxnTag.decode(raw)
     except ValueError as e:
-        return None, DecodeError(DecodeErrorCode.BAD_TXN_TAG, str(e))
+        return DecodeError(DecodeErrorCode.BAD_TXN_TAG, str(e))
     if partition not in tag.parts:
-        return None, DecodeError(
+        return DecodeError(
             DecodeErrorCode.BAD_TXN_TAG, f"transaction {tag.txn_id} names partitions {list(tag.parts)}, not {partition}"
         )
-    return tag, decoded
+    return tag
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,11 @@ class MutationConsumer:
                 decoded = decode_record(rec.value, rec.key, partition, self.partition_map, self.feature_dim)
                 raw = next((v for k, v in rec.headers or () if k == H_TXN), None)
                 if raw is not None and not isinstance(decoded, DecodeError):
-                    tag, decoded = _txn_tag(raw, partition, decoded)
+                    checked = _txn_tag(raw, partition)
+                    if isinstance(checked, DecodeError):
+                        decoded = checked
+                    else:
+                        tag = checked
             except Exception as exc:  # a decoder bug must not stop ingestion: the record is dead-lettered
                 logger.exception("decoder failed on %s[%s]@%s", self.topic, partition, rec.offset)
                 decoded = DecodeError(DecodeErrorCode.DECODE_FAILED, f"the decoder failed: {exc!r}")

@@ -23,9 +23,10 @@ from kafka.producer.future import FutureRecordMetadata
 
 from clustergnn.mutations import MutationBatch, feature_kinds_mask
 from clustergnn.partition import PartitionMap, split_by_owner
+from clustergnn.txn import TxnTag
 from streams.errors import StreamError
 from streams.topics import DEFAULT_MAX_MESSAGE_BYTES
-from streams.wire import Compression, Format, encode_arrow_columns, encode_json_columns
+from streams.wire import H_TXN, Compression, Format, encode_arrow_columns, encode_json_columns
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +148,6 @@ class MutationProducer:
 
         ``StreamError`` (nothing written) when one partition's part would exceed ``max_txn_record_bytes``
         (the topic's ``max.message.bytes``): split the write.  Returns the offset per partition."""
-        from clustergnn.txn import TxnTag
-        from streams.wire import H_TXN
-
         self._check_topic()
         parts = sorted(split_by_owner(batch, self.partition_map).items())
         tag = TxnTag(txn_id, tuple(p for p, _ in parts)).encode()

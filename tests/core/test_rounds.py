@@ -40,8 +40,8 @@ class FakePartition:
     def _report(self) -> Report:
         return Report(self.busy, self.defer, self._out() if self.busy else {})
 
-    def ingest(self, round_id: int, max_records: int | None) -> Report:
-        self.calls.append(("ingest", round_id))
+    def ingest(self, round_id: int, max_records: int | None, *extra: Any) -> Report:
+        self.calls.append(("ingest", round_id, *extra))
         return self._report()
 
     def retry(self, inbox: list[Msg]) -> Report:
@@ -62,9 +62,9 @@ class FakePartition:
         return f"summary{self.p}"
 
     def finish_round_then_ingest(
-        self, inbox: list[Msg], next_round: int, max_records: int | None
+        self, inbox: list[Msg], next_round: int, max_records: int | None, *extra: Any
     ) -> tuple[str, Report]:
-        return self.finish_round(inbox), self.ingest(next_round, max_records)
+        return self.finish_round(inbox), self.ingest(next_round, max_records, *extra)
 
 
 class FakeClock:
@@ -138,3 +138,21 @@ def test_deliver_keeps_sender_order_per_receiver() -> None:
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="got 0, 2"):
         RoundOptions(0, 2)
+
+
+def test_ingest_extra_goes_to_the_first_ingest_of_a_call_only() -> None:
+    """The coordinator's transaction decisions ride on it: delivered twice, an owner would keep the second
+    copy of a decision it already applied (for ever)."""
+    ps = parts(2)
+    opts = RoundOptions(2, 2, max_records=100, fuse_next_ingest=True)
+    extra = [("d0",), ("d1",)]
+    first = run_round(local_fan_out(ps), 1, opts, RoundStats(), ingest_extra=extra)
+    assert first.ingested
+    assert [c for c in ps[1].calls if c[0] == "ingest"] == [("ingest", 1, "d1"), ("ingest", 2)]
+    second = run_round(local_fan_out(ps), 2, opts, RoundStats(), prefetched=first.next_reports, ingest_extra=extra)
+    assert second.ingested and [c for c in ps[1].calls if c[0] == "ingest"][-1] == ("ingest", 3, "d1")
+    idle = parts(2, busy=False)
+    out = run_round(
+        local_fan_out(idle), 1, opts, RoundStats(), prefetched=[p._report() for p in idle], ingest_extra=extra
+    )
+    assert not out.ingested and not any(c[0] == "ingest" for c in idle[0].calls)

@@ -164,13 +164,18 @@ def test_book_missing_part_aborts_when_its_partition_is_past_it_and_backstop() -
     assert not d.commit and "no decision after 5 s" in d.message
 
 
-def test_votes_on_decided_transactions_are_ignored() -> None:
-    book = TxnBook(1, grace_ms=250, backstop_s=5)
-    t = TxnTag("t", (0,))
-    book.observe([_vote(t, 0)], 0.0)
-    assert book.decide(1, [None], 0.0)[0].commit
-    book.observe([_vote(t, 0, error_code="invalid_mutation", error="x")], 0.0)
-    assert book.decide(2, [None], 0.0) == [] and book.verdicts["t"].commit
+def test_votes_on_decided_transactions_change_nothing_and_only_later_ones_hear_it_again() -> None:
+    book = TxnBook(2, grace_ms=250, backstop_s=5)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0, rnd=4), _vote(t, 1, rnd=5)], 0.0)
+    (d,) = book.decide(5, [None, None], 0.0)
+    assert d.commit and d.round_id == 5
+    # the same reports read again (a prefetched ingest): nothing to send, or an owner keeps it forever
+    assert book.observe([_vote(t, 0, rnd=4), _vote(t, 1, rnd=5)], 0.0) == ([], [])
+    # a vote taken after the decision (a replay, or a copy with the same id) is sent the decision again
+    _, resend = book.observe([_vote(t, 1, rnd=6, error_code="invalid_mutation", error="x")], 0.0)
+    assert resend == [(1, d)]
+    assert book.decide(6, [None, None], 0.0) == [] and book.verdicts["t"].commit
 
 
 def test_a_transaction_of_one_partition_is_decided_by_its_owner() -> None:
@@ -181,7 +186,10 @@ def test_a_transaction_of_one_partition_is_decided_by_its_owner() -> None:
     assert decides_alone(_vote(one, 1)) and decides_alone(_vote(one, 1, error_code="invalid_mutation", error="x"))
     assert not decides_alone(_vote(one, 1, unknown=(8,))), "an unknown source needs the other partitions"
     assert not decides_alone(_vote(two, 1)), "a part of a wider transaction needs the other votes"
-    (d,) = book.observe([_vote(one, 1, final=True, error_code="invalid_mutation", error="vertex 3 exists")], 0.0)
+    (d,), resend = book.observe(
+        [_vote(one, 1, final=True, error_code="invalid_mutation", error="vertex 3 exists")], 0.0
+    )
+    assert resend == []
     assert not d.commit and d.culprit == 1 and "vertex 3 exists" in d.message and book.verdicts["a"] is d
     assert book.open == {} and book.decide(1, [None, None], 0.0) == []
 
