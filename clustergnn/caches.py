@@ -184,22 +184,42 @@ class Caches:
             out[name] = getattr(self, name)
         return out
 
-    def export_rows(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+    # The tables a ghost never uses: a ghost is a source whose messages its owner sends (``msg``), it has
+    # no layer outputs, aggregates or self terms here, so those rows stay zero (tests/core/test_state.py)
+    GHOST_FREE = ("h", "agg", "selfc")
+
+    def _rows_of(self, name: str, idx: torch.Tensor, own_idx: torch.Tensor) -> torch.Tensor:
+        return own_idx if name.rstrip("0123456789") in self.GHOST_FREE else idx
+
+    def export_rows(self, slots: np.ndarray, ghosts: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Rows ``slots`` of every table and per-slot array, as numpy copies (named as in :meth:`row_specs`).
         The values are the caches' own bits (float64 aggregates stay float64), so loading them back
-        gives the same tables."""
+        gives the same tables.  ``ghosts`` (a mask over ``slots``): the tables of :attr:`GHOST_FREE`
+        keep only the rows of the other slots (a ghost's are zero)."""
         idx = self.t(slots)
+        own_idx = idx if ghosts is None else self.t(slots[~ghosts])
         out = {}
         for name, t in self._named().items():
-            out[name] = t.index_select(0, idx).cpu().numpy() if isinstance(t, torch.Tensor) else t[slots].copy()
+            if isinstance(t, torch.Tensor):
+                out[name] = t.index_select(0, self._rows_of(name, idx, own_idx)).cpu().numpy()
+            else:
+                out[name] = t[slots].copy()
         return out
 
-    def load_rows(self, slots: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
-        """Write rows ``slots`` from ``arrays`` (checked by the caller against :meth:`row_specs`)."""
+    def ghost_free_names(self) -> set[str]:
+        """The names in :meth:`row_specs` of the tables that ``export_rows(..., ghosts)`` shortens."""
+        return {name for name in self._named() if name.rstrip("0123456789") in self.GHOST_FREE}
+
+    def load_rows(self, slots: np.ndarray, arrays: dict[str, np.ndarray], ghosts: np.ndarray | None = None) -> None:
+        """Write rows ``slots`` from ``arrays`` (checked by the caller against :meth:`row_specs`), as
+        :meth:`export_rows` wrote them with the same ``ghosts``; ghost rows of the shortened tables are
+        left as they are (zero in a new engine)."""
         idx = self.t(slots)
+        own_idx = idx if ghosts is None else self.t(slots[~ghosts])
         for name, t in self._named().items():
             if isinstance(t, torch.Tensor):
-                t.index_copy_(0, idx, torch.from_numpy(np.ascontiguousarray(arrays[name])).to(self.device))
+                src = torch.from_numpy(np.ascontiguousarray(arrays[name])).to(self.device)
+                t.index_copy_(0, self._rows_of(name, idx, own_idx), src)
             else:
                 t[slots] = arrays[name]
 

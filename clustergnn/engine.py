@@ -191,7 +191,8 @@ class Engine(Propagation):
         live slots only, every cache with its own bits; :meth:`from_state` continues bit for bit
         (:mod:`clustergnn.state` says why).  Between batches only."""
         g = self.graph.export()
-        arrays = {**engine_state.graph_arrays(g), **self.caches.export_rows(g.slots)}
+        ghosts = self.ghost[g.slots] if self.HAS_GHOSTS else None
+        arrays = {**engine_state.graph_arrays(g), **self.caches.export_rows(g.slots, ghosts)}
         kinds = engine_state.rule_kinds(self.rules)
         meta = engine_state.StateMeta(
             self.round, self.stats["batches"], self.stats["mutations"], g.next_slot, tuple(self.dims), kinds
@@ -224,12 +225,20 @@ class Engine(Propagation):
         meta.check_rules(engine_state.rule_kinds(self.rules))
         g = engine_state.graph_state(arrays, meta)
         specs = self.caches.row_specs()
-        engine_state.check_rows(arrays, specs, len(g.slots))  # names the expected and the found shape
         engine_state.check_no_extra(arrays, set(specs) | set(engine_state.GRAPH_ARRAYS))
+        n = len(g.slots)
+        ghosts = None
+        if self.HAS_GHOSTS and meta.format_version >= 2:  # a ghost's zero rows are not written (Caches.export_rows)
+            engine_state.check_rows(arrays, {"ghost": specs["ghost"]}, n)
+            ghosts = arrays["ghost"]
+            short = self.caches.ghost_free_names()
+            engine_state.check_rows(arrays, {k: v for k, v in specs.items() if k in short}, n - int(ghosts.sum()))
+            specs = {k: v for k, v in specs.items() if k not in short}
+        engine_state.check_rows(arrays, specs, n)  # names the expected and the found shape
         meta.check_dims(self.dims)
         self.graph.load(g)
         self._grow(self.graph.capacity)
-        self.caches.load_rows(g.slots, arrays)
+        self.caches.load_rows(g.slots, arrays, ghosts)
         self.round = meta.round
         self.stats = {"batches": meta.batches, "mutations": meta.mutations}
 

@@ -12,9 +12,10 @@ array                               shape, dtype         what
 ``in_indptr``, ``in_nbrs``          CSR, int64 / int32   each live vertex's in-edges, in block order
 ``out_indptr``, ``out_nbrs``        CSR, int64 / int32   each live vertex's out-edges, in block order
 ``free``                            ``(k,)`` int64       dead slots, in the order new vertices take them
-``h0`` .. ``hL``                    ``(n, D_l)`` f32     features and every layer's output
-``msg{l}``, ``selfc{l}``            ``(n, D)`` f32       cached messages and self terms
-``agg{l}``                          ``(n, D)`` f64/f32   aggregates (float64 for sums), absent for GAT
+``h0`` .. ``hL``                    ``(n', D_l)`` f32    features and every layer's output
+``msg{l}``                          ``(n, D)`` f32       cached messages
+``selfc{l}``                        ``(n', D)`` f32      self terms
+``agg{l}``                          ``(n', D)`` f64/f32  aggregates (float64 for sums), absent for GAT
 ``version``, ``remote_out``         ``(n,)`` int64       per vertex: round of the last change; remote
                                                          out-degree
 ``ghost``                           ``(n,)`` bool        mirrors another partition's vertex
@@ -22,7 +23,10 @@ array                               shape, dtype         what
 ``dir_ids``, ``dir_states`` (part.) ``(m,)`` int64/int8  the directory's known ids: live or removed
 ==================================  ===================  ==============================================
 
-and ``meta`` (:class:`StateMeta`): the round counter, batch and mutation counts, the slot high-water
+where ``n'`` counts the slots that are not ghosts: a ghost (a remote source) has only messages, which
+its owner sends, and its rows of the other tables are zero, so they are not written (format version 2;
+a version-1 state, with every row, is read too).  In a partition of a random graph most slots are
+ghosts, and this makes a snapshot 2-3x smaller.  And ``meta`` (:class:`StateMeta`): the round counter, batch and mutation counts, the slot high-water
 mark, the model's widths and rule kinds, the partition and P.
 
 **Why a restore is exact.**  Every array is the engine's own bits (no recompute, no float64 rounded to
@@ -48,7 +52,7 @@ from clustergnn.errors import ClusterGNNError
 from clustergnn.graph import GraphState
 
 STATE_FORMAT = "clustergnn-engine-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: a partition does not write its ghosts' rows of h, agg, selfc (all zero); 1 is read too
 GRAPH_ARRAYS: dict[str, tuple[np.dtype, int]] = {  # name -> (dtype, rows relative to n: 0 = n, 1 = n + 1, -1 free)
     "slots": (np.dtype(np.int64), 0),
     "ids": (np.dtype(np.int64), 0),
@@ -76,6 +80,7 @@ class StateMeta:
     rules: tuple[str, ...]  # each layer's rule class, e.g. "SageRule"
     partition: int | None = None  # a PartitionEngine's partition, else None
     num_partitions: int | None = None
+    format_version: int = STATE_VERSION  # of the state read (from_json); export writes STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,8 +92,10 @@ class StateMeta:
         if not isinstance(d, Mapping) or d.get("format") != STATE_FORMAT:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise StateError(f"not an engine state: format must be {STATE_FORMAT!r}, got {got!r}")
-        if d.get("format_version") != STATE_VERSION:
-            raise StateError(f"engine state format_version must be {STATE_VERSION}, got {d.get('format_version')!r}")
+        if d.get("format_version") not in (1, STATE_VERSION):
+            raise StateError(
+                f"engine state format_version must be 1 or {STATE_VERSION}, got {d.get('format_version')!r}"
+            )
         try:
             return cls(
                 round=int(d["round"]),
@@ -99,6 +106,7 @@ class StateMeta:
                 rules=tuple(str(x) for x in d["rules"]),
                 partition=None if d.get("partition") is None else int(d["partition"]),
                 num_partitions=None if d.get("num_partitions") is None else int(d["num_partitions"]),
+                format_version=int(d["format_version"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"engine state meta is malformed: {e!r} in {dict(d)!r}") from e

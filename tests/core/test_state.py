@@ -315,3 +315,28 @@ def test_a_partition_restores_only_as_itself(tmp_path) -> None:
     cluster.snapshot(store)
     with pytest.raises(StateError, match="has 2 partitions, the partition map 3"):
         LocalCluster.restore(store, layers, HashPartitionMap(3))
+
+
+def test_a_partition_writes_no_ghost_rows_and_reads_version_1(tmp_path) -> None:
+    """Format 2 leaves out a ghost's rows of every table but the messages (they are zero); a version-1
+    state, with every row, restores to the same engine."""
+    layers, pmap = build("sage-mean", seed=4), HashPartitionMap(3)
+    _, cluster, batches = cluster_stream(pmap, layers, seed=11)
+    for b in batches:
+        cluster.apply(b)
+    rules = rules_from_dgl(layers, F_IN)
+    eng = cluster.engines[1]
+    arrays, meta = eng.export_state()
+    ghosts = arrays["ghost"]
+    assert meta["format_version"] == 2 and 0 < ghosts.sum() < len(ghosts)
+    assert len(arrays["h0"]) == len(arrays["agg1"]) == (~ghosts).sum() and len(arrays["msg0"]) == len(ghosts)
+    v2 = PartitionEngine.from_state(rules, arrays, meta, partition=1, partition_map=pmap)
+    assert_same_state(eng, v2, "version 2")
+    full = {**arrays, **eng.caches.export_rows(arrays["slots"])}  # every row, as version 1 wrote it
+    assert len(full["h0"]) == len(ghosts)
+    v1 = PartitionEngine.from_state(rules, full, {**meta, "format_version": 1}, partition=1, partition_map=pmap)
+    assert_same_state(eng, v1, "version 1")
+    with pytest.raises(StateError, match=r"array 'h0': expected shape \("):  # version 2 with every row
+        PartitionEngine.from_state(rules, full, meta, partition=1, partition_map=pmap)
+    with pytest.raises(StateError, match="format_version must be 1 or 2, got 3"):
+        PartitionEngine.from_state(rules, arrays, {**meta, "format_version": 3}, partition=1, partition_map=pmap)
