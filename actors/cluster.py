@@ -113,7 +113,8 @@ class Cluster:
         self._owns_ray = False
         from clustergnn.rules import rules_from_dgl
 
-        rules = rules_from_dgl(self.layers, self.feature_dim)
+        # the owners get the rules, not the DGL layers: an owner process then never imports DGL
+        self.rules = rules = rules_from_dgl(self.layers, self.feature_dim)
         self.num_layers = len(rules)
         self.dims = [self.feature_dim] + [r.out_dim for r in rules]
         self.model_digest = model_digest(self.layers, config.model)
@@ -174,13 +175,23 @@ class Cluster:
         from streams.topics import ensure_topics
 
         kc, cc = self.config.kafka, self.config.cluster
+        t0 = time.monotonic()
         manifest = self._find_snapshot()  # first: a snapshot that does not fit changes nothing
+        if manifest is not None:
+            log.info("snapshot %s found and verified in %.2fs", manifest.snapshot_id, time.monotonic() - t0)
         self.topic_created = False
         if kc.create_topics:
             self.topic_created = ensure_topics(kc.bootstrap, kc.topic, self.P, dead_letter_topic=kc.dlq).created
         self._owns_ray = init_ray(cc)
+        t_ray = time.monotonic()
         self.owners = [self._spawn_owner(p, manifest) for p in range(self.P)]
         ray.get([o.ping.remote() for o in self.owners], timeout=120)
+        t = ray.get([o.startup_timings.remote() for o in self.owners], timeout=30)
+        log.info(
+            "owners up %.1fs after Ray; slowest owner's start: %s",
+            time.monotonic() - t_ray,
+            ", ".join(f"{k.removesuffix('_s')} {max(x[k] for x in t):.2f}s" for k in t[0]),
+        )
         if cc.spare_owner:
             self._spare = self._spawn_owner(None, None)  # starts in the background
         if manifest is not None:
@@ -194,6 +205,7 @@ class Cluster:
                 manifest.round_id,
                 manifest.next_offsets,
             )
+        self._snap_last_s = time.monotonic()  # the next snapshot one interval from now, not during the start
         # NOT_SERVING until every partition has caught up with its log once (the replay after a restart;
         # on an empty log, the first two rounds): until then the state is older than what was served before
         self.healthy = False
@@ -204,7 +216,7 @@ class Cluster:
         return self
 
     def _owner_args(self, p: int | None, manifest) -> tuple[tuple, dict]:
-        return (p, self.config, self.layers, self.pmap, self.feature_dim, None, self._activation), {
+        return (p, self.config, self.rules, self.pmap, self.feature_dim, None, self._activation), {
             "restore_from": manifest
         }
 

@@ -42,6 +42,7 @@ P = 4, collegemsg loaded, idle, unit tests running beside) on the 2-core dev mac
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    log.info("serve starting (pid %s)", os.getpid())
     from actors.cluster import Cluster
     from actors.gateway.server import GatewayServer
 

@@ -26,7 +26,7 @@ from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
-from clustergnn.rules import rules_from_dgl
+from clustergnn.rules import LayerRule
 from clustergnn.txn import (
     CommittedTxns,
     TxnDecision,
@@ -112,6 +112,19 @@ def pending_from_arrays(arrays: Mapping[str, np.ndarray], now_s: float) -> list[
     ]
 
 
+def _process_start_s() -> float:
+    """When this process started (epoch seconds, from /proc; now where there is none): the imports before
+    ``__init__`` count too."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 def _device(config: Config) -> str:
     want = config.cluster.device
     if want == "auto":
@@ -136,7 +149,7 @@ class PartitionOwner:
         self,
         partition: int | None,
         config: Config,
-        layers: list[torch.nn.Module],
+        rules: list[LayerRule],
         partition_map: PartitionMap,
         feature_dim: int,
         start_offset: int | None = None,
@@ -145,6 +158,7 @@ class PartitionOwner:
     ) -> None:
         from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
 
+        t_init = time.time()
         torch.set_num_threads(1)  # P owners share the machine's cores
         self.partition = partition
         if partition is None:  # a spare: its process is up and everything imported; :meth:`adopt` makes it an owner
@@ -152,7 +166,6 @@ class PartitionOwner:
             return
         self.config = config
         self.device = _device(config)
-        rules = rules_from_dgl(list(layers), feature_dim)
         kw = dict(
             partition=partition,
             partition_map=partition_map,
@@ -166,6 +179,7 @@ class PartitionOwner:
         self._store = None
         self.consumer = None
         start_offset = self._load(restore_from, start_offset)
+        t_consumer = time.time()
         kc = config.kafka
         self.consumer = MutationConsumer(
             kc.bootstrap,
@@ -178,10 +192,19 @@ class PartitionOwner:
             kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
         )
         self.next_offset = start_offset or 0
+        t_recall = time.time()
         self._recall_dead_letters()
         self.pending_timeout_s = config.cluster.pending_timeout_s
         self._reset_round_state()
         self._started_s = time.time()
+        # where an owner's start goes (Cluster.start logs it): the process and its imports, the engine
+        # (empty or restored), the Kafka consumer, the dead-letter recall
+        self.startup = {
+            "process_s": t_init - _process_start_s(),
+            "restore_s": t_consumer - t_init,
+            "consumer_s": t_recall - t_consumer,
+            "recall_s": self._started_s - t_recall,
+        }
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
 
     def adopt(self, *args: Any, **kwargs: Any) -> int:
@@ -515,6 +538,10 @@ class PartitionOwner:
 
     def ping(self) -> int:
         return self.partition
+
+    def startup_timings(self) -> dict[str, float]:
+        """Seconds spent in each part of this owner's (last) start: see the end of ``__init__``."""
+        return dict(self.startup)
 
     def end_replay(self) -> None:
         """Every partition has caught up once: deferred mutations may time out again, counted from now."""

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from clustergnn import cpu_kernels
 from clustergnn import state as engine_state
-from clustergnn._dgl import dgl
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.caches import Caches, RowView, Scratch, gather_rows
 from clustergnn.errors import MutationError
@@ -43,10 +42,13 @@ from clustergnn.kernels import EdgeIndex
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.propagation import Propagation
 from clustergnn.recompute import recompute_all
-from clustergnn.reference import graph_to_dgl
 from clustergnn.results import ApplyResult, LayerDelta
 from clustergnn.rules import Activation, LayerRule, rules_from_dgl
 from clustergnn.transaction import Pending, StructureEditor, concat_slots
+
+if TYPE_CHECKING:  # DGL is imported where a DGL model or graph is handled: an engine built from rules
+    # (a partition owner's) never imports it (it costs a third of an owner process's start)
+    from clustergnn._dgl import dgl
 
 Mode = Literal["incremental", "khop", "full"]
 MODES: tuple[str, ...] = ("incremental", "khop", "full")
@@ -292,6 +294,8 @@ class Engine(Propagation):
 
     def to_dgl(self) -> tuple[dgl.DGLGraph, torch.Tensor, np.ndarray]:
         """The current graph as a DGL graph with its features, and the external id of each DGL node."""
+        from clustergnn.reference import graph_to_dgl
+
         return graph_to_dgl(self.graph, self.h[0])
 
     def memory_bytes(self) -> dict[str, int]:

@@ -25,17 +25,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from clustergnn._dgl import dglnn
 from clustergnn.aggregate import attention
 from clustergnn.aggregate import max as max_family
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, FinishKind
 from clustergnn.errors import UnsupportedModelError
 from clustergnn.kernels import EdgeIndex
+
+if TYPE_CHECKING:  # imported where DGL layers are turned into rules: rules themselves need no DGL
+    from clustergnn._dgl import dglnn
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 __all__ = [
@@ -176,6 +179,8 @@ class _Post(torch.nn.Module):
 
 
 def _post(layer: torch.nn.Module, attr: str = "activation") -> _Post:
+    from clustergnn._dgl import dglnn
+
     norm = getattr(layer, "norm", None) if isinstance(layer, dglnn.SAGEConv) else None
     return _Post(getattr(layer, attr, None), norm)
 
@@ -427,6 +432,8 @@ class GatRule(LayerRule):
 
 def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule]:
     """One rule per DGL layer, in order; ``UnsupportedModelError`` naming an unsupported layer."""
+    from clustergnn._dgl import dglnn
+
     if not layers:
         raise UnsupportedModelError("at least one layer is needed")
     rules: list[LayerRule] = []

@@ -26,8 +26,9 @@ array                               shape, dtype         what
 where ``n'`` counts the slots that are not ghosts: a ghost (a remote source) has only messages, which
 its owner sends, and its rows of the other tables are zero, so they are not written (format version 2;
 a version-1 state, with every row, is read too).  In a partition of a random graph most slots are
-ghosts, and this makes a snapshot 2-3x smaller.  And ``meta`` (:class:`StateMeta`): the round counter, batch and mutation counts, the slot high-water
-mark, the model's widths and rule kinds, the partition and P.
+ghosts, and this makes a snapshot 2-3x smaller.  And ``meta`` (:class:`StateMeta`): the round counter,
+batch and mutation counts, the slot high-water mark, the model's widths and rule kinds, the partition
+and P.
 
 **Why a restore is exact.**  Every array is the engine's own bits (no recompute, no float64 rounded to
 float32), for live slots only, so a restored engine needs no more capacity than ``next_slot``.  It is

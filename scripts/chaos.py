@@ -5,7 +5,8 @@ exactly-once system test and Flink's end-to-end sequence check).
 
 What runs: the embedded broker, one ``clustergnn serve`` process (the driver: coordinator, gateway and a
 local Ray with P partition owners) on 127.0.0.1, a producer thread writing at a steady rate through
-Kafka, and a reader thread calling ``GetEmbeddings`` over gRPC.  Faults, drawn from a seeded schedule:
+Kafka (every ``--txn-every``-th batch as one transaction, which must commit whatever is killed while an
+owner holds its part), and a reader thread calling ``GetEmbeddings`` over gRPC.  Faults, drawn from a seeded schedule:
 
 * ``owner``: SIGKILL of one partition owner's process (found among the driver's descendants);
 * ``driver``: SIGKILL of ``clustergnn serve`` (and the Ray processes it started), then a new ``serve``
@@ -151,11 +152,13 @@ class Workload:
     dim: int
     alive: list[int]
     next_id: int
+    mix: str = "steady"  # a key of MIXES
     seq: dict[int, int] = field(default_factory=dict)
     edges: list[tuple[int, int]] = field(default_factory=list)  # streamed edges (some gone with a vertex)
     _pos: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.first_streamed = self.next_id  # ids from here on were added by the stream
         self._pos = {v: i for i, v in enumerate(self.alive)}
         for v in self.alive:
             self.seq.setdefault(v, 0)
@@ -176,12 +179,21 @@ class Workload:
             self._pos[last] = i
         self.seq.pop(v)
 
+    # shares of vertex additions, edge additions, edge removals, feature updates, vertex removals
+    MIXES = {
+        # a graph that keeps its size, as a long-running one does: edges removed nearly as fast as added
+        # (of the streamed ones), vertices as fast as added (of the streamed ones while there are any)
+        "steady": (0.01, 0.45, 0.43, 0.10, 0.01),
+        # grows by ~45% of the rate in edges and 3% in vertices: at 10k/s the graph grows 5x in 15 minutes
+        "growing": (0.05, 0.60, 0.15, 0.18, 0.02),
+    }
+
     def batch(self, n: int) -> MutationBatch:
-        """``n`` mutations: 60% edge additions, 15% edge removals (of streamed edges), 18% feature updates,
-        5% vertex additions, 2% vertex removals; in one batch in that order of kinds: additions of vertices,
-        of edges, removals of edges, updates, removals of vertices (each valid after the ones before)."""
+        """``n`` mutations in the shares of ``MIXES[self.mix]``; in one batch in this order of kinds:
+        additions of vertices, of edges, removals of edges, updates, removals of vertices (each valid after
+        the ones before)."""
         rng = self.rng
-        kinds = rng.choice(5, size=n, p=[0.05, 0.60, 0.15, 0.18, 0.02])
+        kinds = rng.choice(5, size=n, p=list(self.MIXES[self.mix]))
         n_addv, n_adde, n_reme, n_upd, n_remv = (int((kinds == k).sum()) for k in range(5))
         parts = []
         if n_addv:
@@ -218,7 +230,9 @@ class Workload:
             parts.append(MutationBatch.update_features(vs, torch.from_numpy(f)))
         n_remv = min(n_remv, len(self.alive) - 16)
         if n_remv > 0:
-            vs = [int(v) for v in rng.choice(alive, n_remv, replace=False)]
+            streamed = alive[alive >= self.first_streamed] if self.mix == "steady" else alive
+            pool = streamed if len(streamed) >= n_remv else alive
+            vs = [int(v) for v in rng.choice(pool, n_remv, replace=False)]
             for v in vs:
                 self._drop(v)  # its streamed edges stay listed; a removal skips them (ids are never reused)
             parts.append(MutationBatch.remove_vertices(vs))
@@ -229,7 +243,9 @@ class Producer(threading.Thread):
     """Writes ``rate`` mutations/s in batches every ``tick_s``, each acknowledged before the next; keeps the
     log (what was acknowledged, in order) for the oracle; now and then a malformed record."""
 
-    def __init__(self, bootstrap: str, topic: str, pmap, work: Workload, rate: float, bad_every: int) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, pmap, work: Workload, rate: float, bad_every: int, txn_every: int = 0
+    ) -> None:
         super().__init__(name="chaos-producer", daemon=True)
         from kafka import KafkaProducer
 
@@ -238,6 +254,8 @@ class Producer(threading.Thread):
         self.producer = MutationProducer(bootstrap, topic, pmap)
         self.raw = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
         self.topic, self.P, self.work, self.rate, self.bad_every = topic, pmap.num_partitions, work, rate, bad_every
+        self.txn_every = txn_every  # every N-th batch is written as one transaction (all of it or none)
+        self.txns = 0
         self.log: list[MutationBatch] = []
         self.offsets: dict[int, int] = {}
         self.bad: list[tuple[int, int]] = []  # (partition, offset) of each malformed record
@@ -253,11 +271,16 @@ class Producer(threading.Thread):
         try:
             while not self.stop.is_set():
                 b = self.work.batch(per_tick)
-                for p, o in self.producer.send(b).items():
+                n += 1
+                if self.txn_every and n % self.txn_every == 0:
+                    written = self.producer.send_txn(b, f"chaos-{n}")
+                    self.txns += 1
+                else:
+                    written = self.producer.send(b)
+                for p, o in written.items():
                     self.offsets[p] = max(self.offsets.get(p, -1), o)
                 self.log.append(b)
                 self.mutations += len(b)
-                n += 1
                 if self.bad_every and n % self.bad_every == 0:
                     p = int(self.work.rng.integers(self.P))
                     md = self.raw.send(self.topic, value=b"not a mutation record", partition=p).get(timeout=30)
@@ -407,8 +430,8 @@ def run(args: argparse.Namespace) -> dict:
         feats = init.features.clone()
         feats[:, 0] = 0.0  # every vertex's sequence starts at 0 (only additions carry feature rows)
         init = MutationBatch(init.kind, init.src, init.dst, feats)
-        work = Workload(rng, args.dim, list(verts), next_id=int(max(verts)) + 1)
-        producer = Producer(broker.bootstrap, "chaos", pmap, work, args.rate, args.bad_every)
+        work = Workload(rng, args.dim, list(verts), next_id=int(max(verts)) + 1, mix=args.mix)
+        producer = Producer(broker.bootstrap, "chaos", pmap, work, args.rate, args.bad_every, args.txn_every)
         for p, o in producer.producer.send(init, timeout_s=120).items():
             producer.offsets[p] = o
         producer.log.append(init)
@@ -472,6 +495,7 @@ def run(args: argparse.Namespace) -> dict:
     result["reads"] = dict(reader.codes) if reader else {}
     result["read_watermark_regressions"] = reader.regressions if reader else None
     result["produced_mutations"] = producer.mutations if producer else 0
+    result["transactions"] = producer.txns if producer else 0
     result["workdir"] = str(work_dir)
     _ = load_layers  # the oracle loads the model itself
     return result
@@ -579,7 +603,8 @@ def table(res: dict) -> str:
         rate = res["produced_mutations"] / res["stream_s"] if res.get("stream_s") else float("nan")
         lines += [
             f"streamed {res.get('stream_s', float('nan')):.0f}s at {rate:,.0f} mutations/s (acknowledged)",
-            f"mutations produced {res['produced_mutations']}, lost {o['lost']}, doubled {o['doubled']}, "
+            f"mutations produced {res['produced_mutations']} ({res.get('transactions', 0)} batches as transactions), "
+            f"lost {o['lost']}, doubled {o['doubled']}, "
             f"max rel error {o['max_rel_error']:.2e} ({o['embeddings_off']} embeddings off)",
             f"vertices {o['vertices']}, edges {o['edges']}, updates lost {o['updates_lost']}",
             f"malformed records {o['malformed_sent']}, dead-lettered {o['malformed_dead_lettered']}, "
@@ -611,9 +636,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", dest="out", type=int, default=64)
     ap.add_argument("--snapshot-interval-s", type=float, default=10.0)
     ap.add_argument("--bad-every", type=int, default=200, help="a malformed record every N batches (0: none)")
+    ap.add_argument(
+        "--txn-every",
+        type=int,
+        default=10,
+        help="every N-th batch is written as one transaction (MutationProducer.send_txn; 0: none): all valid, "
+        "so every one must commit, across owner and driver kills",
+    )
     ap.add_argument("--port", type=int, default=50171)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--mix",
+        choices=sorted(Workload.MIXES),
+        default="steady",
+        help="steady: 45%% edge additions, 43%% edge removals, 10%% feature updates, 1%% vertex additions and "
+        "removals (the graph keeps its size); growing: 60/15/18/5/2 (the earlier default: 5x in 15 min at 10k/s)",
+    )
     ap.add_argument("--json", default="results/chaos.json")
     args = ap.parse_args(argv)
     if args.quick:

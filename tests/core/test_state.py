@@ -340,3 +340,32 @@ def test_a_partition_writes_no_ghost_rows_and_reads_version_1(tmp_path) -> None:
         PartitionEngine.from_state(rules, full, meta, partition=1, partition_map=pmap)
     with pytest.raises(StateError, match="format_version must be 1 or 2, got 3"):
         PartitionEngine.from_state(rules, arrays, {**meta, "format_version": 3}, partition=1, partition_map=pmap)
+
+
+def test_a_partition_from_pickled_rules_never_imports_dgl(tmp_path) -> None:
+    """An owner process gets rules, not DGL layers, and runs without importing DGL (a third of its start):
+    build, restore and update a partition from pickled rules in a fresh interpreter."""
+    import pickle
+    import subprocess
+    import sys
+
+    layers, pmap = build("mixed", seed=4), HashPartitionMap(2)
+    _, cluster, _ = cluster_stream(pmap, layers, seed=11)
+    arrays, meta = cluster.engines[0].export_state()
+    blob = tmp_path / "state.pkl"
+    blob.write_bytes(pickle.dumps((rules_from_dgl(layers, F_IN), pmap, arrays, meta)))
+    code = f"""
+import pickle, sys, torch
+from clustergnn.mutations import MutationBatch
+from clustergnn.partitioned import PartitionEngine
+rules, pmap, arrays, meta = pickle.loads(open({str(blob)!r}, "rb").read())
+eng = PartitionEngine.from_state(rules, arrays, meta, partition=0, partition_map=pmap)
+ids = eng.owned_ids()[:3]
+assert len(ids) == 3
+eng.check(MutationBatch.update_features(ids, torch.ones(3, {F_IN})))
+print(sorted(m for m in sys.modules if m == "dgl" or m.startswith("dgl.")))
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"DGL was imported: {out.stdout.strip()[:200]}"
