@@ -1037,7 +1037,10 @@ class Cluster:
                 )
             )
         rms = list(self.stats.round_ms)
-        extra = {f"step_{k}_ms_p50": float(np.percentile(list(v), 50)) for k, v in self.stats.step_ms.items() if v}
+        # a copy first: the round thread adds a step's first timing to this dict while status runs (it raised
+        # "dictionary changed size during iteration", and health went NOT_SERVING for that call)
+        steps = dict(self.stats.step_ms)
+        extra = {f"step_{k}_ms_p50": float(np.percentile(list(v), 50)) for k, v in steps.items() if v}
         extra |= {
             "staleness_ms": staleness if staleness is not None else -1.0,
             "rounds": float(self.stats.rounds),

@@ -86,6 +86,15 @@ def _arange(n: int, dtype: torch.dtype) -> torch.Tensor:
     return cur[:n]
 
 
+def _dgl_ops():
+    """``dgl.ops``, imported on first use and through :mod:`clustergnn._dgl` (its workaround for our torch:
+    a plain ``import dgl`` fails there).  A process that only runs rules (a partition owner) imports DGL
+    only when a segment reaches ``DGL_MIN_EDGES``."""
+    from clustergnn._dgl import dgl
+
+    return dgl.ops
+
+
 def _use_dgl(table: torch.Tensor, n_edges: int) -> bool:
     return table.device.type == "cpu" and n_edges >= DGL_MIN_EDGES
 
@@ -99,8 +108,7 @@ def segment_sum(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor | No
     if edges.n_edges == 0 or n_rows == 0:
         return table.new_zeros(n_rows, d)
     if _use_dgl(table, edges.n_edges):
-        import dgl.ops as ops
-
+        ops = _dgl_ops()
         block = edges.block(table.shape[0])
         if weight is None:
             return ops.copy_u_sum(block, table.contiguous())
@@ -114,8 +122,7 @@ def segment_sum(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tensor | No
 def edge_add(src_vals: torch.Tensor, dst_vals: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
     """``out[e] = src_vals[src[e]] + dst_vals[seg[e]]`` (GAT's attention logits, DGL's ``u_add_v``)."""
     if _use_dgl(src_vals, edges.n_edges) and edges.n_rows:
-        import dgl.ops as ops
-
+        ops = _dgl_ops()
         return ops.u_add_v(edges.block(src_vals.shape[0]), src_vals.contiguous(), dst_vals.contiguous())
     return src_vals[edges.src] + dst_vals[edges.seg]
 
@@ -124,8 +131,7 @@ def segment_sum_heads(table: torch.Tensor, edges: EdgeIndex, weight: torch.Tenso
     """Per-head weighted sums: table ``(N, H, F)``, weight ``(E, H)`` -> ``(n_rows, H * F)`` (GAT)."""
     n, h, f = table.shape
     if _use_dgl(table, edges.n_edges) and edges.n_rows:
-        import dgl.ops as ops
-
+        ops = _dgl_ops()
         out = ops.u_mul_e_sum(edges.block(n), table.contiguous(), weight.to(table.dtype).unsqueeze(2))
         return out.reshape(edges.n_rows, h * f)
     return torch.cat([segment_sum(table[:, k], edges, weight[:, k]) for k in range(h)], dim=1)
@@ -135,8 +141,7 @@ def segment_max(table: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
     """``out[r] = max_{e in row r} table[src[e]]`` elementwise; rows without edges are 0 (as in DGL)."""
     n_rows, d = edges.n_rows, table.shape[1]
     if _use_dgl(table, edges.n_edges) and n_rows:
-        import dgl.ops as ops
-
+        ops = _dgl_ops()
         out = ops.copy_u_max(edges.block(table.shape[0]), table.contiguous())
         return out.masked_fill_(torch.isneginf(out), 0.0)  # raw gspmm leaves edgeless rows at -inf
     out = torch.full((n_rows, d), float("-inf"), dtype=table.dtype, device=table.device)

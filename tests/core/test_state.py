@@ -344,7 +344,8 @@ def test_a_partition_writes_no_ghost_rows_and_reads_version_1(tmp_path) -> None:
 
 def test_a_partition_from_pickled_rules_never_imports_dgl(tmp_path) -> None:
     """An owner process gets rules, not DGL layers, and runs without importing DGL (a third of its start):
-    build, restore and update a partition from pickled rules in a fresh interpreter."""
+    build, restore and update a partition from pickled rules in a fresh interpreter; DGL's kernels are
+    imported when a segment is large enough, and work (through clustergnn._dgl's workaround)."""
     import pickle
     import subprocess
     import sys
@@ -364,6 +365,14 @@ ids = eng.owned_ids()[:3]
 assert len(ids) == 3
 eng.check(MutationBatch.update_features(ids, torch.ones(3, {F_IN})))
 print(sorted(m for m in sys.modules if m == "dgl" or m.startswith("dgl.")))
+# a segment large enough for DGL's kernel imports it then, through clustergnn._dgl's workaround
+from clustergnn.kernels import DGL_MIN_EDGES, EdgeIndex, segment_sum
+n = DGL_MIN_EDGES
+edges = EdgeIndex(torch.arange(n) % 7, torch.tensor([0, n // 2, n]))
+table = torch.arange(14.0).reshape(7, 2)
+out = segment_sum(table, edges)
+want = torch.stack([table[(torch.arange(n) % 7)[a:b]].sum(0) for a, b in ((0, n // 2), (n // 2, n))])
+assert torch.equal(out, want), (out, want)
 """
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
