@@ -416,6 +416,9 @@ class PartitionOwner:
             return TxnVote(**vote)
         if self.consumer.was_dead_lettered(self.partition, rec.offset):  # aborted in an earlier life
             return TxnVote(**vote, error_code=DecodeErrorCode.TXN_ABORTED.value, error="aborted before a restart")
+        behind = self.engine.behind_deferred(rec.batch)
+        if len(behind):  # judged once the mutations it would wait behind have applied (votes come every round)
+            return TxnVote(**vote, behind=tuple(int(x) for x in behind))
         try:
             unknown = self.engine.check(rec.batch)
         except (MutationError, UnknownVertexError) as exc:

@@ -322,6 +322,18 @@ class PartitionEngine(Engine):
             state = state[state != IdDirectory.REMOVED]
         return batch, is_edge, remote_edge, state
 
+    def behind_deferred(self, batch: MutationBatch) -> np.ndarray:
+        """The vertices ``batch`` touches (sources, and destinations of edges) that mutations deferred
+        earlier in the open round touch too (sorted): :meth:`ingest` would defer those rows behind them,
+        so :meth:`check` cannot judge ``batch`` until they apply (an edge whose addition waits for its
+        unknown source does not exist yet, and removing it now would be refused)."""
+        blocked = self._rs.blocked if self._rs is not None else None
+        if not blocked or len(batch) == 0:
+            return _EMPTY
+        is_edge = edge_kinds_mask(batch.kind)
+        touched = unique(np.concatenate([batch.src, batch.dst[is_edge]]).astype(np.int64))
+        return touched[np.isin(touched, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))]
+
     @torch.no_grad()
     def check(self, batch: MutationBatch) -> np.ndarray:
         """Would ``batch`` apply whole here, now?  ``MutationError`` naming the first problem if not;

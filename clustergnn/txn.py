@@ -79,6 +79,10 @@ class TxnVote:
     error: str = ""
     unknown: tuple[int, ...] = ()  # remote edge sources this partition has never heard of
     adds: tuple[int, ...] = ()  # vertices the part adds
+    # vertices the part touches that earlier, deferred mutations of this partition touch too (an edge
+    # added before the transaction, from a vertex not heard of yet): the part is judged once they apply,
+    # and until then nothing decides the transaction but the backstop
+    behind: tuple[int, ...] = ()
     final: bool = False  # a transaction of this partition alone, decided by the owner itself (below)
 
     @property
@@ -198,6 +202,16 @@ class TxnBook:
                     f"produced until {self.grace_ms:.0f} ms after the transaction)",
                 )
             return self._backstop(t, now_s, replaying, f"the parts for partitions {missing} have not arrived")
+        behind = [v for p, v in sorted(t.votes.items()) if v.behind]
+        if behind:
+            v = behind[0]
+            return self._backstop(
+                t,
+                now_s,
+                replaying,
+                f"partition {v.partition}'s part waits behind earlier mutations that wait for unknown vertices "
+                f"(it touches {list(v.behind[:3])})",
+            )
         adds = set().union(*(v.adds for v in t.votes.values()))
         unresolved = sorted(set().union(*(v.unknown for v in t.votes.values())) - adds)
         if not unresolved:
@@ -231,8 +245,9 @@ class TxnBook:
 def decides_alone(vote: TxnVote) -> bool:
     """A transaction wholly in the voter's partition needs no coordinator when its vote is a rejection or
     has no unknown source: the owner applies or dead-letters it at once (a round sooner) and reports
-    the vote as ``final``; with unknown sources it waits for the coordinator like any other."""
-    return vote.tag.parts == (vote.partition,) and (not vote.ok or not vote.unknown)
+    the vote as ``final``; with unknown sources, or behind deferred mutations, it waits for the
+    coordinator like any other (and votes again every round)."""
+    return vote.tag.parts == (vote.partition,) and (not vote.ok or not (vote.unknown or vote.behind))
 
 
 def own_decision(vote: TxnVote) -> TxnDecision:

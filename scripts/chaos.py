@@ -529,15 +529,17 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
         served_vertices = sum(p.num_vertices for p in st.partitions)
         served_edges = int(st.extra.get("edges", -1))
         chunk = config.gateway.max_ids_per_request
-        emb, feats = [], []
-        for i in range(0, len(ids), chunk):
-            emb.append(c.get_embeddings(ids[i : i + chunk], timeout_s=30).embeddings)
-            feats.append(c.get_embeddings(ids[i : i + chunk], input_features=True, timeout_s=30).embeddings)
-        emb, feats = np.concatenate(emb), np.concatenate(feats)
+        emb, missing = served(c, ids, chunk, len(single.embeddings(ids[:1])[0]))
+        feats, _ = served(c, ids, chunk, args.dim, input_features=True)
+    # a vertex the single engine has and the cluster does not: lost (its row compares as NaN, not as off)
+    emb[missing], feats[missing] = 0.0, 0.0
+    ids_missing = ids[missing]
     ref = single.embeddings(ids).numpy()
+    ref[missing] = 0.0
     err = float(np.abs(emb - ref).max() / max(1.0, float(np.abs(ref).max())))
     want_seq = np.array([work.seq[int(v)] for v in ids], dtype=np.int64)
     got_seq = feats[:, 0].astype(np.int64)
+    got_seq[missing] = want_seq[missing]  # a missing vertex is lost as a vertex, not again as its updates
     dlq = dead_letters(bootstrap, "chaos.dlq")
     bad = set(producer.bad)
     valid_dead = [k for k in dlq if k not in bad]
@@ -548,17 +550,38 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
         "updates_lost": int(np.clip(want_seq - got_seq, 0, None).sum()),
         "updates_ahead": int(np.clip(got_seq - want_seq, 0, None).sum()),
         "lost": int(np.clip(want_seq - got_seq, 0, None).sum())
-        + max(0, single.num_vertices - served_vertices)
+        + max(0, single.num_vertices - served_vertices, int(missing.sum()))
         + max(0, int(single.num_edges) - served_edges)
         + len(valid_dead),
         "doubled": max(0, served_vertices - single.num_vertices) + max(0, served_edges - int(single.num_edges)),
         "max_rel_error": err,
+        "vertices_missing": int(missing.sum()),
+        "vertices_missing_first": [int(v) for v in ids_missing[:10]],
         "embeddings_off": int((np.abs(emb - ref).max(axis=1) > 1e-5 * max(1.0, float(np.abs(ref).max()))).sum()),
         "malformed_sent": len(bad),
         "malformed_dead_lettered": len(bad & set(dlq)),
         "dead_letter_duplicates": len(dlq) - len(set(dlq)),
         "valid_dead_lettered": len(valid_dead),
     }
+
+
+def served(client, ids: np.ndarray, chunk: int, width: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """What the gateway serves for ``ids`` (``chunk`` per request), and a mask of the ids it does not
+    know: a chunk that names one is read again id by id."""
+    from clustergnn.errors import UnknownVertexError
+
+    out, missing = np.zeros((len(ids), width), dtype=np.float32), np.zeros(len(ids), dtype=bool)
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        try:
+            out[i : i + len(part)] = client.get_embeddings(part, timeout_s=30, **kw).embeddings
+        except UnknownVertexError:
+            for j, v in enumerate(part.tolist()):
+                try:
+                    out[i + j] = client.get_embeddings([v], timeout_s=30, **kw).embeddings[0]
+                except UnknownVertexError:
+                    missing[i + j] = True
+    return out, missing
 
 
 def dead_letters(bootstrap: str, topic: str) -> list[tuple[int, int]]:

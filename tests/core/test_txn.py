@@ -206,3 +206,38 @@ def test_committed_ids_are_kept_for_the_window_and_round_trip() -> None:
     back = CommittedTxns.from_arrays(done.arrays(), window_ms=1000)
     assert [k for k in ("t2", "t3", "t4") if k in back] == ["t2", "t3", "t4"]
     assert len(CommittedTxns.from_arrays({}, window_ms=1000)) == 0
+
+
+def test_a_part_behind_deferred_mutations_is_not_judged_until_they_apply() -> None:
+    """An edge deferred for its unknown source does not exist yet: a transaction's part that removes it
+    would be refused by ``check``; ``behind_deferred`` says it waits instead (the chaos run found every
+    transaction aborted this way)."""
+    _, pm, cluster, _ = _setup()
+    eng = cluster.engines[0]
+    eng.begin_round(eng.round + 1)
+    deferred = eng.ingest(MutationBatch.add_edges([51], [2]))  # 51: partition 1's, never heard of here
+    assert len(deferred) == 1
+    removal = MutationBatch.remove_edges([51], [2])
+    assert eng.behind_deferred(removal).tolist() == [2, 51]
+    with pytest.raises(MutationError, match="does not exist"):
+        eng.check(removal)
+    assert eng.behind_deferred(MutationBatch.update_features([4], torch.ones(1, F_IN))).size == 0
+    assert cluster.engines[1].behind_deferred(removal).size == 0, "no round open there: nothing deferred"
+
+
+def test_book_waits_for_a_part_behind_deferred_mutations() -> None:
+    from clustergnn.txn import decides_alone
+
+    book = TxnBook(2, grace_ms=250, backstop_s=5)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0, rnd=1, behind=(2, 51)), _vote(t, 1, rnd=1)], 0.0)
+    assert book.decide(1, [5000, 5000], 1.0) == [], "every part voted and the others are past it: still waits"
+    book.observe([_vote(t, 0, rnd=2)], 1.0)  # the deferred edge applied: judged now
+    (d,) = book.decide(2, [5000, 5000], 1.0)
+    assert d.commit
+    u = TxnTag("u", (0, 1))
+    book.observe([_vote(u, 0, behind=(2,)), _vote(u, 1)], 10.0)
+    assert book.decide(3, [None, None], 14.0) == []
+    (d,) = book.decide(4, [None, None], 15.5)
+    assert not d.commit and "waits behind earlier mutations" in d.message
+    assert not decides_alone(_vote(TxnTag("a", (0,)), 0, behind=(2,))), "it cannot be judged yet"
