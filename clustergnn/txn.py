@@ -111,7 +111,8 @@ class _Open:
     tag: TxnTag
     first_seen_s: float
     votes: dict[int, TxnVote] = field(default_factory=dict)
-    settled_round: int | None = None  # first round at which every part had voted and the others caught up
+    # the newest vote's round (or the round, if later) when every part had voted and the others caught up
+    settled_round: int | None = None
 
 
 class TxnBook:
@@ -218,7 +219,12 @@ class TxnBook:
             return TxnDecision(tid, True)
         others = [p for p in range(self.P) if p not in parts]
         if t.settled_round is None and caught_up(others):
-            t.settled_round = round_id
+            # The votes may come from the next round's ingest (fused into this round's last step), labelled
+            # round_id + 1, and a vertex a part's partition applied in that ingest is announced only in
+            # that round's structure step: a holder's vote counts once taken in a later round than every
+            # vote present now (with every partition in the transaction, ``others`` is empty and this was
+            # met at once: the chaos run aborted valid transactions right after its replays)
+            t.settled_round = max(round_id, *(v.round_id for v in t.votes.values()))
         holders = [v for v in t.votes.values() if set(v.unknown) & set(unresolved)]
         if t.settled_round is not None and all(v.round_id > t.settled_round for v in holders) and not replaying:
             v = holders[0]

@@ -241,3 +241,22 @@ def test_book_waits_for_a_part_behind_deferred_mutations() -> None:
     (d,) = book.decide(4, [None, None], 15.5)
     assert not d.commit and "waits behind earlier mutations" in d.message
     assert not decides_alone(_vote(TxnTag("a", (0,)), 0, behind=(2,))), "it cannot be judged yet"
+
+
+def test_book_counts_only_votes_from_after_every_part_had_voted() -> None:
+    """Every partition holds a part (nobody outside to wait for), and the votes come from the next
+    round's ingest (fused, labelled round + 1): a vertex another part's partition applied in that ingest
+    is announced only in that round, so a vote of the same label that still misses it is no verdict."""
+    book = TxnBook(2, grace_ms=250, backstop_s=100)
+    t = TxnTag("t", (0, 1))
+    book.observe([_vote(t, 0, rnd=6, unknown=(9,)), _vote(t, 1, rnd=6)], 0.0)
+    assert book.decide(5, [None, None], 0.0) == [], "a vote of round 6 may predate the announcement of 9"
+    book.observe([_vote(t, 0, rnd=7)], 0.0)  # round 7's ingest knows 9
+    (d,) = book.decide(6, [None, None], 0.0)
+    assert d.commit
+    u = TxnTag("u", (0, 1))
+    book.observe([_vote(u, 0, rnd=6, unknown=(9,)), _vote(u, 1, rnd=6)], 0.0)
+    assert book.decide(5, [None, None], 0.0) == []
+    book.observe([_vote(u, 0, rnd=7, unknown=(9,))], 0.0)
+    (d,) = book.decide(6, [None, None], 0.0)
+    assert not d.commit and d.code == "unknown_vertex" and "first: 9" in d.message
