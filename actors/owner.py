@@ -156,8 +156,6 @@ class PartitionOwner:
         activation=torch.relu,
         restore_from: Manifest | None = None,
     ) -> None:
-        from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
-
         t_init = time.time()
         torch.set_num_threads(1)  # P owners share the machine's cores
         self.partition = partition
@@ -180,17 +178,8 @@ class PartitionOwner:
         self.consumer = None
         start_offset = self._load(restore_from, start_offset)
         t_consumer = time.time()
-        kc = config.kafka
-        self.consumer = MutationConsumer(
-            kc.bootstrap,
-            kc.topic,
-            [partition],
-            partition_map,
-            feature_dim=feature_dim,
-            dead_letter_topic=kc.dlq,
-            start_offsets=None if start_offset is None else {partition: start_offset},
-            kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
-        )
+        self._partition_map = partition_map
+        self.consumer = self._open_consumer(start_offset)
         self.next_offset = start_offset or 0
         t_recall = time.time()
         self._recall_dead_letters()
@@ -206,6 +195,22 @@ class PartitionOwner:
             "recall_s": self._started_s - t_recall,
         }
         log.info("partition %s up on %s (pid %s)", partition, self.device, os.getpid())
+
+    def _open_consumer(self, start_offset: int | None):
+        """This partition's consumer, reading from ``start_offset`` (None: where the log starts)."""
+        from streams.consumer import MutationConsumer  # Kafka stays in streams/; imported where used
+
+        kc = self.config.kafka
+        return MutationConsumer(
+            kc.bootstrap,
+            kc.topic,
+            [self.partition],
+            self._partition_map,
+            feature_dim=self.feature_dim,
+            dead_letter_topic=kc.dlq,
+            start_offsets=None if start_offset is None else {self.partition: start_offset},
+            kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
+        )
 
     def adopt(self, *args: Any, **kwargs: Any) -> int:
         """Become the owner a spare stands by for (the constructor's arguments); returns the partition."""
@@ -280,7 +285,16 @@ class PartitionOwner:
         if self._snap_thread is not None:
             self._snap_thread.join(timeout=30)  # its part belongs to a snapshot that will never commit
         offset = self._load(manifest, None)
-        self.consumer.seek(self.partition, offset or 0)
+        # a fresh consumer, not a seek of this one: in the long chaos run, twice, rolled-back owners' consumers
+        # (kafka-python 3.0.12) stayed at their seek offset for minutes with the log far ahead, fetchable and
+        # unpaused, a fetch always pending, polls empty, so the recovery never ended; owners with a new
+        # consumer (the re-created ones) never did this
+        old, self.consumer = self.consumer, None
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - a consumer that cannot close cleanly is dropped all the same
+            log.exception("partition %s: closing the consumer before a rollback failed", self.partition)
+        self.consumer = self._open_consumer(offset or 0)
         self.next_offset = offset or 0
         self._recall_dead_letters()
         self._reset_round_state()
