@@ -30,3 +30,55 @@ def test_pending_records_round_trip_with_their_transaction_tags() -> None:
         )
     old = {k: v for k, v in arrays.items() if "txn" not in k}  # a snapshot from before transactions
     assert [r.txn for r in pending_from_arrays(old, now_s=5.0)] == [None] * 4
+
+
+def test_an_owner_replaces_its_kafka_client_after_polling_without_answers(monkeypatch) -> None:
+    """``_watch_fetches``: answers keep the client; polls without any answer for ``FETCH_STALL_S`` replace
+    it (counted from the first such poll, so a pause in polling does not count); a failed reconnect is
+    tried again one period later."""
+    import actors.owner as owner_mod
+    from actors.owner import FETCH_STALL_S, PartitionOwner
+
+    class Client:
+        def __init__(self) -> None:
+            self.last_response_s: dict[int, float] = {0: 100.0}
+            self.reconnects, self.fail = 0, False
+
+        def reconnect(self) -> None:
+            if self.fail:
+                raise OSError("no broker")
+            self.reconnects += 1
+
+        def position(self, partition: int) -> int:
+            return 7
+
+    now = [1000.0]
+    monkeypatch.setattr(owner_mod.time, "time", lambda: now[0])
+    o = PartitionOwner.__new__(PartitionOwner)
+    o.partition, o.consumer = 0, Client()
+    o._fetch_seen, o._fetch_stall_since = None, None
+
+    def poll(dt: float, answered: bool = False) -> None:
+        now[0] += dt
+        if answered:
+            o.consumer.last_response_s[0] = now[0]
+        o._watch_fetches()
+
+    poll(0.0)  # first sight of the last answer
+    for _ in range(20):
+        poll(1.0, answered=True)
+    assert o.consumer.reconnects == 0
+    poll(60.0)  # a long pause, then polls without answers: counted from the first of them
+    assert o.consumer.reconnects == 0
+    poll(FETCH_STALL_S - 0.5)
+    assert o.consumer.reconnects == 0
+    poll(1.0)
+    assert o.consumer.reconnects == 1
+    o.consumer.fail = True
+    poll(FETCH_STALL_S + 0.1)
+    assert o.consumer.reconnects == 1
+    o.consumer.fail = False
+    poll(1.0)
+    assert o.consumer.reconnects == 1, "the next try waits a whole period"
+    poll(FETCH_STALL_S)
+    assert o.consumer.reconnects == 2
