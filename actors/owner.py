@@ -76,7 +76,6 @@ class IngestReport:
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
 
 
-FETCH_STALL_S = 5.0  # polling this long without any fetch answer: a new Kafka client (PartitionOwner._watch_fetches)
 OWNER_PREFIX = "owner."  # the owner's own arrays in a snapshot part, beside the engine's
 PENDING_PREFIX = OWNER_PREFIX + "pending_"  # its deferred records (and CommittedTxns.PREFIX: applied transactions)
 
@@ -262,8 +261,6 @@ class PartitionOwner:
             log.info("partition %s: %s records from offset %s on were dead-lettered before", self.partition, n, since)
 
     def _reset_round_state(self) -> None:
-        self._fetch_seen: float | None = None  # _watch_fetches: the last fetch answer seen, since when none
-        self._fetch_stall_since: float | None = None
         self.replaying = True  # see the class docstring
         self._snap: dict[str, Any] | None = None  # the part being written in the background
         self._snap_thread: threading.Thread | None = None
@@ -288,7 +285,16 @@ class PartitionOwner:
         if self._snap_thread is not None:
             self._snap_thread.join(timeout=30)  # its part belongs to a snapshot that will never commit
         offset = self._load(manifest, None)
-        self.consumer.seek(self.partition, offset or 0)
+        # a fresh consumer, not a seek of this one: in the long chaos run, twice, rolled-back owners' consumers
+        # (kafka-python 3.0.12) stayed at their seek offset for minutes with the log far ahead, fetchable and
+        # unpaused, a fetch always pending, polls empty, so the recovery never ended; owners with a new
+        # consumer (the re-created ones) never did this
+        old, self.consumer = self.consumer, None
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - a consumer that cannot close cleanly is dropped all the same
+            log.exception("partition %s: closing the consumer before a rollback failed", self.partition)
+        self.consumer = self._open_consumer(offset or 0)
         self.next_offset = offset or 0
         self._recall_dead_letters()
         self._reset_round_state()
@@ -318,10 +324,6 @@ class PartitionOwner:
         polled = (
             [] if held else self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
         )
-        if held:
-            self._fetch_stall_since = None  # not polling on purpose
-        else:
-            self._watch_fetches()
         # Visible time: when the fetch was sent whose answer's high watermark this partition has read up to
         # (that answer covers every record produced before the fetch left).  A silent broker sends no
         # answers, so the moment stays put and staleness grows.
@@ -350,35 +352,6 @@ class PartitionOwner:
         if todo:  # the round opens with the first record applied: one that only holds a transaction is not busy
             self._feed(todo)
         return self._report()
-
-    def _watch_fetches(self) -> None:
-        """After a poll: if no fetch answer has come for ``FETCH_STALL_S`` of polling, replace the Kafka
-        client (``MutationConsumer.reconnect``; it reads on from the same offset).  In the long chaos run
-        a fetch request stayed pending for minutes (kafka-python 3.0.12: no answer, no timeout, and no
-        other fetch while one is pending), and a recovery waited for ever on that partition.  A broker
-        that is really unreachable costs one failed reconnect per ``FETCH_STALL_S``."""
-        last = self.consumer.last_response_s.get(self.partition)
-        now = time.time()
-        if last != self._fetch_seen:
-            self._fetch_seen, self._fetch_stall_since = last, None
-            return
-        if self._fetch_stall_since is None:
-            self._fetch_stall_since = now  # counted from this poll: rounds that do not poll (idle) do not count
-            return
-        if now - self._fetch_stall_since < FETCH_STALL_S:
-            return
-        self._fetch_stall_since = now
-        try:
-            self.consumer.reconnect()
-        except Exception as exc:  # noqa: BLE001 - the broker may really be gone: try again later
-            log.warning("partition %s: no fetch answer, no new client: %r", self.partition, exc)
-            return
-        log.warning(
-            "partition %s: no fetch answer for %.0f s: new Kafka client, reading on from offset %s",
-            self.partition,
-            FETCH_STALL_S,
-            self.consumer.position(self.partition),
-        )
 
     def retry(self, inbox: list[StructMsg]) -> IngestReport:
         """Step 1b (only when the round driver's retry trigger holds, ``clustergnn/rounds.py``): learn the

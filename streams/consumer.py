@@ -177,7 +177,6 @@ class MutationConsumer:
         config.update(kafka_config or {})
         if config.get("check_crcs", True):
             _warn_if_slow_crc()
-        self._config = config
         self._consumer = KafkaConsumer(**config)
         self.last_response_s: dict[int, float] = {}  # partition -> when a fetch response for it last arrived
         # partition -> (when the fetch behind the last parsed answer was sent, the high watermark it gave)
@@ -209,7 +208,6 @@ class MutationConsumer:
         rest = [self._tps[p] for p in self.partitions if p not in start_offsets]
         if rest:
             self._consumer.seek_to_beginning(*rest)
-        self.reconnects = 0  # times the Kafka client was replaced (reconnect)
         self._dead_lettered: dict[int, set[int]] = {}  # partition -> offsets dead-lettered before a restore
         self._dlq: KafkaProducer | None = None
         self._dlq_partitions: int | None = None
@@ -249,29 +247,6 @@ class MutationConsumer:
         fetcher._parse_fetched_data = parse_and_note
         if handle is not None:  # looked up for each fetch sent, so every answer passes here
             fetcher._handle_fetch_response = handle_and_note
-
-    def reconnect(self) -> None:
-        """Replace the Kafka client under this consumer and read on from the same positions; everything
-        else (positions, recalled dead letters, the pinned feature width, the dead-letter producer) is
-        kept.  For a fetch that never completes: under the chaos run's load, kafka-python 3.0.12 left a
-        fetch request pending for minutes (no answer, no timeout), and while one is pending it sends no
-        other to that broker, so the partition's reading stopped for good.  Raises what the Kafka client
-        raises when it cannot connect (the old client is kept then)."""
-        fresh = KafkaConsumer(**self._config)
-        old, self._consumer = self._consumer, fresh
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001 - the old client is dropped either way
-            logger.exception("closing the stalled Kafka consumer failed")
-        self._track_responses()
-        self._consumer.assign(list(self._tps.values()))
-        for p, tp in self._tps.items():
-            pos = self._position[p]
-            if pos is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, pos)
-        self.reconnects += 1
 
     # ------------------------------------------------------------------ positions
     def seek(self, partition: int, offset: int) -> None:

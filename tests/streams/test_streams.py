@@ -339,26 +339,3 @@ def test_a_decoder_crash_dead_letters_the_record_instead_of_stopping(
     assert_same(joined(got), good)
     (letter,) = read_all(kafka_bootstrap, dead_letter_topic_for(topic), list(range(P)), expect=1)
     assert dict(letter.headers)[H_REASON] == b"decode_failed"
-
-
-def test_a_reconnected_consumer_reads_on_from_where_it_was(kafka_bootstrap: str, topic: str) -> None:
-    """``reconnect`` (a new Kafka client, for a fetch that never completes) neither skips nor repeats a
-    record, also right after a seek."""
-    batch = MutationBatch.add_vertices(np.arange(0, 40, P), feats(10))  # all of partition 0
-    with MutationProducer(kafka_bootstrap, topic, PM, max_mutations_per_record=1) as prod:
-        prod.send(batch)
-    with consumer(kafka_bootstrap, topic, [0]) as c:
-        first = c.poll(timeout_ms=5000, max_records=4)
-        while not first:
-            first = c.poll(timeout_ms=5000, max_records=4)
-        upto = first[-1].next_offset
-        assert 0 < upto < 10
-        c.reconnect()
-        assert c.reconnects == 1 and c.position(0) == upto
-        rest = drain(c, {0: 10})[0]
-        offsets = [int(o) for pb in first + rest for o in pb.record_offsets]
-        assert offsets == list(range(10)), "every record once, in order"
-        c.seek(0, 3)
-        c.reconnect()
-        again = drain(c, {0: 10})[0]
-        assert [int(o) for pb in again for o in pb.record_offsets] == list(range(3, 10))
