@@ -28,6 +28,9 @@ def init_ray(cfg: ClusterConfig) -> bool:
         return False
     for k, v in LOCAL_ENV.items():
         os.environ.setdefault(k, v)
+    # Ray nices its workers to 15: on a busy machine the driver, the broker and the load (at 0) then starve
+    # the owners (cluster.owner_niceness); workers inherit this from the raylet this call starts
+    os.environ.setdefault("RAY_worker_niceness", str(cfg.owner_niceness))
     # more logical CPUs than cores: P owners at fractional CPUs plus reads never starve each other
     num_cpus = cfg.ray_num_cpus or max(4, (os.cpu_count() or 2) * 2)
     ray.init(

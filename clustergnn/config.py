@@ -147,6 +147,12 @@ class ClusterConfig:
     """An existing Ray cluster (``auto`` inside KubeRay pods); ``None`` starts a local one on 127.0.0.1."""
     ray_num_cpus: int | None = None
     """CPUs a locally started Ray reports; more than the cores avoids actor-placement deadlocks."""
+    owner_niceness: int = 0
+    """Unix niceness of the owner processes of a locally started Ray (0..19).  Ray's own default for its
+    workers is 15, under which the driver, the broker and any load at 0 starve the owners on a busy
+    machine (the long chaos run: replays crawled at about a record per several polls and recoveries did
+    not end).  A joined Ray (``ray_address``) keeps its own setting (``RAY_worker_niceness``), and so does
+    a local one when that variable is set."""
     pending_timeout_s: float = 10.0
     """The backstop for an edge waiting for a source vertex no partition knows yet: dead-lettered with
     reason ``unknown_vertex`` after this long.  Normally it goes much sooner: once every other partition
@@ -415,6 +421,10 @@ def validate(cfg: Config) -> None:
     _check(c.partitioner in ("hash", "metis"), f"cluster.partitioner must be 'hash' or 'metis', got {c.partitioner!r}")
     _check(c.actor_num_cpus >= 0 and c.actor_num_gpus >= 0, "cluster.actor_num_cpus/actor_num_gpus must be >= 0")
     _check(c.hub_window_ms >= 0, f"cluster.hub_window_ms must be >= 0, got {c.hub_window_ms!r}")
+    _check(
+        isinstance(c.owner_niceness, int) and not isinstance(c.owner_niceness, bool) and 0 <= c.owner_niceness <= 19,
+        f"cluster.owner_niceness must be an integer in 0..19, got {c.owner_niceness!r}",
+    )
     _check(
         isinstance(c.pending_timeout_s, (int, float))
         and math.isfinite(c.pending_timeout_s)

@@ -75,3 +75,12 @@ def test_every_field_of_every_section_is_documented() -> None:
     for section in (type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)):
         missing = {f.name for f in dataclasses.fields(section)} - documented[section.__name__]
         assert not missing, f"{section.__name__} fields without a docstring: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 1.5, True, "0"])
+def test_a_bad_owner_niceness_is_named(bad: object) -> None:
+    from clustergnn.config import Config
+
+    with pytest.raises(ConfigError, match=rf"cluster.owner_niceness must be an integer in 0..19, got {bad!r}"):
+        Config.from_dict({"cluster": {"owner_niceness": bad}})
+    assert Config.from_dict({"cluster": {"owner_niceness": 7}}).cluster.owner_niceness == 7

@@ -241,3 +241,27 @@ def test_edge_from_a_vertex_added_in_another_partition_in_the_same_batch(cluster
     assert res.embeddings.shape == (2, 4)
     single_neigh = cluster2.read([100], input_features=True).embeddings
     assert single_neigh.tolist() == [[1.0] * F]
+
+
+def test_owners_of_a_local_ray_run_at_the_configured_niceness(ray_local) -> None:
+    """Ray nices its workers to 15, under which anything at 0 on a busy machine starves the owners;
+    a local Ray started by ``init_ray`` gives them ``cluster.owner_niceness`` (0 by default)."""
+    import os
+
+    import ray
+
+    from clustergnn.config import ClusterConfig
+
+    if "RAY_worker_niceness" in os.environ and os.environ["RAY_worker_niceness"] != str(ClusterConfig().owner_niceness):
+        pytest.skip("RAY_worker_niceness is set otherwise in this environment")
+
+    @ray.remote(num_cpus=0.1)
+    class Probe:
+        def nice(self) -> int:
+            return os.nice(0)
+
+    p = Probe.remote()
+    try:
+        assert ray.get(p.nice.remote(), timeout=60) == ClusterConfig().owner_niceness
+    finally:
+        ray.kill(p)
