@@ -27,7 +27,7 @@ import torch
 
 from clustergnn.config import Config, ConfigError
 from clustergnn.errors import UnknownVertexError, WriteRejectedError
-from clustergnn.freshness import Freshness
+from clustergnn.freshness import Freshness, settle
 from clustergnn.models import activation as activation_fn
 from clustergnn.models import feature_dim as model_feature_dim
 from clustergnn.models import load_layers, model_digest
@@ -914,10 +914,20 @@ class Cluster:
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
         input_features: bool = False,
+        answer_now: bool = False,
     ) -> ReadResult:
         """Embeddings of ``ids`` at ``layer``, numbered as the proto says (``clustergnn.serving.resolve_layer``:
         ``0 .. L-1`` = each GNN layer's output, ``-1``/``None`` = the final embeddings), or the stored
-        input features with ``input_features=True``; see ``EmbeddingBackend.read``."""
+        input features with ``input_features=True``; see ``EmbeddingBackend.read``.
+
+        ``answer_now`` with a bound waits for nothing the bound would wait for: not for rounds, not for a
+        probe that could prove the bound (``_prove_fresh`` with the read's deadline), and not for the replay
+        after a start: such a read fails at once with the UNAVAILABLE a read gets while the cluster replays
+        (``_raise_if_down``), rather than serve the state from before the replay, which is older than what
+        the cluster served before it stopped.  It judges the bound once on the state an unbounded read would
+        be served (which includes the short refresh of an idle cluster's old proof, ``IDLE_STALE_MS``) and
+        answers with ``bound_met`` saying whether it held (``clustergnn.freshness.settle``).  A recovery, a
+        down cluster and unknown vertices are handled as for any read."""
         import ray
 
         ids = np.asarray(ids, dtype=np.int64)
@@ -925,8 +935,9 @@ class Cluster:
         served = resolved - 1  # as the proto numbers it (FEATURES = -1 for the input features)
         deadline = time.monotonic() + timeout_s
         fresh = self.freshness
+        now_only = answer_now and (max_staleness_ms is not None or bool(min_offsets))  # no bound: changes nothing
         with self._cond:  # a read during the replay after a start waits for it (up to its deadline)
-            while self._starting() and time.monotonic() < deadline:
+            while not now_only and self._starting() and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
         first = True
         while True:
@@ -938,17 +949,20 @@ class Cluster:
                 verdict = fresh.wait(
                     max_staleness_ms,
                     min_offsets,
-                    # a bounded read checks the log itself after one round's worth of waiting
-                    timeout_s=left if max_staleness_ms is None else slice_s,
+                    # a bounded read checks the log itself after one round's worth of waiting; answer_now: once
+                    timeout_s=0.0 if now_only else left if max_staleness_ms is None else slice_s,
                     sleep=self._cond.wait,
                     before_check=lambda _now_ms: self._raise_if_down(),
                 )
             # an idle cluster's own proof is 20-45 ms old (IDLE_WAIT_MS): a read whose bound it meets still
-            # refreshes it rather than report a staleness an idle cluster need not have (IDLE_STALE_MS)
+            # refreshes it rather than report a staleness an idle cluster need not have (IDLE_STALE_MS), and an
+            # answer_now read too, as an unbounded read would, whether or not the old proof meets its bound
             old_idle_proof = (
-                verdict.met and self._idling and (verdict.staleness_ms is None or verdict.staleness_ms > IDLE_STALE_MS)
+                (verdict.met or now_only)
+                and self._idling
+                and (verdict.staleness_ms is None or verdict.staleness_ms > IDLE_STALE_MS)
             )
-            bound_unmet = not verdict.met and max_staleness_ms is not None
+            bound_unmet = not verdict.met and max_staleness_ms is not None and not now_only
             if (bound_unmet or old_idle_proof) and fresh.reflects(min_offsets):
                 # a read whose bound is met waits for a probe briefly (a broker slow to answer is noticed
                 # by the idle loop, which goes back to rounds)
@@ -958,7 +972,7 @@ class Cluster:
                 if judged_ms is not None:
                     with self._cond:
                         verdict = fresh.check(max_staleness_ms, min_offsets, now_ms=judged_ms)
-            if not verdict.met:
+            if not verdict.met and not now_only:
                 if time.monotonic() < deadline:
                     continue
                 raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
@@ -966,8 +980,9 @@ class Cluster:
             if resolved == self.num_layers and self.replica is not None:
                 emb, ver = self.replica.get(ids)
                 stale = fresh.staleness_at(visible, judged_ms) or 0.0
-                if max_staleness_ms is None or stale <= max_staleness_ms:
-                    return ReadResult(emb, ver, stale, watermark, served, self.model_digest)
+                if now_only or max_staleness_ms is None or stale <= max_staleness_ms:
+                    met = settle(verdict, answer_now=now_only, timeout_s=timeout_s, staleness_ms=stale)
+                    return ReadResult(emb, ver, stale, watermark, served, self.model_digest, met)
                 continue  # the bound slipped while reading: wait again
             self._raise_if_recovering()
             owner = self.pmap.owner(ids)
@@ -997,10 +1012,10 @@ class Cluster:
                 emb[idx] = e
                 ver[idx] = v
             stale = fresh.staleness_at(visible, judged_ms) or 0.0
-            if max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
-                if max_staleness_ms is not None and stale > max_staleness_ms:
-                    raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {max_staleness_ms} ms")
-                return ReadResult(emb, ver, stale, watermark, served, self.model_digest)
+            if now_only or max_staleness_ms is None or stale <= max_staleness_ms or time.monotonic() >= deadline:
+                # past the deadline with the bound slipped while reading: StalenessDeadlineError ("would be")
+                met = settle(verdict, answer_now=now_only, timeout_s=timeout_s, staleness_ms=stale)
+                return ReadResult(emb, ver, stale, watermark, served, self.model_digest, met)
 
     # ------------------------------------------------------------------ status
     def status(self) -> ClusterStatus:

@@ -16,7 +16,9 @@ one; ``staleness_ms = now - visible time`` (never negative).  A read with ``max_
 answerable once ``staleness_ms <= S`` and, with ``min_offsets = {p: o}``, once ``watermark[p] > o``
 (:meth:`Freshness.check`).  :meth:`Freshness.wait` is the waiting loop around that check; the shell
 brings the lock and the way to wait (a ``threading.Condition``'s ``wait``), so this module does no I/O
-and reads time only through its injected :class:`Clock`.
+and reads time only through its injected :class:`Clock`.  A read that asked to be answered at once
+(``answer_now``) is judged once (``wait`` with ``timeout_s=0``); :func:`settle` then says, for both kinds of
+read, whether its answer meets the bound or raises :class:`~clustergnn.serving.StalenessDeadlineError`.
 
     clock = FakeClock()
     f = Freshness(partitions=2, clock=clock)
@@ -37,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from clustergnn.serving import InvalidReadError, Offsets
+from clustergnn.serving import InvalidReadError, Offsets, StalenessDeadlineError
 
 
 class Clock(Protocol):
@@ -230,7 +232,8 @@ class Freshness:
         holds, so reports land in between); ``before_check(now_ms)`` runs before every check, with the
         instant the check will judge (to raise when the cluster is down, or to let a simulation catch up
         to that instant).  A verdict with ``met=False`` means the
-        deadline passed: the caller raises with :meth:`Verdict.timeout_message`.
+        deadline passed: the caller raises with :meth:`Verdict.timeout_message` (:func:`settle`).
+        ``timeout_s=0`` checks exactly once and never sleeps (an ``answer_now`` read).
         """
         if not (math.isfinite(poll_s) and poll_s > 0):
             raise ValueError(f"poll_s must be a finite number > 0, got {poll_s}")
@@ -252,6 +255,32 @@ class Freshness:
         if not 0 <= p < self.partitions:
             raise ValueError(f"partition must be in 0..{self.partitions - 1}, got {partition}")
         return p
+
+
+def settle(verdict: Verdict, *, answer_now: bool, timeout_s: float, staleness_ms: float | None = None) -> bool:
+    """The end of a read's wait, one rule for every backend: whether the answer built on ``verdict``'s state
+    meets the read's bound (its ``bound_met``), or :class:`StalenessDeadlineError` for a read that waited.
+
+    ``staleness_ms``: the staleness the answer is served with when the backend measured it again after
+    the check (the state was read later); None = the verdict's own.  A read without ``answer_now`` answers
+    only when its bound holds, so this returns True or raises (naming what was asked and what the cluster
+    had, :meth:`Verdict.timeout_message`); an ``answer_now`` read is answered either way and gets False
+    when the bound does not hold (its answer's staleness and watermark say how far off it is).
+
+        f = Freshness(partitions=1, clock=FakeClock())
+        f.report(0, next_offset=3, caught_up_at_ms=f.clock.now_ms())
+        verdict = f.wait(None, {0: 10**9}, timeout_s=0.0, sleep=lambda s: None)  # judged once
+        assert settle(verdict, answer_now=True, timeout_s=0.0) is False  # answered, marked
+        settle(verdict, answer_now=False, timeout_s=0.0)  # raises StalenessDeadlineError
+    """
+    stale = verdict.staleness_ms if staleness_ms is None else staleness_ms
+    bound = verdict.max_staleness_ms
+    met = verdict.met and (bound is None or (stale is not None and stale <= bound))
+    if met or answer_now:
+        return met
+    if verdict.met:  # the check held but the state read afterwards is older than the bound allows
+        raise StalenessDeadlineError(f"answer would be {stale:.0f} ms stale > {bound} ms")
+    raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
 
 
 def _offsets(offsets: Mapping[int, int] | None) -> dict[int, int]:

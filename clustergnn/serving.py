@@ -13,6 +13,10 @@ not yet visible)`` (0 when nothing produced is pending).
 Read-your-writes: ``min_offsets = {p: o}`` asks that record ``o`` of Kafka partition ``p`` be visible,
 i.e. ``watermark[p] > o``; the offsets a write returns (the last record per partition) can be passed
 back as they are.
+
+A read with a bound waits for it up to its deadline (then ``StalenessDeadlineError``), or, with
+``answer_now=True``, is answered at once with what is visible and says whether the bound held
+(``ReadResult.bound_met``; non-blocking bounded staleness, as Materialize offers it).
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class ReadResult:
         watermark: Kafka partition -> next offset not yet visible, at the time of the answer.
         layer: the layer that was served, resolved to ``0 .. num_layers-1`` (:func:`resolve_layer`).
         model_digest: sha256 of the model (layer types, config and weights) that produced the answer.
+        bound_met: the answer meets the read's ``max_staleness_ms`` and ``min_offsets``.  Always True for
+            a read without ``answer_now`` (it answers only when its bound holds, else raises
+            ``StalenessDeadlineError``); False only for an ``answer_now`` read whose bound did not hold,
+            whose ``staleness_ms`` and ``watermark`` then say how far off it is.
     """
 
     embeddings: np.ndarray
@@ -63,6 +71,7 @@ class ReadResult:
     watermark: dict[int, int]
     layer: int
     model_digest: str = ""
+    bound_met: bool = True
 
 
 def resolve_layer(layer: int | None, num_layers: int) -> int:
@@ -157,11 +166,19 @@ class EmbeddingBackend(Protocol):
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
         input_features: bool = False,
+        answer_now: bool = False,
     ) -> ReadResult:
         """Embeddings of ``ids`` (int64) at ``layer`` (:func:`resolve_layer`; ``None`` = the final
         embeddings), or their stored input features with ``input_features=True`` (``layer`` unset;
         :func:`resolve_read` checks both).  Raises ``UnknownVertexError`` (naming the id),
-        ``InvalidReadError``, ``StalenessDeadlineError`` or ``PartitionUnavailableError``."""
+        ``InvalidReadError``, ``StalenessDeadlineError`` or ``PartitionUnavailableError``.
+
+        ``max_staleness_ms`` / ``min_offsets`` bound the answer's freshness: the read waits up to
+        ``timeout_s`` for them to hold, then raises ``StalenessDeadlineError``.  With ``answer_now=True``
+        it judges the bound once and answers at once with what is visible, ``bound_met=False`` when the
+        bound did not hold (never ``StalenessDeadlineError`` for the bound; the other errors stay, and a
+        backend still replaying its log after a start raises ``PartitionUnavailableError`` at once instead
+        of being waited for).  Without a bound ``answer_now`` changes nothing."""
         ...
 
     def apply(self, batch: MutationBatch) -> dict[int, int]:

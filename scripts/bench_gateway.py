@@ -45,7 +45,18 @@ class TableBackend:
         self.table = rng.standard_normal((num_vertices, dim), dtype=np.float32)
         self.versions = np.zeros(num_vertices, dtype=np.int64)
 
-    def read(self, ids, *, layer=None, max_staleness_ms=None, min_offsets=None, timeout_s=5.0, input_features=False):  # noqa: ANN001
+    # ignores freshness bounds (always fresh), so answer_now changes nothing
+    def read(  # noqa: ANN001
+        self,
+        ids,
+        *,
+        layer=None,
+        max_staleness_ms=None,
+        min_offsets=None,
+        timeout_s=5.0,
+        input_features=False,
+        answer_now=False,
+    ):
         from clustergnn.errors import UnknownVertexError
         from clustergnn.serving import InvalidReadError, ReadResult, resolve_read
 

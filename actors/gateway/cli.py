@@ -50,6 +50,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--input-features", action="store_true", help="print the stored input features instead")
     q.add_argument("--max-staleness-ms", type=float, default=None, help="freshness bound in ms (default: none)")
+    q.add_argument(
+        "--answer-now",
+        action="store_true",
+        help="with --max-staleness-ms: answer at once, saying whether the bound held, instead of waiting for it",
+    )
     q.add_argument("--values", type=int, default=4, help="embedding values shown per vertex (default: %(default)s)")
     _connection_args(q)
     q.set_defaults(func=cmd_query)
@@ -90,12 +95,14 @@ def abbreviate(row: np.ndarray, shown: int) -> str:
     return "[" + ", ".join(vals) + "]"
 
 
-def format_read(ids: list[int], res: ReadResult, shown: int = 4) -> str:
+def format_read(ids: list[int], res: ReadResult, shown: int = 4, *, show_bound: bool = False) -> str:
+    """The answer as lines; ``show_bound`` adds whether the bound held (an ``answer_now`` read's ``bound_met``)."""
     wm = ", ".join(f"{p}:{o}" for p, o in sorted(res.watermark.items()))
     what = "input features" if res.layer < 0 else f"layer {res.layer}"
     lines = [
         f"{what}  staleness {res.staleness_ms:.1f} ms  watermark {{{wm}}}  dim {res.embeddings.shape[1]}"
         + (f"  model {res.model_digest[:12]}" if res.model_digest else "")
+        + (("  bound met" if res.bound_met else "  bound NOT met") if show_bound else "")
     ]
     width = max(len(str(v)) for v in ids)
     for v, ver, row in zip(ids, res.versions.tolist(), res.embeddings):
@@ -173,10 +180,11 @@ def cmd_query(args: argparse.Namespace) -> int:
                 max_staleness_ms=args.max_staleness_ms,
                 timeout_s=args.timeout_s,
                 input_features=args.input_features,
+                answer_now=args.answer_now,
             )
     except (ClusterGNNError, grpc.RpcError, ValueError, OSError) as e:
         return _fail(e, sys.stderr)
-    print(format_read(args.ids, res, args.values))
+    print(format_read(args.ids, res, args.values, show_bound=args.answer_now))
     return 0
 
 

@@ -173,15 +173,20 @@ class GatewayClient:
         timeout_s: float = 5.0,
         arrow: bool = False,
         input_features: bool = False,
+        answer_now: bool = False,
     ) -> ReadResult:
         """Embeddings of ``ids`` as numpy (``res.embeddings``: ``(n, D)`` float32) with their freshness.
 
         ``layer``: ``0 .. L-1`` (layer ``i``'s output) or negative from the last; ``None`` = the final
-        embeddings.  ``input_features=True`` reads the stored input features instead (``layer`` unset)."""
+        embeddings.  ``input_features=True`` reads the stored input features instead (``layer`` unset).
+        ``max_staleness_ms`` / ``min_offsets``: the call waits for them up to ``timeout_s``
+        (``StalenessDeadlineError``), or with ``answer_now=True`` answers at once with what is visible and
+        ``res.bound_met`` says whether they held."""
         req = pb.GetEmbeddingsRequest(
             vertex_ids=np.asarray(ids, dtype=np.int64).tolist(),
             format=convert.ARROW if arrow else convert.RAW,
             input_features=input_features,
+            answer_now=answer_now,
         )
         if layer is not None:
             req.layer = layer
@@ -204,6 +209,7 @@ class GatewayClient:
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
         input_features: bool = False,
+        answer_now: bool = False,
     ) -> ReadResult:
         """:meth:`EmbeddingBackend.read` over the wire."""
         return self.get_embeddings(
@@ -213,6 +219,7 @@ class GatewayClient:
             min_offsets=min_offsets,
             timeout_s=timeout_s,
             input_features=input_features,
+            answer_now=answer_now,
         )
 
     def watch(

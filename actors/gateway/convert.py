@@ -83,10 +83,12 @@ def read_result_to_response(res: ReadResult, ids: np.ndarray, fmt: int, now_ms: 
         layer=int(res.layer),
         answered_at_unix_ms=now_ms,
         model_digest=res.model_digest,
+        bound_met=bool(res.bound_met),
     )
 
 
 def response_to_read_result(resp: pb.GetEmbeddingsResponse | pb.WatchResponse) -> ReadResult:
+    """A response as the backend's :class:`ReadResult` (a Watch push has no bound: ``bound_met`` True)."""
     return ReadResult(
         embeddings=decode_matrix(resp.embeddings),
         versions=np.asarray(resp.versions, dtype=np.int64),
@@ -94,6 +96,7 @@ def response_to_read_result(resp: pb.GetEmbeddingsResponse | pb.WatchResponse) -
         watermark=dict(resp.watermark),
         layer=resp.layer,
         model_digest=resp.model_digest,
+        bound_met=resp.bound_met if isinstance(resp, pb.GetEmbeddingsResponse) else True,
     )
 
 

@@ -121,6 +121,11 @@ class GatewayMetrics:
             buckets=_STALENESS_BUCKETS_MS,
             registry=r,
         )
+        self.bound_unmet = Counter(
+            "clustergnn_gateway_bound_unmet",
+            "GetEmbeddings answers with answer_now whose freshness bound did not hold (bound_met = false)",
+            registry=r,
+        )
         self.ids_per_request = Histogram(
             "clustergnn_gateway_ids_per_request", "vertex ids per GetEmbeddings", buckets=_IDS_BUCKETS, registry=r
         )

@@ -182,8 +182,11 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             min_offsets=min_offsets,
             timeout_s=self._timeout_s(context),
             input_features=request.input_features,
+            answer_now=request.answer_now,
         )
         self._metrics.served_staleness_ms.observe(res.staleness_ms)
+        if not res.bound_met:
+            self._metrics.bound_unmet.inc()
         return convert.read_result_to_response(res, ids, fmt, int(time.time() * 1000))
 
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:

@@ -278,6 +278,43 @@ def test_an_unmet_bound_is_deadline_exceeded(api: Api) -> None:
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+# ------------------------------------------------------------------------------------------ answer_now
+def test_answer_now_with_a_bound_that_holds_is_a_normal_read(api: Api) -> None:
+    offsets = api.apply(MutationBatch.update_features([11], torch.full((1, F), 0.5)))
+    waited = api.get([11, 4], min_offsets=offsets)
+    now = api.get([11, 4], min_offsets=offsets, answer_now=True)
+    assert waited.bound_met and now.bound_met  # a read without answer_now is always met when it answers
+    assert all(now.watermark[p] > o for p, o in offsets.items())
+    assert list(now.versions) == list(waited.versions) and now.layer == waited.layer
+    assert np.array_equal(convert.decode_matrix(now.embeddings), convert.decode_matrix(waited.embeddings))
+    assert api.get([11], max_staleness_ms=1e9, min_offsets=offsets, answer_now=True).bound_met
+    assert api.get([11], answer_now=True).bound_met  # no bound: answer_now changes nothing
+
+
+def test_answer_now_with_a_bound_that_cannot_hold_answers_what_is_visible(api: Api) -> None:
+    far = {0: 10**9}  # far beyond the log's end: cannot hold within any deadline
+    for layer in ({}, {"layer": 0}):  # the final layer (the real cluster's replica) and one the owners serve
+        plain = api.get([1, 2], **layer)
+        before = dict(api.status().watermark)
+        now = api.get([1, 2], min_offsets=far, answer_now=True, **layer)
+        after = dict(api.status().watermark)
+        assert not now.bound_met
+        # what the cluster has: the watermark of the moment (the record asked is not visible), its staleness
+        assert all(before[p] <= now.watermark[p] <= after[p] for p in before) and now.watermark[0] <= far[0]
+        assert math.isfinite(now.staleness_ms) and now.staleness_ms >= 0
+        assert list(now.versions) == list(plain.versions)  # what is visible: the answer of an unbounded read
+        assert np.array_equal(convert.decode_matrix(now.embeddings), convert.decode_matrix(plain.embeddings))
+    assert not api.get([1], min_offsets=far, max_staleness_ms=1e9, answer_now=True).bound_met  # both must hold
+    # the same bound without answer_now waits for it, then fails
+    code, _ = code_of(lambda: api.get([1], min_offsets=far, timeout=1.0))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # answer_now changes no other error
+    code, details = code_of(lambda: api.get([1, 987_654], min_offsets=far, answer_now=True))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "987654" in details
+    code, details = code_of(lambda: api.get([1], max_staleness_ms=-5.0, answer_now=True))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "-5" in details
+
+
 @pytest.mark.parametrize("token", [None, "not-a-token"])
 def test_a_missing_or_wrong_token_is_unauthenticated(api: Api, token: str | None) -> None:
     md = () if token is None else (("authorization", f"Bearer {token}"),)

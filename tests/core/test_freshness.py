@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clustergnn.freshness import FakeClock, Freshness, SystemClock
-from clustergnn.serving import InvalidReadError
+from clustergnn.freshness import FakeClock, Freshness, SystemClock, settle
+from clustergnn.serving import InvalidReadError, StalenessDeadlineError
 
 
 def test_visible_time_is_unknown_until_every_partition_reported() -> None:
@@ -104,6 +104,56 @@ def test_wait_returns_once_met_and_gives_up_at_the_deadline_on_the_clock() -> No
     verdict = f.wait(None, {0: 1}, timeout_s=0.12, sleep=lambda s: (waits.append(s), clock.advance(s * 1000)))
     assert not verdict.met and waits == pytest.approx([0.05, 0.05, 0.02])
     assert f.wait(None, {0: 1}, timeout_s=0.0, sleep=lambda s: pytest.fail("no time to wait")).met is False
+
+
+def test_answer_now_is_judged_once_and_answered_with_whether_the_bound_held() -> None:
+    clock = FakeClock()
+    f = Freshness(2, clock)
+    f.report(0, 5, oldest_pending_ts_ms=clock.now_ms() - 30)  # record 5 of partition 0 waits since 30 ms
+    f.report(1, 2, caught_up_at_ms=clock.now_ms())
+    checks: list[float] = []
+
+    def once(max_staleness_ms: float | None, min_offsets: dict[int, int] | None):  # an answer_now read's wait
+        return f.wait(
+            max_staleness_ms,
+            min_offsets,
+            timeout_s=0.0,
+            sleep=lambda s: pytest.fail("answer_now never waits"),
+            before_check=checks.append,
+        )
+
+    for bound, offsets, met in [
+        (50, {0: 4, 1: 1}, True),  # both hold
+        (10, None, False),  # 30 ms stale > 10
+        (None, {0: 5}, False),  # record 5 is not visible yet
+        (None, None, True),  # no bound: always met
+    ]:
+        checks.clear()
+        verdict = once(bound, offsets)
+        assert len(checks) == 1  # judged exactly once
+        assert settle(verdict, answer_now=True, timeout_s=1.0) is met
+        # the answer's own figures say how far off it is: what the cluster has, not what was asked
+        assert verdict.staleness_ms == 30 and verdict.watermark == {0: 5, 1: 2}
+        if met:
+            assert settle(verdict, answer_now=False, timeout_s=1.0) is True
+        else:  # the same verdict at a waiting read's deadline: the error names what was asked and what was had
+            with pytest.raises(StalenessDeadlineError, match="watermark"):
+                settle(verdict, answer_now=False, timeout_s=1.0)
+
+
+def test_settle_judges_the_staleness_the_answer_is_served_with() -> None:
+    clock = FakeClock()
+    f = Freshness(1, clock)
+    f.report(0, 1, oldest_pending_ts_ms=clock.now_ms())
+    verdict = f.check(max_staleness_ms=20)
+    assert verdict.met and settle(verdict, answer_now=False, timeout_s=1.0)
+    # the state was read later and the answer is 25 ms stale: over the bound
+    assert settle(verdict, answer_now=True, timeout_s=1.0, staleness_ms=25.0) is False
+    with pytest.raises(StalenessDeadlineError, match="25 ms stale > 20"):
+        settle(verdict, answer_now=False, timeout_s=1.0, staleness_ms=25.0)
+    assert settle(f.check(), answer_now=True, timeout_s=1.0, staleness_ms=1e9) is True  # no bound
+    unknown = Freshness(1, clock).check(max_staleness_ms=1e12)  # no visible time yet: a bound cannot hold
+    assert settle(unknown, answer_now=True, timeout_s=1.0) is False
 
 
 def test_system_clock_is_wall_and_monotonic_time() -> None:

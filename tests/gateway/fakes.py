@@ -10,7 +10,8 @@ It keeps the shape of the real thing so the gateway's freshness semantics can be
   (``apply_delay_s=None``, for lag and deadline tests).  They report to the same
   :class:`clustergnn.freshness.Freshness` the Ray cluster uses, as the real owners do after a round: the
   next offset not applied, the timestamp of the oldest record not applied (pending) or, when none is,
-  the moment they caught up.  Watermarks, staleness, bound checks and waiting are the real ones;
+  the moment they caught up.  Watermarks, staleness, bound checks, waiting and ``answer_now``'s
+  judge-once (:func:`clustergnn.freshness.settle`) are the real ones;
 * per-vertex versions, bumped by every applied mutation that touches the vertex, and embeddings that
   are a deterministic function of (vertex, layer, version) (:meth:`expected`);
 * owners that can be marked down (``set_alive``) and a ``status()`` that can be made to fail.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clustergnn.errors import MutationError, UnknownVertexError
-from clustergnn.freshness import Clock, Freshness, SystemClock
+from clustergnn.freshness import Clock, Freshness, SystemClock, settle
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.partition import HashPartitionMap, route
 from clustergnn.serving import (
@@ -41,7 +42,6 @@ from clustergnn.serving import (
     PartitionStatus,
     PartitionUnavailableError,
     ReadResult,
-    StalenessDeadlineError,
     resolve_read,
 )
 
@@ -169,7 +169,9 @@ class FakeBackend:
         min_offsets: Offsets | None = None,
         timeout_s: float = 5.0,
         input_features: bool = False,
+        answer_now: bool = False,
     ) -> ReadResult:
+        """As ``Cluster.read``; ``answer_now`` judges the bound once (the fake has no start to wait for)."""
         layer_idx = resolve_read(layer, len(self.dims), input_features)  # the real cluster's rule
         self.freshness.validate(max_staleness_ms, min_offsets)
         self.read_count += 1
@@ -178,13 +180,12 @@ class FakeBackend:
             verdict = self.freshness.wait(
                 max_staleness_ms,
                 min_offsets,
-                timeout_s=timeout_s,
+                timeout_s=0.0 if answer_now else timeout_s,  # 0: judged once (without a bound: met at once)
                 sleep=self._cond.wait,
                 poll_s=0.002,
                 before_check=self._catch_up_locked,
             )
-            if not verdict.met:
-                raise StalenessDeadlineError(verdict.timeout_message(timeout_s))
+            bound_met = settle(verdict, answer_now=answer_now, timeout_s=timeout_s)  # raises when it waited
             ids = np.asarray(ids, dtype=np.int64)
             rows, versions = [], []
             for v in ids.tolist():
@@ -201,6 +202,7 @@ class FakeBackend:
                 watermark=verdict.watermark,
                 layer=layer_idx,
                 model_digest=self.model.digest,
+                bound_met=bound_met,
             )
 
     def status(self) -> ClusterStatus:

@@ -11,7 +11,9 @@ import pytest
 from actors.gateway import convert
 from actors.gateway._gen import clustergnn_pb2 as pb
 from actors.gateway.client import GatewayClient
+from clustergnn.freshness import FakeClock
 from clustergnn.mutations import MutationBatch
+from clustergnn.serving import StalenessDeadlineError
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.fakes import FakeBackend
 
@@ -51,6 +53,42 @@ def test_staleness_bound_is_honoured(make_gateway: GatewayFactory) -> None:
             fake.apply(MutationBatch.update_features([2], np.full((1, 8), i, dtype=np.float32)))
             res = c.get_embeddings([2], max_staleness_ms=50)
             assert res.staleness_ms <= 50
+
+
+class _StillWall(FakeClock):
+    """Wall time moves only when told (exact staleness figures); deadlines run on the real monotonic clock,
+    so a read that waits (if answer_now were lost on the way) times out instead of spinning forever."""
+
+    def monotonic_ms(self) -> float:
+        return time.monotonic() * 1000.0
+
+
+def test_answer_now_answers_with_what_is_visible_and_whether_the_bound_held(make_gateway: GatewayFactory) -> None:
+    clock = _StillWall()
+    fake = FakeBackend(apply_delay_s=None, clock=clock)  # nothing is applied until advance()
+    gw = make_gateway(fake)
+    with GatewayClient(gw.target) as c:
+        assert c.get_embeddings([2], max_staleness_ms=0, answer_now=True).bound_met  # nothing pending: holds
+        offsets = fake.apply(MutationBatch.update_features([2], np.ones((1, 8), dtype=np.float32)))
+        (p,) = offsets
+        clock.advance(30)  # the write has waited 30 ms
+        for bound in ({"min_offsets": offsets}, {"max_staleness_ms": 10.0}):
+            res = c.get_embeddings([2], answer_now=True, **bound)
+            assert not res.bound_met
+            assert res.versions.tolist() == [0]  # what is visible: the write is not
+            assert res.watermark[p] == offsets[p]  # ... and how far off it is: the record at offsets[p] is next
+            assert res.staleness_ms == 30.0  # its true staleness
+            np.testing.assert_array_equal(res.embeddings[0], fake.expected(2, version=0))
+        assert c.get_embeddings([2], max_staleness_ms=30, answer_now=True).bound_met  # 30 ms is within 30
+        with pytest.raises(StalenessDeadlineError):  # without answer_now the same bound waits, then fails
+            c.get_embeddings([2], min_offsets=offsets, timeout_s=0.3)
+        fake.advance()
+        res = c.get_embeddings([2], min_offsets=offsets, answer_now=True)
+        assert res.bound_met and res.versions.tolist() == [1] and res.staleness_ms == 0.0
+        waited = c.get_embeddings([2], min_offsets=offsets)  # a waiting read is always met when it answers
+        assert waited.bound_met and waited.versions.tolist() == [1]
+    text = gw.metrics.render().decode()
+    assert "clustergnn_gateway_bound_unmet_total 2.0" in text
 
 
 def test_answer_describes_itself(make_gateway: GatewayFactory) -> None:

@@ -94,6 +94,21 @@ def test_cli_query_and_status(make_gateway: GatewayFactory, certs: Certs, capsys
     assert "UNAUTHENTICATED" in capsys.readouterr().err
 
 
+def test_cli_query_answer_now_says_whether_the_bound_held(
+    make_gateway: GatewayFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeBackend(apply_delay_s=None)  # the write below stays pending
+    gw = make_gateway(fake)
+    fake.apply(MutationBatch.update_features([3], np.ones((1, 8), dtype=np.float32)))
+    conn = ["--target", gw.target, "--timeout-s", "0.5"]
+    assert main(["query", "3", "--max-staleness-ms", "1e6", "--answer-now", *conn]) == 0
+    assert "  bound met\n" in capsys.readouterr().out
+    assert main(["query", "3", "--max-staleness-ms", "0", "--answer-now", *conn]) == 0
+    assert "  bound NOT met\n" in capsys.readouterr().out
+    assert main(["query", "3", "--max-staleness-ms", "0", *conn]) == 1  # without it: waits, then fails
+    assert "StalenessDeadlineError: bound not met" in capsys.readouterr().err
+
+
 def test_status_and_metrics_show_recovery_snapshots_and_broker_silence() -> None:
     from actors.gateway.cli import format_status
     from actors.gateway.metrics import GatewayMetrics

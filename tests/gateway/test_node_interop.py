@@ -67,9 +67,14 @@ def test_node_get_embeddings(node_client: Path, make_gateway: GatewayFactory, ce
     assert resp["layer"] == 1 and resp["embeddings"]["format"] == "EMBEDDING_FORMAT_RAW_F32"
     assert resp["embeddings"]["rows"] == 2 and resp["embeddings"]["dim"] == 5
     assert resp["staleness_ms"] == 0 and resp["watermark"] == {"0": "0", "1": "0"}
+    assert resp["bound_met"] is True  # a read without answer_now answers only when its bound holds
     np.testing.assert_array_equal(
         np.asarray(resp["matrix"], dtype=np.float32), np.stack([fake.expected(3), fake.expected(9)])
     )
+    far = {"vertex_ids": ["3"], "min_offsets": {"offsets": {"0": "1000000000"}}, "answer_now": True}
+    now = _call(node_client, gw.target, "GetEmbeddings", far, TOKENS[0], certs.ca)
+    assert now["ok"], now  # answered at once, though the bound does not hold
+    assert now["response"]["bound_met"] is False and now["response"]["watermark"] == {"0": "0", "1": "0"}
 
 
 def test_node_errors_and_other_services(node_client: Path, make_gateway: GatewayFactory, certs: Certs) -> None:

@@ -18,7 +18,7 @@ from actors.cluster import Cluster
 from clustergnn import Engine, MutationBatch, UnknownVertexError
 from clustergnn.config import Config
 from clustergnn.reference import dgl_forward
-from clustergnn.serving import InvalidReadError, StalenessDeadlineError
+from clustergnn.serving import InvalidReadError, PartitionUnavailableError, StalenessDeadlineError
 from tests.core.gen import random_stream
 from tests.kafka_util import raw_send
 
@@ -229,6 +229,38 @@ def test_read_errors_name_the_bad_value(cluster2: Cluster) -> None:
         cluster2.read([1], max_staleness_ms=-5)
     with pytest.raises(StalenessDeadlineError, match="bound not met"):
         cluster2.read([1], min_offsets={0: 10**9}, timeout_s=0.3)
+
+
+def test_answer_now_does_not_wait_for_the_replay_after_a_start() -> None:
+    """A read during the replay after a start waits for it (up to its deadline); an answer_now read with a
+    bound fails at once with the UNAVAILABLE of a replaying cluster instead of serving the state from before
+    the replay.  No Ray or broker: a cluster object in the state ``start()`` leaves it in until every
+    partition has caught up (replaying, NOT_SERVING)."""
+    cfg = Config.from_dict(
+        {
+            "kafka": {"bootstrap": "127.0.0.1:9092", "topic": "never-used"},
+            "cluster": {"partitions": 2},
+            "model": {"builtin": "sage", "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
+            "graph": {"dataset": None},
+        }
+    )
+    c = Cluster(cfg)
+    c._started = True  # what start() sets; replaying and not healthy are the constructor's
+    waits: list[float | None] = []
+
+    class CountingCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    c._cond = CountingCondition()
+    for bound in ({"min_offsets": {0: 0}}, {"max_staleness_ms": 1e9}):
+        with pytest.raises(PartitionUnavailableError, match="replaying its log after a start"):
+            c.read([1], answer_now=True, timeout_s=5.0, **bound)
+        assert waits == []  # not one wait
+    with pytest.raises(PartitionUnavailableError, match="replaying its log after a start"):
+        c.read([1], min_offsets={0: 0}, timeout_s=0.2)
+    assert waits  # without answer_now the read waited for the replay, up to its deadline
 
 
 def test_edge_from_a_vertex_added_in_another_partition_in_the_same_batch(cluster2: Cluster) -> None:

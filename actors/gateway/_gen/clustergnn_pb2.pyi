@@ -68,23 +68,25 @@ class Offsets(_message.Message):
     def __init__(self, offsets: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class GetEmbeddingsRequest(_message.Message):
-    __slots__ = ("vertex_ids", "layer", "max_staleness_ms", "min_offsets", "format", "input_features")
+    __slots__ = ("vertex_ids", "layer", "max_staleness_ms", "min_offsets", "format", "input_features", "answer_now")
     VERTEX_IDS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_NOW_FIELD_NUMBER: _ClassVar[int]
     vertex_ids: _containers.RepeatedScalarFieldContainer[int]
     layer: int
     max_staleness_ms: float
     min_offsets: Offsets
     format: EmbeddingFormat
     input_features: bool
-    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., layer: _Optional[int] = ..., max_staleness_ms: _Optional[float] = ..., min_offsets: _Optional[_Union[Offsets, _Mapping]] = ..., format: _Optional[_Union[EmbeddingFormat, str]] = ..., input_features: _Optional[bool] = ...) -> None: ...
+    answer_now: bool
+    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., layer: _Optional[int] = ..., max_staleness_ms: _Optional[float] = ..., min_offsets: _Optional[_Union[Offsets, _Mapping]] = ..., format: _Optional[_Union[EmbeddingFormat, str]] = ..., input_features: _Optional[bool] = ..., answer_now: _Optional[bool] = ...) -> None: ...
 
 class GetEmbeddingsResponse(_message.Message):
-    __slots__ = ("vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms", "model_digest")
+    __slots__ = ("vertex_ids", "versions", "embeddings", "staleness_ms", "watermark", "layer", "answered_at_unix_ms", "model_digest", "bound_met")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class GetEmbeddingsResponse(_message.Message):
     LAYER_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BOUND_MET_FIELD_NUMBER: _ClassVar[int]
     vertex_ids: _containers.RepeatedScalarFieldContainer[int]
     versions: _containers.RepeatedScalarFieldContainer[int]
     embeddings: EmbeddingMatrix
@@ -108,7 +111,8 @@ class GetEmbeddingsResponse(_message.Message):
     layer: int
     answered_at_unix_ms: int
     model_digest: str
-    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ..., model_digest: _Optional[str] = ...) -> None: ...
+    bound_met: bool
+    def __init__(self, vertex_ids: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[EmbeddingMatrix, _Mapping]] = ..., staleness_ms: _Optional[float] = ..., watermark: _Optional[_Mapping[int, int]] = ..., layer: _Optional[int] = ..., answered_at_unix_ms: _Optional[int] = ..., model_digest: _Optional[str] = ..., bound_met: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("vertex_ids", "layer", "format", "min_interval_ms")
