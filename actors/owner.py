@@ -285,16 +285,7 @@ class PartitionOwner:
         if self._snap_thread is not None:
             self._snap_thread.join(timeout=30)  # its part belongs to a snapshot that will never commit
         offset = self._load(manifest, None)
-        # a fresh consumer, not a seek of this one: in the long chaos run, twice, rolled-back owners' consumers
-        # (kafka-python 3.0.12) stayed at their seek offset for minutes with the log far ahead, fetchable and
-        # unpaused, a fetch always pending, polls empty, so the recovery never ended; owners with a new
-        # consumer (the re-created ones) never did this
-        old, self.consumer = self.consumer, None
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001 - a consumer that cannot close cleanly is dropped all the same
-            log.exception("partition %s: closing the consumer before a rollback failed", self.partition)
-        self.consumer = self._open_consumer(offset or 0)
+        self.consumer.seek(self.partition, offset or 0)
         self.next_offset = offset or 0
         self._recall_dead_letters()
         self._reset_round_state()
