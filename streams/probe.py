@@ -157,6 +157,7 @@ class _Connection:
             if have >= 4 and need == 4:
                 need = 4 + struct.unpack_from(">i", self._buf)[0]
                 if need > len(self._buf):  # a larger answer than usual: grow and keep what was read
+                    view.release()  # a bytearray with a view open cannot grow (BufferError)
                     self._buf.extend(bytes(need - len(self._buf)))
                     view = memoryview(self._buf)
         if have > need:

@@ -108,3 +108,40 @@ def test_a_topic_that_does_not_exist_proves_nothing(kafka_bootstrap: str, topic_
         assert probe.probe({}, asked_s=time.time(), timeout_s=2) is None
     finally:
         probe.close()
+
+
+def test_an_answer_larger_than_the_buffer_is_read_whole() -> None:
+    """A fetch answer over the connection's 64 KB buffer (the log's end fetched with records in it) grows
+    the buffer and is read whole: growing it while a view of it was open raised BufferError, and the rest
+    of that answer then read as garbage ("N bytes after the answer") on the next request."""
+    import socket
+    import struct
+    import threading
+
+    from streams.probe import _Connection
+
+    payload = bytes(range(256)) * 1200  # 300 KB
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for _ in range(2):
+                size = struct.unpack(">i", conn.recv(4, socket.MSG_WAITALL))[0]
+                req = conn.recv(size, socket.MSG_WAITALL)
+                cid = struct.unpack_from(">i", req, 4)[0]
+                body = struct.pack(">i", cid) + payload
+                conn.sendall(struct.pack(">i", len(body)) + body)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        c = _Connection("127.0.0.1", server.getsockname()[1], "test", 5.0)
+        for _ in range(2):
+            cid = c.send(1, 0, b"")
+            r = c.receive(cid, 5.0)
+            assert r.buf[r.pos :] == payload
+        c.close()
+    finally:
+        server.close()
+        t.join(5)
