@@ -80,7 +80,7 @@ class MutationProducer:
         *,
         max_mutations_per_record: int = DEFAULT_MAX_MUTATIONS_PER_RECORD,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        compression: Compression = "none",
+        compression: Compression = "lz4",
         kafka_config: Mapping[str, Any] | None = None,
     ) -> None:
         if format not in ("arrow", "json"):
