@@ -188,8 +188,12 @@ class Caches:
     # no layer outputs, aggregates or self terms here, so those rows stay zero (tests/core/test_state.py)
     GHOST_FREE = ("h", "agg", "selfc")
 
+    @classmethod
+    def _ghost_free(cls, name: str) -> bool:
+        return name.rstrip("0123456789") in cls.GHOST_FREE
+
     def _rows_of(self, name: str, idx: torch.Tensor, own_idx: torch.Tensor) -> torch.Tensor:
-        return own_idx if name.rstrip("0123456789") in self.GHOST_FREE else idx
+        return own_idx if self._ghost_free(name) else idx
 
     def export_rows(self, slots: np.ndarray, ghosts: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Rows ``slots`` of every table and per-slot array, as numpy copies (named as in :meth:`row_specs`).
@@ -208,7 +212,7 @@ class Caches:
 
     def ghost_free_names(self) -> set[str]:
         """The names in :meth:`row_specs` of the tables that ``export_rows(..., ghosts)`` shortens."""
-        return {name for name in self._named() if name.rstrip("0123456789") in self.GHOST_FREE}
+        return {name for name in self._named() if self._ghost_free(name)}
 
     def load_rows(self, slots: np.ndarray, arrays: dict[str, np.ndarray], ghosts: np.ndarray | None = None) -> None:
         """Write rows ``slots`` from ``arrays`` (checked by the caller against :meth:`row_specs`), as

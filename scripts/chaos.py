@@ -529,7 +529,7 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
         served_vertices = sum(p.num_vertices for p in st.partitions)
         served_edges = int(st.extra.get("edges", -1))
         chunk = config.gateway.max_ids_per_request
-        emb, missing = served(c, ids, chunk, len(single.embeddings(ids[:1])[0]))
+        emb, missing = served(c, ids, chunk, single.dims[-1])
         feats, _ = served(c, ids, chunk, args.dim, input_features=True)
     # a vertex the single engine has and the cluster does not: lost (its row compares as NaN, not as off)
     emb[missing], feats[missing] = 0.0, 0.0
