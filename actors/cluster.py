@@ -148,6 +148,12 @@ class Cluster:
         self._spares_made = 0
         # transactional writes (clustergnn/txn.py): votes in, decisions out to each holder's next ingest
         self.txns = TxnBook(self.P, grace_ms=PENDING_GRACE_MS, backstop_s=config.cluster.pending_timeout_s)
+        # the calm clock (``_tick_calm``): seconds during which every partition had read its log to the end.
+        # The backstops (``cluster.pending_timeout_s``) run on it, not on the wall clock, so a partition that
+        # is merely behind under overload never gets valid input dead-lettered or a transaction aborted
+        self.calm_s = 0.0
+        self._calm_mark: float | None = None
+        self._pending_seen: dict[int, tuple[int, float]] = {}  # partition -> (oldest pending ref ms, calm_s then)
         self._txn_out: list[dict[str, TxnDecision]] = [{} for _ in range(self.P)]
         self._txn_lock = threading.Lock()  # one transaction written at a time: the same order in every partition
 
@@ -553,6 +559,7 @@ class Cluster:
             for p, (sent,) in enumerate(extra):
                 for txn_id in sent:
                     self._txn_out[p].pop(txn_id, None)
+        self._tick_calm(reports)
         self._judge_txns(reports + (out.next_reports or []))
         if self.recovery is not None and not self._recovered(reports):
             with self._cond:  # watermark and replica stay where they were until the replay has passed them
@@ -578,6 +585,8 @@ class Cluster:
         self._note_caught_up(reports)
         if not self.replaying and any(rep.oldest_pending_ts_ms is not None for rep in reports):
             self._expire_pending(reports)
+        else:
+            self._pending_seen.clear()
         if cut:
             self._take_snapshot()
         return busy
@@ -588,7 +597,7 @@ class Cluster:
         votes = [v for r in reports for v in getattr(r, "txn_votes", ())]
         if not votes and not self.txns.open:
             return
-        now = time.monotonic()
+        now = self.calm_s  # the backstop counts calm time only (``_tick_calm``)
         with self._cond:
             alone, resend = self.txns.observe(votes, now)  # alone: decided by their owners, nothing to send
             for p, d in resend:
@@ -609,12 +618,33 @@ class Cluster:
             if alone or decided:
                 self._cond.notify_all()
 
+    def _tick_calm(self, reports: list) -> None:
+        """Advance the calm clock by the time since the last round if every partition, at the end of both
+        rounds, had read its log up to the high watermark of its last fetch (``caught_up_at_ms``), with no
+        replay or recovery going on.  Under overload some partition is behind, and the clock stops."""
+        now = time.monotonic()
+        calm = (
+            not self.replaying
+            and self.recovery is None
+            and len(reports) == self.P
+            and all(r.caught_up_at_ms is not None for r in reports)
+        )
+        if calm and self._calm_mark is not None:
+            self.calm_s += now - self._calm_mark
+        self._calm_mark = now if calm else None
+
     def _expire_pending(self, reports: list) -> None:
-        """Dead-letter (``unknown_vertex``) the edges whose source vertex no partition had added by
-        ``PENDING_GRACE_MS`` after the edge was produced: once every *other* partition's visible time has
-        passed that moment, every vertex addition produced before it is applied, so the source was not.
-        Such an edge then holds its partition's watermark for about the grace plus a round, not for
-        ``cluster.pending_timeout_s`` (which stays the backstop, e.g. while a partition is silent)."""
+        """Dead-letter (``unknown_vertex``) edges whose source vertex will not come, on evidence only
+        (docs/distributed.md, "When an edge's source never comes"):
+
+        * no partition had added the source by ``PENDING_GRACE_MS`` after the edge was produced: once every
+          *other* partition's visible time has passed that moment, every vertex addition produced before
+          it is applied, so the source was not.  Such an edge holds its partition's watermark for about
+          the grace plus a round.
+        * the backstop, ``cluster.pending_timeout_s`` of the calm clock (``_tick_calm``): for edges the first
+          rule cannot judge because other partitions' visible times are themselves held (two partitions
+          each holding an edge from a vertex the other never adds).  A partition that is merely behind
+          stops the calm clock, so overload alone never dead-letters valid input."""
         import ray
 
         with self._cond:
@@ -622,13 +652,25 @@ class Cluster:
         calls = []
         for rep in reports:
             if rep.oldest_pending_ts_ms is None:
+                self._pending_seen.pop(rep.partition, None)
                 continue
+            ts = int(rep.oldest_pending_ts_ms)
+            seen = self._pending_seen.get(rep.partition)
+            if seen is None or seen[0] != ts:
+                seen = self._pending_seen[rep.partition] = (ts, self.calm_s)
             others = [v for q, v in enumerate(visible) if q != rep.partition]
-            if not others or any(v is None for v in others):
-                continue
-            before = int(min(others)) - PENDING_GRACE_MS
-            if rep.oldest_pending_ts_ms <= before:
-                calls.append(self.owners[rep.partition].expire_pending.remote(before, PENDING_GRACE_MS))
+            before = int(min(others)) - PENDING_GRACE_MS if others and all(v is not None for v in others) else None
+            if before is not None and ts <= before:
+                why = (
+                    f"edges from vertices that no partition had added {PENDING_GRACE_MS} ms after the edge was produced"
+                )
+                calls.append(self.owners[rep.partition].expire_pending.remote(before, why))
+            elif self.calm_s - seen[1] >= self.config.cluster.pending_timeout_s:
+                why = (
+                    f"edges from vertices still unknown after {self.config.cluster.pending_timeout_s:g} s with "
+                    "every partition caught up with its log"
+                )
+                calls.append(self.owners[rep.partition].expire_pending.remote(ts, why))
         if calls:
             n = sum(ray.get(calls, timeout=30))
             with self._cond:

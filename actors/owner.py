@@ -51,9 +51,16 @@ class _Pending:
 
     batch: MutationBatch
     offset: int
-    timestamp_ms: int
-    since_s: float
+    timestamp_ms: int  # the record's Kafka timestamp (the producer's clock, for CreateTime topics)
+    since_s: float  # wall time this owner read it (or restored it from a snapshot)
     txn: TxnTag | None = None  # a transaction's part: applied only on the coordinator's commit
+
+    @property
+    def ref_ms(self) -> int:
+        """The latest moment the record can have been produced at: its timestamp, or the moment it was
+        read if that is earlier (a producer whose clock runs ahead must not make the record wait for, or
+        claim visibility of, a future the others have not reached)."""
+        return min(self.timestamp_ms, int(self.since_s * 1000))
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,6 @@ class PartitionOwner:
         self.next_offset = start_offset or 0
         t_recall = time.time()
         self._recall_dead_letters()
-        self.pending_timeout_s = config.cluster.pending_timeout_s
         self._reset_round_state()
         self._started_s = time.time()
         # where an owner's start goes (Cluster.start logs it): the process and its imports, the engine
@@ -356,7 +362,6 @@ class PartitionOwner:
     def _feed(self, todo: list[_Pending]) -> None:
         from streams.wire import DecodeErrorCode
 
-        now = time.time()
         self._held = self._vote = None
         for i, rec in enumerate(todo):
             if rec.txn is not None:
@@ -396,15 +401,8 @@ class PartitionOwner:
             self.applied += len(rec.batch) - len(deferred)
             if rec.txn is not None:
                 self.done.add(rec.txn.txn_id, rec.timestamp_ms)
-            if len(deferred):
-                rest = _Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s)  # committed: a plain record now
-                if not self.replaying and now - rec.since_s > self.pending_timeout_s:
-                    self._round_dead += self._drop_unknown_sources(
-                        rest, f"edges from vertices unknown for {self.pending_timeout_s:.0f}s"
-                    )
-                    rest.batch = deferred.subset(~self.engine.unknown_sources(deferred))
-                if len(rest.batch):
-                    self.pending.append(rest)
+            if len(deferred):  # waits for its sources (Cluster._expire_pending decides when it may not)
+                self.pending.append(_Pending(deferred, rec.offset, rec.timestamp_ms, rec.since_s))  # a plain record now
 
     def _judge(self, rec: _Pending) -> TxnVote:
         """This partition's vote on a transaction's part, against its state right now (nothing changes)."""
@@ -415,7 +413,7 @@ class PartitionOwner:
             "tag": rec.txn,
             "partition": self.partition,
             "round_id": self.round_id,
-            "timestamp_ms": rec.timestamp_ms,
+            "timestamp_ms": rec.ref_ms,
         }
         if rec.txn.txn_id in self.done:  # a copy of a transaction this partition applied: committed, then skipped
             return TxnVote(**vote)
@@ -430,20 +428,19 @@ class PartitionOwner:
             return TxnVote(**vote, error_code=DecodeErrorCode.INVALID_MUTATION.value, error=str(exc))
         return TxnVote(**vote, unknown=tuple(int(x) for x in unknown), adds=adds_of(rec.batch.kind, rec.batch.src))
 
-    def expire_pending(self, before_ms: int, grace_ms: int) -> int:
-        """Dead-letter (``unknown_vertex``) the deferred records produced at or before ``before_ms``: the
-        coordinator has seen every other partition apply everything produced up to ``before_ms + grace_ms``,
-        and their sources are still unknown.  Returns how many records went to the dead-letter topic."""
+    def expire_pending(self, before_ms: int, why: str) -> int:
+        """Dead-letter (``unknown_vertex``, the detail saying ``why``) the unknown-source edges of the
+        deferred records produced at or before ``before_ms`` (:attr:`_Pending.ref_ms`): the coordinator has
+        the evidence that their sources will not come (``Cluster._expire_pending``).  Returns how many
+        records went to the dead-letter topic."""
         if self.replaying:
             return 0
         keep, n = [], 0
         for rec in self.pending:
-            if rec.timestamp_ms > before_ms or rec.txn is not None:  # a transaction's part waits for its decision
+            if rec.ref_ms > before_ms or rec.txn is not None:  # a transaction's part waits for its decision
                 keep.append(rec)
                 continue
-            n += self._drop_unknown_sources(
-                rec, f"edges from vertices that no partition had added {grace_ms} ms after the edge was produced"
-            )
+            n += self._drop_unknown_sources(rec, why)
             rest = rec.batch.subset(~self.engine.unknown_sources(rec.batch))
             if len(rest):  # mutations that only waited behind those edges: applied next round
                 keep.append(_Pending(rest, rec.offset, rec.timestamp_ms, rec.since_s))
@@ -474,7 +471,7 @@ class PartitionOwner:
             busy=self._open,
             mutations=self._round_mutations,
             visible_offset=min([p.offset for p in self.pending], default=self.next_offset),
-            oldest_pending_ts_ms=min([p.timestamp_ms for p in self.pending], default=None),
+            oldest_pending_ts_ms=min([p.ref_ms for p in self.pending], default=None),
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
             deferred=sum(len(p.batch) for p in self.pending if p.txn is None),
@@ -552,12 +549,9 @@ class PartitionOwner:
         return dict(self.startup)
 
     def end_replay(self) -> None:
-        """Every partition has caught up once: deferred mutations may time out again, counted from now."""
+        """Every partition has caught up once: deferred mutations may be judged unknown again."""
         if self.replaying:
             self.replaying = False
-            now = time.time()
-            for p in self.pending:
-                p.since_s = now
             log.info("partition %s: replay over (%s records still deferred)", self.partition, len(self.pending))
 
     def final_embeddings(self) -> Published:

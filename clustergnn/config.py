@@ -154,9 +154,12 @@ class ClusterConfig:
     not end).  A joined Ray (``ray_address``) keeps its own setting (``RAY_worker_niceness``), and so does
     a local one when that variable is set."""
     pending_timeout_s: float = 10.0
-    """The backstop for an edge waiting for a source vertex no partition knows yet: dead-lettered with
-    reason ``unknown_vertex`` after this long.  Normally it goes much sooner: once every other partition
-    has applied everything produced until 250 ms after the edge (docs/gateway.md, "Writes")."""
+    """The backstop for an edge waiting for a source vertex no partition knows yet, and for a transaction
+    without a decision: dead-lettered (``unknown_vertex``) or aborted after this many seconds *during which
+    every partition was caught up with its log* (the calm clock: time spent behind under overload does not
+    count, so overload alone never drops valid input).  Normally an edge goes much sooner, on evidence:
+    once every other partition has applied everything produced until 250 ms after the edge
+    (docs/distributed.md, "When an edge's source never comes")."""
     spare_owner: bool = True
     """Keep one idle owner process started (with Ray's resources of an owner): a crashed owner is replaced
     by it without starting a process and importing torch (seconds of every recovery)."""

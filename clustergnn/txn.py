@@ -14,7 +14,9 @@ record per partition it touches, each tagged with the transaction's id and the l
    never came (every partition still missing a part has applied everything produced until ``grace_ms``
    after the transaction); when an unknown source stays unknown (no part adds it, every partition
    outside the transaction has applied everything produced until ``grace_ms`` after it, and a vote
-   taken after that still says unknown); or after ``backstop_s`` without a decision.  *Commit* when
+   taken after that still says unknown); or after ``backstop_s`` without a decision.  The book's clock
+   (``now_s``) is the caller's: the coordinator passes its *calm clock*, which runs only while every
+   partition is caught up with its log, so a transaction held up by overload is never aborted for it.  *Commit* when
    every part has voted, none rejects, and every unknown source is added by another part.
    A transaction wholly in one partition needs no coordinator unless a source is unknown: its owner
    applies or dead-letters it at once and reports its vote as ``final`` (:func:`decides_alone`).

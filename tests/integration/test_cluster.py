@@ -20,7 +20,7 @@ from clustergnn.config import Config
 from clustergnn.reference import dgl_forward
 from clustergnn.serving import InvalidReadError, PartitionUnavailableError, StalenessDeadlineError
 from tests.core.gen import random_stream
-from tests.kafka_util import raw_send
+from tests.kafka_util import raw_send, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,75 @@ def test_random_stream_through_kafka_equals_single_engine_and_dgl(
         assert st.healthy and sum(p.num_vertices for p in st.partitions) == single.num_vertices
         if partitions > 1:
             assert st.extra["messages"] > 0  # cross-partition propagation really happened
+    finally:
+        cluster.stop()
+
+
+def test_a_late_source_under_overload_is_applied_not_dead_lettered(ray_local, kafka_bootstrap, topic_name) -> None:
+    """Issue 12, item 4: an edge whose source's partition is far behind waits for it, however long that
+    takes, and is applied -- overload is not evidence that the source will not come.  Partition 1 gets a
+    backlog it reads one record a round (``max_poll_records = 1``), then the source's addition; the edge,
+    in partition 0, is read at once and waits much longer than ``cluster.pending_timeout_s``, the old
+    wall-clock limit after which it was dead-lettered (the calm clock does not run while partition 1 is
+    behind, and partition 1's visible time stays before the edge until it reaches the addition)."""
+    timeout_s, backlog = 0.5, 400
+    cfg = Config.from_dict(
+        {
+            "kafka": {
+                "bootstrap": kafka_bootstrap,
+                "topic": topic_name(),
+                "poll_timeout_ms": 10,
+                "max_poll_records": 1,
+            },
+            "cluster": {"partitions": 2, "actor_num_cpus": 0.5, "pending_timeout_s": timeout_s},
+            "model": {"builtin": "sage", "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
+            "graph": {"dataset": None},
+        }
+    )
+    cluster = Cluster(cfg).start()
+    try:
+        single = Engine.from_layers(cluster.layers, F)
+        init = MutationBatch.concat(
+            [
+                MutationBatch.add_vertices(np.arange(20), torch.randn(20, F)),
+                MutationBatch.add_edges(
+                    np.r_[np.arange(20), np.arange(20)], np.r_[np.arange(1, 21) % 20, np.arange(3, 23) % 20]
+                ),
+            ]
+        )
+        single.apply(init)
+        cluster.wait_for(cluster.apply(init), timeout_s=60)
+        # the backlog: one record each, all in partition 1 (odd ids), then the source 101 (partition 1)
+        late = [MutationBatch.update_features([1 + 2 * (i % 5)], torch.randn(1, F)) for i in range(backlog)]
+        late.append(MutationBatch.add_vertices([101], torch.randn(1, F)))
+        sends = [cluster.producer().send_async(b) for b in late]
+        for r in sends:
+            r.get()
+        edge = MutationBatch.add_edges([101, 101], [2, 4])  # both into partition 0, from the late source
+        t0 = time.monotonic()
+        cluster.wait_for(cluster.apply(edge), timeout_s=180)
+        waited = time.monotonic() - t0
+        # the same for a transaction: its part in partition 1 waits behind a backlog; the old wall-clock
+        # backstop aborted it ("the parts for partitions [1] have not arrived")
+        more = [MutationBatch.update_features([3], torch.randn(1, F)) for _ in range(backlog)]
+        sends = [cluster.producer().send_async(b) for b in more]
+        for r in sends:
+            r.get()
+        txn = MutationBatch.concat(
+            [MutationBatch.add_vertices([103], torch.randn(1, F)), MutationBatch.add_edges([103], [6])]
+        )
+        t0 = time.monotonic()
+        assert cluster.await_txn("late-1", cluster.apply_txn(txn, "late-1"), timeout_s=180)
+        waited_txn = time.monotonic() - t0
+        for b in [*late, edge, *more, txn]:
+            single.apply(b)
+        dlq = cluster.config.kafka.dlq
+        assert read_all(kafka_bootstrap, dlq, [0, 1], expect=0, timeout_s=1) == []
+        assert_equal_to_engine_and_dgl(cluster, single)
+        assert cluster.stats.dead_letters == 0
+        for w in (waited, waited_txn):
+            assert w > 2 * timeout_s, f"partition 1 was not behind for long ({w:.2f} s): the test proves nothing"
+        print(f"waited {waited:.1f} s and {waited_txn:.1f} s (backstop {timeout_s} s)")
     finally:
         cluster.stop()
 
