@@ -10,11 +10,14 @@ process too.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +84,48 @@ class IngestReport:
     # the part it holds, if it holds one
     txn_votes: tuple[TxnVote, ...] = ()
     struct_out: dict[int, StructMsg] = field(default_factory=dict)
+
+
+def _timed(step: str):
+    """Record a round call's whole in-owner time as ``call:<step>`` (:class:`PhaseTimes`)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            with self.phases(f"call:{step}"):
+                return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    return deco
+
+
+class PhaseTimes:
+    """Wall time of each phase inside this owner's round calls, and of each call as a whole (``call:<step>``),
+    recent values only: what a round's step costs inside the owner, to set against the coordinator's
+    time for the same step (the rest is Ray's call, scheduling and the reply's serialisation;
+    ``scripts/bench_cluster.py`` prints both).  Timing costs ~1 us a phase."""
+
+    def __init__(self, keep: int = 2048) -> None:
+        self.ms: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=keep))
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name].append((time.perf_counter() - t0) * 1000)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{phase: {n, p50, p99, mean}}`` in ms over the recent values."""
+        out = {}
+        for name, d in self.ms.items():
+            a = np.fromiter(d, dtype=np.float64)
+            if a.size:
+                p50, p99 = np.percentile(a, [50, 99])
+                out[name] = {"n": int(a.size), "p50": float(p50), "p99": float(p99), "mean": float(a.mean())}
+        return out
 
 
 OWNER_PREFIX = "owner."  # the owner's own arrays in a snapshot part, beside the engine's
@@ -192,6 +237,7 @@ class PartitionOwner:
         self._recall_dead_letters()
         self._reset_round_state()
         self._started_s = time.time()
+        self.phases = PhaseTimes()
         # where an owner's start goes (Cluster.start logs it): the process and its imports, the engine
         # (empty or restored), the Kafka consumer, the dead-letter recall
         self.startup = {
@@ -216,6 +262,7 @@ class PartitionOwner:
             dead_letter_topic=kc.dlq,
             start_offsets=None if start_offset is None else {self.partition: start_offset},
             kafka_config={"fetch_max_wait_ms": kc.fetch_max_wait_ms},
+            behind_fetch_wait_ms=kc.fetch_behind_wait_ms,
         )
 
     def adopt(self, *args: Any, **kwargs: Any) -> int:
@@ -304,6 +351,7 @@ class PartitionOwner:
         return self.next_offset
 
     # ------------------------------------------------------------------ round steps
+    @_timed("ingest")
     def ingest(
         self, round_id: int, max_records: int | None, decisions: Mapping[str, TxnDecision] | None = None
     ) -> IngestReport:
@@ -318,9 +366,12 @@ class PartitionOwner:
         if decisions:
             self._decisions.update(decisions)
         held = self._held is not None and self._held.txn.txn_id not in self._decisions
-        polled = (
-            [] if held else self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
-        )
+        with self.phases("poll"):  # the fetch (up to poll_timeout_ms when nothing is there) and the decoding
+            polled = (
+                []
+                if held
+                else self.consumer.poll(timeout_ms=self.config.kafka.poll_timeout_ms, max_records=max_records)
+            )
         # Visible time: when the fetch was sent whose answer's high watermark this partition has read up to
         # (that answer covers every record produced before the fetch left).  A silent broker sends no
         # answers, so the moment stays put and staleness grows.
@@ -347,9 +398,12 @@ class PartitionOwner:
         self.pending = []
         self._round_mutations, self._round_dead = 0, n_dead
         if todo:  # the round opens with the first record applied: one that only holds a transaction is not busy
-            self._feed(todo)
-        return self._report()
+            with self.phases("apply"):
+                self._feed(todo)
+        with self.phases("report"):
+            return self._report()
 
+    @_timed("retry")
     def retry(self, inbox: list[StructMsg]) -> IngestReport:
         """Step 1b (only when the round driver's retry trigger holds, ``clustergnn/rounds.py``): learn the
         vertices other partitions added this round, then retry the deferred mutations within the round."""
@@ -484,6 +538,7 @@ class PartitionOwner:
             self.engine.begin_round(round_id)
             self._open = True
 
+    @_timed("structure")
     def structure(self, round_id: int, inbox: list[StructMsg]) -> dict[int, LayerMsg]:
         """Step 2 (opens the round here if this partition had nothing to ingest)."""
         if not self._open:
@@ -491,18 +546,31 @@ class PartitionOwner:
             self.engine.structure_outbox()
         return self.engine.structure(inbox)
 
+    @_timed("layer")
     def layer(self, li: int, inbox: list[LayerMsg]) -> dict[int, LayerMsg]:
         """Steps 3..: one GNN layer (not the last: see ``finish_round``)."""
-        return self.engine.layer(li, inbox)
+        with self.phases(f"layer{li}"):
+            return self.engine.layer(li, inbox)
 
+    @_timed("finish_round")
     def finish_round(self, inbox: list[LayerMsg]) -> Published | None:
         """The last layer; closes the round; returns what changed in the final embeddings."""
-        self.engine.layer(self.engine.num_layers - 1, inbox)
+        with self.phases(f"layer{self.engine.num_layers - 1}"):
+            self.engine.layer(self.engine.num_layers - 1, inbox)
         self._open = False
-        self.last_round = self.engine.end_round()
+        with self.phases("end_round"):  # versions, the final rows to publish
+            self.last_round = self.engine.end_round()
         self.dead_letters += self._round_dead
         return self.last_round.published
 
+    def profile(self) -> dict[str, dict[str, float]]:
+        """Recent per-phase and per-call times inside this owner (:class:`PhaseTimes`); ``clear`` after."""
+        return self.phases.summary()
+
+    def clear_profile(self) -> None:
+        self.phases.ms.clear()
+
+    @_timed("finish_round_then_ingest")
     def finish_round_then_ingest(
         self,
         inbox: list[LayerMsg],

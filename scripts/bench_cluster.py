@@ -146,6 +146,8 @@ def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches
 
 
 def bench_partitions(P: int, ds, args) -> list[dict]:
+    import ray
+
     from actors.cluster import Cluster
     from clustergnn.config import Config
     from streams.broker import EmbeddedBroker
@@ -176,6 +178,8 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
             for rate in args.rates:
                 m0, b0 = cluster.stats.messages, cluster.stats.message_bytes
                 mut0 = cluster.stats.mutations
+                cluster.stats.step_ms.clear()
+                ray.get([o.clear_profile.remote() for o in cluster.owners])
                 r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s)
                 pos += r["events"]
                 muts = max(cluster.stats.mutations - mut0, 1)
@@ -196,6 +200,9 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                 r["steps_ms_p50"] = {
                     k: float(np.percentile(list(v), 50)) for k, v in cluster.stats.step_ms.items() if v
                 }
+                r["profile"] = round_profile(
+                    r["steps_ms_p50"], ray.get([o.profile.remote() for o in cluster.owners]), cluster.num_layers
+                )
                 cluster.stats.step_ms.clear()
                 rows.append(r)
                 progress(
@@ -203,12 +210,56 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                     f"max {r['latency_ms_max']:.0f} ms; sustained={r['sustained']}; steps p50 "
                     + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
                 )
+                progress(profile_table(r["profile"]))
                 if not r["drained"] or r["drain_s"] > 10:
                     progress(f"P={P}: backlog does not drain at {rate:,.0f}/s; stopping the ramp")
                     break
         finally:
             cluster.stop()
     return rows
+
+
+def step_calls(steps: list[str], num_layers: int) -> dict[str, str]:
+    """The owner call behind each of the coordinator's steps (``clustergnn/rounds.py``: the last layer's
+    step is ``finish_round_then_ingest`` when the next ingest is fused into it)."""
+    out = {"ingest": "ingest", "retry": "retry", "structure": "structure"}
+    for li in range(num_layers - 1):
+        out[f"layer{li}"] = "layer"
+    out[f"layer{num_layers - 1}"] = "finish_round_then_ingest"
+    return {k: v for k, v in out.items() if k in steps}
+
+
+def round_profile(steps_ms_p50: dict[str, float], profiles: list[dict], num_layers: int) -> dict:
+    """Per step: the coordinator's time, the slowest owner's time inside the call, and the rest (Ray's
+    call and reply, serialisation, scheduling: the difference of the two medians, an estimate); per
+    phase inside the owners: the median over owners of each owner's median."""
+    steps = {}
+    for step, call in step_calls(list(steps_ms_p50), num_layers).items():
+        inside = [p[f"call:{call}"]["p50"] for p in profiles if f"call:{call}" in p]
+        slowest = max(inside) if inside else float("nan")
+        steps[step] = {
+            "coordinator_ms_p50": steps_ms_p50[step],
+            "in_owner_ms_p50_slowest": slowest,
+            "outside_owners_ms": steps_ms_p50[step] - slowest,
+        }
+    names = sorted({k for p in profiles for k in p if not k.startswith("call:")})
+    phases = {n: float(np.median([p[n]["p50"] for p in profiles if n in p])) for n in names}
+    return {"steps": steps, "phases_ms_p50": phases}
+
+
+def profile_table(prof: dict) -> str:
+    lines = [
+        "round profile, p50 ms: step | coordinator | slowest owner inside its call | outside the owners "
+        "(Ray call and reply, serialisation, scheduling)"
+    ]
+    for step, r in prof["steps"].items():
+        cells = (r["coordinator_ms_p50"], r["in_owner_ms_p50_slowest"], r["outside_owners_ms"])
+        lines.append(f"  {step:<10}" + "".join(f" {c:8.1f}" for c in cells))
+    lines.append(
+        "  phases inside an owner (median over owners): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in prof["phases_ms_p50"].items())
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

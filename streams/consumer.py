@@ -150,6 +150,7 @@ class MutationConsumer:
         feature_dim: int | None = None,
         dead_letter_topic: str | None = None,
         kafka_config: Mapping[str, Any] | None = None,
+        behind_fetch_wait_ms: int | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = sorted(set(int(p) for p in partitions))
@@ -183,6 +184,8 @@ class MutationConsumer:
         self.highwater_sent_s: dict[int, tuple[float, int]] = {}
         self._log_bounds: dict[int, tuple[int, int]] = {}  # partition -> (log start, high watermark) then
         self._track_responses()
+        if behind_fetch_wait_ms is not None:
+            self._adapt_fetch_wait(int(config.get("fetch_max_wait_ms", 500)), int(behind_fetch_wait_ms))
         known = self._consumer.partitions_for_topic(topic)
         if not known:
             self._consumer.close()
@@ -247,6 +250,40 @@ class MutationConsumer:
         fetcher._parse_fetched_data = parse_and_note
         if handle is not None:  # looked up for each fetch sent, so every answer passes here
             fetcher._handle_fetch_response = handle_and_note
+
+    def _adapt_fetch_wait(self, caught_up_ms: int, behind_ms: int) -> None:
+        """Ask the broker to hold a fetch ``caught_up_ms`` while this consumer is at the log's end (new
+        records then reach it within about that), and ``behind_ms`` while some partition's position is
+        below the high watermark of its last answer, or none is known yet (a start, a replay).
+
+        A broker answers at once when data is there, so the longer wait costs nothing on Kafka; but tansu
+        (the embedded broker) lists every stored batch of the partition on each fetch and cuts that
+        listing, and the batches it reads, at the fetch's wait: with 5 ms and a few thousand batches in a
+        partition, a fetch from behind returned one batch or none, and replays crawled at about a record
+        a second (the long chaos run's stall, docs/operations.md).  The wait is set on kafka-python's
+        fetcher right before it builds each fetch request."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        create = getattr(fetcher, "_create_fetch_requests", None)
+        subs = getattr(fetcher, "_subscriptions", None)
+        if create is None or subs is None:
+            logger.warning(
+                "kafka-python without Fetcher._create_fetch_requests: fetches always wait %s ms", caught_up_ms
+            )
+            return
+
+        def behind() -> bool:
+            for tp, state in list(subs.assignment.items()):
+                got = self.highwater_sent_s.get(tp.partition)
+                pos = getattr(state, "position", None)
+                if got is None or (pos is not None and pos.offset < got[1]):
+                    return True
+            return False
+
+        def create_adapted() -> Any:
+            fetcher.config["fetch_max_wait_ms"] = behind_ms if behind() else caught_up_ms
+            return create()
+
+        fetcher._create_fetch_requests = create_adapted
 
     # ------------------------------------------------------------------ positions
     def seek(self, partition: int, offset: int) -> None:

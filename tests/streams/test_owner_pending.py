@@ -30,3 +30,11 @@ def test_pending_records_round_trip_with_their_transaction_tags() -> None:
         )
     old = {k: v for k, v in arrays.items() if "txn" not in k}  # a snapshot from before transactions
     assert [r.txn for r in pending_from_arrays(old, now_s=5.0)] == [None] * 4
+
+
+def test_a_records_reference_time_is_never_after_it_was_read() -> None:
+    """``ref_ms``: the Kafka timestamp, or the read time when the producer's clock runs ahead of it (a
+    future timestamp must not hold the edge, or claim visibility, past what anyone has reached)."""
+    b = MutationBatch.add_edges([5], [2])
+    assert _Pending(b, 0, 1_000, 2.0).ref_ms == 1_000  # produced at 1.0 s, read at 2.0 s
+    assert _Pending(b, 0, 9_000_000, 2.0).ref_ms == 2_000  # "produced" in the future: read at 2.0 s

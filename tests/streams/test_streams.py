@@ -358,3 +358,36 @@ def test_the_producer_compresses_by_default(kafka_bootstrap: str, topic: str) ->
     for p, part in split_by_owner(batch, PM).items():
         half = joined(got[p], F)
         assert len(half) == 2 * len(part) and np.array_equal(half.src[: len(part)], half.src[len(part) :])
+
+
+def test_a_consumer_behind_the_log_end_asks_the_broker_for_a_longer_fetch_wait(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """``behind_fetch_wait_ms``: the wait of every fetch sent while a partition's position is below the
+    high watermark of its last answer (or none is known yet), the short ``fetch_max_wait_ms`` once it is
+    at the end.  (The embedded broker cuts its storage read at the wait: with 5 ms and thousands of
+    batches a fetch from behind returned one batch or none, docs/operations.md.)"""
+    parts = [MutationBatch.add_edges([i], [1]) for i in range(200)]
+    with MutationProducer(kafka_bootstrap, topic, PM) as prod:
+        for b in parts:
+            prod.send(b)  # one record each, sent one by one
+    seen: list[int] = []
+    with consumer(
+        kafka_bootstrap, topic, [1], kafka_config={"fetch_max_wait_ms": 5, "max_partition_fetch_bytes": 4096},
+        behind_fetch_wait_ms=400,
+    ) as c:  # fmt: skip
+        fetcher = c._consumer._fetcher
+        adapted = fetcher._create_fetch_requests
+
+        def spy():  # the wait each request is built with, as the adapted builder leaves it
+            out = adapted()
+            seen.append(fetcher.config["fetch_max_wait_ms"])
+            return out
+
+        fetcher._create_fetch_requests = spy
+        got = drain(c, {1: 200})[1]
+        for _ in range(5):  # at the end now: the next fetches wait briefly
+            c.poll(timeout_ms=50)
+    assert_same(joined(got), MutationBatch.concat(parts))
+    assert seen[0] == 400 and seen[-1] == 5, seen
+    assert seen.count(400) >= 2, seen  # several fetches from behind (4 KB each)
