@@ -22,6 +22,7 @@ import torch
 from clustergnn import cpu_kernels
 from clustergnn.aggregate.base import Aggregation
 from clustergnn.graph import union
+from clustergnn.memory import MemoryEntry, entries_of
 
 if TYPE_CHECKING:  # rules.py imports the aggregation modules, which import this one
     from clustergnn.rules import LayerRule
@@ -77,6 +78,9 @@ class Scratch:
     def __init__(self) -> None:
         self._posmap = np.zeros(0, dtype=np.int64)
         self._bits = np.zeros(0, dtype=np.uint64)  # cpu_kernels.unique_live's bitmap
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        return entries_of("", "scratch", {"posmap": self._posmap, "unique_bits": self._bits})
 
     def posmap(self, capacity: int) -> np.ndarray:
         """An all -1 ``int64`` map over at least ``capacity`` slots (callers leave it all -1)."""
@@ -142,6 +146,13 @@ class Caches:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tables())
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        """Every table (kind ``cache``) and per-slot array (``per_slot``), named as in :meth:`row_specs`."""
+        named = self._named()
+        tables = {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
+        per_slot = {k: v for k, v in named.items() if not isinstance(v, torch.Tensor)}
+        return {**entries_of("", "cache", tables), **entries_of("", "per_slot", per_slot)}
 
     def grow(self, capacity: int) -> None:
         if capacity <= self.capacity:

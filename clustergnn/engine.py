@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from clustergnn import cpu_kernels
+from clustergnn import cpu_kernels, kernels
 from clustergnn import state as engine_state
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.caches import Caches, RowView, Scratch, gather_rows
 from clustergnn.errors import MutationError
 from clustergnn.graph import MutableGraph, union, unique
 from clustergnn.kernels import EdgeIndex
+from clustergnn.memory import MemoryEntry, entries_of, tensors_of
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.propagation import Propagation
 from clustergnn.recompute import recompute_all
@@ -300,6 +301,21 @@ class Engine(Propagation):
 
     def memory_bytes(self) -> dict[str, int]:
         return {"structure": self.graph.structure_nbytes(), "caches": self.caches.nbytes()}
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        """Every array the engine holds, ``{name: MemoryEntry(kind, dtype, shape, nbytes)}`` (allocated
+        bytes, capacity rows included; :mod:`clustergnn.memory`).  Names: the cache tables and per-slot
+        arrays as in :meth:`Caches.row_specs` (``h0``, ``msg0``, ``agg0``, ``selfc0``, ..., ``version``),
+        ``graph.*`` (structure), ``scratch.*``, ``rule{l}.*`` (weights) and ``process.edge_arange``:
+        the process-wide cached ``arange`` of DGL edge ids (:func:`clustergnn.kernels.cached_aranges`),
+        shared by every engine of the process and as long as the largest edge set a segment ran on."""
+        out = dict(self.caches.memory_report())
+        out |= {f"graph.{k}": v for k, v in self.graph.memory_report().items()}
+        out |= {f"scratch.{k}": v for k, v in self._scratch.memory_report().items()}
+        for li, rule in enumerate(self.rules):
+            out |= entries_of(f"rule{li}.", "model", tensors_of(rule))
+        out |= entries_of("process.", "scratch", kernels.cached_aranges())
+        return out
 
     # ------------------------------------------------------------------ writes
     def apply(self, batch: MutationBatch) -> ApplyResult:

@@ -22,6 +22,7 @@ import numpy as np
 
 from clustergnn import cpu_kernels
 from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.memory import DICT_ENTRY_BYTES, MemoryEntry, entries_of
 
 DIRECT_ID_LIMIT = 1 << 28  # ids below this use a table (4 bytes per id up to the largest id seen)
 _MIN_BLOCK = 4
@@ -94,6 +95,11 @@ class BlockAdjacency:
 
     def nbytes(self) -> int:
         return self.pool.nbytes + self.start.nbytes + self.length.nbytes + self.cap.nbytes
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        """The pool (allocated, garbage and slack included), the per-vertex block arrays, the append scratch."""
+        arrays = {"pool": self.pool, "start": self.start, "length": self.length, "cap": self.cap}
+        return {**entries_of("", "structure", arrays), **entries_of("", "scratch", {"append_count": self._count})}
 
     @property
     def num_entries(self) -> int:
@@ -405,7 +411,7 @@ class MutableGraph:
 
     def structure_nbytes(self) -> int:
         """Bytes held by the graph structure (adjacency pools, per-vertex arrays, id maps)."""
-        dict_bytes = len(self._dict) * 100  # rough CPython dict entry + two ints
+        dict_bytes = len(self._dict) * DICT_ENTRY_BYTES  # rough CPython dict entry + two ints
         return (
             self.inn.nbytes()
             + self.out.nbytes()
@@ -414,6 +420,19 @@ class MutableGraph:
             + self._table.nbytes
             + dict_bytes
         )
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        """Every array of the structure: both adjacencies (``in.``/``out.``), the id maps, the free lists."""
+        out = {f"in.{k}": v for k, v in self.inn.memory_report().items()}
+        out |= {f"out.{k}": v for k, v in self.out.memory_report().items()}
+        out |= entries_of("", "structure", {"ext_of": self.ext_of, "alive": self.alive, "id_table": self._table})
+        for name, parts in (("free_slots", self._free), ("pending_free_slots", self._pending_free)):
+            for i, a in enumerate(parts):
+                out |= entries_of("", "structure", {f"{name}.{i}": a})
+        if self._dict:
+            n = len(self._dict)
+            out["id_dict"] = MemoryEntry("structure", "object", (n,), n * DICT_ENTRY_BYTES)
+        return out
 
     # --------------------------------------------------------------- state
     def export(self) -> GraphState:

@@ -86,6 +86,11 @@ def _arange(n: int, dtype: torch.dtype) -> torch.Tensor:
     return cur[:n]
 
 
+def cached_aranges() -> dict[str, torch.Tensor]:
+    """The process-wide aranges :func:`_arange` keeps, by dtype (``edge_arange.int64``): for memory reports."""
+    return {f"edge_arange.{str(k).removeprefix('torch.')}": v for k, v in _ARANGE.items()}
+
+
 def _dgl_ops():
     """``dgl.ops``, imported on first use and through :mod:`clustergnn._dgl` (its workaround for our torch:
     a plain ``import dgl`` fails there).  A process that only runs rules (a partition owner) imports DGL

@@ -46,6 +46,7 @@ from clustergnn.aggregate.base import BatchContext
 from clustergnn.engine import Engine
 from clustergnn.errors import MutationError
 from clustergnn.graph import DIRECT_ID_LIMIT, union, unique
+from clustergnn.memory import DICT_ENTRY_BYTES, MemoryEntry, entries_of
 from clustergnn.mutations import MutationBatch, edge_kinds_mask
 from clustergnn.partition import PartitionMap, route, split_by_owner
 from clustergnn.results import LayerDelta
@@ -63,6 +64,13 @@ class IdDirectory:
     def __init__(self) -> None:
         self._table = np.zeros(0, dtype=np.int8)
         self._other: dict[int, int] = {}
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        out = entries_of("", "structure", {"table": self._table})
+        if self._other:
+            n = len(self._other)
+            out["dict"] = MemoryEntry("structure", "object", (n,), n * DICT_ENTRY_BYTES)
+        return out
 
     @staticmethod
     def _direct(ids: np.ndarray) -> np.ndarray:
@@ -217,6 +225,11 @@ class PartitionEngine(Engine):
     def _clear_rows(self, slots: np.ndarray) -> None:
         self.readers[slots] = 0
         super()._clear_rows(slots)
+
+    def memory_report(self) -> dict[str, MemoryEntry]:
+        """:meth:`Engine.memory_report` plus the reader counts and the id directory's table."""
+        out = super().memory_report() | entries_of("", "per_slot", {"readers": self.readers})
+        return out | {f"directory.{k}": v for k, v in self.directory.memory_report().items()}
 
     # ------------------------------------------------------------------ state (clustergnn/state.py)
     def export_state(self) -> tuple[dict[str, np.ndarray], dict]:

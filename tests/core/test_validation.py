@@ -168,6 +168,15 @@ STRETCH_BAD = {
         _stretch(_v(20), MutationBatch.add_edges([20], [0]), _v(1)),
         "mutations [2, 3) (add_vertex): cannot add vertex 1: it already exists",
     ),
+    # every vertex before every edge (a bulk load's shape): the vertices are added first, then undone
+    "vertices first, then an edge to an unknown vertex": (
+        _stretch(_v(20), _v(21), MutationBatch.add_edges([20, 21], [21, 30])),
+        "mutations [2, 4) (add_edge): unknown destination vertex id 30",
+    ),
+    "vertices first, then removing a new vertex's missing edge": (
+        _stretch(_v(20), _v(21), MutationBatch.add_edges([20], [0]), MutationBatch.remove_edges([21], [0])),
+        "mutations [3, 4) (remove_edge): cannot remove edge 21 -> 0: it does not exist",
+    ),
 }
 
 
@@ -210,3 +219,23 @@ def test_stretch_of_additions_equals_one_by_one(eng: Engine) -> None:
     assert np.array_equal(eng.graph.lookup(np.arange(23)), other.graph.lookup(np.arange(23)))
     for x, y in zip(a[3], b[3]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_rejected_vertices_first_stretch_leaves_the_slots_as_they_were(eng: Engine) -> None:
+    """The vertices-first stretch adds its vertices before looking its edges up; when the stretch is
+    rejected they are undone, so the next batch gets the same slots as in an engine that never saw it."""
+    other = Engine.from_dgl(
+        build("sage-pool"),
+        dgl.graph(([0, 1, 2, 3], [1, 2, 3, 0]), num_nodes=4),
+        torch.randn(4, F_IN, generator=torch.Generator().manual_seed(0)),
+    )
+    eng.apply(MutationBatch.remove_vertices([2]))  # a free slot, reused by the next batch after this one
+    other.apply(MutationBatch.remove_vertices([2]))
+    with pytest.raises(MutationError, match="unknown destination vertex id 30"):
+        eng.apply(_stretch(_v(20), _v(21), MutationBatch.add_edges([20, 21], [21, 30])))
+    good = _stretch(_v(21), _v(20), _v(22), MutationBatch.add_edges([20, 21, 22], [21, 22, 0]))
+    eng.apply(good)
+    other.apply(good)
+    ids = np.arange(23)
+    assert np.array_equal(eng.graph.lookup(ids), other.graph.lookup(ids))
+    assert_same(snapshot(eng), snapshot(other))
