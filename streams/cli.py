@@ -7,9 +7,14 @@ import logging
 import sys
 from typing import Any
 
+from clustergnn.config import ModelConfig
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+DEFAULT_DIM = ModelConfig().in_dim
+"""``produce --dim``'s default: the input width of the default cluster's model, so that a default
+producer's feature rows are not dead-lettered (``feature_width``) by a default cluster."""
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +60,11 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("arrow", "json"), default="arrow")
     p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="Kafka partitions = owners (default 4)")
     p.add_argument(
-        "--dim", type=int, default=None, help="feature width (default: the dataset's own, or seeded-random 64)"
+        "--dim",
+        type=int,
+        default=DEFAULT_DIM,
+        help=f"feature width: the cluster's model.in_dim (default {DEFAULT_DIM}, the default cluster's); a "
+        "dataset's native features are sent when this is their width (45 for movielens), seeded-random ones otherwise",
     )
     p.add_argument("--with-initial", action="store_true", help="send the initial graph (vertices, then edges) first")
     p.add_argument(

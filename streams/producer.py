@@ -26,7 +26,15 @@ from clustergnn.partition import PartitionMap, split_by_owner
 from clustergnn.txn import TxnTag
 from streams.errors import StreamError
 from streams.topics import DEFAULT_MAX_MESSAGE_BYTES
-from streams.wire import H_TXN, Compression, Format, encode_arrow_columns, encode_json_columns
+from streams.wire import (
+    ARROW_SCHEMA_VERSION,
+    H_TXN,
+    ArrowSchemaVersion,
+    Compression,
+    Format,
+    encode_arrow_columns,
+    encode_json_columns,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,8 @@ class ProducerStats:
 class MutationProducer:
     """Produce :class:`MutationBatch` es to ``topic``; ``format`` is ``"arrow"`` (default) or ``"json"``.
 
+    Arrow records are written in ``schema_version`` 2 (``docs/wire-format.md``: rows without features
+    take no feature bytes) unless told 1, for consumers older than version 2 during a rolling upgrade.
     ``kafka_config`` passes extra settings to kafka-python's ``KafkaProducer``.
     """
 
@@ -81,12 +91,15 @@ class MutationProducer:
         max_mutations_per_record: int = DEFAULT_MAX_MUTATIONS_PER_RECORD,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         compression: Compression = "lz4",
+        schema_version: ArrowSchemaVersion = ARROW_SCHEMA_VERSION,
         kafka_config: Mapping[str, Any] | None = None,
     ) -> None:
         if format not in ("arrow", "json"):
             raise StreamError(f"format must be 'arrow' or 'json', got {format!r}")
         if max_mutations_per_record < 1:
             raise StreamError(f"max_mutations_per_record must be >= 1, got {max_mutations_per_record}")
+        if schema_version not in (1, 2):
+            raise StreamError(f"schema_version must be 1 or 2, got {schema_version!r}")
         if max_record_bytes < 4 * _RECORD_OVERHEAD_BYTES:
             raise StreamError(f"max_record_bytes must be >= {4 * _RECORD_OVERHEAD_BYTES}, got {max_record_bytes}")
         self.topic = topic
@@ -96,6 +109,7 @@ class MutationProducer:
         self.max_record_bytes = max_record_bytes
         self.max_txn_record_bytes = DEFAULT_MAX_MESSAGE_BYTES - _RECORD_OVERHEAD_BYTES
         self.compression: Compression = compression
+        self.schema_version: ArrowSchemaVersion = schema_version
         self.stats = ProducerStats()
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
@@ -153,7 +167,9 @@ class MutationProducer:
         tag = TxnTag(txn_id, tuple(p for p, _ in parts)).encode()
         records = []
         for p, part in parts:
-            value = encode_arrow_columns(part.kind, part.src, part.dst, part.features.numpy(), self.compression)
+            value = encode_arrow_columns(
+                part.kind, part.src, part.dst, part.features.numpy(), self.compression, self.schema_version
+            )
             if len(value) > self.max_txn_record_bytes:
                 raise StreamError(
                     f"the part of this write for partition {p} is {len(value)} bytes as one record; a transaction "
@@ -199,20 +215,50 @@ class MutationProducer:
 
     def _records(self, part: MutationBatch) -> list[tuple[bytes | None, bytes, int]]:
         """``(key, value, n_mutations)`` records for the mutations of one partition, in order."""
-        feats = part.features.numpy()
         if self.format == "json":
+            feats = part.features.numpy()
             return [(k, v, 1) for k, v in encode_json_columns(part.kind, part.src, part.dst, feats)]
-        n = len(part)
-        has = feature_kinds_mask(part.kind)
-        bytes_per_row = 17 + (4 * part.feature_dim if has.any() else 4)
-        rows = max(
-            1, min(self.max_mutations_per_record, (self.max_record_bytes - _RECORD_OVERHEAD_BYTES) // bytes_per_row)
+        records = arrow_records(
+            part,
+            max_mutations=self.max_mutations_per_record,
+            max_bytes=self.max_record_bytes,
+            compression=self.compression,
+            schema_version=self.schema_version,
         )
-        feat_start = np.concatenate([[0], np.cumsum(has)]) if has.any() else None
-        out: list[tuple[bytes | None, bytes, int]] = []
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            f = feats[feat_start[a] : feat_start[b]] if feat_start is not None else feats[:0]
-            value = encode_arrow_columns(part.kind[a:b], part.src[a:b], part.dst[a:b], f, self.compression)
-            out.append((None, value, b - a))
-        return out
+        return [(None, value, n) for value, n in records]
+
+
+def arrow_records(
+    part: MutationBatch,
+    *,
+    max_mutations: int = DEFAULT_MAX_MUTATIONS_PER_RECORD,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    compression: Compression = "lz4",
+    schema_version: ArrowSchemaVersion = ARROW_SCHEMA_VERSION,
+) -> list[tuple[bytes, int]]:
+    """``(value, n_mutations)`` Arrow records holding ``part`` in order: at most ``max_mutations`` each,
+    and at most about ``max_bytes`` (estimated before compression, so compressed records stay under it)."""
+    feats = part.features.numpy()
+    n = len(part)
+    has = feature_kinds_mask(part.kind)
+    # uncompressed bytes of each row: 17 of ids, then version 2: a 4-byte offset, a validity bit (counted
+    # as a byte) and 4F on feature rows; version 1: 4F on every row of a record with feature rows (a
+    # 1-wide null slot without)
+    width = part.feature_dim if has.any() else 1
+    if schema_version == 2:
+        row_bytes = 22 + 4 * width * has.astype(np.int64)
+    else:
+        row_bytes = np.full(n, 17 + 4 * width, dtype=np.int64)
+    ends = np.cumsum(row_bytes)
+    budget = max_bytes - _RECORD_OVERHEAD_BYTES
+    feat_start = np.concatenate([[0], np.cumsum(has)]) if has.any() else None
+    out: list[tuple[bytes, int]] = []
+    a = 0
+    while a < n:
+        fits = int(np.searchsorted(ends, (int(ends[a - 1]) if a else 0) + budget, side="right"))
+        b = max(a + 1, min(n, a + max_mutations, fits))
+        f = feats[feat_start[a] : feat_start[b]] if feat_start is not None else feats[:0]
+        value = encode_arrow_columns(part.kind[a:b], part.src[a:b], part.dst[a:b], f, compression, schema_version)
+        out.append((value, b - a))
+        a = b
+    return out

@@ -4,9 +4,12 @@ The normative description, written for producers in other languages, is ``docs/w
 short, a record's value is one of
 
 * **Arrow**: an Arrow IPC *stream* (it starts with the continuation marker ``FF FF FF FF``) whose
-  schema carries the metadata ``clustergnn.schema_version = "1"`` and exactly the columns
-  ``kind: int8``, ``src: int64``, ``dst: int64``, ``features: fixed_size_list<float32>[F]``
-  (null on rows without features) -- a whole batch of mutations per record;
+  schema carries the metadata ``clustergnn.schema_version`` and exactly the columns ``kind: int8``,
+  ``src: int64``, ``dst: int64`` and ``features`` -- a whole batch of mutations per record.  Version
+  ``"2"`` (written by default): ``features: list<float32>``, ``F`` values on feature rows and none on
+  the others, so a row without features costs one offset.  Version ``"1"`` (still read, and written
+  on request for consumers not yet upgraded): ``features: fixed_size_list<float32>[F]``, null on rows
+  without features, which still occupy ``F`` zeros each;
 * **JSON**: one UTF-8 JSON object (``{"v": 1, "op": "add_edge", "src": 1, "dst": 2}``) -- one
   mutation per record, for hand-written producers and ``kcat``.
 
@@ -36,12 +39,19 @@ import numpy as np
 import pyarrow as pa
 
 from clustergnn import codec
-from clustergnn.codec import MutationColumns
+from clustergnn.codec import FeatureLayout, MutationColumns
 from clustergnn.mutations import KIND_NAMES, MutationBatch, MutationKind, edge_kinds_mask, feature_kinds_mask
 from clustergnn.partition import PartitionMap, routing_ids
 
-SCHEMA_VERSION = 1
-"""The one schema version this code reads and writes (Arrow metadata and JSON ``"v"``)."""
+ARROW_LAYOUTS: dict[int, FeatureLayout] = {1: FeatureLayout.FIXED, 2: FeatureLayout.LIST}
+"""Arrow schema versions this code reads, and the layout of ``features`` each one has."""
+
+ARROW_SCHEMA_VERSION = 2
+"""The Arrow schema version written by default (metadata ``clustergnn.schema_version``)."""
+
+JSON_SCHEMA_VERSION = 1
+"""The one JSON version (``"v"``): a JSON record carries one mutation, so it never had null feature
+slots, and schema version 2 left it as it was."""
 
 SCHEMA_VERSION_KEY = "clustergnn.schema_version"
 """Arrow schema metadata key holding the schema version as ASCII decimal."""
@@ -50,11 +60,13 @@ JSON_EDGE_FIELDS = frozenset({"v", "op", "src", "dst"})
 JSON_VERTEX_FIELDS = frozenset({"v", "op", "id"})
 JSON_FEATURE_FIELDS = frozenset({"v", "op", "id", "features"})
 
+_ARROW_LAYOUT_BY_TEXT = {str(v).encode(): layout for v, layout in ARROW_LAYOUTS.items()}
 _ARROW_MAGIC = b"\xff\xff\xff\xff"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 Format = Literal["arrow", "json"]
 Compression = Literal["none", "lz4", "zstd"]
+ArrowSchemaVersion = Literal[1, 2]
 
 
 class DecodeErrorCode(str, enum.Enum):
@@ -107,11 +119,21 @@ DecodedRecord = MutationColumns
 
 
 def encode_arrow_columns(
-    kind: np.ndarray, src: np.ndarray, dst: np.ndarray, features: np.ndarray, compression: Compression = "none"
+    kind: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    features: np.ndarray,
+    compression: Compression = "none",
+    schema_version: ArrowSchemaVersion = ARROW_SCHEMA_VERSION,
 ) -> bytes:
     """Encode columns (``features``: rows of the feature-bearing mutations only) as one Arrow record:
-    the core's table (:func:`clustergnn.codec.encode_columns`) with the schema version, as an IPC stream."""
-    rb = codec.encode_columns(kind, src, dst, features, metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)})
+    the core's table (:func:`clustergnn.codec.encode_columns`) in the layout of ``schema_version``,
+    with that version in the schema metadata, as an IPC stream."""
+    layout = ARROW_LAYOUTS.get(schema_version)
+    if layout is None:
+        raise ValueError(f"schema_version must be one of {sorted(ARROW_LAYOUTS)}, got {schema_version!r}")
+    metadata = {SCHEMA_VERSION_KEY: str(schema_version)}
+    rb = codec.encode_columns(kind, src, dst, features, metadata=metadata, layout=layout)
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
     with pa.ipc.new_stream(sink, rb.schema, options=options) as writer:
@@ -119,10 +141,14 @@ def encode_arrow_columns(
     return sink.getvalue().to_pybytes()
 
 
-def encode_arrow(batch: MutationBatch, compression: Compression = "none") -> bytes:
+def encode_arrow(
+    batch: MutationBatch,
+    compression: Compression = "none",
+    schema_version: ArrowSchemaVersion = ARROW_SCHEMA_VERSION,
+) -> bytes:
     """Encode a whole batch as one Arrow record value (the caller routes it:
     :func:`clustergnn.partition.split_by_owner`)."""
-    return encode_arrow_columns(batch.kind, batch.src, batch.dst, batch.features.numpy(), compression)
+    return encode_arrow_columns(batch.kind, batch.src, batch.dst, batch.features.numpy(), compression, schema_version)
 
 
 def encode_json_columns(
@@ -139,9 +165,9 @@ def encode_json_columns(
     rows = zip(kind.tolist(), src.tolist(), dst.tolist(), is_edge, has, routes)
     for k, s, d, e, h, r in rows:  # JSON is per-row by nature
         if e:
-            obj: dict[str, Any] = {"v": SCHEMA_VERSION, "op": names[k], "src": s, "dst": d}
+            obj: dict[str, Any] = {"v": JSON_SCHEMA_VERSION, "op": names[k], "src": s, "dst": d}
         else:
-            obj = {"v": SCHEMA_VERSION, "op": names[k], "id": s}
+            obj = {"v": JSON_SCHEMA_VERSION, "op": names[k], "id": s}
             if h:
                 obj["features"] = feats[fi]
                 fi += 1
@@ -174,8 +200,9 @@ def _preview(value: bytes | None, limit: int = 40) -> str:
 
 
 def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
-    """Decode an Arrow record value: the IPC stream and schema version here, the table's schema, kinds,
-    feature placement and finiteness by :func:`clustergnn.codec.decode`."""
+    """Decode an Arrow record value: the IPC stream and schema version here, the table's schema (the
+    ``features`` layout of its version), kinds, feature placement, widths and finiteness by
+    :func:`clustergnn.codec.decode`."""
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(value))
         schema = reader.schema
@@ -191,12 +218,14 @@ def decode_arrow(value: bytes) -> DecodedRecord | DecodeError:
             DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
             f"schema metadata lacks {SCHEMA_VERSION_KEY!r}; has {sorted(k.decode(errors='replace') for k in meta)}",
         )
-    if version != str(SCHEMA_VERSION).encode():
+    layout = _ARROW_LAYOUT_BY_TEXT.get(version)
+    if layout is None:
         return DecodeError(
             DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
-            f"schema version {version.decode(errors='replace')!r} is not supported; allowed: [{SCHEMA_VERSION}]",
+            f"schema version {version.decode(errors='replace')!r} is not supported; "
+            f"allowed: {[str(v) for v in ARROW_LAYOUTS]}",
         )
-    decoded = codec.decode(table)
+    decoded = codec.decode(table, layout)
     if isinstance(decoded, codec.CodecError):
         return DecodeError(DecodeErrorCode(decoded.code.value), decoded.message)
     return decoded
@@ -220,10 +249,10 @@ def decode_json(value: bytes) -> DecodedRecord | DecodeError:
         return DecodeError(DecodeErrorCode.BAD_JSON, f"a record must be one JSON object, got {type(obj).__name__}")
     if "v" not in obj:
         return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'v' (schema version) is missing; got {sorted(obj)}")
-    if obj["v"] != SCHEMA_VERSION or not _is_int(obj["v"]):
+    if obj["v"] != JSON_SCHEMA_VERSION or not _is_int(obj["v"]):
         return DecodeError(
             DecodeErrorCode.UNKNOWN_SCHEMA_VERSION,
-            f"schema version {obj['v']!r} is not supported; allowed: [{SCHEMA_VERSION}]",
+            f"schema version {obj['v']!r} is not supported; allowed: [{JSON_SCHEMA_VERSION}]",
         )
     if "op" not in obj:
         return DecodeError(DecodeErrorCode.MISSING_FIELD, f"field 'op' is missing; got {sorted(obj)}")

@@ -342,9 +342,9 @@ def test_a_decoder_crash_dead_letters_the_record_instead_of_stopping(
 
 
 def test_the_producer_compresses_by_default(kafka_bootstrap: str, topic: str) -> None:
-    """Mixed records carry null feature slots in every row; LZ4 (the default) makes them smaller on the
-    wire (here 2.3x at this test's width; ~5x at width 64, docs/wire-format.md), and they decode to the
-    same mutations."""
+    """LZ4 (the default) makes records smaller on the wire (here 1.8x: the ids and, in schema version 2,
+    the offsets of rows without features compress; docs/wire-format.md), and they decode to the same
+    mutations."""
     batch = graph_batch(n_vertices=40, n_edges=400)
     sizes = {}
     for comp in ("none", None):
@@ -352,7 +352,7 @@ def test_the_producer_compresses_by_default(kafka_bootstrap: str, topic: str) ->
         with MutationProducer(kafka_bootstrap, topic, PM, max_mutations_per_record=10_000, **kw) as prod:
             prod.send(batch)
             sizes[comp] = prod.stats.value_bytes
-    assert sizes[None] * 2 < sizes["none"], sizes
+    assert sizes[None] * 1.5 < sizes["none"], sizes
     with consumer(kafka_bootstrap, topic) as c:
         got = drain(c, {p: 2 for p in range(P)})
     for p, part in split_by_owner(batch, PM).items():
@@ -391,3 +391,22 @@ def test_a_consumer_behind_the_log_end_asks_the_broker_for_a_longer_fetch_wait(
     assert_same(joined(got), MutationBatch.concat(parts))
     assert seen[0] == 400 and seen[-1] == 5, seen
     assert seen.count(400) >= 2, seen  # several fetches from behind (4 KB each)
+
+
+def test_schema_versions_1_and_2_mix_in_one_partition(kafka_bootstrap: str, topic: str) -> None:
+    """Records already in a log (schema version 1, or a producer not yet upgraded) and new ones (version 2,
+    the default) in the same partitions are all consumed, in offset order."""
+    old_batch, new_batch = graph_batch(seed=1), graph_batch(seed=2)
+    with (
+        MutationProducer(kafka_bootstrap, topic, PM, schema_version=1) as old,
+        MutationProducer(kafka_bootstrap, topic, PM) as new,
+    ):
+        assert new.schema_version == 2
+        old.send(old_batch)
+        new.send(new_batch)
+        last = old.send(old_batch)
+    with consumer(kafka_bootstrap, topic) as c:
+        got = drain(c, {p: last[p] + 1 for p in range(P)})
+    expected = split_by_owner(MutationBatch.concat([old_batch, new_batch, old_batch]), PM)
+    for p, part in expected.items():
+        assert_same(joined(got[p], F), part)

@@ -227,7 +227,9 @@ def test_bad_json(value: bytes) -> None:
 
 def test_unknown_schema_version_arrow() -> None:
     t = edge_table([1], [1])
-    assert rejected(arrow_bytes(t, {SCHEMA_VERSION_KEY: "2"})).code == DecodeErrorCode.UNKNOWN_SCHEMA_VERSION
+    for version in ("3", "0", "01", " 2", ""):
+        err = rejected(arrow_bytes(t, {SCHEMA_VERSION_KEY: version}))
+        assert err.code == DecodeErrorCode.UNKNOWN_SCHEMA_VERSION and repr(version) in err.message, err
     err = rejected(arrow_bytes(t, None))
     assert err.code == DecodeErrorCode.UNKNOWN_SCHEMA_VERSION and SCHEMA_VERSION_KEY in err.message
 
