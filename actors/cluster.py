@@ -144,7 +144,7 @@ class Cluster:
         self._owner_gen = [0] * self.P
         self._owner_status: list[dict | None] = [None] * self.P
         self._started = False
-        self._spare = None  # an idle owner process (cluster.spare_owner), adopted by a recovery
+        self._spares: list = []  # idle owner processes (cluster.spare_owners), oldest first, adopted by recoveries
         self._spares_made = 0
         # transactional writes (clustergnn/txn.py): votes in, decisions out to each holder's next ingest
         self.txns = TxnBook(self.P, grace_ms=PENDING_GRACE_MS, backstop_s=config.cluster.pending_timeout_s)
@@ -198,8 +198,8 @@ class Cluster:
             time.monotonic() - t_ray,
             ", ".join(f"{k.removesuffix('_s')} {max(x[k] for x in t):.2f}s" for k in t[0]),
         )
-        if cc.spare_owner:
-            self._spare = self._spawn_owner(None, None)  # starts in the background
+        if cc.spare_owners:  # one now (in the background); the rest once the start's replay is over
+            self._spares.append(self._spawn_owner(None, None))
         if manifest is not None:
             self.restored = manifest
             self.round_id = manifest.round_id
@@ -299,9 +299,9 @@ class Cluster:
             except Exception:  # noqa: BLE001 - a dead owner has nothing to close
                 pass
             ray.kill(o)
-        if self._spare is not None:
-            ray.kill(self._spare)
-            self._spare = None
+        for spare in self._spares:
+            ray.kill(spare)
+        self._spares = []
         self.owners = []
         self.healthy = False
         self._started = False
@@ -447,7 +447,7 @@ class Cluster:
                 calls = []
                 for p in dead:
                     ray.kill(self.owners[p], no_restart=True)
-                    spare, self._spare = self._spare, None
+                    spare = self._spares.pop(0) if self._spares else None
                     if spare is not None:  # an owner process already up: no process start, no imports
                         self.owners[p] = spare
                         args, kwargs = self._owner_args(p, manifest)
@@ -526,9 +526,13 @@ class Cluster:
             rec.get("restored_s", float("nan")),
             self.round_id,
         )
-        if self.config.cluster.spare_owner and self._spare is None:
-            self._spare = self._spawn_owner(None, None)  # the next recovery's, started once this one is over
+        self._top_up_spares()  # started once this recovery is over, not competing with it
         return True
+
+    def _top_up_spares(self) -> None:
+        """Start spare owners until ``cluster.spare_owners`` are up or starting (in the background)."""
+        while len(self._spares) < self.config.cluster.spare_owners:
+            self._spares.append(self._spawn_owner(None, None))
 
     def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The round driver's fan-out: ``step`` on every owner at once, results in partition order."""
@@ -687,6 +691,8 @@ class Cluster:
 
         ray.get([o.end_replay.remote() for o in self.owners])
         self.replaying = False
+        if self.recovery is None:  # a start's replay; a recovery tops up once it is over (``_recovered``)
+            self._top_up_spares()
         with self._cond:
             if self.recovery is None and self.error is None:
                 self.healthy = True

@@ -166,9 +166,13 @@ class ClusterConfig:
     count, so overload alone never drops valid input).  Normally an edge goes much sooner, on evidence:
     once every other partition has applied everything produced until 250 ms after the edge
     (docs/distributed.md, "When an edge's source never comes")."""
-    spare_owner: bool = True
-    """Keep one idle owner process started (with Ray's resources of an owner): a crashed owner is replaced
-    by it without starting a process and importing torch (seconds of every recovery)."""
+    spare_owners: int = 2
+    """Idle owner processes kept started (each with Ray's resources of an owner, ~0.4 GB): a crashed owner
+    is replaced by the oldest without starting a process and importing torch (10+ s on a busy 2-core
+    machine).  Two, so that the spare started after one recovery has the time of a whole fault interval
+    to get ready before it is needed: with one, a kill that came within ~15 s of the last recovery
+    waited for the new spare's imports (owner recovery 14-25 s instead of 5-10 s in the long chaos run).
+    0 = none (a recovery then starts a process)."""
     idle_long_poll: bool = True
     """When nothing is pending, stop rounds: the driver long-polls the log's end instead (fetches the broker
     holds 50 ms) and pings the owners every second, and a read that finds freshness last proven more than
@@ -399,6 +403,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is ClusterConfig and "spare_owner" in data:
+        raise ConfigError(
+            f"{where}.spare_owner was replaced by {where}.spare_owners (how many idle owner processes to keep "
+            f"started, default 2; 0 for none), got {data['spare_owner']!r}"
+        )
     if cls is ClusterConfig and "snapshot_dir" in data:
         raise ConfigError(
             f"{where}.snapshot_dir was replaced by snapshot.uri (a directory or pyarrow.fs URI; see "
@@ -433,6 +442,10 @@ def validate(cfg: Config) -> None:
     _check(
         isinstance(c.owner_niceness, int) and not isinstance(c.owner_niceness, bool) and 0 <= c.owner_niceness <= 19,
         f"cluster.owner_niceness must be an integer in 0..19, got {c.owner_niceness!r}",
+    )
+    _check(
+        isinstance(c.spare_owners, int) and not isinstance(c.spare_owners, bool) and 0 <= c.spare_owners <= 8,
+        f"cluster.spare_owners must be an integer in 0..8, got {c.spare_owners!r}",
     )
     _check(
         isinstance(c.pending_timeout_s, (int, float))

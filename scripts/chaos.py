@@ -244,7 +244,15 @@ class Producer(threading.Thread):
     log (what was acknowledged, in order) for the oracle; now and then a malformed record."""
 
     def __init__(
-        self, bootstrap: str, topic: str, pmap, work: Workload, rate: float, bad_every: int, txn_every: int = 0
+        self,
+        bootstrap: str,
+        topic: str,
+        pmap,
+        work: Workload,
+        rate: float,
+        bad_every: int,
+        txn_every: int = 0,
+        tick_s: float = 0.05,
     ) -> None:
         super().__init__(name="chaos-producer", daemon=True)
         from kafka import KafkaProducer
@@ -256,6 +264,7 @@ class Producer(threading.Thread):
         self.topic, self.P, self.work, self.rate, self.bad_every = topic, pmap.num_partitions, work, rate, bad_every
         self.txn_every = txn_every  # every N-th batch is written as one transaction (all of it or none)
         self.txns = 0
+        self.tick_s = tick_s
         self.log: list[MutationBatch] = []
         self.offsets: dict[int, int] = {}
         self.bad: list[tuple[int, int]] = []  # (partition, offset) of each malformed record
@@ -264,7 +273,7 @@ class Producer(threading.Thread):
         self.mutations = 0
 
     def run(self) -> None:
-        tick = 0.05
+        tick = self.tick_s
         per_tick = max(1, int(self.rate * tick))
         t_next = time.monotonic()
         n = 0
@@ -431,7 +440,9 @@ def run(args: argparse.Namespace) -> dict:
         feats[:, 0] = 0.0  # every vertex's sequence starts at 0 (only additions carry feature rows)
         init = MutationBatch(init.kind, init.src, init.dst, feats)
         work = Workload(rng, args.dim, list(verts), next_id=int(max(verts)) + 1, mix=args.mix)
-        producer = Producer(broker.bootstrap, "chaos", pmap, work, args.rate, args.bad_every, args.txn_every)
+        producer = Producer(
+            broker.bootstrap, "chaos", pmap, work, args.rate, args.bad_every, args.txn_every, args.tick_s
+        )
         for p, o in producer.producer.send(init, timeout_s=120).items():
             producer.offsets[p] = o
         producer.log.append(init)
@@ -665,6 +676,14 @@ def main(argv: list[str] | None = None) -> int:
         default=10,
         help="every N-th batch is written as one transaction (MutationProducer.send_txn; 0: none): all valid, "
         "so every one must commit, across owner and driver kills",
+    )
+    ap.add_argument(
+        "--tick-s",
+        type=float,
+        default=0.05,
+        help="the producer writes one batch (a record per partition) every this many seconds; the embedded "
+        "broker's fetch lists every stored batch of a partition, so a long run at 10k/s keeps the batch count "
+        "down with 0.5 (docs/operations.md)",
     )
     ap.add_argument("--port", type=int, default=50171)
     ap.add_argument("--seed", type=int, default=0)

@@ -84,3 +84,13 @@ def test_a_bad_owner_niceness_is_named(bad: object) -> None:
     with pytest.raises(ConfigError, match=rf"cluster.owner_niceness must be an integer in 0..19, got {bad!r}"):
         Config.from_dict({"cluster": {"owner_niceness": bad}})
     assert Config.from_dict({"cluster": {"owner_niceness": 7}}).cluster.owner_niceness == 7
+
+
+def test_spare_owners_is_a_small_count_and_the_old_switch_points_to_it() -> None:
+    assert Config.from_dict({}).cluster.spare_owners == 2
+    assert Config.from_dict({"cluster": {"spare_owners": 0}}).cluster.spare_owners == 0
+    for bad in (-1, 9, True, 1.5):
+        with pytest.raises(ConfigError, match="cluster.spare_owners must be an integer in 0..8"):
+            Config.from_dict({"cluster": {"spare_owners": bad}})
+    with pytest.raises(ConfigError, match="cluster.spare_owner was replaced by config.cluster.spare_owners"):
+        Config.from_dict({"cluster": {"spare_owner": True}})
