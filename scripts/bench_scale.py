@@ -54,14 +54,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clustergnn import Engine  # noqa: E402
-from clustergnn._dgl import dgl, dglnn  # noqa: E402
+from clustergnn._dgl import dgl  # noqa: E402
 from clustergnn.datasets import hashed_features, rmat  # noqa: E402
 from clustergnn.memory import total_bytes  # noqa: E402
+from clustergnn.models import builtin_layers  # noqa: E402
 from clustergnn.reference import dgl_forward  # noqa: E402
 
 MODELS = ("sage-mean", "gcn", "gin", "gat")
 BATCHES = {1: 200, 100: 50, 1000: 15, 10000: 4}  # batches timed per size
-GAT_HEADS = 4
 GIB = 1 << 30
 
 
@@ -151,30 +151,11 @@ class RssTrace:
 
 # ---------------------------------------------------------------------------- models and data
 def model(name: str, f_in: int, hidden: int, f_out: int, seed: int = 0) -> list[torch.nn.Module]:
-    """Two layers ``f_in -> hidden -> f_out``, deterministic from ``seed`` (the DGL worker rebuilds them)."""
-    torch.manual_seed(seed)
-    if name == "sage-mean":
-        layers = [dglnn.SAGEConv(f_in, hidden, "mean"), dglnn.SAGEConv(hidden, f_out, "mean")]
-    elif name == "gcn":
-        layers = [
-            dglnn.GraphConv(f_in, hidden, allow_zero_in_degree=True),
-            dglnn.GraphConv(hidden, f_out, allow_zero_in_degree=True),
-        ]
-    elif name == "gin":
-        layers = [
-            dglnn.GINConv(torch.nn.Linear(f_in, hidden), "sum"),
-            dglnn.GINConv(torch.nn.Linear(hidden, f_out), "sum"),
-        ]
-    elif name == "gat":
-        layers = [
-            dglnn.GATConv(f_in, hidden // GAT_HEADS, GAT_HEADS, allow_zero_in_degree=True),
-            dglnn.GATConv(hidden, f_out, 1, allow_zero_in_degree=True),
-        ]
-    else:
+    """Two layers ``f_in -> hidden -> f_out``, deterministic from ``seed`` (the DGL worker rebuilds them):
+    the cluster's seeded builtin models (``clustergnn.models.builtin_layers``; GAT with 4 heads inside)."""
+    if name not in MODELS:
         raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    for layer in layers:
-        layer.eval()
-    return layers
+    return builtin_layers("sage" if name == "sage-mean" else name, [f_in, hidden, f_out], seed)
 
 
 def stream_needed(batch_counts: dict[int, int]) -> int:
