@@ -44,9 +44,13 @@ def _producer_process(
     seconds: float,
     batches_per_s: int,
     out,
+    cycle: bool = False,
 ) -> None:
     """Replays events at ``rate`` from a process of its own (producers live elsewhere in a deployment,
-    and must not share the coordinator's interpreter lock); reports (ack time, offsets, size) per batch."""
+    and must not share the coordinator's interpreter lock); reports (ack time, offsets, size) per batch.
+    ``cycle``: when the dataset's events run out before the window does, go on with the same edges removed,
+    then added again, and so on (every removal meets a copy its pass before added; the graph stays the
+    size the first pass left), so a saturated window can be longer than the dataset."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clustergnn.datasets import load
     from clustergnn.partition import HashPartitionMap
@@ -60,6 +64,14 @@ def _producer_process(
             events_per_batch, dim=dim, start=start_event, limit=start_event + events_per_batch * n_batches
         )
     )
+    if cycle and len(batches) < n_batches:
+        from clustergnn.mutations import MutationBatch, MutationKind
+
+        edges = [(b.src[b.kind == MutationKind.ADD_EDGE], b.dst[b.kind == MutationKind.ADD_EDGE]) for b in batches]
+        first = len(batches)
+        for k in range(first, n_batches):
+            rnd, (src, dst) = k // first, edges[k % first]
+            batches.append(MutationBatch.remove_edges(src, dst) if rnd % 2 else MutationBatch.add_edges(src, dst))
     producer = MutationProducer(bootstrap, topic, HashPartitionMap(P))
     producer.send(batches[0].slice(0, 0))  # connect before the clock starts
     out.put(("ready", time.time()))
@@ -74,8 +86,11 @@ def _producer_process(
     producer.close()
 
 
-def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches_per_s: int) -> dict:
-    """Stream events [start_event, ...) at ``rate`` events/s from another process; per-batch visible latency."""
+def run_rate(
+    cluster, ds, start_event: int, rate: float, seconds: float, batches_per_s: int, cycle: bool = False
+) -> dict:
+    """Stream events [start_event, ...) at ``rate`` events/s from another process; per-batch visible latency
+    (``cycle``: see ``_producer_process``)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -94,6 +109,7 @@ def run_rate(cluster, ds, start_event: int, rate: float, seconds: float, batches
             seconds,
             batches_per_s,
             q,
+            cycle,
         ),
         daemon=True,
     )

@@ -53,7 +53,8 @@ def one(snapshots: bool, ds, args, snap_dir: Path) -> dict:
             progress(f"snapshots {'on' if snapshots else 'off'}: initial graph loaded in {time.time() - t:.1f}s")
             n0 = (cluster.last_snapshot or {}).get("count", 0)
             m0, t0 = cluster.stats.mutations, time.time()
-            r = run_rate(cluster, ds, 0, args.offered, args.seconds, args.batches_per_s)
+            # the dataset's edges, then removed, then added again...: a saturated window longer than the dataset
+            r = run_rate(cluster, ds, 0, args.offered, args.seconds, args.batches_per_s, cycle=True)
             # everything offered, applied: from the window's start until the backlog drained (run_rate waits)
             applied, took = cluster.stats.mutations - m0, time.time() - t0
             last = cluster.last_snapshot or {}
