@@ -691,12 +691,12 @@ class Cluster:
 
         ray.get([o.end_replay.remote() for o in self.owners])
         self.replaying = False
-        if self.recovery is None:  # a start's replay; a recovery tops up once it is over (``_recovered``)
-            self._top_up_spares()
         with self._cond:
             if self.recovery is None and self.error is None:
                 self.healthy = True
             self._cond.notify_all()
+        if self.recovery is None:  # a start's replay; a recovery tops up once it is over (``_recovered``)
+            self._top_up_spares()
         log.info(
             "every partition has caught up with its log (round %s): deferral timeouts count from now", self.round_id
         )
