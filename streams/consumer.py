@@ -174,6 +174,10 @@ class MutationConsumer:
             "max_partition_fetch_bytes": DEFAULT_MAX_PARTITION_FETCH_BYTES,
             "fetch_max_bytes": DEFAULT_FETCH_MAX_BYTES,
             "max_poll_records": 100_000,
+            # a consumer never creates a topic: with a broker that auto-creates (tansu, or Kafka with
+            # auto.create.topics.enable), one it asked about after a restart came back with the broker's
+            # default partition count, not the owners' (streams.topics.ensure_topics then refused it)
+            "allow_auto_create_topics": False,
         }
         config.update(kafka_config or {})
         if config.get("check_crcs", True):
@@ -313,7 +317,11 @@ class MutationConsumer:
             raise StreamError(f"partition {partition} is not assigned to this consumer ({self.partitions})")
         seen: set[int] = set()
         reader = KafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False, client_id="clustergnn-dlq-scan"
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="clustergnn-dlq-scan",
+            allow_auto_create_topics=False,
         )
         try:
             parts = reader.partitions_for_topic(self.dead_letter_topic) or set()
