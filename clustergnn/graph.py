@@ -426,9 +426,9 @@ class MutableGraph:
         out = {f"in.{k}": v for k, v in self.inn.memory_report().items()}
         out |= {f"out.{k}": v for k, v in self.out.memory_report().items()}
         out |= entries_of("", "structure", {"ext_of": self.ext_of, "alive": self.alive, "id_table": self._table})
-        for name, parts in (("free_slots", self._free), ("pending_free_slots", self._pending_free)):
-            for i, a in enumerate(parts):
-                out |= entries_of("", "structure", {f"{name}.{i}": a})
+        lists = {"free_slots": self._free, "pending_free_slots": self._pending_free}
+        free = {f"{name}.{i}": a for name, parts in lists.items() for i, a in enumerate(parts)}
+        out |= entries_of("", "structure", free)
         if self._dict:
             n = len(self._dict)
             out["id_dict"] = MemoryEntry("structure", "object", (n,), n * DICT_ENTRY_BYTES)
