@@ -146,6 +146,7 @@ class Cluster:
         self._started = False
         self._spares: list = []  # idle owner processes (cluster.spare_owners), oldest first, adopted by recoveries
         self._spares_made = 0
+        self._pack_node: str | None = None  # cluster.placement = pack: the node owners go to (Cluster._placement)
         # transactional writes (clustergnn/txn.py): votes in, decisions out to each holder's next ingest
         self.txns = TxnBook(self.P, grace_ms=PENDING_GRACE_MS, backstop_s=config.cluster.pending_timeout_s)
         # the calm clock (``_tick_calm``): seconds during which every partition had read its log to the end.
@@ -251,9 +252,42 @@ class Cluster:
                 name=name,
                 max_restarts=0,
                 runtime_env=_owner_env(cc.actor_num_cpus),
+                scheduling_strategy=self._placement(p),
             )
             .remote(*args, **kwargs)
         )
+
+    def _placement(self, p: int | None):
+        """Ray's scheduling strategy for partition ``p``'s owner (None: a spare), from ``cluster.placement``
+        (docs/distributed.md, "Several nodes").  ``pack`` and ``pinned`` are soft node affinities, asked
+        anew at every spawn among the nodes alive then: an owner re-created after its node was lost lands
+        on another one."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cc = self.config.cluster
+        if cc.placement == "spread" or (cc.placement == "pinned" and p is None):
+            return "SPREAD"
+        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        if cc.placement == "pinned":
+            want = cc.placement_nodes[p]
+            node = next((n for n in nodes if n["NodeManagerAddress"] == want), None)
+            if node is None:
+                log.warning(
+                    "partition %s is pinned to node %s, which is not alive (alive: %s): placing it elsewhere",
+                    p,
+                    want,
+                    sorted(n["NodeManagerAddress"] for n in nodes),
+                )
+                return "SPREAD"
+        else:  # pack: the node with the most CPUs (ties: the lowest address), the same while it lives
+            if not nodes:
+                return "DEFAULT"
+            node = next((n for n in nodes if n["NodeID"] == self._pack_node), None) or min(
+                nodes, key=lambda n: (-n["Resources"]["CPU"], n["NodeManagerAddress"])
+            )
+            self._pack_node = node["NodeID"]
+        return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
 
     def _find_snapshot(self):
         """The newest complete, verified snapshot to resume from (None: snapshots off, or none yet);
@@ -442,6 +476,7 @@ class Cluster:
             try:
                 dead = self._dead_owners()
                 rec["dead"] |= set(dead)
+                self._drop_dead_spares()
                 manifest = self.snapshots.latest(verify=True) if self.snapshots is not None else None
                 rec["snapshot_id"] = manifest.snapshot_id if manifest is not None else None
                 calls = []
@@ -475,6 +510,26 @@ class Cluster:
             )
             return
         raise RuntimeError(f"recovery failed after {attempts} attempts: {last!r}")
+
+    def _drop_dead_spares(self) -> None:
+        """Forget the spares that died (a lost node takes its spares with it), so a recovery does not adopt
+        one; a spare still starting (no answer within the wait) is kept."""
+        import ray
+
+        if not self._spares:
+            return
+        refs = [s.ping.remote() for s in self._spares]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+        live = []
+        for spare, ref in zip(self._spares, refs, strict=True):
+            if ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    log.warning("a spare owner died (its node was lost?): not adopting it")
+                    continue
+            live.append(spare)
+        self._spares = live
 
     def _dead_owners(self) -> list[int]:
         """Partitions whose owner does not answer a ping (dead, or hung for 30 s)."""
@@ -1097,6 +1152,7 @@ class Cluster:
                     lag=(s or {}).get("pending", 0),
                     applied_mutations=(s or {}).get("applied", 0),
                     mutations_per_s=(s or {}).get("mutations_per_s", 0.0),
+                    node=(s or {}).get("node", ""),
                 )
             )
         rms = list(self.stats.round_ms)

@@ -164,6 +164,16 @@ def pending_from_arrays(arrays: Mapping[str, np.ndarray], now_s: float) -> list[
     ]
 
 
+def _node_ip() -> str:
+    """The address of the Ray node this process runs on ("" outside Ray: an owner built in a test)."""
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - informational only (Status); never a reason not to start
+        return ""
+
+
 def _process_start_s() -> float:
     """When this process started (epoch seconds, from /proc; now where there is none): the imports before
     ``__init__`` count too."""
@@ -211,6 +221,7 @@ class PartitionOwner:
         t_init = time.time()
         torch.set_num_threads(1)  # P owners share the machine's cores
         self.partition = partition
+        self._node_ip = _node_ip()
         if partition is None:  # a spare: its process is up and everything imported; :meth:`adopt` makes it an owner
             log.info("spare owner up (pid %s)", os.getpid())
             return
@@ -607,6 +618,7 @@ class PartitionOwner:
             "mutations_per_s": rate,
             "device": self.device,
             "pid": os.getpid(),
+            "node": self._node_ip,
         }
 
     def ping(self) -> int:

@@ -173,12 +173,27 @@ class ClusterConfig:
     to get ready before it is needed: with one, a kill that came within ~15 s of the last recovery
     waited for the new spare's imports (owner recovery 14-25 s instead of 5-10 s in the long chaos run).
     0 = none (a recovery then starts a process)."""
+    placement: Literal["spread", "pack", "pinned"] = "spread"
+    """Where Ray puts the partition owners and spare owners (docs/distributed.md, "Several nodes"):
+    ``spread`` over the nodes with CPUs (Ray's SPREAD: a lost node takes as few owners as possible, and the
+    spares land on other nodes than the owners they stand in for, mostly), ``pack`` onto one node while it
+    has room (the node with the most CPUs; less network between owners), or ``pinned``: partition ``p`` on
+    the node whose address is ``placement_nodes[p]``.  ``pack`` and ``pinned`` are preferences (Ray's soft
+    node affinity): an owner whose node is gone or full is re-created elsewhere, never left unplaced.  The
+    coordinator and the gateway run where ``clustergnn serve`` runs (in KubeRay, the head pod)."""
+    placement_nodes: tuple[str, ...] | None = None
+    """With ``placement = pinned``: the node address (Ray's node IP, a pod's IP in KubeRay) of each
+    partition's owner, ``partitions`` of them."""
     idle_long_poll: bool = True
     """When nothing is pending, stop rounds: the driver long-polls the log's end instead (fetches the broker
     holds 50 ms) and pings the owners every second, and a read that finds freshness last proven more than
     10 ms ago proves it with one fetch of every partition's end first (docs/gateway.md, "Freshness at idle").
     ``false`` keeps rounds back to back, each owner polling its partitions: staleness ~30 ms at about a core
     on an idle cluster (P = 4), for comparisons (``scripts/bench_idle.py``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.placement_nodes, list):  # JSON and YAML give lists
+            object.__setattr__(self, "placement_nodes", tuple(self.placement_nodes))
 
 
 @dataclass(frozen=True)
@@ -453,6 +468,25 @@ def validate(cfg: Config) -> None:
         and c.pending_timeout_s > 0,
         f"cluster.pending_timeout_s must be a finite number > 0, got {c.pending_timeout_s!r}",
     )
+    _check(
+        c.placement in ("spread", "pack", "pinned"),
+        f"cluster.placement must be 'spread', 'pack' or 'pinned', got {c.placement!r}",
+    )
+    if c.placement == "pinned":
+        nodes = c.placement_nodes
+        _check(
+            isinstance(nodes, tuple)
+            and len(nodes) == c.partitions
+            and all(isinstance(x, str) and x.strip() for x in nodes),
+            f"cluster.placement = 'pinned' needs cluster.placement_nodes: one node address per partition "
+            f"({c.partitions}), got {nodes!r}",
+        )
+    else:
+        _check(
+            c.placement_nodes is None,
+            f"cluster.placement_nodes is only read with placement = 'pinned' (placement is {c.placement!r}), "
+            f"got {c.placement_nodes!r}",
+        )
     _check(
         isinstance(c.idle_long_poll, bool), f"cluster.idle_long_poll must be true or false, got {c.idle_long_poll!r}"
     )

@@ -138,6 +138,8 @@ class PartitionStatus:
     lag: int
     applied_mutations: int
     mutations_per_s: float
+    node: str = ""
+    """Address of the Ray node its owner runs on ("" when unknown, e.g. while it is being re-created)."""
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,7 @@ class SnapshotStore:
         self._uri = uri
         self._retention = retention
         self._clock = clock
+        self._issued = -1  # the highest id next_id handed out
         if fs.type_name == "local":
             fs.create_dir(self._root, recursive=True)
 
@@ -432,8 +433,12 @@ class SnapshotStore:
         return [c.manifest for c in self._scan(verify=verify, warn=True) if c.manifest is not None]
 
     def next_id(self) -> int:
-        """One above every snapshot directory present, complete or not."""
-        return max(self._listing(), default=-1) + 1
+        """One above every snapshot directory present, complete or not, and above every id this store
+        handed out before: an id is never reused, even when the snapshot it was given to wrote nothing yet.
+        That fences the late writer: an owner cut off mid-write (its node lost, a new owner in its place)
+        that finishes its part later writes into an abandoned snapshot's directory, never a newer one's."""
+        self._issued = max(max(self._listing(), default=-1), self._issued) + 1
+        return self._issued
 
     def read_part(self, manifest: Manifest, partition: int) -> tuple[dict[str, np.ndarray], PartInfo]:
         """The part's arrays (same dtypes and shapes, writable, owned by the caller) and its info.

@@ -13,8 +13,14 @@ the certificate must carry for in-cluster clients anyway).
 Exit status: 0 healthy (SERVING; any answer with ``--any-status``), 1 answered but not SERVING,
 2 no answer (not listening yet, TLS failure, timeout).
 
-    clustergnn-healthcheck --root-cert /etc/clustergnn/tls/ca.crt --root-cert /etc/clustergnn/tls/tls.crt \
+    clustergnn-healthcheck --service clustergnn.v1.EmbeddingService \
+        --root-cert /etc/clustergnn/tls/ca.crt --root-cert /etc/clustergnn/tls/tls.crt \
         --server-name clustergnn-gateway.clustergnn.svc
+
+The head's readiness asks ``clustergnn.v1.EmbeddingService`` (SERVING only while every partition owner
+is alive and caught up: NOT_SERVING during a recovery), its startup and liveness probes
+``clustergnn.v1.AdminService`` (SERVING while the gateway runs), so a recovery makes the pod not ready
+and never restarts it (k8s/README.md, "Health, readiness, probes").
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@ moment the broker acknowledged the batch.  A rate is *sustained* when the p99 la
 
     python scripts/bench_cluster.py                       # facebook-wosn-links, P = 1,2,4
     python scripts/bench_cluster.py --partitions 4 --rates 20000 --seconds 10
+    python scripts/bench_cluster.py --partitions 4 --nodes 0,1,2,3   # several Ray nodes (needs root)
+
+``--nodes``: 0 is the local Ray above; N >= 1 is a Ray head and N worker nodes, each in its own network
+namespace (tests/multinode.py), the broker in another: the benchmark itself (the coordinator) then runs
+on the head, the owners spread over the workers (``cluster.placement = spread``), and the bytes that
+crossed each node's link in each window are read from its interface counters (``wire bytes/mut``: all
+traffic in and out of the worker nodes per edge mutation: Kafka fetches, round calls and their replies).
 
 Prints a table, writes results/bench_cluster.json and results/bench_cluster.png (latency over time).
 Features are seeded random (the dataset has none).
@@ -18,7 +25,9 @@ Features are seeded random (the dataset has none).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -158,6 +167,7 @@ def run_rate(
         "drain_s": tail,
         "drained": drained,
         "series": [((sent[i][0] - t0), float(v)) for i, v in zip(sorted(visible_at), lat)],
+        "window_epoch_s": [t0, t_end],
     }
 
 
@@ -169,23 +179,27 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
     from streams.broker import EmbeddedBroker
 
     rows = []
-    with EmbeddedBroker(port=0) as broker:
+    with contextlib.nullcontext() if args.inner_bootstrap else EmbeddedBroker(port=0) as broker:
+        cluster_cfg = {"partitions": P, "collaborative": args.collaborative, "actor_num_cpus": 0.25}
+        if args.inner_ray_address:  # on the head of namespaced nodes (--nodes): join their Ray
+            cluster_cfg |= {"ray_address": args.inner_ray_address, "placement": "spread"}
         cfg = Config.from_dict(
             {
                 "kafka": {
-                    "bootstrap": broker.bootstrap,
+                    "bootstrap": args.inner_bootstrap or broker.bootstrap,
                     "topic": f"bench-{P}",
                     "poll_timeout_ms": args.poll_timeout_ms,
                     "max_poll_records": args.max_poll_records,
                 },
                 "model": {"builtin": "sage", "in_dim": args.features, "hidden": args.hidden, "out_dim": args.out},
-                "cluster": {"partitions": P, "collaborative": args.collaborative, "actor_num_cpus": 0.25},
+                "cluster": cluster_cfg,
                 "graph": {"dataset": None},
             }
         )
         t = time.time()
         cluster = Cluster(cfg).start()
         progress(f"P={P}: cluster up in {time.time() - t:.1f}s; loading {args.dataset} through Kafka")
+        owner_nodes = [s.node for s in cluster.status().partitions]
         try:
             t = time.time()
             cluster.load_dataset(args.dataset, timeout_s=1800)
@@ -202,6 +216,7 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                 r.update(
                     {
                         "partitions": P,
+                        "owner_nodes": owner_nodes,
                         "messages_per_mutation": (cluster.stats.messages - m0) / muts,
                         "bytes_per_mutation": (cluster.stats.message_bytes - b0) / muts,
                         "round_ms_p50": float(np.percentile(list(cluster.stats.round_ms), 50)),
@@ -232,6 +247,68 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                     break
         finally:
             cluster.stop()
+    return rows
+
+
+class LinkBytes(threading.Thread):
+    """Bytes through each named link (in this namespace), sampled every 0.25 s: what crossed a node's link
+    between two moments (``between``), from the kernel's interface counters."""
+
+    def __init__(self, links: dict[str, str]) -> None:  # role -> interface name
+        super().__init__(name="link-bytes", daemon=True)
+        self.links, self.samples, self.stop = links, [], threading.Event()
+
+    def read(self) -> dict[str, int]:
+        out = {}
+        for role, dev in self.links.items():
+            stats = Path(f"/sys/class/net/{dev}/statistics")
+            out[role] = int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+        return out
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.time(), self.read()))
+            self.stop.wait(0.25)
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        ts = np.array([s[0] for s in self.samples])
+        return {
+            role: float(np.diff(np.interp([t0, t1], ts, [s[1][role] for s in self.samples]))[0]) for role in self.links
+        }
+
+
+def bench_nodes(N: int, P: int, args, workdir: Path) -> list[dict]:
+    """``bench_partitions`` on a Ray head and ``N`` worker nodes in network namespaces: this script again,
+    run on the head (``--inner-*``), its rows with the bytes that crossed each node's link per window."""
+    from streams.broker import EmbeddedBroker
+    from tests.multinode import NetnsCluster
+
+    with NetnsCluster(N, workdir / f"nodes-{N}-P{P}") as nc:
+        with EmbeddedBroker(host=nc.service.ip, netns=nc.service.ns, log_path=nc.workdir / "broker.log") as broker:
+            links = {"head": nc.head.link, "broker": nc.service.link}
+            links |= {f"w{i}": w.link for i, w in enumerate(nc.workers)}
+            sampler = LinkBytes(links)
+            sampler.start()
+            inner = nc.workdir / "inner.json"
+            argv = [sys.executable, str(Path(__file__).resolve()), "--partitions", str(P), "--nodes", "0"]
+            argv += ["--inner-ray-address", nc.ray_address, "--inner-bootstrap", broker.bootstrap, "--json", str(inner)]
+            for name in ("dataset", "seconds", "batches_per_s", "features", "hidden", "out", "poll_timeout_ms"):
+                argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+            argv += ["--max-poll-records", str(args.max_poll_records), "--sustain-p99-ms", str(args.sustain_p99_ms)]
+            argv += ["--rates", ",".join(str(r) for r in args.rates)]
+            argv += ["--collaborative"] if args.collaborative else []
+            progress(f"{N} worker node(s), P={P}: running the benchmark on the Ray head ({nc.head.ip})")
+            env = nc.env({"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+            subprocess.run(["ip", "netns", "exec", nc.head.ns, *argv], env=env, check=True)
+            sampler.stop.set()
+            sampler.join()
+    rows = json.loads(inner.read_text())["rows"]
+    for r in rows:
+        crossed = sampler.between(*r["window_epoch_s"])
+        muts = max(r["mutations"], 1)
+        r["nodes"] = N
+        r["wire_bytes_per_mutation"] = {k: v / muts for k, v in crossed.items()}
+        r["worker_wire_bytes_per_mutation"] = sum(v for k, v in crossed.items() if k.startswith("w")) / muts
     return rows
 
 
@@ -294,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-timeout-ms", type=int, default=5)
     p.add_argument("--max-poll-records", type=int, default=512)
     p.add_argument("--sustain-p99-ms", type=float, default=500.0)
+    p.add_argument(
+        "--nodes",
+        default="0",
+        help="comma list: 0 = local Ray; N = a Ray head and N worker nodes in network namespaces (root only)",
+    )
+    p.add_argument("--inner-ray-address", default=None, help=argparse.SUPPRESS)  # --nodes: run on the head
+    p.add_argument("--inner-bootstrap", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default="results/bench_cluster.json")
     args = p.parse_args(argv)
     args.rates = [float(x) for x in args.rates.split(",")]
@@ -302,39 +386,69 @@ def main(argv: list[str] | None = None) -> int:
     ds = load(args.dataset)
     progress(repr(ds))
     rows = []
-    for P in [int(x) for x in args.partitions.split(",")]:
-        rows += bench_partitions(P, ds, args)
+    nodes = [int(x) for x in args.nodes.split(",")]
+    if any(nodes):
+        from tests.multinode import unavailable
+
+        if unavailable():
+            p.error(f"--nodes {args.nodes}: {unavailable()}")
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="clustergnn-bench-nodes-"))
+    for N in nodes:
+        for P in [int(x) for x in args.partitions.split(",")]:
+            if N == 0:
+                rows += [r | {"nodes": 0} for r in bench_partitions(P, ds, args)]
+            else:
+                rows += bench_nodes(N, P, args, workdir)
     mut_per_event = 1 if ds.directed else 2
     print(
         f"\nclustergnn cluster benchmark: {args.dataset} (seeded random features), 2-layer GraphSAGE-mean "
         f"{args.features}->{args.hidden}->{args.out}{' collaborative' if args.collaborative else ''}; "
         f"local Ray + embedded broker on this machine"
+        + (" (nodes N >= 1: a Ray head and N workers in network namespaces; broker in another)" if any(nodes) else "")
     )
     hdr = (
-        f"{'P':>2} {'events/s':>9} {'edge mut/s':>10} {'achieved':>9} {'vis p50':>8} {'vis p99':>8} {'vis max':>8} "
-        f"{'drain s':>7} {'msgs/mut':>8} {'bytes/mut':>9} {'round p50':>9} sustained"
+        f"{'nodes':>5} {'P':>2} {'events/s':>9} {'edge mut/s':>10} {'achieved':>9} "
+        f"{'vis p50':>8} {'vis p99':>8} {'vis max':>8} "
+        f"{'drain s':>7} {'msgs/mut':>8} {'bytes/mut':>9} {'wire B/mut':>10} {'round p50':>9} sustained"
     )
     print(hdr)
     print("-" * len(hdr))
-    best: dict[int, float] = {}
+    best: dict[tuple[int, int], float] = {}
     for r in rows:
+        wire = r.get("worker_wire_bytes_per_mutation")
         print(
-            f"{r['partitions']:>2} {r['rate_events_per_s']:>9,.0f} {r['rate_events_per_s'] * mut_per_event:>10,.0f} "
+            f"{r['nodes']:>5} {r['partitions']:>2} {r['rate_events_per_s']:>9,.0f} "
+            f"{r['rate_events_per_s'] * mut_per_event:>10,.0f} "
             f"{r['achieved_mutations_per_s']:>9,.0f} {r['latency_ms_p50']:>6.0f}ms {r['latency_ms_p99']:>6.0f}ms "
             f"{r['latency_ms_max']:>6.0f}ms {r['drain_s']:>7.2f} {r['messages_per_mutation']:>8.3f} "
-            f"{r['bytes_per_mutation']:>9.0f} {r['round_ms_p50']:>7.1f}ms {'yes' if r['sustained'] else 'no'}"
+            f"{r['bytes_per_mutation']:>9.0f} {'-' if wire is None else f'{wire:,.0f}':>10} "
+            f"{r['round_ms_p50']:>7.1f}ms {'yes' if r['sustained'] else 'no'}"
         )
         if r["sustained"]:
-            best[r["partitions"]] = max(best.get(r["partitions"], 0.0), r["achieved_mutations_per_s"])
+            key = (r["nodes"], r["partitions"])
+            best[key] = max(best.get(key, 0.0), r["achieved_mutations_per_s"])
     print(
-        "\nhighest sustained rate (edge mutations/s): " + ", ".join(f"P={k}: {v:,.0f}" for k, v in sorted(best.items()))
+        "\nhighest sustained rate (edge mutations/s): "
+        + ", ".join(f"{'' if n == 0 else f'{n} nodes '}P={k}: {v:,.0f}" for (n, k), v in sorted(best.items()))
     )
-    if 1 in best and 4 in best:
-        print(f"P=4 / P=1 sustained ratio: {best[4] / best[1]:.2f}")
+    if (0, 1) in best and (0, 4) in best:
+        print(f"P=4 / P=1 sustained ratio: {best[(0, 4)] / best[(0, 1)]:.2f}")
+    for n, k in sorted(best):
+        if n > 1 and (1, k) in best:
+            print(f"P={k}: {n} nodes / 1 node sustained ratio: {best[(n, k)] / best[(1, k)]:.2f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows, "sustained": best}, indent=1)
+        json.dumps(
+            {
+                "args": {k: v for k, v in vars(args).items()},
+                "rows": rows,
+                "sustained": {f"nodes={n} P={k}": v for (n, k), v in best.items()},
+            },
+            indent=1,
+        )
     )
     try:
         import matplotlib
@@ -351,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                     s[:, 1],
                     ".",
                     ms=2,
-                    label=f"P={r['partitions']} {r['rate_events_per_s'] * mut_per_event:,.0f} mut/s",
+                    label=f"{r['nodes']}n P={r['partitions']} {r['rate_events_per_s'] * mut_per_event:,.0f} mut/s",
                 )
         ax.set_yscale("log")
         ax.set_xlabel("time in the window (s)")

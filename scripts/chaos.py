@@ -90,24 +90,26 @@ def cmdline(pid: int) -> str:
 
 
 class Driver:
-    """One ``clustergnn serve`` at a time, started and ended by this run only (by process id)."""
+    """One ``clustergnn serve`` at a time, started and ended by this run only (by process id); on the
+    namespaced Ray head when ``netns`` is given (``--nodes``)."""
 
-    def __init__(self, config_path: Path, workdir: Path) -> None:
-        self.config_path, self.workdir = config_path, workdir
+    def __init__(self, config_path: Path, workdir: Path, netns=None) -> None:
+        self.config_path, self.workdir, self.netns = config_path, workdir, netns
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
-        out = open(self.workdir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        argv = [sys.executable, "-m", "actors.cli", "serve", "--config", str(self.config_path)]
+        log_path = self.workdir / f"serve-{self.starts}.log"
+        if self.netns is not None:
+            env = {"PYTHONPATH": str(ROOT)}
+            self.proc = self.netns.popen(self.netns.head, argv, log=log_path, env=env, cwd=self.workdir)
+            return
+        out = open(log_path, "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "serve", "--config", str(self.config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=env, start_new_session=True
         )
 
     def owner_pids(self) -> list[int]:
@@ -319,18 +321,16 @@ class Reader(threading.Thread):
         self.epoch = 0  # bumped at each driver restart: a new driver starts from its snapshot's watermark
 
     def run(self) -> None:
-        from actors.gateway.client import GatewayClient
-
         last: dict[int, int] = {}
         epoch = self.epoch
-        client = GatewayClient(self.target)
+        conn = client(self.target)
         try:
             while not self.stop.wait(1.0 / self.rate):
                 if epoch != self.epoch:
                     epoch, last = self.epoch, {}
                 ids = [self.ids[self.rng.randrange(len(self.ids))] for _ in range(4)]
                 try:
-                    r = client.get_embeddings(ids, timeout_s=2.0)
+                    r = conn.get_embeddings(ids, timeout_s=2.0)
                     code = "OK"
                     if any(r.watermark.get(p, 0) < w for p, w in last.items()):
                         self.regressions += 1
@@ -339,19 +339,35 @@ class Reader(threading.Thread):
                     code = type(exc).__name__
                 self.codes[code] = self.codes.get(code, 0) + 1
         finally:
-            client.close()
+            conn.close()
 
 
 # ---------------------------------------------------------------------------------------------- the run
+TLS: dict = {}
+"""``token`` and ``root_cert`` of the gateway when it is not on loopback (``--nodes``: it listens on the
+namespaced head's address, so TLS and a token, as in a deployment); empty on 127.0.0.1."""
+
+
+def client(target: str):
+    from actors.gateway.client import GatewayClient
+
+    return GatewayClient(target, **TLS)
+
+
+def owner_nodes(target: str) -> dict[int, str]:
+    """Partition -> address of the Ray node its owner runs on, as the cluster's status says."""
+    with client(target) as c:
+        return {p.partition: p.node for p in c.status(timeout_s=20).partitions}
+
+
 def owner_pids(target: str, driver: Driver) -> list[int]:
     """The partition owners' processes, as the cluster's status names them (not the spare), and only those
     among this run's driver's descendants."""
-    from actors.gateway.client import GatewayClient
 
     deadline = time.monotonic() + 120
     while True:  # a saturated box can take a while to answer a new connection
         try:
-            with GatewayClient(target) as c:
+            with client(target) as c:
                 extra = c.status(timeout_s=20).extra
             break
         except Exception:  # noqa: BLE001 - retried until the deadline
@@ -359,14 +375,52 @@ def owner_pids(target: str, driver: Driver) -> list[int]:
                 raise
             time.sleep(1.0)
     named = {int(v) for k, v in extra.items() if k.startswith("owner_") and k.endswith("_pid")}
+    if driver.netns is not None:  # owners run under the worker nodes' raylets, not under the driver
+        return [p for w in driver.netns.workers for p in w.pids() if p in named]
     return [p for p in driver.owner_pids() if p in named]
+
+
+def node_loss(nc, target: str, sched: random.Random, how: str) -> dict:
+    """Lose the worker node that holds the most partition owners: its link cut (``cut``: the node goes on
+    running, unreachable) or every process in it killed (``kill``); wait until health is SERVING again.
+    Then a cut link comes back: the node's raylet, marked dead by the head meanwhile, must exit by itself
+    with every owner process in it (Ray's fence; ``fenced_s``, None if they did not within 30 s), and no
+    partition may be served from it.  Finally a fresh raylet joins in its place, for the next fault."""
+    from collections import Counter
+
+    nodes = owner_nodes(target)
+    count = Counter(ip for ip in nodes.values() if ip)
+    top = max(count.values())
+    ip = sched.choice(sorted(i for i, n in count.items() if n == top))
+    node = nc.worker_at(ip)
+    out: dict = {"node": ip, "partitions": sorted(p for p, i in nodes.items() if i == ip), "how": how}
+    if how == "cut":
+        nc.cut(node)
+    else:
+        nc.kill_node(node)
+    out["to_serving_s"] = wait_serving(target, 120, leave_first=True)
+    if how == "cut":
+        nc.heal(node)
+        t1 = time.monotonic()
+        while node.pids() and time.monotonic() - t1 < 30:
+            time.sleep(0.1)
+        out["fenced_s"] = None if node.pids() else round(time.monotonic() - t1, 2)
+    after = owner_nodes(target) if out["to_serving_s"] is not None else {}
+    out["served_from_lost_node"] = sorted(p for p, i in after.items() if i == ip)
+    nc.restart_node(node)
+    return out
 
 
 def health(target: str, timeout_s: float = 1.0) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as ch:
+    if TLS:
+        pem = Path(TLS["root_cert"]).read_bytes()
+        ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem))
+    else:
+        ch = grpc.insecure_channel(target)
+    with ch:
         try:
             st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(st.status)
@@ -400,7 +454,15 @@ def run(args: argparse.Namespace) -> dict:
     sched = random.Random(args.seed)
     work_dir = Path(args.workdir or tempfile.mkdtemp(prefix="clustergnn-chaos-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(port=0, log_path=work_dir / "broker.log")
+    nc = None
+    if args.nodes:  # Ray head and workers in their own network namespaces (tests/multinode.py)
+        from tests.multinode import NetnsCluster
+
+        print(f"[chaos] starting a Ray head and {args.nodes} worker nodes in network namespaces", flush=True)
+        nc = NetnsCluster(args.nodes, work_dir / "netns").start()
+        broker = EmbeddedBroker(host=nc.service.ip, netns=nc.service.ns, log_path=work_dir / "broker.log")
+    else:
+        broker = EmbeddedBroker(port=0, log_path=work_dir / "broker.log")
     broker.start()
     port = args.port
     cfg = {
@@ -411,11 +473,31 @@ def run(args: argparse.Namespace) -> dict:
         "gateway": {"port": port, "metrics_port": None, "insecure_local": True},
         "snapshot": {"uri": str(work_dir / "snapshots"), "interval_s": args.snapshot_interval_s, "retention": 3},
     }
+    host = "127.0.0.1"
+    if nc is not None:  # the gateway on the head's address: TLS and a token, as in a deployment
+        from actors.commands import self_signed
+
+        host = nc.head.ip
+        cert, key = self_signed(["clustergnn-head"], [host])
+        for name, data in (("tls.crt", cert), ("tls.key", key), ("token", b"chaos-token-0123456789\n")):
+            (work_dir / name).write_bytes(data)
+        cfg["gateway"] = {
+            "host": host,
+            "port": port,
+            "metrics_port": None,
+            "tls_cert": str(work_dir / "tls.crt"),
+            "tls_key": str(work_dir / "tls.key"),
+            "tokens_file": str(work_dir / "token"),
+        }
+        cfg["cluster"] |= {"ray_address": nc.ray_address, "placement": args.placement}
+        if args.placement == "pinned":  # partition p on worker p mod N
+            cfg["cluster"]["placement_nodes"] = [nc.workers[p % len(nc.workers)].ip for p in range(args.partitions)]
+        TLS.update(token="chaos-token-0123456789", root_cert=str(work_dir / "tls.crt"))
     cfg_path = work_dir / "config.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
     config = Config.from_dict(cfg)
-    target = f"127.0.0.1:{port}"
-    driver = Driver(cfg_path, work_dir)
+    target = f"{host}:{port}"
+    driver = Driver(cfg_path, work_dir, nc)
     pmap = HashPartitionMap(args.partitions)
     result: dict = {"args": vars(args), "faults": []}
     producer = reader = None
@@ -425,6 +507,9 @@ def run(args: argparse.Namespace) -> dict:
         if wait_serving(target, 180) is None:
             raise RuntimeError(f"serve did not come up; see {work_dir}/serve-1.log")
         result["first_start_s"] = time.monotonic() - t_up
+        if nc is not None:
+            result["nodes"] = {"head": nc.head.ip, "workers": [w.ip for w in nc.workers]}
+            result["placement_start"] = owner_nodes(target)
         # the initial graph, through Kafka like everything else
         if args.dataset:
             ds = load(args.dataset)
@@ -453,6 +538,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[chaos] up in {result['first_start_s']:.1f}s; streaming {args.rate:.0f} mutations/s", flush=True)
 
         kinds = ["owner"] * args.owner_kills + ["driver"] * args.driver_kills + ["restart"] * args.restarts
+        kinds += ["node"] * args.node_losses
         sched.shuffle(kinds)
         t_end = time.monotonic() + args.seconds
         for i, kind in enumerate(kinds):
@@ -467,6 +553,9 @@ def run(args: argparse.Namespace) -> dict:
                     raise RuntimeError("no owner process found among the driver's descendants")
                 os.kill(sched.choice(pids), signal.SIGKILL)
                 took = wait_serving(target, 120, leave_first=True)
+            elif kind == "node":
+                fault_extra = node_loss(nc, target, sched, args.node_fault)
+                took = fault_extra.pop("to_serving_s")
             else:
                 if kind == "driver":
                     driver.kill()
@@ -477,6 +566,8 @@ def run(args: argparse.Namespace) -> dict:
                 driver.start()
                 took = wait_serving(target, 180)
             fault = {"kind": kind, "at_s": round(t0 - t_up, 2), "to_serving_s": took}
+            if kind == "node":
+                fault |= fault_extra
             if kind == "restart":
                 fault["exit_code"] = rc
             result["faults"].append(fault)
@@ -492,6 +583,8 @@ def run(args: argparse.Namespace) -> dict:
         if producer.error is not None:
             raise RuntimeError(f"the producer failed: {producer.error!r}")
         result["oracle"] = oracle(target, config, producer, work, args, broker.bootstrap)
+        if nc is not None:
+            result["placement_end"] = owner_nodes(target)
     finally:
         for th in (producer, reader):
             if th is not None:
@@ -503,6 +596,9 @@ def run(args: argparse.Namespace) -> dict:
         if producer is not None:
             producer.close()
         broker.stop()
+        if nc is not None:
+            result["ray_nodes_end"] = len(nc.workers)
+            nc.close()
     result["reads"] = dict(reader.codes) if reader else {}
     result["read_watermark_regressions"] = reader.regressions if reader else None
     result["produced_mutations"] = producer.mutations if producer else 0
@@ -514,12 +610,13 @@ def run(args: argparse.Namespace) -> dict:
 
 def oracle(target: str, config: Config, producer: Producer, work: Workload, args, bootstrap: str) -> dict:
     """Wait until every acknowledged record is visible, then compare with a single engine fed the whole log."""
-    from actors.gateway.client import GatewayClient
     from clustergnn import Engine
+    from clustergnn.models import activation as activation_fn
     from clustergnn.models import load_layers
+    from clustergnn.reference import dgl_forward
 
     t0 = time.monotonic()
-    with GatewayClient(target) as c:
+    with client(target) as c:
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -531,7 +628,8 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
                     raise RuntimeError(f"the produced log never became visible: {exc!r}") from exc
                 time.sleep(0.5)
         catch_up_s = time.monotonic() - t0
-        single = Engine.from_layers(load_layers(config.model), args.dim)
+        layers = load_layers(config.model)
+        single = Engine.from_layers(layers, args.dim)
         single.bulk_load(producer.log[0])
         for b in producer.log[1:]:
             single.apply(b)
@@ -548,6 +646,12 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
     ref = single.embeddings(ids).numpy()
     ref[missing] = 0.0
     err = float(np.abs(emb - ref).max() / max(1.0, float(np.abs(ref).max())))
+    # and against DGL's own full forward on the same final graph (the engine is tested against it too)
+    g, x, ext = single.to_dgl()
+    by_id = dgl_forward(layers, g, x, activation_fn(config.model.activation))[-1].numpy()[np.argsort(ext)]
+    assert np.array_equal(np.sort(ext), ids)
+    by_id[missing] = 0.0
+    err_dgl = float(np.abs(emb - by_id).max() / max(1.0, float(np.abs(by_id).max())))
     want_seq = np.array([work.seq[int(v)] for v in ids], dtype=np.int64)
     got_seq = feats[:, 0].astype(np.int64)
     got_seq[missing] = want_seq[missing]  # a missing vertex is lost as a vertex, not again as its updates
@@ -566,6 +670,7 @@ def oracle(target: str, config: Config, producer: Producer, work: Workload, args
         + len(valid_dead),
         "doubled": max(0, served_vertices - single.num_vertices) + max(0, served_edges - int(single.num_edges)),
         "max_rel_error": err,
+        "max_rel_error_dgl": err_dgl,
         "vertices_missing": int(missing.sum()),
         "vertices_missing_first": [int(v) for v in ids_missing[:10]],
         "embeddings_off": int((np.abs(emb - ref).max(axis=1) > 1e-5 * max(1.0, float(np.abs(ref).max()))).sum()),
@@ -623,7 +728,7 @@ def dead_letters(bootstrap: str, topic: str) -> list[tuple[int, int]]:
 
 def table(res: dict) -> str:
     lines = ["fault     injected  recovered  to SERVING p50 / p99 / max (s)"]
-    for kind in ("owner", "driver", "restart"):
+    for kind in ("owner", "driver", "restart", "node"):
         fs = [f for f in res["faults"] if f["kind"] == kind]
         if not fs:
             continue
@@ -654,12 +759,12 @@ def table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run: small graph, 3 owner kills, 1 driver kill")
-    ap.add_argument("--seconds", type=float, default=600.0, help="minimum length of the run")
+    ap.add_argument("--seconds", type=float, default=None, help="minimum length of the run; 600 (--quick: 0)")
     ap.add_argument("--rate", type=float, default=10_000.0, help="mutations per second")
     ap.add_argument("--read-rate", type=float, default=20.0)
-    ap.add_argument("--owner-kills", type=int, default=50)
-    ap.add_argument("--driver-kills", type=int, default=5)
-    ap.add_argument("--restarts", type=int, default=2, help="SIGTERM of serve, then a new one")
+    ap.add_argument("--owner-kills", type=int, default=None, help="default 50 (--quick: 3)")
+    ap.add_argument("--driver-kills", type=int, default=None, help="default 5 (--quick: 1)")
+    ap.add_argument("--restarts", type=int, default=None, help="SIGTERM of serve, then a new one; 2 (--quick: 1)")
     ap.add_argument("--min-gap-s", type=float, default=2.0)
     ap.add_argument("--max-gap-s", type=float, default=8.0)
     ap.add_argument("--partitions", type=int, default=4)
@@ -685,6 +790,21 @@ def main(argv: list[str] | None = None) -> int:
         "broker's fetch lists every stored batch of a partition, so a long run at 10k/s keeps the batch count "
         "down with 0.5 (docs/operations.md)",
     )
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="run Ray as a head and this many worker nodes, each in its own network namespace (needs root; "
+        "tests/multinode.py); 0: one local Ray node on 127.0.0.1",
+    )
+    ap.add_argument("--node-losses", type=int, default=0, help="with --nodes: lose the node holding most owners")
+    ap.add_argument("--node-fault", choices=["cut", "kill"], default="cut", help="link down, or SIGKILL all in it")
+    ap.add_argument(
+        "--placement",
+        choices=["spread", "pack", "pinned"],
+        default="spread",
+        help="cluster.placement with --nodes (pinned: partition p on worker node p mod N)",
+    )
     ap.add_argument("--port", type=int, default=50171)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
@@ -697,8 +817,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default="results/chaos.json")
     args = ap.parse_args(argv)
+    if args.node_losses and not args.nodes:
+        ap.error(f"--node-losses {args.node_losses} needs --nodes N (worker nodes in network namespaces)")
+    counts = (0.0, 3, 1, 1) if args.quick else (600.0, 50, 5, 2)  # what is given on the command line wins
+    for name, n in zip(("seconds", "owner_kills", "driver_kills", "restarts"), counts, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, n)
     if args.quick:
-        args.seconds, args.rate, args.owner_kills, args.driver_kills, args.restarts = 0.0, 500.0, 3, 1, 1
+        args.rate = 500.0
         args.dataset, args.vertices, args.dim, args.hidden, args.out = "", 300, 8, 16, 4
         args.min_gap_s, args.max_gap_s, args.snapshot_interval_s, args.bad_every = 1.0, 2.0, 1.0, 20
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -712,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     o = res.get("oracle") or {}
     ok = o and o["lost"] == 0 and o["doubled"] == 0 and o["max_rel_error"] <= 1e-5
     ok = ok and all(f["to_serving_s"] is not None for f in res["faults"])
+    ok = ok and all(f.get("fenced_s", 0) is not None and not f.get("served_from_lost_node") for f in res["faults"])
     return 0 if ok else 1
 
 

@@ -91,8 +91,8 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _command(binary: Path, port: int) -> list[str]:
-    url = f"tcp://{HOST}:{port}"
+def _command(binary: Path, host: str, port: int) -> list[str]:
+    url = f"tcp://{host}:{port}"
     return [
         str(binary),
         "broker",
@@ -112,12 +112,26 @@ class EmbeddedBroker:
 
     ``port=0`` picks a free port.  :meth:`start` returns once the broker answers Kafka requests.
     ``detach=True`` starts it in its own session so it outlives this Python process (the CLI).
+    ``netns``: run it inside that network namespace, on ``host`` (its address there), port ``port`` or
+    9092: how the multi-node tests give every namespaced Ray node one broker (tests/multinode.py).
+    Outside a namespace it binds loopback only.
     """
 
-    def __init__(self, port: int = 0, *, log_path: Path | None = None, detach: bool = False) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        log_path: Path | None = None,
+        detach: bool = False,
+        host: str = HOST,
+        netns: str | None = None,
+    ) -> None:
         if not 0 <= port < 65536:
             raise BrokerError(f"port must be in [0, 65535], got {port}")
-        self.port = port
+        if netns is None and host != HOST:
+            raise BrokerError(f"the embedded broker binds {HOST} only, except inside a network namespace; got {host!r}")
+        self.host, self.netns = host, netns
+        self.port = DEFAULT_PORT if netns is not None and port == 0 else port
         self.log_path = log_path
         self.detach = detach
         self._proc: subprocess.Popen[bytes] | None = None
@@ -128,7 +142,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         if self._proc is None:
             raise BrokerError("the broker is not started")
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -140,15 +154,15 @@ class EmbeddedBroker:
             return self.bootstrap
         if self.port == 0:
             self.port = free_port()
-        elif probe(HOST, self.port, timeout_s=0.5):
-            raise BrokerError(f"something already answers Kafka requests on {HOST}:{self.port}")
+        elif probe(self.host, self.port, timeout_s=0.5):
+            raise BrokerError(f"something already answers Kafka requests on {self.host}:{self.port}")
         binary = broker_binary()
         log_path = self.log_path or cache_dir() / f"broker-{self.port}.log"
         # a default log of an attached broker is removed after a clean stop; a failed start keeps it
         self._log_file = log_path if self.log_path is None and not self.detach else None
         self._log = open(log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self._proc = subprocess.Popen(
-            _command(binary, self.port),
+            [*(["ip", "netns", "exec", self.netns] if self.netns else []), *_command(binary, self.host, self.port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -161,13 +175,13 @@ class EmbeddedBroker:
                 code = self._proc.returncode
                 self._cleanup()
                 raise BrokerError(f"the broker exited with code {code} while starting; see {log_path}")
-            if probe(HOST, self.port, timeout_s=0.5):
-                logger.info("broker pid %s ready on %s:%s", self._proc.pid, HOST, self.port)
+            if probe(self.host, self.port, timeout_s=0.5):
+                logger.info("broker pid %s ready on %s:%s", self._proc.pid, self.host, self.port)
                 return self.bootstrap
             time.sleep(0.05)
         self._log_file = None  # keep the log of a failed start
         self.stop()
-        raise BrokerError(f"the broker did not answer on {HOST}:{self.port} within {timeout_s} s; see {log_path}")
+        raise BrokerError(f"the broker did not answer on {self.host}:{self.port} within {timeout_s} s; see {log_path}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """End the broker process this object started (SIGTERM, then SIGKILL after ``timeout_s``)."""

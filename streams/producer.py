@@ -121,6 +121,10 @@ class MutationProducer:
             "linger_ms": 2,
             "max_request_size": max(max_record_bytes, DEFAULT_MAX_MESSAGE_BYTES) + 65536,
             "batch_size": 256 * 1024,
+            # never create the mutation topic as a side effect of a metadata request: created that way it
+            # gets the broker's default partition count, not one per owner (streams.topics.ensure_topics
+            # creates it; an idle producer refreshing its metadata after a broker restart did, once)
+            "allow_auto_create_topics": False,
         }
         config.update(kafka_config or {})
         self._producer = KafkaProducer(**config)

@@ -199,6 +199,7 @@ def status_to_proto(st: ClusterStatus) -> pb.StatusResponse:
                 lag=p.lag,
                 applied_mutations=p.applied_mutations,
                 mutations_per_s=p.mutations_per_s,
+                node=p.node,
             )
             for p in st.partitions
         ],
@@ -224,6 +225,7 @@ def proto_to_status(resp: pb.StatusResponse) -> ClusterStatus:
                 lag=p.lag,
                 applied_mutations=p.applied_mutations,
                 mutations_per_s=p.mutations_per_s,
+                node=p.node,
             )
             for p in resp.partitions
         ],

@@ -282,7 +282,20 @@ def test_an_empty_store_has_no_latest(tmp_path: Path) -> None:
     assert store.latest() is None and store.list() == [] and store.next_id() == 0 and store.prune() == ()
     (tmp_path / "a" / "b" / "unrelated.txt").write_text("x")
     (tmp_path / "a" / "b" / "snap-12").mkdir()  # not a snapshot directory name
+    store = SnapshotStore(tmp_path / "a" / "b")  # a fresh store: this one handed out 0 already
     assert store.latest() is None and store.next_id() == 0
+
+
+def test_an_id_is_never_handed_out_twice_even_when_nothing_was_written_under_it(tmp_path: Path) -> None:
+    """The fence against a late writer (docs/distributed.md, "Several nodes"): snapshot 0 was abandoned
+    before any part was written (an owner's node lost mid-snapshot); the next snapshot must not be 0 again,
+    or the old owner's part, written when its link comes back, would land in the new snapshot."""
+    store = SnapshotStore(tmp_path)
+    assert [store.next_id(), store.next_id()] == [0, 1]
+    take(store, 1)
+    assert store.next_id() == 2
+    take(store, 7, commit=False)  # a directory above what this store handed out: still above it
+    assert store.next_id() == 8
 
 
 # ------------------------------------------------------------------ retention

@@ -12,8 +12,13 @@ cross-check the manifests against clustergnn's own config and code.
   the RayCluster's pod templates are checked the same way, wrapped in a ``PodTemplate``.
 * Cross-checks: config.json parses with ``Config.from_dict``; topic names and partition counts match
   it; selectors match the pod templates they must (and only those); ports, mounts, Secrets, pins.
+* Several nodes and a node lost: snapshot storage every Ray pod reaches (S3 credentials or one
+  ReadWriteMany claim at the same path), GCS fault tolerance wired to the Redis rendered beside it,
+  workers on distinct nodes, owners (and spares) that still fit after losing the largest worker,
+  readiness on the gateway's cluster-following health service and liveness on one that is not.
 
-No cluster, no network.  ``test_healthcheck_probe`` starts a TLS gRPC server on 127.0.0.1.
+No cluster, no network.  ``test_healthcheck_probe`` starts a TLS gRPC server on 127.0.0.1, and
+``test_probes_follow_the_gateway_health`` a real gateway (over a fake backend) there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,7 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 SCHEMAS = ROOT.parent / "shared" / "k8s-schemas"
-TARGETS = ["base", "overlays/dev", "overlays/gpu"]
+TARGETS = ["base", "overlays/dev", "overlays/gpu", "overlays/shared-volume"]
 NAMESPACE = "clustergnn"
 K8S_VERSIONS = ("1.32.0", "1.37.0")  # kubectl on the image is 1.32; newest kubernetes-validate knows
 CRD_GROUPS = ("ray.io", "kafka.strimzi.io")
@@ -49,7 +55,13 @@ CRD_GROUPS = ("ray.io", "kafka.strimzi.io")
 OPERATOR_CREATED_SECRETS = {
     "clustergnn-gateway-tls": "kubectl create secret tls clustergnn-gateway-tls",
     "clustergnn-gateway-tokens": "kubectl create secret generic clustergnn-gateway-tokens",
+    "clustergnn-redis": "kubectl create secret generic clustergnn-redis",
+    "clustergnn-snapshots-s3": "kubectl create secret generic clustergnn-snapshots-s3",
 }
+# Targets whose cluster must survive losing one worker's node (dev has one worker on one node).
+SURVIVES_NODE_LOSS = ["base", "overlays/gpu", "overlays/shared-volume"]
+HEALTH_READY_SERVICE = "clustergnn.v1.EmbeddingService"  # follows the owners (actors/gateway/health.py)
+HEALTH_LIVE_SERVICE = "clustergnn.v1.AdminService"  # SERVING while the gateway process runs
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -126,6 +138,14 @@ def _pod_templates(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]
         elif d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
             out[f"{d['kind']}/{d['metadata']['name']}"] = d["spec"]["template"]
     return out
+
+
+def _ray_pod_templates(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in _pod_templates(docs).items() if k.startswith("RayCluster/")}
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -351,6 +371,9 @@ def test_driver_runs_in_the_head_pod(docs: tuple[dict[str, Any], ...]) -> None:
 
 
 def test_gateway_ports_and_probes(docs: tuple[dict[str, Any], ...]) -> None:
+    """Readiness asks the health of the service that follows the owners (NOT_SERVING during a recovery:
+    the pod leaves the Service, nothing restarts); startup and liveness ask one that stays SERVING
+    while the gateway runs, so a recovery never restarts the head."""
     cfg = _config(docs)
     c = _gateway_container(docs)
     ports = {p["containerPort"]: p for p in c["ports"]}
@@ -359,14 +382,50 @@ def test_gateway_ports_and_probes(docs: tuple[dict[str, Any], ...]) -> None:
     tls_mount = next(
         m["mountPath"] for m in c["volumeMounts"] if Path(cfg.gateway.tls_cert).parent == Path(m["mountPath"])
     )
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    service_name = f"{_one(docs, 'Service', 'clustergnn-gateway')['metadata']['name']}.{NAMESPACE}.svc"
+    wanted = {
+        "startupProbe": HEALTH_LIVE_SERVICE,
+        "readinessProbe": HEALTH_READY_SERVICE,
+        "livenessProbe": HEALTH_LIVE_SERVICE,
+    }
+    for probe, service in wanted.items():
         cmd = c[probe]["exec"]["command"]
         assert cmd[0] == "clustergnn-healthcheck", probe
-        roots = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--root-cert"]
-        assert cfg.gateway.tls_cert in roots and all(Path(r).parent == Path(tls_mount) for r in roots), probe
-        assert ("--any-status" in cmd) == (probe != "readinessProbe"), "only readiness requires SERVING"
-    service_name = f"{_one(docs, 'Service', 'clustergnn-gateway')['metadata']['name']}.{NAMESPACE}.svc"
-    assert c["readinessProbe"]["exec"]["command"][-1] == service_name, "the probe verifies the Service's DNS name"
+        args = _healthcheck_args(cmd)
+        assert args.service == service, f"{probe} must ask the health of {service}, asks {args.service!r}"
+        assert not args.any_status and not args.plaintext, probe
+        assert args.address.rsplit(":", 1)[1] == str(cfg.gateway.port), probe
+        assert cfg.gateway.tls_cert in args.root_cert, probe
+        assert all(Path(r).parent == Path(tls_mount) for r in args.root_cert), probe
+        assert args.server_name == service_name, f"{probe}: the probe verifies the Service's DNS name"
+        assert c[probe]["timeoutSeconds"] > args.timeout_s, f"{probe}: the kubelet must outwait the check"
+    # Readiness reacts within seconds; liveness tolerates minutes of a busy gateway.
+    ready, live = c["readinessProbe"], c["livenessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= 15, ready
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60, live
+
+
+def _healthcheck_args(cmd: list[str]) -> Any:
+    """The probe's command line, parsed by healthcheck.py's own parser (unknown flags fail)."""
+    sys.path.insert(0, str(K8S))
+    try:
+        import healthcheck
+    finally:
+        sys.path.remove(str(K8S))
+    return healthcheck.build_parser().parse_args(cmd[1:])
+
+
+def test_health_services_are_the_gateways() -> None:
+    """The service names the probes ask are the ones the gateway registers, with the roles the probes
+    rely on (cluster-following for readiness, always SERVING for liveness)."""
+    pytest.importorskip("grpc")
+    from actors.gateway import server
+
+    src = (ROOT / "actors" / "gateway" / "server.py").read_text()
+    assert server.EMBEDDING_SERVICE == HEALTH_READY_SERVICE
+    assert server.ADMIN_SERVICE == HEALTH_LIVE_SERVICE
+    assert "cluster_services=(EMBEDDING_SERVICE,)" in src
+    assert re.search(r"always_services=\([^)]*ADMIN_SERVICE", src)
 
 
 def test_gateway_files_come_from_mounted_secrets(docs: tuple[dict[str, Any], ...]) -> None:
@@ -403,6 +462,12 @@ def test_referenced_configmaps_and_secrets_exist_or_are_documented(docs: tuple[d
                     configmaps.add(e["configMapRef"]["name"])
                 if "secretRef" in e:
                     secrets.add(e["secretRef"]["name"])
+    for ray in _all(docs, "RayCluster"):
+        ft = ray["spec"].get("gcsFaultToleranceOptions", {})
+        for cred in ("redisPassword", "redisUsername"):
+            ref = ft.get(cred, {}).get("valueFrom", {})
+            if "secretKeyRef" in ref:
+                secrets.add(ref["secretKeyRef"]["name"])
     rendered = {d["metadata"]["name"] for d in _all(docs, "ConfigMap")}
     assert configmaps <= rendered, f"ConfigMaps referenced but not rendered: {configmaps - rendered}"
     assert secrets <= set(OPERATOR_CREATED_SECRETS), f"undocumented Secrets: {secrets - set(OPERATOR_CREATED_SECRETS)}"
@@ -429,6 +494,7 @@ def test_pdb_covers_the_partition_owners(docs: tuple[dict[str, Any], ...]) -> No
 def test_network_policies(docs: tuple[dict[str, Any], ...]) -> None:
     policies = _all(docs, "NetworkPolicy")
     everything = set(_pod_templates(docs))
+    ray_pods = set(_ray_pod_templates(docs))
     head = "RayCluster/clustergnn/head"
     for p in policies:
         assert _selected(p["spec"]["podSelector"], docs), f"{p['metadata']['name']} selects no pod"
@@ -460,10 +526,16 @@ def test_network_policies(docs: tuple[dict[str, Any], ...]) -> None:
 
     assert allowed(50051, head, "any"), "gateway clients"
     assert allowed(9464, head, "monitoring"), "Prometheus scraping the gateway"
-    for pod in everything:
-        for other in everything:
+    for pod in ray_pods:
+        for other in ray_pods:
             assert allowed(6379, pod, other) and allowed(40000, pod, other), f"Ray traffic {other} -> {pod}"
     assert not allowed(6379, head, "any") and not allowed(9464, head, "any"), "Ray and metrics stay internal"
+    # The GCS's Redis: the head (where the GCS runs) only.
+    for redis in everything - ray_pods:
+        if redis.startswith("StatefulSet/clustergnn-redis"):
+            assert allowed(6379, redis, head), "the GCS reaches its Redis"
+            for other in (everything - {head}) | {"any", "monitoring"}:
+                assert not allowed(6379, redis, other), f"{other} must not reach Redis"
 
 
 def test_owner_actors_fit_the_workers(docs: tuple[dict[str, Any], ...]) -> None:
@@ -488,6 +560,175 @@ def test_owner_actors_fit_the_workers(docs: tuple[dict[str, Any], ...]) -> None:
         assert cfg.cluster.actor_num_gpus > 0, "GPU workers, but owners ask for no GPU"
 
 
+def _worker_capacity(g: dict[str, Any]) -> tuple[float, float]:
+    """(CPUs, GPUs) Ray counts for one worker of group ``g`` (its container limits)."""
+    limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    cpu = str(limits["cpu"])
+    return (float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)), float(limits.get("nvidia.com/gpu", 0))
+
+
+@pytest.mark.parametrize("target", SURVIVES_NODE_LOSS)
+def test_owners_still_fit_after_losing_a_node(target: str) -> None:
+    """A lost node takes one worker; its owners are re-created on the others (a spare adopts, or a new
+    process starts).  With every spare on the survivors, P owners + cluster.spare_owners spares must fit
+    the workers minus the largest one, in CPUs and GPUs, or a recovery waits for a replacement pod."""
+    docs = _render(target)
+    cfg = _config(docs)
+    workers = [_worker_capacity(g) for g in _workers(docs) for _ in range(g["replicas"])]
+    assert len(workers) >= 2, f"{target}: one worker cannot survive losing its node"
+    actors = cfg.cluster.partitions + cfg.cluster.spare_owners
+    for i, (name, need) in enumerate((("CPU", cfg.cluster.actor_num_cpus), ("GPU", cfg.cluster.actor_num_gpus))):
+        left = sum(w[i] for w in workers) - max(w[i] for w in workers)
+        assert actors * need <= left, (
+            f"{target}: {cfg.cluster.partitions} owners + {cfg.cluster.spare_owners} spares x {need} {name} "
+            f"do not fit the {left} {name}s left after losing the largest worker"
+        )
+
+
+def test_owners_land_on_workers_on_distinct_nodes(docs: tuple[dict[str, Any], ...]) -> None:
+    """Owners never on the head (no Ray CPUs there, and every owner asks for some); each worker pod on
+    its own Kubernetes node (required anti-affinity against its own group); a lost node's pods are
+    replaced after seconds, not Kubernetes' default 5 minutes."""
+    cfg = _config(docs)
+    ray = _ray(docs)
+    assert ray["spec"]["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0"
+    assert cfg.cluster.actor_num_cpus > 0, "a 0-CPU owner could be placed on the head, which has no CPUs for owners"
+    assert "num-gpus" not in ray["spec"]["headGroupSpec"]["rayStartParams"] or (
+        ray["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    )
+    for g in _workers(docs):
+        t = g["template"]
+        terms = t["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert any(
+            term["topologyKey"] == "kubernetes.io/hostname"
+            and _matches(term["labelSelector"]["matchLabels"], t["metadata"]["labels"])
+            and set(term["labelSelector"]) == {"matchLabels"}
+            for term in terms
+        ), f"{g['groupName']}: workers of one group must be on distinct nodes"
+    for name, t in _ray_pod_templates(docs).items():
+        tolerations = {x["key"]: x for x in t["spec"].get("tolerations", []) if x.get("effect") == "NoExecute"}
+        for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"):
+            assert key in tolerations and tolerations[key]["tolerationSeconds"] <= 60, f"{name}: {key}"
+    # The head prefers a node without workers (a node loss then costs the head or some owners).
+    head_terms = _head(docs)["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    worker_labels = [g["template"]["metadata"]["labels"] for g in _workers(docs)]
+    assert any(
+        all(_matches(t["podAffinityTerm"]["labelSelector"]["matchLabels"], w) for w in worker_labels)
+        for t in head_terms
+    )
+
+
+def test_ray_node_health_checks_are_set_on_the_head(docs: tuple[dict[str, Any], ...]) -> None:
+    """The GCS (on the head) declares a silent worker node dead after ``failure_threshold`` failed checks
+    ``period_ms`` apart, each failing at once or after ``timeout_ms``: the documented bound holds."""
+    env = _env(_head(docs)["spec"]["containers"][0])
+    period = int(env["RAY_health_check_period_ms"]["value"])
+    timeout = int(env["RAY_health_check_timeout_ms"]["value"])
+    threshold = int(env["RAY_health_check_failure_threshold"]["value"])
+    assert threshold >= 3, "a single slow answer must not kill a node"
+    assert threshold * period <= 10_000, "a killed raylet is noticed within 10 s"
+    assert threshold * timeout + (threshold - 1) * period <= 20_000, "a cut link is noticed within 20 s"
+    readme = (K8S / "README.md").read_text()
+    for name in ("RAY_health_check_period_ms", "RAY_health_check_timeout_ms", "RAY_health_check_failure_threshold"):
+        assert f"{name}={env[name]['value']}" in readme.replace("`", ""), f"k8s/README.md must state {name}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_snapshot_storage_is_reachable_from_every_ray_pod(target: str) -> None:
+    """snapshot.uri is written by every owner (workers) and committed by the coordinator (head): an S3
+    URI with credentials from one Secret on every Ray pod, or a directory on ONE ReadWriteMany claim
+    mounted at that path on every Ray pod.  Off (null) only where the log itself is ephemeral (dev)."""
+    docs = _render(target)
+    uri = _config(docs).snapshot.uri
+    pods = _ray_pod_templates(docs)
+    s3_secrets = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for t in pods.values()
+        for c in t["spec"]["containers"]
+        for e in c.get("env", [])
+        if e["name"].startswith("AWS_") and "secretKeyRef" in e.get("valueFrom", {})
+    }
+    if uri is None:
+        assert target == "overlays/dev", f"{target}: snapshots off means replaying the whole log on every recovery"
+        assert not s3_secrets, f"{target}: S3 credentials without snapshots ({s3_secrets}) need a Secret for nothing"
+        return
+    if "://" in uri:
+        assert uri.startswith("s3://"), f"only s3:// and shared directories are wired up here, not {uri}"
+        pafs = pytest.importorskip("pyarrow.fs")
+        query = dict(q.split("=", 1) for q in uri.split("?", 1)[1].split("&")) if "?" in uri else {}
+        assert "region" in query or "endpoint_override" in query, "without either, pyarrow asks AWS for the region"
+        fs, path = pafs.FileSystem.from_uri(uri)  # offline; unknown query keys are errors
+        assert fs.type_name == "s3" and "/" in path, (uri, path)
+        assert len(s3_secrets) == 1, s3_secrets
+        for name, t in pods.items():
+            env = _env(t["spec"]["containers"][0])
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                ref = env.get(key, {}).get("valueFrom", {}).get("secretKeyRef", {})
+                assert ref.get("key") == key and not ref.get("optional"), f"{name}: {key} from the Secret"
+        return
+    assert uri.startswith("/"), f"a snapshot directory must be absolute: {uri}"
+    assert not s3_secrets, s3_secrets
+    claims = {d["metadata"]["name"]: d for d in _all(docs, "PersistentVolumeClaim")}
+    used = set()
+    for name, t in pods.items():
+        volumes = {v["name"]: v for v in t["spec"].get("volumes", [])}
+        mounts = [
+            m
+            for m in t["spec"]["containers"][0].get("volumeMounts", [])
+            if Path(uri) == Path(m["mountPath"]) or Path(m["mountPath"]) in Path(uri).parents
+        ]
+        assert len(mounts) == 1 and not mounts[0].get("readOnly"), f"{name}: {uri} must be on one writable mount"
+        vol = volumes[mounts[0]["name"]]
+        assert "persistentVolumeClaim" in vol, f"{name}: {uri} is on {vol}, not a shared claim"
+        used.add(vol["persistentVolumeClaim"]["claimName"])
+    assert len(used) == 1, f"every Ray pod must mount the same claim, got {used}"
+    claim = claims[next(iter(used))]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], claim["spec"]["accessModes"]
+
+
+def test_gcs_fault_tolerance(docs: tuple[dict[str, Any], ...]) -> None:
+    """KubeRay's gcsFaultToleranceOptions, pointed at the Redis rendered beside it, with the rules
+    KubeRay's validation enforces (no ft-enabled annotation alongside; no redis-password in
+    rayStartParams nor REDIS_PASSWORD/RAY_REDIS_ADDRESS env on the head), and a head command that
+    expands the $REDIS_PASSWORD KubeRay writes into the generated ray start."""
+    ray = _ray(docs)
+    ft = ray["spec"]["gcsFaultToleranceOptions"]
+    assert "ray.io/ft-enabled" not in ray["metadata"].get("annotations", {})
+    assert "ray.io/external-storage-namespace" not in ray["metadata"].get("annotations", {})
+    assert ft.get("backend", "redis") == "redis", "the RocksDB backend is alpha (KubeRay master only)"
+    head = _head(docs)["spec"]["containers"][0]
+    assert "redis-password" not in ray["spec"]["headGroupSpec"]["rayStartParams"]
+    assert not {"REDIS_PASSWORD", "RAY_REDIS_ADDRESS"} & set(_env(head))
+    script = " ".join(head["command"] + head["args"])
+    assert 'eval "${KUBERAY_GEN_RAY_START_CMD/--block/}"' in script, "$REDIS_PASSWORD must be expanded"
+
+    host, port = ft["redisAddress"].rsplit(":", 1)
+    svc_name, ns, svc = host.split(".")
+    assert (ns, svc) == (NAMESPACE, "svc"), host
+    redis_svc = _one(docs, "Service", svc_name)
+    assert int(port) in {p["port"] for p in redis_svc["spec"]["ports"]}
+    selected = _selected({"matchLabels": redis_svc["spec"]["selector"]}, docs)
+    assert selected == {f"StatefulSet/{svc_name}"}, selected
+    sts = _one(docs, "StatefulSet", svc_name)
+    assert sts["spec"]["replicas"] == 1, "KubeRay supports a standalone Redis"
+    redis = sts["spec"]["template"]["spec"]["containers"][0]
+    ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    assert _env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref, "Redis and the GCS share one password"
+    assert "--requirepass" in " ".join(redis["args"]) and "--appendonly yes" in " ".join(redis["args"])
+    data = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
+    assert data.get("data") == "/data" and sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+def test_serve_command_uses_real_flags(docs: tuple[dict[str, Any], ...]) -> None:
+    """The driver's command line parses with clustergnn's own CLI (no invented flags)."""
+    from actors.cli import build_parser
+
+    script = " ".join(_gateway_container(docs)["args"])
+    argv = script[script.index("exec clustergnn serve") + len("exec clustergnn ") :].split()
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve" and args.ray_address == "auto"
+
+
 def test_versions_agree_with_pyproject() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     dockerfile = (K8S / "Dockerfile").read_text()
@@ -503,7 +744,7 @@ def test_versions_agree_with_pyproject() -> None:
         except pytest.skip.Exception:
             continue
         assert ray["spec"]["rayVersion"] == pins["ray"], target
-        images = {c["image"] for t in _pod_templates(_render(target)).values() for c in t["spec"]["containers"]}
+        images = {c["image"] for t in _ray_pod_templates(_render(target)).values() for c in t["spec"]["containers"]}
         assert len(images) == 1 and next(iter(images)).startswith("ghcr.io/clustergnn/clustergnn:0.1.0"), images
 
 
@@ -560,3 +801,53 @@ def _self_signed(directory: Path, dns_name: str) -> tuple[Path, Path]:
     cert_path.write_bytes(cert)
     key_path.write_bytes(key)
     return cert_path, key_path
+
+
+@pytest.mark.integration
+def test_probes_follow_the_gateway_health(tmp_path: Path) -> None:
+    """The head's probe commands, as written in the manifest, against a real gateway (TLS, fake backend)
+    on 127.0.0.1: with an owner down (a recovery) readiness fails and startup/liveness still pass."""
+    pytest.importorskip("grpc")
+    from actors.gateway.server import GatewayServer
+    from clustergnn.config import GatewayConfig
+    from tests.gateway.fakes import FakeBackend
+
+    c = _gateway_container(_render("base"))
+    cert, key = _self_signed(tmp_path, "clustergnn-gateway.clustergnn.svc")
+    backend = FakeBackend()
+    cfg = GatewayConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        tokens=("probe-test-token",),
+        health_poll_interval_s=0.05,
+    )
+    gw = GatewayServer(backend, cfg).start()
+    sys.path.insert(0, str(K8S))
+    try:
+        import healthcheck
+
+        def run(probe: str) -> int:
+            cmd = [a.replace("/etc/clustergnn/tls/", f"{tmp_path}/") for a in c[probe]["exec"]["command"][1:]]
+            return healthcheck.main([*cmd, "--address", f"127.0.0.1:{gw.port}", "--timeout-s", "5"])
+
+        def settle(want_ready: int) -> None:
+            deadline = time.monotonic() + 10
+            while run("readinessProbe") != want_ready and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        settle(healthcheck.EXIT_SERVING)
+        assert run("readinessProbe") == healthcheck.EXIT_SERVING
+        backend.set_alive(0, False)  # an owner lost: the cluster recovers, health NOT_SERVING
+        settle(healthcheck.EXIT_NOT_SERVING)
+        assert run("readinessProbe") == healthcheck.EXIT_NOT_SERVING
+        assert run("livenessProbe") == healthcheck.EXIT_SERVING, "a recovery must not restart the head"
+        assert run("startupProbe") == healthcheck.EXIT_SERVING
+        backend.set_alive(0, True)  # recovered
+        settle(healthcheck.EXIT_SERVING)
+        assert run("readinessProbe") == healthcheck.EXIT_SERVING
+    finally:
+        sys.path.remove(str(K8S))
+        gw.stop(grace_s=0.2)

@@ -199,7 +199,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PartitionStatus(_message.Message):
-    __slots__ = ("partition", "alive", "num_vertices", "watermark", "lag", "applied_mutations", "mutations_per_s")
+    __slots__ = ("partition", "alive", "num_vertices", "watermark", "lag", "applied_mutations", "mutations_per_s", "node")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class PartitionStatus(_message.Message):
     LAG_FIELD_NUMBER: _ClassVar[int]
     APPLIED_MUTATIONS_FIELD_NUMBER: _ClassVar[int]
     MUTATIONS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     partition: int
     alive: bool
     num_vertices: int
@@ -221,7 +222,8 @@ class PartitionStatus(_message.Message):
     lag: int
     applied_mutations: int
     mutations_per_s: float
-    def __init__(self, partition: _Optional[int] = ..., alive: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., watermark: _Optional[_Mapping[int, int]] = ..., lag: _Optional[int] = ..., applied_mutations: _Optional[int] = ..., mutations_per_s: _Optional[float] = ...) -> None: ...
+    node: str
+    def __init__(self, partition: _Optional[int] = ..., alive: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., watermark: _Optional[_Mapping[int, int]] = ..., lag: _Optional[int] = ..., applied_mutations: _Optional[int] = ..., mutations_per_s: _Optional[float] = ..., node: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("partitions", "watermark", "num_layers", "embedding_dims", "healthy", "extra", "model")
