@@ -7,6 +7,19 @@ Per layer ``l`` (``L`` layers, tables indexed by slot, ``capacity`` rows, zero f
 * ``agg[l]``: ``(capacity, msg_dim)`` - the aggregate, float64 for sums, float32 for maxes, None for GAT;
 * ``selfc[l]``: ``(capacity, self_dim)`` float32 - the self term, None for rules without one.
 
+Two tables are not kept where they would only duplicate another (docs/engine.md, "Memory per vertex"):
+
+* ``msg[0]`` **is** ``h[0]`` (the same tensor) when layer 0's message is its input itself
+  (``LayerRule.message_is_input``: SAGE mean/gcn widening, GIN, GraphConv without an out-degree norm
+  and with the weight after the sum), in an engine without ghosts.  The delta rule needs the *old*
+  message of a source whose features a batch updated: the engine writes the pre-batch rows back into
+  ``h[0]`` after layer 0's new messages and self terms are taken, and the update writes the new ones
+  (``msg[srcs] = m_new``), as it does for any cached message (:mod:`clustergnn.propagation`).
+* ``selfc[l]`` is None where the rule recomputes its self term at finish (``self_term_at_finish``: a
+  widening SAGE mean, whose finish is already a matmul per finished row; GIN outside the fused finish,
+  whose self term is a scale); ``Engine.finish`` and ``aggregate.sum.finish_gathered`` compute
+  ``self_term(h[l][rows])`` from the layer's input instead.
+
 The tables are replaced when they grow, so code that keeps them across a growth must re-read them
 (:meth:`Caches.layer` makes a fresh :class:`LayerTables` view per use).
 """
@@ -64,12 +77,14 @@ class RowView:
 
 @dataclass(frozen=True)
 class LayerTables:
-    """The tables one layer ``l`` reads and writes: ``msg[l]``, ``agg[l]``, ``selfc[l]`` and ``h[l+1]``."""
+    """The tables one layer ``l`` reads and writes: ``msg[l]``, ``agg[l]``, ``selfc[l]`` and ``h[l+1]``, and
+    its input ``h[l]`` (a self term not cached is recomputed from it)."""
 
     msg: torch.Tensor
     agg: torch.Tensor | None
     selfc: torch.Tensor | None
     h_out: torch.Tensor
+    h_in: torch.Tensor
 
 
 class Scratch:
@@ -110,16 +125,25 @@ class Scratch:
 class Caches:
     """Every layer's tables plus the per-slot arrays ``ghost``, ``remote_out`` and ``version``."""
 
-    def __init__(self, rules: list[LayerRule], device: torch.device, in_dim: int) -> None:
+    def __init__(self, rules: list[LayerRule], device: torch.device, in_dim: int, alias_input_msg: bool = True) -> None:
+        """``alias_input_msg``: ``msg[0]`` may be ``h[0]`` (module docstring; False in a partition, whose
+        ghosts have messages but no inputs)."""
         self.device = device
         self.capacity = 0
         dims = [in_dim] + [r.out_dim for r in rules]
+        self.msg0_is_h0 = alias_input_msg and rules[0].message_is_input
         self.h: list[torch.Tensor] = [self.zeros(0, d) for d in dims]
         self.msg: list[torch.Tensor] = [self.zeros(0, r.msg_dim) for r in rules]
+        if self.msg0_is_h0:
+            self.msg[0] = self.h[0]
         self.agg: list[torch.Tensor | None] = [self._agg_zeros(r) for r in rules]
         self.selfc: list[torch.Tensor | None] = [
-            self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term else None for r in rules
+            self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term and not r.self_term_at_finish else None
+            for r in rules
         ]
+        # names of the tables not kept (derived from others): a state written with them is still read
+        self.derived = {"msg0"} if self.msg0_is_h0 else set()
+        self.derived |= {f"selfc{li}" for li, r in enumerate(rules) if r.has_self_term and r.self_term_at_finish}
         self.ghost = np.zeros(0, dtype=bool)  # slots that mirror another partition's vertex
         self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
         self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
@@ -139,10 +163,11 @@ class Caches:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
     def layer(self, li: int) -> LayerTables:
-        return LayerTables(self.msg[li], self.agg[li], self.selfc[li], self.h[li + 1])
+        return LayerTables(self.msg[li], self.agg[li], self.selfc[li], self.h[li + 1], self.h[li])
 
     def tables(self) -> list[torch.Tensor]:
-        return [t for t in [*self.h, *self.msg, *self.agg, *self.selfc] if t is not None]
+        """Every distinct table (``msg[0]`` once when it is ``h[0]``)."""
+        return [t for t in [*self.h, *self.msg[self.msg0_is_h0 :], *self.agg, *self.selfc] if t is not None]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tables())
@@ -166,7 +191,10 @@ class Caches:
             return new
 
         for tables in (self.h, self.msg, self.agg, self.selfc):
-            tables[:] = [grown(t) for t in tables]
+            tables[:] = [
+                self.h[0] if tables is self.msg and li == 0 and self.msg0_is_h0 else grown(t)
+                for li, t in enumerate(tables)
+            ]
         for name in ("ghost", "remote_out", "version"):
             old = getattr(self, name)
             arr = np.zeros(capacity, dtype=old.dtype)
@@ -189,7 +217,7 @@ class Caches:
         out: dict[str, torch.Tensor | np.ndarray] = {}
         for name in ("h", "msg", "agg", "selfc"):
             for li, t in enumerate(getattr(self, name)):
-                if t is not None:
+                if t is not None and f"{name}{li}" not in self.derived:
                     out[f"{name}{li}"] = t
         for name in ("ghost", "remote_out", "version"):
             out[name] = getattr(self, name)

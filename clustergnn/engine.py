@@ -87,7 +87,8 @@ class Engine(Propagation):
         self.mode: Mode = mode
         self.graph = MutableGraph(capacity)
         self.dims = [rules[0].in_dim] + [r.out_dim for r in rules]
-        self.caches = Caches(self.rules, self.device, self.dims[0])
+        # a partition's ghosts have messages but no inputs: there, msg[0] is never h[0] (clustergnn.caches)
+        self.caches = Caches(self.rules, self.device, self.dims[0], alias_input_msg=not self.HAS_GHOSTS)
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
         self._scratch = Scratch()
@@ -228,7 +229,8 @@ class Engine(Propagation):
         meta.check_rules(engine_state.rule_kinds(self.rules))
         g = engine_state.graph_state(arrays, meta)
         specs = self.caches.row_specs()
-        engine_state.check_no_extra(arrays, set(specs) | set(engine_state.GRAPH_ARRAYS))
+        # a table this engine derives from another (msg0 = h0, self terms at finish) may be in an older state
+        engine_state.check_no_extra(arrays, set(specs) | set(engine_state.GRAPH_ARRAYS) | self.caches.derived)
         n = len(g.slots)
         ghosts = None
         if self.HAS_GHOSTS and meta.format_version >= 2:  # a ghost's zero rows are not written (Caches.export_rows)
@@ -335,7 +337,10 @@ class Engine(Propagation):
             new = new[alive[new]] if new.size else new
             feat = unique(concat_slots(pend.feat))
             feat = feat[alive[feat]] if feat.size else feat
-            deltas = self._full() if self.mode == "full" else self._propagate(pend.edges, union(feat, new), new)
+            if self.mode == "full":
+                deltas = self._full()
+            else:
+                deltas = self._propagate(pend.edges, union(feat, new), new, pend.feat_old)
             if removed.size:
                 self._clear_rows(removed)
             self.graph.end_batch()
@@ -371,7 +376,10 @@ class Engine(Propagation):
             agg = sum_family.gather_f32_rows(agg_t, rows)
         else:
             agg = view.get(agg_t)
-        selfv = view.get(self.selfc[li]) if self.selfc[li] is not None else None
+        if self.selfc[li] is not None:
+            selfv = view.get(self.selfc[li])
+        else:  # not cached (rule.self_term_at_finish): from the row's input
+            selfv = rule.self_term(view.get(self.h[li])) if rule.has_self_term else None
         out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]) if rule.finish_uses_msg else None)
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)

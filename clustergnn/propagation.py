@@ -33,15 +33,19 @@ DELTA_COST = 3  # cost of one delta contribution relative to one in-edge of a re
 class Propagation:
     """Layer-by-layer propagation of a batch's changes (module docstring); mixed into ``Engine``."""
 
-    def batch_context(self, edges: EdgeLog, new: np.ndarray) -> BatchContext:
-        """What a batch changed structurally, filtered to what the layer steps need."""
+    def batch_context(
+        self, edges: EdgeLog, new: np.ndarray, h0_old: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> BatchContext:
+        """What a batch changed structurally, filtered to what the layer steps need (``h0_old``: the
+        rows of ``h[0]`` the batch's feature updates overwrote, ``Pending.feat_old``)."""
         g = self.graph
         live = g.alive & ~self.ghost[: g.capacity] if self.HAS_GHOSTS else g.alive
         add_src, add_dst = edges.added()
         rem_src, rem_dst = edges.removed()
         out_changed = self._unique_live([add_src, rem_src], live)
         touched = self._unique_live([add_dst, rem_dst], live)
-        return BatchContext(add_src, add_dst, rem_src, rem_dst, out_changed, touched, new, live)
+        old = tuple(h0_old) if h0_old and self.caches.msg0_is_h0 else ()
+        return BatchContext(add_src, add_dst, rem_src, rem_dst, out_changed, touched, new, live, old)
 
     def layer_sources(
         self, li: int, ctx: BatchContext, changed: np.ndarray, extra_out_changed: np.ndarray | None = None
@@ -73,8 +77,14 @@ class Propagation:
         h = gather_rows(self.h[li], self.caches.t(srcs))
         return self.rules[li].message_and_self(h, torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
-    def _propagate(self, edges: EdgeLog, changed: np.ndarray, new: np.ndarray) -> list[LayerDelta]:
-        ctx = self.batch_context(edges, new)
+    def _propagate(
+        self,
+        edges: EdgeLog,
+        changed: np.ndarray,
+        new: np.ndarray,
+        h0_old: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> list[LayerDelta]:
+        ctx = self.batch_context(edges, new, h0_old)
         deltas = []
         for li in range(self.num_layers):
             srcs = self.layer_sources(li, ctx, changed)
@@ -108,6 +118,8 @@ class Propagation:
             c_idx = t(changed)
             selfv = self_new if self_new is not None else rule.self_term(gather_rows(self.h[li], c_idx))
             put_rows(tables.selfc, c_idx, selfv)
+        if li == 0 and ctx.h0_old:
+            self._restore_old_messages(ctx)
         fused_sum = self.fused and rule.aggregation is Aggregation.SUM
         if fused_sum:  # the fused kernel takes the out-neighbours as CSR, without an owner per entry
             de_ptr, de = g.out.gather_csr(srcs)
@@ -164,6 +176,20 @@ class Propagation:
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
+
+    def _restore_old_messages(self, ctx: BatchContext) -> None:
+        """Where ``msg[0]`` is ``h[0]`` (:mod:`clustergnn.caches`): write back the pre-batch rows of the
+        vertices whose features the batch updated, so that layer 0's update reads their *old* message,
+        as it reads any cached one: the sum's ``m'_u - m_u`` and ``E-`` terms, the max rule's suspect
+        tests.  With ``S`` the sources whose message changed, an update that read ``m~_u`` instead of
+        ``m_u`` would be off by ``sum_{(u,v) in G, u in S} (m_u - m~_u)``: only edges of the graph
+        before the batch count, so new vertices (no such edges) need nothing.  The new rows (already
+        taken as ``m_new``, and the self terms from them) go back with the update's ``msg[srcs] =
+        m_new``; a vertex updated and then removed keeps its old row until its rows are cleared.
+        Runs in reverse, so a slot updated twice ends with its first copy: the pre-batch row."""
+        h0 = self.h[0]
+        for idx, old in reversed(ctx.h0_old):
+            h0.index_copy_(0, idx, old)
 
     def _unique_live(self, parts: list[np.ndarray], live: np.ndarray) -> np.ndarray:
         """Sorted distinct values of ``parts`` that are ``live``."""

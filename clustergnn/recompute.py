@@ -42,10 +42,10 @@ def recompute_all(
     keep = keep_caches or view.n is None  # a non-contiguous table must live in the cache
     for li, rule in enumerate(rules):
         m, selfv = rule.message_and_self(view.get(caches.h[li]), outdeg)
-        if keep:
+        if keep and caches.msg[li] is not caches.h[li]:  # msg0 may be h0 itself (clustergnn.caches)
             view.put(caches.msg[li], m)
         table = caches.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
-        if keep and selfv is not None:
+        if keep and selfv is not None and caches.selfc[li] is not None:  # None: recomputed at finish
             view.put(caches.selfc[li], selfv)
         agg = rule.aggregate(table, edges, m)
         if keep and caches.agg[li] is not None:

@@ -83,6 +83,13 @@ class LayerRule:
     has_self_term: bool = False  # set by subclasses after __init__: the rule defines self_term()
     self_dim: int = 0  # width of self_term() when it differs from out_dim (GAT: heads before averaging)
     finish_uses_msg: bool = False  # finish() reads the row's own message (SAGE gcn); otherwise it gets None
+    # message(h) is h itself, whatever the out-degree: the cached message duplicates the layer's input
+    # (the engine aliases layer 0's message table to h0, clustergnn.caches)
+    message_is_input: bool = False
+    # the self term is recomputed at finish from the row's input instead of cached (clustergnn.caches):
+    # where finish already runs a matmul per finished row (a widening SAGE mean: mean @ W_neigh^T), or
+    # the self term is a scale of the input (GIN's (1 + eps) h, outside the fused finish)
+    self_term_at_finish: bool = False
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim) -> (n, msg_dim)``."""
@@ -218,6 +225,8 @@ class SageRule(LayerRule):
         super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
         self.has_self_term = kind != "gcn"
         self.finish_uses_msg = kind == "gcn"
+        self.message_is_input = kind != "pool" and not self.lin_before
+        self.self_term_at_finish = kind == "mean" and not self.lin_before
 
     def message_and_self(self, h, outdeg):
         if self.kind != "mean" or not self.lin_before:
@@ -299,6 +308,7 @@ class GraphConvRule(LayerRule):
         super().__init__(
             Aggregation.SUM, in_dim, msg_dim, out_dim, False, self.norm in ("left", "both"), f"GraphConv[{self.norm}]"
         )
+        self.message_is_input = not self.message_uses_outdeg and not self.lin_before
 
     def fused_finish(self):
         if (self.w is not None and not self.lin_before) or not self._plain_post():
@@ -347,6 +357,10 @@ class GinRule(LayerRule):
         super().__init__(agg, in_dim, in_dim, out_dim, True, False, f"GINConv[{kind}]")
         self.has_self_term = True
         self.self_dim = in_dim  # (1 + eps) h_v, before apply_func
+        self.message_is_input = True
+        # the self term is a scale of the input: recomputed (the same product, bit for bit) where the
+        # finish is the rule's own; the fused finish kernel reads a cached table
+        self.self_term_at_finish = self.fused_finish() is None
 
     def message(self, h, outdeg):
         return h

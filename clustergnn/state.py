@@ -30,6 +30,11 @@ ghosts, and this makes a snapshot 2-3x smaller.  And ``meta`` (:class:`StateMeta
 batch and mutation counts, the slot high-water mark, the model's widths and rule kinds, the partition
 and P.
 
+A table the engine does not keep is not written: ``msg0`` where it is ``h0`` (layer 0's message is its
+input, in a single engine), ``selfc{l}`` where the rule recomputes its self term at finish
+(:mod:`clustergnn.caches`); a state that has them (written before these cuts) is read, and they are
+ignored (they equal what the engine derives).
+
 **Why a restore is exact.**  Every array is the engine's own bits (no recompute, no float64 rounded to
 float32), for live slots only, so a restored engine needs no more capacity than ``next_slot``.  It is
 also *bit-identical in what it does next*: slot numbers are kept, with the free list in its order, so

@@ -47,6 +47,9 @@ class Pending:
         edges: directed edges added and removed (vertex removals' edges included).
         new, removed: slots of vertices added / removed, one array per edit.
         feat: slots whose input features were updated.
+        feat_old: ``(index, rows)`` per feature update, in order: the rows of ``h[0]`` it overwrote (the
+            undo closure's copy).  Where ``msg[0]`` is ``h[0]`` (:mod:`clustergnn.caches`), the earliest
+            copy of a slot is its pre-batch message, which layer 0's delta rule needs.
         undo: closures that undo the edits, in the order they were made.
     """
 
@@ -54,6 +57,7 @@ class Pending:
     new: list[np.ndarray] = field(default_factory=list)
     removed: list[np.ndarray] = field(default_factory=list)
     feat: list[np.ndarray] = field(default_factory=list)
+    feat_old: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def merge_into(self, into: Pending | None) -> Pending:
@@ -67,6 +71,7 @@ class Pending:
         into.new += self.new
         into.removed += self.removed
         into.feat += self.feat
+        into.feat_old += self.feat_old
         return into
 
 
@@ -324,6 +329,7 @@ class StructureEditor:
             old = h0[idx].clone()
             h0[idx] = feats[self.caches.t(keep)]
             pend.feat.append(slots)
+            pend.feat_old.append((idx, old))
 
             def undo_update(idx: torch.Tensor = idx, old: torch.Tensor = old) -> None:
                 self.caches.h[0][idx] = old

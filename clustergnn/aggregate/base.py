@@ -53,6 +53,8 @@ class BatchContext:
         touched: owned vertices whose in-edges changed.
         new: owned vertices added by the batch.
         live: ``(capacity,)`` bool: the slot is alive and owned (not a ghost).
+        h0_old: ``(index, rows)`` per feature update of the batch, in order: the rows of ``h[0]`` it
+            overwrote (``transaction.Pending.feat_old``); used where ``msg[0]`` is ``h[0]``.
     """
 
     add_src: np.ndarray
@@ -63,6 +65,7 @@ class BatchContext:
     touched: np.ndarray
     new: np.ndarray
     live: np.ndarray
+    h0_old: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ Three variants of the same update, chosen by the engine per layer and batch:
   added in the order the scattered adds add them, so the float64 aggregate is bit-identical to
   :func:`update`'s scattered adds (not to its segmented variant, which sums in another order); where
   the rule's finish has no matmul (:class:`FusedFinish`), the row is finished while it is in cache.
-* :func:`finish_gathered` (numba ``gather_mean_self`` + one ``addmm``): SAGE mean's widening finish.
+* :func:`finish_gathered` (numba ``gather_mean_self`` or ``gather_mean`` + one ``addmm``): SAGE mean's
+  widening finish.
 
 Finish (the rule's ``finish``, or fused: :class:`~clustergnn.aggregate.base.FinishKind`).  What the
 fused finish gives compared to the torch finish, per kind (``tests/core/test_fused_bit_identity.py``
@@ -143,6 +144,8 @@ def fused_finish(rule: LayerRule, tables: LayerTables, relu: bool, activation: C
     spec = rule.fused_finish() if tables.agg is not None else None
     if spec is None or (relu and activation not in RELU_FUNCTIONS):
         return None
+    if rule.has_self_term and tables.selfc is None:  # not cached (rule.self_term_at_finish): the rule's finish
+        return None
     kind, bias = spec
     selfc = tables.selfc.numpy() if tables.selfc is not None else _NO_ROWS
     return FusedFinish(kind, selfc, bias.numpy() if bias is not None else _NO_BIAS, relu)
@@ -190,15 +193,21 @@ def finish_gathered(
     rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool, activation: Callable | None
 ) -> np.ndarray | None:
     """Finish a widening SAGE-mean layer (``self + mean @ W_neigh^T``, ``rule.fused_gather()``): the
-    mean and self rows gathered in one kernel, one GEMM, the store fused with change detection.
+    mean and self rows gathered in one kernel, one GEMM, the store fused with change detection.  Where
+    the self term is not cached (``rule.self_term_at_finish``), it is ``rule.self_term`` of the gathered
+    input rows, the same product the cache would have held.
     Returns the rows whose output changed; None where the rule's own finish is needed."""
     w = rule.fused_gather()
     if w is None or (relu and activation not in RELU_FUNCTIONS):
         return None
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     neigh = torch.empty(len(rows), tables.agg.shape[1])
-    out = torch.empty(len(rows), tables.selfc.shape[1])
-    gather_mean_self(tables.agg.numpy(), tables.selfc.numpy(), rows, indeg, neigh.numpy(), out.numpy())
+    if tables.selfc is None:  # the self term is not cached (rule.self_term_at_finish): from the inputs
+        gather_mean(tables.agg.numpy(), rows, indeg, neigh.numpy())
+        out = rule.self_term(gather_rows(tables.h_in, torch.from_numpy(rows)))
+    else:
+        out = torch.empty(len(rows), tables.selfc.shape[1])
+        gather_mean_self(tables.agg.numpy(), tables.selfc.numpy(), rows, indeg, neigh.numpy(), out.numpy())
     out.addmm_(neigh, w.t())
     diff = np.empty(len(rows), dtype=bool)
     cpu_kernels.store_changed(tables.h_out.numpy(), rows, out.contiguous().numpy(), relu, diff)
@@ -268,6 +277,19 @@ if cpu_kernels.AVAILABLE:
                 neigh[i, k] = np.float32(agg[r, k] / dg)
             for k in range(ds):
                 selfv[i, k] = selfc[r, k]
+
+    @pjit
+    def gather_mean(agg, rows, deg, neigh):  # pragma: no cover - jitted
+        """``neigh[i] = float32(agg[r] / max(deg_i, 1))`` for ``r = rows[i]`` (``gather_mean_self``
+        without the self rows)."""
+        d = agg.shape[1]
+        n = rows.shape[0]
+        for i in numba.prange(n):
+            prefetch_ahead(agg, rows, i)
+            r = rows[i]
+            dg = max(deg[i], 1)
+            for k in range(d):
+                neigh[i, k] = np.float32(agg[r, k] / dg)
 
     @jit
     def _finish_row(h, r, agg, dg, kind, selfc, has_self, bias, has_bias, relu):  # pragma: no cover - jitted
@@ -454,3 +476,4 @@ def warm_up_kernels() -> None:
         )
     gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
     gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
+    gather_mean(np.zeros((2, 2), f64), one, one, np.zeros((1, 2), f32))
