@@ -76,6 +76,15 @@ PROBE_AFTER_S = 0.02
 after each such wait (about a round) until its deadline."""
 
 
+def owner_lost() -> tuple[type[BaseException], ...]:
+    """What Ray raises when an owner is gone: the actor's death, or a reply of it lost with its node (a
+    round's large reply is stored on the owner's node; if the node dies before the coordinator fetched it,
+    ``ray.get`` raises ``ObjectLostError``, not ``RayActorError``: seen when a node's link was cut)."""
+    import ray
+
+    return (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+
+
 def _owner_env(num_cpus: float) -> dict:
     """Environment of an owner's process: its numba kernels get as many threads as the actor has CPUs
     (at least one).  Set before the process imports numba, which sizes its thread pool then; a pool
@@ -351,7 +360,6 @@ class Cluster:
 
     # ------------------------------------------------------------------ rounds
     def _run(self) -> None:
-        import ray
 
         window_s = self.config.cluster.hub_window_ms / 1000.0
         quiet = 0  # rounds in a row that found nothing to do
@@ -365,7 +373,7 @@ class Cluster:
                     if quiet >= IDLE_AFTER_ROUNDS and self.idle_long_poll:
                         self._idle()
                         quiet = 0
-                except ray.exceptions.RayActorError as exc:  # an owner died: roll back and replay
+                except owner_lost() as exc:  # an owner died (or its node): roll back and replay
                     if self._stop.is_set():
                         return
                     self._recover(exc)
@@ -493,7 +501,7 @@ class Cluster:
                 calls += [o.restore.remote(manifest) for p, o in enumerate(self.owners) if p not in dead]
                 ray.get(calls, timeout=120)
                 rec["restored_s"] = time.monotonic() - rec["t0"]
-            except ray.exceptions.RayActorError as again:  # another owner died meanwhile: start over
+            except owner_lost() as again:  # another owner died meanwhile: start over
                 last = again
                 log.warning("recovery attempt %s: an owner died again (%s)", rec["attempts"], again)
                 continue
@@ -525,7 +533,7 @@ class Cluster:
             if ref in ready:
                 try:
                     ray.get(ref)
-                except ray.exceptions.RayActorError:
+                except owner_lost():
                     log.warning("a spare owner died (its node was lost?): not adopting it")
                     continue
             live.append(spare)
@@ -540,7 +548,7 @@ class Cluster:
         for p, ref in enumerate(refs):
             try:
                 ray.get(ref, timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            except (*owner_lost(), ray.exceptions.GetTimeoutError):
                 dead.append(p)
         return dead
 
@@ -781,7 +789,7 @@ class Cluster:
         try:
             sid = self.snapshots.next_id()
             got = ray.get([o.snapshot.remote(sid, self.round_id) for o in self.owners])
-        except ray.exceptions.RayActorError:
+        except owner_lost():
             raise  # an owner died: the round loop reports it
         except Exception:  # noqa: BLE001 - storage trouble or an owner still writing: serving goes on
             log.exception("snapshot after round %s could not be started; retrying at the next interval", self.round_id)
@@ -1100,7 +1108,7 @@ class Cluster:
                 raise StalenessDeadlineError(
                     f"read of {len(ids)} ids did not finish within {timeout_s * 1000:.0f} ms"
                 ) from None
-            except ray.exceptions.RayActorError as exc:
+            except owner_lost() as exc:
                 raise PartitionUnavailableError(f"a partition owner is down (it will be recovered): {exc}") from None
             except UnknownVertexError as exc:
                 raise UnknownVertexError(str(exc.args[0]) if exc.args else str(exc)) from None
