@@ -597,11 +597,14 @@ class Cluster:
         while len(self._spares) < self.config.cluster.spare_owners:
             self._spares.append(self._spawn_owner(None, None))
 
-    def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """The round driver's fan-out: ``step`` on every owner at once, results in partition order."""
+    def _fan_out(self, step: Step, args: Sequence[tuple[Any, ...] | None]) -> list[Any]:
+        """The round driver's fan-out: ``step`` at once on every owner whose argument is not None (the others
+        are not called: None), results in partition order."""
         import ray
 
-        return ray.get([getattr(o, step).remote(*a) for o, a in zip(self.owners, args, strict=True)])
+        refs = [None if a is None else getattr(o, step).remote(*a) for o, a in zip(self.owners, args, strict=True)]
+        got = iter(ray.get([r for r in refs if r is not None]))
+        return [None if r is None else next(got) for r in refs]
 
     def run_round(self) -> bool:
         """One round (``clustergnn.rounds.run_round``); True if anything was applied."""

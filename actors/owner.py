@@ -80,6 +80,10 @@ class IngestReport:
     caught_up_at_ms: int | None  # the poll started then found nothing more: all produced before is read
     dead_letters: int
     deferred: int = 0  # mutations this round's ingest deferred that still wait (the retry trigger)
+    # remote edge sources of every waiting record (deferred, or a transaction's part and what waits behind
+    # it): the retry trigger calls this partition only if another one added or removed one of them
+    waiting_on: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    has_ghosts: bool = True  # it mirrors another partition's vertex (no ghost anywhere: an isolated round)
     # this ingest's votes on transactions (clustergnn/txn.py): the ones it decided alone (``final``), then
     # the part it holds, if it holds one
     txn_votes: tuple[TxnVote, ...] = ()
@@ -540,9 +544,21 @@ class PartitionOwner:
             caught_up_at_ms=self._caught_up_at,
             dead_letters=self._round_dead,
             deferred=sum(len(p.batch) for p in self.pending if p.txn is None),
+            waiting_on=self._waiting_on(),
+            has_ghosts=self.engine.has_ghosts(),
             struct_out=self.engine.structure_outbox() if self._open else {},
             txn_votes=(*self._final_votes, *((self._vote,) if self._vote is not None else ())),
         )
+
+    def _waiting_on(self) -> np.ndarray:
+        """:attr:`IngestReport.waiting_on`: the remote edge sources of every waiting record."""
+        if not self.pending or self.engine.num_partitions == 1:
+            return np.zeros(0, dtype=np.int64)
+        from clustergnn.rounds import remote_sources
+
+        kind = np.concatenate([p.batch.kind for p in self.pending])
+        src = np.concatenate([p.batch.src for p in self.pending])
+        return remote_sources(kind, src, self.partition, self.engine.pmap.owner)
 
     def _begin(self, round_id: int) -> None:
         if not self._open:
@@ -557,22 +573,72 @@ class PartitionOwner:
             self.engine.structure_outbox()
         return self.engine.structure(inbox)
 
+    def _join(self, li: int) -> None:
+        """Open this round here at layer ``li``'s step: the round driver leaves a partition with no round
+        open and nothing in its inbox out of the structure and layer steps (``clustergnn/rounds.py``); the
+        steps it missed run now with empty inboxes, and must send nothing."""
+        if self._open:
+            return
+        from clustergnn.rounds import check_isolated
+
+        with self.phases("join"):
+            self._begin(self.round_id)
+            self.engine.structure_outbox()
+            check_isolated(self.engine.structure([]), self.partition, "structure (joining late)")
+            for k in range(li):
+                check_isolated(self.engine.layer(k, []), self.partition, f"layer {k} (joining late)")
+
     @_timed("layer")
     def layer(self, li: int, inbox: list[LayerMsg]) -> dict[int, LayerMsg]:
-        """Steps 3..: one GNN layer (not the last: see ``finish_round``)."""
+        """Steps 3..: one GNN layer (not the last: see ``finish_round``); joins the round first if it was
+        left out of the earlier steps."""
+        self._join(li)
         with self.phases(f"layer{li}"):
             return self.engine.layer(li, inbox)
 
     @_timed("finish_round")
     def finish_round(self, inbox: list[LayerMsg]) -> Published | None:
-        """The last layer; closes the round; returns what changed in the final embeddings."""
+        """The last layer; closes the round; returns what changed in the final embeddings.  A partition the
+        round left out (no round open here) with nothing in ``inbox`` has nothing to close: None."""
+        from clustergnn.rounds import carries
+
+        self.dead_letters += self._round_dead
+        if not self._open and not any(carries(m) for m in inbox):
+            return None
+        self._join(self.engine.num_layers - 1)
         with self.phases(f"layer{self.engine.num_layers - 1}"):
             self.engine.layer(self.engine.num_layers - 1, inbox)
         self._open = False
         with self.phases("end_round"):  # versions, the final rows to publish
             self.last_round = self.engine.end_round()
-        self.dead_letters += self._round_dead
         return self.last_round.published
+
+    @_timed("complete_round")
+    def complete_round(self, round_id: int, inbox: list[StructMsg]) -> Published | None:
+        """An isolated round's structure step, every layer and ``finish_round`` in one call (no partition
+        holds a ghost, so every layer inbox is empty: ``clustergnn/rounds.py``); ``RuntimeError`` if a
+        layer outbox is not empty after all."""
+        from clustergnn.rounds import carries, check_isolated
+
+        if not self._open and not any(carries(m) for m in inbox):  # nothing to do here: no round
+            self.dead_letters += self._round_dead
+            return None
+        check_isolated(self.structure(round_id, inbox), self.partition, "structure")
+        for li in range(self.engine.num_layers - 1):
+            check_isolated(self.layer(li, []), self.partition, f"layer {li}")
+        return self.finish_round([])
+
+    @_timed("complete_round_then_ingest")
+    def complete_round_then_ingest(
+        self,
+        inbox: list[StructMsg],
+        next_round: int,
+        max_records: int | None,
+        decisions: Mapping[str, TxnDecision] | None = None,
+    ) -> tuple[Published | None, IngestReport]:
+        """:meth:`complete_round`, then the next round's ingest (as :meth:`finish_round_then_ingest`)."""
+        published = self.complete_round(next_round - 1, inbox)
+        return published, self.ingest(next_round, max_records, decisions)
 
     def profile(self) -> dict[str, dict[str, float]]:
         """Recent per-phase and per-call times inside this owner (:class:`PhaseTimes`); ``clear`` after."""

@@ -283,6 +283,11 @@ class PartitionEngine(Engine):
         return self.version[self.graph.slots_of(np.asarray(ids, dtype=np.int64).reshape(-1))].copy()
 
     # ------------------------------------------------------------------ round protocol
+    def has_ghosts(self) -> bool:
+        """Whether any slot mirrors another partition's vertex (the round driver's isolated rounds)."""
+        alive = self.graph.alive
+        return bool((self.ghost[: len(alive)] & alive).any())
+
     def begin_round(self, round_id: int | None = None) -> None:
         """Open a round; ``round_id`` (the cluster's round counter) becomes the version of what changes."""
         if self._rs is not None:

@@ -3,15 +3,26 @@
 A round (the engine side of each step is in ``clustergnn/partitioned.py``):
 
 1. ``ingest`` on every partition: apply what it has (a queued batch, or a Kafka poll), defer edges from
-   remote vertices its directory does not know; it reports ``busy`` and its structure outbox.  If no
-   partition is busy, the round ends here.
-2. ``retry`` on every partition, *only when the retry trigger holds* (below): each partition learns the
-   other partitions' additions of this round (their first structure outboxes) and re-ingests its
-   deferred mutations once; the retry's outboxes add to the first ones.
+   remote vertices its directory does not know; it reports ``busy``, its structure outbox, the remote
+   sources its waiting mutations name (``waiting_on``) and whether it holds ghosts.  If no partition is
+   busy, the round ends here.
+2. ``retry``, *only on the partitions the retry trigger names* (below): each learns the other partitions'
+   additions of this round (their first structure outboxes) and re-ingests its deferred mutations once;
+   the retry's outboxes add to the first ones.  The other partitions are not called.
 3. ``structure`` with every structure message of the round, then ``layer`` for each GNN layer but
    the last; ``finish_round`` runs the last layer and closes the round.  With ``fuse_next_ingest`` the
    last call is ``finish_round_then_ingest``: it also runs the next round's ingest, whose reports the
    caller hands back as ``prefetched`` (one fan-out less per round).
+   **Partitions with nothing to do**: a partition with no round open (it ingested nothing) is left out of
+   the structure and layer steps while its inbox carries nothing (:func:`carries`): it would change
+   nothing and send nothing.  When a message does come it is called and joins the round there, running the
+   steps it missed with empty inboxes first (they must send nothing).  Every partition is called for the
+   last step (the next ingest rides on it); an owner that never joined closes nothing there (None), an
+   :class:`EnginePartition` runs an empty round (``LocalCluster`` keeps one summary per partition).
+   **Isolated rounds**: when no partition holds a ghost after steps 1-2 (always with one partition), no
+   layer message can flow between partitions in this round, so step 3 is one call per partition,
+   ``complete_round`` (``complete_round_then_ingest`` with ``fuse_next_ingest``): the structure step and
+   every layer with empty layer inboxes (one fan-out per round instead of ``L + 1``).
 
 Between steps the driver routes outboxes (``{receiver: message}`` per sender) into inboxes, one message
 per (sender, receiver) per step, and counts messages and bytes.
@@ -19,15 +30,27 @@ per (sender, receiver) per step, and counts messages and bytes.
 **Retry trigger.**  Deferred mutations get their one in-round retry iff ``P > 1`` and some partition's
 ingest report says it holds deferred mutations (``deferred > 0``: mutations this round's ingest
 deferred and that still wait; an owner that dead-letters a mutation after its timeout does not count
-it).  A retry can only help an edge whose remote source another partition added in this same round,
-so nothing deferred means nothing to retry, and with one partition no edge is remote.  (A retry that
-learns no new addition defers the same mutations again: harmless, only a step spent.)
+it).  Only the partitions for which it can change anything are called: those with a remote source in
+``waiting_on`` that another partition's first structure outbox to it lists as added or removed this
+round.  A retry's outcome depends on the directory only through the states of those sources (whether
+an edge is deferred, dropped with its removed source, or judged in a transaction's vote), so a partition
+whose sources nobody added or removed would defer the same mutations again and send nothing new: not
+calling it changes nothing but the step it would spend.  With one partition no edge is remote.
 
-The driver knows nothing of where partitions run: it calls a :class:`FanOut`, "run step X on every
-partition with these per-partition arguments, return the results in partition order".  The Ray
-coordinator (``actors/cluster.py``) implements it with ``.remote()`` and ``ray.get``;
-:func:`local_fan_out` with a loop, over :class:`EnginePartition` (an engine in this process, what
-``LocalCluster`` uses) or any object with the :class:`RoundPartition` steps.
+**Isolated rounds, why exact.**  A partition receives layer messages only for its ghosts, and a vertex
+has readers in another partition only while that partition holds a ghost of it with edges (reader
+counts follow ghost edges; ghosts are made only by ``ingest``/``retry`` and removed only by
+``structure`` and ``end_round``).  So if no partition reports a ghost after its last ingest step, no
+partition had one at the end of the previous round either, every reader count is zero and stays zero,
+and every layer outbox of the round would be empty; the fused call checks that they are (a
+``RuntimeError`` if not).
+
+The driver knows nothing of where partitions run: it calls a :class:`FanOut`, "run step X on the
+partitions with these per-partition arguments, return the results in partition order" (an argument of
+``None``: that partition is not called, its result is ``None``).  The Ray coordinator
+(``actors/cluster.py``) implements it with ``.remote()`` and ``ray.get``; :func:`local_fan_out` with a
+loop, over :class:`EnginePartition` (an engine in this process, what ``LocalCluster`` uses) or any object
+with the :class:`RoundPartition` steps.
 
     parts = [EnginePartition(e) for e in engines]
     parts[0].feed(batch_for_partition_0)
@@ -43,12 +66,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from clustergnn.mutations import MutationBatch
+import numpy as np
+
+from clustergnn.mutations import MutationBatch, edge_kinds_mask
 
 if TYPE_CHECKING:
     from clustergnn.partitioned import PartitionEngine, RoundSummary
 
-Step = Literal["ingest", "retry", "structure", "layer", "finish_round", "finish_round_then_ingest"]
+Step = Literal[
+    "ingest",
+    "retry",
+    "structure",
+    "layer",
+    "finish_round",
+    "finish_round_then_ingest",
+    "complete_round",
+    "complete_round_then_ingest",
+]
 
 
 class Message(Protocol):
@@ -59,6 +93,16 @@ class Message(Protocol):
 
 
 Outbox = Mapping[int, Message]  # receiver partition -> message
+
+
+class StructMessage(Message, Protocol):
+    """What the driver reads from a structure message (``StructMsg``): the retry trigger's additions."""
+
+    @property
+    def added(self) -> np.ndarray: ...
+
+    @property
+    def removed(self) -> np.ndarray: ...
 
 
 class IngestReport(Protocol):
@@ -75,7 +119,19 @@ class IngestReport(Protocol):
         ...
 
     @property
-    def struct_out(self) -> Outbox: ...
+    def waiting_on(self) -> np.ndarray:
+        """The remote sources of the edges in this partition's waiting mutations (deferred ones, and
+        transaction parts with what waits behind them): the only ids whose directory state a retry's
+        outcome depends on (the retry trigger)."""
+        ...
+
+    @property
+    def has_ghosts(self) -> bool:
+        """This partition holds a ghost (it may receive layer messages): isolated rounds need none anywhere."""
+        ...
+
+    @property
+    def struct_out(self) -> Mapping[int, StructMessage]: ...
 
 
 class RoundPartition(Protocol):
@@ -95,20 +151,51 @@ class RoundPartition(Protocol):
         self, inbox: list[Message], next_round: int, max_records: int | None
     ) -> tuple[Any, IngestReport]: ...
 
+    def complete_round(self, round_id: int, inbox: list[Message]) -> Any:
+        """``structure(round_id, inbox)``, every layer with empty inboxes and ``finish_round([])``, in one
+        call (an isolated round); ``RuntimeError`` if a layer outbox is not empty."""
+        ...
+
+    def complete_round_then_ingest(
+        self, inbox: list[Message], next_round: int, max_records: int | None
+    ) -> tuple[Any, IngestReport]: ...
+
 
 class FanOut(Protocol):
-    """Run ``step`` on every partition ``p`` with arguments ``args[p]``; the results in partition order."""
+    """Run ``step`` on every partition ``p`` whose ``args[p]`` is not None, with those arguments; the
+    results in partition order (None for a partition not called)."""
 
-    def __call__(self, step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]: ...
+    def __call__(self, step: Step, args: Sequence[tuple[Any, ...] | None]) -> list[Any]: ...
 
 
 def local_fan_out(parts: Sequence[RoundPartition]) -> FanOut:
     """A :class:`FanOut` over partitions in this process: a loop."""
 
-    def call(step: Step, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return [getattr(p, step)(*a) for p, a in zip(parts, args, strict=True)]
+    def call(step: Step, args: Sequence[tuple[Any, ...] | None]) -> list[Any]:
+        return [None if a is None else getattr(p, step)(*a) for p, a in zip(parts, args, strict=True)]
 
     return call
+
+
+def carries(msg: Message) -> bool:
+    """``msg`` carries something: layer messages (``ids``), or vertices added or removed, or reader deltas.
+    A message without these fields counts as carrying something."""
+    fields = [getattr(msg, name, None) for name in ("ids", "added", "removed", "reader_ids")]
+    return all(a is None for a in fields) or any(a is not None and len(a) for a in fields)
+
+
+def empty_outbox(out: Outbox) -> bool:
+    """No message of ``out`` carries anything."""
+    return not any(carries(m) for m in out.values())
+
+
+def check_isolated(outbox: Outbox, partition: int, step: str) -> None:
+    """An isolated round's outbox must carry nothing (module docstring): raise if it does."""
+    if not empty_outbox(outbox):
+        raise RuntimeError(
+            f"partition {partition}: {step} of an isolated round (no partition holds a ghost) has a message "
+            "to send: the reader counts and the ghosts disagree"
+        )
 
 
 def deliver(outboxes: Sequence[Outbox], num_partitions: int) -> tuple[list[list[Message]], int, int]:
@@ -124,8 +211,37 @@ def deliver(outboxes: Sequence[Outbox], num_partitions: int) -> tuple[list[list[
 
 
 def needs_retry(reports: Sequence[IngestReport], num_partitions: int) -> bool:
-    """The retry trigger (module docstring): more than one partition, and something deferred."""
+    """The retry trigger's gate (module docstring): more than one partition, and something deferred."""
     return num_partitions > 1 and any(r.deferred > 0 for r in reports)
+
+
+def retry_targets(reports: Sequence[IngestReport], num_partitions: int) -> list[int]:
+    """The partitions the retry trigger names (module docstring): none unless :func:`needs_retry`; else
+    those with a ``waiting_on`` source that another partition's structure outbox to them adds or removes."""
+    if not needs_retry(reports, num_partitions):
+        return []
+    out = []
+    for p, rep in enumerate(reports):
+        waiting = rep.waiting_on
+        if not len(waiting):
+            continue
+        news = []
+        for q, other in enumerate(reports):
+            msg = other.struct_out.get(p) if q != p else None
+            if msg is not None:
+                news += [a for a in (msg.added, msg.removed) if len(a)]
+        if news and np.isin(waiting, np.concatenate(news)).any():
+            out.append(p)
+    return out
+
+
+def remote_sources(
+    kind: np.ndarray, src: np.ndarray, partition: int, owner: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The sources of the edges among mutations ``(kind, src)`` that ``owner`` (a partition map's) puts in
+    another partition than ``partition``: sorted, unique (an :class:`IngestReport`'s ``waiting_on``)."""
+    src = np.asarray(src, dtype=np.int64)[edge_kinds_mask(kind)]
+    return np.unique(src[owner(src) != partition]) if src.size else src
 
 
 @dataclass
@@ -201,24 +317,45 @@ def run_round(
         return RoundOutcome(False, reports, [], None, 0, 0, ingested)
     t = stats.step("ingest", t0)
     struct = [r.struct_out for r in reports]
-    if needs_retry(reports, P):
+    targets = retry_targets(reports, P)
+    if targets:
         first, _, _ = deliver(struct, P)  # counted once, with the round's other structure messages below
-        reports = fan_out("retry", [(first[p],) for p in range(P)])
-        struct += [r.struct_out for r in reports]
+        retried = fan_out("retry", [(first[p],) if p in targets else None for p in range(P)])
+        reports = [reports[p] if retried[p] is None else retried[p] for p in range(P)]
+        struct += [retried[p].struct_out for p in targets]
         t = stats.step("retry", t)
     inbox, n, nbytes = deliver(struct, P)
-    outs = fan_out("structure", [(round_id, inbox[p]) for p in range(P)])
-    t = stats.step("structure", t)
     finished: list[Any] = []
     next_reports: list[Any] | None = None
+    # ``ingest_extra`` goes to one ingest per call: the plain one above if it ran, else the fused one
+    more = [()] * P if ingested else extra
+    if not any(r.has_ghosts for r in reports):  # an isolated round (module docstring): one call
+        if options.fuse_next_ingest:
+            args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(P)]
+            ingested = True
+            both = fan_out("complete_round_then_ingest", args)
+            finished, next_reports = [x[0] for x in both], [x[1] for x in both]
+        else:
+            finished = fan_out("complete_round", [(round_id, inbox[p]) for p in range(P)])
+        stats.step("complete", t)
+        return _busy(stats, reports, finished, next_reports, n, nbytes, ingested)
+    # a partition with no round open and nothing in its inbox is left out of the structure and layer steps
+    # (it would change nothing and send nothing); one that gets something later joins then (``layer``)
+    joined = [bool(r.busy) for r in reports]
+
+    def step(args: list[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
+        go = [joined[p] or any(carries(m) for m in inbox[p]) for p in range(P)]
+        joined[:] = go
+        return [a if g else None for a, g in zip(args, go, strict=True)]
+
+    outs = fan_out("structure", step([(round_id, inbox[p]) for p in range(P)]))
+    t = stats.step("structure", t)
     for li in range(L):
-        inbox, n2, b2 = deliver(outs, P)
+        inbox, n2, b2 = deliver([o or {} for o in outs], P)
         n, nbytes = n + n2, nbytes + b2
         if li < L - 1:
-            outs = fan_out("layer", [(li, inbox[p]) for p in range(P)])
+            outs = fan_out("layer", step([(li, inbox[p]) for p in range(P)]))
         elif options.fuse_next_ingest:
-            # ``ingest_extra`` goes to one ingest per call: the plain one above if it ran, else this one
-            more = [()] * P if ingested else extra
             args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(P)]
             ingested = True
             both = fan_out("finish_round_then_ingest", args)
@@ -226,6 +363,18 @@ def run_round(
         else:
             finished = fan_out("finish_round", [(inbox[p],) for p in range(P)])
         t = stats.step(f"layer{li}", t)
+    return _busy(stats, reports, finished, next_reports, n, nbytes, ingested)
+
+
+def _busy(
+    stats: RoundStats,
+    reports: list[Any],
+    finished: list[Any],
+    next_reports: list[Any] | None,
+    n: int,
+    nbytes: int,
+    ingested: bool,
+) -> RoundOutcome:
     stats.busy_rounds += 1
     stats.messages += n
     stats.message_bytes += nbytes
@@ -243,6 +392,8 @@ class EngineReport:
     busy: bool
     deferred: int
     struct_out: Outbox
+    waiting_on: np.ndarray
+    has_ghosts: bool
 
 
 class EnginePartition:
@@ -258,6 +409,7 @@ class EnginePartition:
         self.deferred = MutationBatch.empty()
         self._todo: MutationBatch | None = None
         self._open = False
+        self._round_id = 0  # the round of the last ingest (a partition joining late opens it)
 
     def feed(self, batch: MutationBatch) -> None:
         """The batch the next ``ingest`` applies."""
@@ -270,9 +422,12 @@ class EnginePartition:
 
     def _report(self) -> EngineReport:
         out = self.engine.structure_outbox() if self._open else {}
-        return EngineReport(self.engine.partition, self._open, len(self.deferred), out)
+        e = self.engine
+        waiting = remote_sources(self.deferred.kind, self.deferred.src, e.partition, e.pmap.owner)
+        return EngineReport(e.partition, self._open, len(self.deferred), out, waiting, e.has_ghosts())
 
     def ingest(self, round_id: int, max_records: int | None = None) -> EngineReport:
+        self._round_id = round_id
         todo, self._todo = self._todo, None
         self.deferred = MutationBatch.empty()
         if todo is not None and len(todo):
@@ -294,10 +449,24 @@ class EnginePartition:
             self.engine.structure_outbox()
         return self.engine.structure(inbox)
 
+    def _join(self, li: int) -> None:
+        """Open the round here at layer ``li``'s step, after the structure and layer steps the driver left
+        this partition out of (nothing open, nothing received): they are run now with empty inboxes, and
+        must send nothing."""
+        if self._open:
+            return
+        p = self.engine.partition
+        check_isolated(self.structure(self._round_id, []), p, "structure (joining late)")
+        for k in range(li):
+            check_isolated(self.engine.layer(k, []), p, f"layer {k} (joining late)")
+
     def layer(self, li: int, inbox: list[Message]) -> Outbox:
+        self._join(li)
         return self.engine.layer(li, inbox)
 
     def finish_round(self, inbox: list[Message]) -> RoundSummary:
+        """Closes the round; one that never opened here opens and closes now (a summary per partition)."""
+        self._join(self.engine.num_layers - 1)
         self.engine.layer(self.engine.num_layers - 1, inbox)
         self._open = False
         return self.engine.end_round()
@@ -306,4 +475,17 @@ class EnginePartition:
         self, inbox: list[Message], next_round: int, max_records: int | None = None
     ) -> tuple[RoundSummary, EngineReport]:
         summary = self.finish_round(inbox)
+        return summary, self.ingest(next_round, max_records)
+
+    def complete_round(self, round_id: int, inbox: list[Message]) -> RoundSummary:
+        p = self.engine.partition
+        check_isolated(self.structure(round_id, inbox), p, "structure")
+        for li in range(self.engine.num_layers - 1):
+            check_isolated(self.layer(li, []), p, f"layer {li}")
+        return self.finish_round([])
+
+    def complete_round_then_ingest(
+        self, inbox: list[Message], next_round: int, max_records: int | None = None
+    ) -> tuple[RoundSummary, EngineReport]:
+        summary = self.complete_round(next_round - 1, inbox)
         return summary, self.ingest(next_round, max_records)

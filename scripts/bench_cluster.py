@@ -19,6 +19,8 @@ crossed each node's link in each window are read from its interface counters (``
 traffic in and out of the worker nodes per edge mutation: Kafka fetches, round calls and their replies).
 
 Prints a table, writes results/bench_cluster.json and results/bench_cluster.png (latency over time).
+Per rate it also prints the round profile (``round_profile``), rounds per second, round duration p50/p99,
+and the round driver's fan-outs and owner calls per busy round, per step (``FanOutCounter``).
 Features are seeded random (the dataset has none).
 """
 
@@ -205,21 +207,36 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
             cluster.load_dataset(args.dataset, timeout_s=1800)
             progress(f"P={P}: initial graph loaded in {time.time() - t:.1f}s")
             pos = 0
+            fan = FanOutCounter(cluster)
             for rate in args.rates:
                 m0, b0 = cluster.stats.messages, cluster.stats.message_bytes
                 mut0 = cluster.stats.mutations
+                r0, br0 = cluster.stats.rounds, cluster.stats.busy_rounds
                 cluster.stats.step_ms.clear()
+                cluster.stats.round_ms.clear()
+                fan.clear()
                 ray.get([o.clear_profile.remote() for o in cluster.owners])
+                t_rate = time.perf_counter()
                 r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s)
+                window_s = time.perf_counter() - t_rate
                 pos += r["events"]
                 muts = max(cluster.stats.mutations - mut0, 1)
+                rounds, busy = cluster.stats.rounds - r0, cluster.stats.busy_rounds - br0
+                round_ms = list(cluster.stats.round_ms)
                 r.update(
                     {
                         "partitions": P,
                         "owner_nodes": owner_nodes,
                         "messages_per_mutation": (cluster.stats.messages - m0) / muts,
                         "bytes_per_mutation": (cluster.stats.message_bytes - b0) / muts,
-                        "round_ms_p50": float(np.percentile(list(cluster.stats.round_ms), 50)),
+                        "round_ms_p50": float(np.percentile(round_ms, 50)),
+                        "round_ms_p99": float(np.percentile(round_ms, 99)),
+                        "rounds_per_s": rounds / window_s,
+                        "busy_rounds_per_s": busy / window_s,
+                        "fan_outs_per_round": fan.fan_outs / max(rounds, 1),
+                        "fan_outs_per_busy_round": fan.fan_outs / max(busy, 1),
+                        "owner_calls_per_busy_round": fan.owner_calls / max(busy, 1),
+                        "fan_outs_by_step": dict(fan.by_step),
                     }
                 )
                 r["sustained"] = bool(
@@ -242,6 +259,12 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                     + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
                 )
                 progress(profile_table(r["profile"]))
+                progress(
+                    f"P={P} rate {rate:,.0f}/s: {r['rounds_per_s']:.1f} rounds/s ({r['busy_rounds_per_s']:.1f} busy); "
+                    f"round p50 {r['round_ms_p50']:.1f} ms p99 {r['round_ms_p99']:.1f} ms; fan-outs per busy round "
+                    f"{r['fan_outs_per_busy_round']:.2f}, owner calls per busy round "
+                    f"{r['owner_calls_per_busy_round']:.1f}; by step {r['fan_outs_by_step']}"
+                )
                 if not r["drained"] or r["drain_s"] > 10:
                     progress(f"P={P}: backlog does not drain at {rate:,.0f}/s; stopping the ramp")
                     break
@@ -312,13 +335,37 @@ def bench_nodes(N: int, P: int, args, workdir: Path) -> list[dict]:
     return rows
 
 
+class FanOutCounter:
+    """Counts the round driver's fan-outs (``Cluster._fan_out``: one step on the owners, one ``ray.get``), per
+    step, and the owner calls in them (an argument of None leaves that owner out, where the driver does so).
+    Wraps the cluster's ``_fan_out``, so it counts the same way on any version of the driver."""
+
+    def __init__(self, cluster) -> None:
+        self.clear()
+        orig = cluster._fan_out
+
+        def counted(step, args):
+            self.fan_outs += 1
+            self.owner_calls += sum(a is not None for a in args)
+            self.by_step[step] = self.by_step.get(step, 0) + 1
+            return orig(step, args)
+
+        cluster._fan_out = counted
+
+    def clear(self) -> None:
+        self.fan_outs = self.owner_calls = 0
+        self.by_step: dict[str, int] = {}
+
+
 def step_calls(steps: list[str], num_layers: int) -> dict[str, str]:
     """The owner call behind each of the coordinator's steps (``clustergnn/rounds.py``: the last layer's
-    step is ``finish_round_then_ingest`` when the next ingest is fused into it)."""
+    step is ``finish_round_then_ingest`` when the next ingest is fused into it; an isolated round's is
+    ``complete_round_then_ingest``)."""
     out = {"ingest": "ingest", "retry": "retry", "structure": "structure"}
     for li in range(num_layers - 1):
         out[f"layer{li}"] = "layer"
     out[f"layer{num_layers - 1}"] = "finish_round_then_ingest"
+    out["complete"] = "complete_round_then_ingest"  # an isolated round's one call
     return {k: v for k, v in out.items() if k in steps}
 
 

@@ -136,3 +136,38 @@ def test_metis_partitioning_cuts_fewer_edges_and_stays_exact() -> None:
     cluster.apply(more)
     single.apply(more)
     assert_cluster_matches(cluster, single, layers)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_a_partition_left_out_of_the_early_steps_joins_when_a_message_comes(model: str) -> None:
+    """Only partition 0 ingests (vertex 0's features); partition 2 reads vertex 0 and 3, so it is left out
+    of the structure step and joins at layer 0; partition 1 reads nothing of 0 and is left out of every
+    step but the last.  The cluster still equals one engine (and DGL)."""
+    layers = build(model)
+    pm = HashPartitionMap(3)  # vertex v is owned by v % 3
+    cluster = LocalCluster.from_layers(layers, F_IN, pm)
+    single = Engine.from_layers(layers, F_IN)
+    gen = torch.Generator().manual_seed(1)
+    init = MutationBatch.concat(
+        [
+            MutationBatch.add_vertices(np.arange(9), torch.randn(9, F_IN, generator=gen)),
+            MutationBatch.add_edges([0, 3, 2, 4, 7], [2, 5, 5, 1, 4]),
+        ]
+    )
+    for target in (cluster, single):
+        target.apply(init)
+    assert_cluster_matches(cluster, single, layers)
+    called: dict[int, list[str]] = {p: [] for p in range(3)}
+    for p, part in enumerate(cluster.parts):
+        for step in ("structure", "layer", "finish_round"):
+            fn = getattr(part, step)
+            setattr(part, step, lambda *a, _fn=fn, _s=step, _p=p: called[_p].append(_s) or _fn(*a))
+    update = MutationBatch.update_features([0], torch.randn(1, F_IN, generator=gen))
+    summaries = cluster.apply(update)
+    single.apply(update)
+    assert len(summaries) == 3
+    # the driver's calls come first (a late join here runs the missed steps through the same methods)
+    assert called[0] == ["structure"] + ["layer"] * (len(layers) - 1) + ["finish_round"]
+    assert called[1][0] == "finish_round"
+    assert called[2][0] == ("layer" if len(layers) > 1 else "finish_round")
+    assert_cluster_matches(cluster, single, layers)
