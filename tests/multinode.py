@@ -60,7 +60,7 @@ HEALTH_CHECK = {
     "RAY_health_check_failure_threshold": "3",
 }
 """The head's node health check (GCS): a node whose raylet misses 3 checks a second apart is marked dead,
-3-6 s after its link goes down (Ray's defaults, 3 s x 5 with a 10 s timeout, take 15-25 s).  A raylet
+about 6-7 s after its link goes down, measured (Ray's defaults, 3 s x 5 with a 10 s timeout, take 15-65 s).  A raylet
 marked dead exits when it hears of it, with every worker it started: Ray's own fence against a node that
 comes back (docs/distributed.md, "Several nodes")."""
 _NAME = re.compile(rf"^{PREFIX}(\d+)[a-z]")
