@@ -330,13 +330,9 @@ def run_round(
     # ``ingest_extra`` goes to one ingest per call: the plain one above if it ran, else the fused one
     more = [()] * P if ingested else extra
     if not any(r.has_ghosts for r in reports):  # an isolated round (module docstring): one call
-        if options.fuse_next_ingest:
-            args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(P)]
-            ingested = True
-            both = fan_out("complete_round_then_ingest", args)
-            finished, next_reports = [x[0] for x in both], [x[1] for x in both]
-        else:
-            finished = fan_out("complete_round", [(round_id, inbox[p]) for p in range(P)])
+        plain = [(round_id, inbox[p]) for p in range(P)]
+        finished, next_reports, fused = _last_call(fan_out, "complete_round", plain, inbox, round_id, options, more)
+        ingested |= fused
         stats.step("complete", t)
         return _busy(stats, reports, finished, next_reports, n, nbytes, ingested)
     # a partition with no round open and nothing in its inbox is left out of the structure and layer steps
@@ -355,15 +351,31 @@ def run_round(
         n, nbytes = n + n2, nbytes + b2
         if li < L - 1:
             outs = fan_out("layer", step([(li, inbox[p]) for p in range(P)]))
-        elif options.fuse_next_ingest:
-            args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(P)]
-            ingested = True
-            both = fan_out("finish_round_then_ingest", args)
-            finished, next_reports = [x[0] for x in both], [x[1] for x in both]
         else:
-            finished = fan_out("finish_round", [(inbox[p],) for p in range(P)])
+            plain = [(inbox[p],) for p in range(P)]
+            finished, next_reports, fused = _last_call(fan_out, "finish_round", plain, inbox, round_id, options, more)
+            ingested |= fused
         t = stats.step(f"layer{li}", t)
     return _busy(stats, reports, finished, next_reports, n, nbytes, ingested)
+
+
+def _last_call(
+    fan_out: FanOut,
+    call: Step,
+    plain: list[tuple[Any, ...]],
+    inbox: list[list[Any]],
+    round_id: int,
+    options: RoundOptions,
+    more: list[tuple[Any, ...]],
+) -> tuple[list[Any], list[Any] | None, bool]:
+    """A round's last call on every owner: ``call`` with ``plain``, or, when the next ingest is fused into it,
+    ``call + "_then_ingest"`` with the inbox and the next round's ingest arguments.  Returns what each owner
+    published, the next round's reports (None when not fused) and whether it was fused."""
+    if not options.fuse_next_ingest:
+        return fan_out(call, plain), None, False
+    args = [(inbox[p], round_id + 1, options.max_records, *more[p]) for p in range(len(inbox))]
+    both = fan_out(f"{call}_then_ingest", args)  # type: ignore[arg-type]
+    return [x[0] for x in both], [x[1] for x in both], True
 
 
 def _busy(

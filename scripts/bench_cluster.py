@@ -306,7 +306,8 @@ def bench_nodes(N: int, P: int, args, workdir: Path) -> list[dict]:
     from streams.broker import EmbeddedBroker
     from tests.multinode import NetnsCluster
 
-    with NetnsCluster(N, workdir / f"nodes-{N}-P{P}") as nc:
+    ray_env = dict(kv.split("=", 1) for kv in args.ray_env)
+    with NetnsCluster(N, workdir / f"nodes-{N}-P{P}", ray_env=ray_env) as nc:
         with EmbeddedBroker(host=nc.service.ip, netns=nc.service.ns, log_path=nc.workdir / "broker.log") as broker:
             links = {"head": nc.head.link, "broker": nc.service.link}
             links |= {f"w{i}": w.link for i, w in enumerate(nc.workers)}
@@ -422,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         "--nodes",
         default="0",
         help="comma list: 0 = local Ray; N = a Ray head and N worker nodes in network namespaces (root only)",
+    )
+    p.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --nodes: an environment variable of every Ray process (repeatable), e.g. a RAY_* setting",
     )
     p.add_argument("--inner-ray-address", default=None, help=argparse.SUPPRESS)  # --nodes: run on the head
     p.add_argument("--inner-bootstrap", default=None, help=argparse.SUPPRESS)

@@ -170,7 +170,10 @@ class NetnsCluster:
         worker_cpus: float = 4,
         object_store_mb: int = 300,
         head_env: dict[str, str] | None = None,
+        ray_env: dict[str, str] | None = None,
     ) -> None:
+        """``head_env``: extra environment of the head's Ray processes; ``ray_env``: of every process started
+        in a namespace (Ray's nodes and their workers, drivers), e.g. ``RAY_*`` system settings."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
         why = unavailable()
@@ -182,6 +185,7 @@ class NetnsCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.worker_cpus, self.object_store_mb = worker_cpus, object_store_mb
         self.head_env = {**HEALTH_CHECK, **(head_env or {})}
+        self.ray_env = dict(ray_env or {})
         self.subnet = self._free_subnet()
         self.bridge = f"{self.name}b"
         self.bridge_ip = f"{self.subnet}.1"
@@ -248,6 +252,7 @@ class NetnsCluster:
         """The environment of a process in a namespace: this one's, without what pins Ray to loopback."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
         env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+        env.update(self.ray_env)
         env.update(extra or {})
         return env
 

@@ -11,16 +11,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from clustergnn import Engine, MutationBatch, cpu_kernels
+from clustergnn import Engine, MutationBatch
 from clustergnn._dgl import dglnn
 from tests.core.gen import random_stream
+from tests.core.kernel_modes import kernels
 from tests.core.models import F_IN, build, randomize
 from tests.core.test_engine_exact import assert_matches_dgl
 
@@ -39,17 +39,6 @@ ALIASED = {
     ),
 }
 NOT_ALIASED = ("sage-pool", "graphconv-both", "gat", "mixed")
-
-
-@contextlib.contextmanager
-def kernels(which: str) -> Iterator[None]:
-    if which == "torch":
-        with cpu_kernels.disabled():
-            yield
-    else:
-        if not cpu_kernels.enabled():
-            pytest.skip("no fused kernels (numba missing or CLUSTERGNN_KERNELS=torch)")
-        yield
 
 
 def _feats(rng: np.random.Generator, k: int) -> torch.Tensor:

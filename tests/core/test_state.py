@@ -14,8 +14,6 @@ manifest), a fresh engine is built from what is read back, and then:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,24 +27,13 @@ from clustergnn.rules import rules_from_dgl
 from clustergnn.snapshot import SnapshotStore
 from clustergnn.state import StateError
 from tests.core.gen import random_stream
+from tests.core.kernel_modes import KERNELS, kernels
 from tests.core.models import F_IN, build
 from tests.core.test_engine_exact import assert_matches_dgl
 from tests.core.test_partitioned import assert_cluster_matches
 
 # SAGE mean/gcn/pool, GraphConv both and left/right/none, GIN sum/mean/max (+ plain), GAT, a mix of all
 MODELS = ["sage-mean", "sage-gcn", "sage-pool", "graphconv-both", "graphconv-mixed", "gin", "gin-plain", "gat", "mixed"]
-KERNELS = ["fused", "torch"]
-
-
-@contextlib.contextmanager
-def kernels(which: str) -> Iterator[None]:
-    if which == "torch":
-        with cpu_kernels.disabled():
-            yield
-    else:
-        if not cpu_kernels.enabled():
-            pytest.skip("no fused kernels (numba missing or CLUSTERGNN_KERNELS=torch)")
-        yield
 
 
 def state_by_id(eng: Engine) -> dict[str, object]:
