@@ -85,12 +85,27 @@ def owner_lost() -> tuple[type[BaseException], ...]:
     return (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
+INLINE_REPLY_BYTES = 64 * 1024 * 1024
+"""Owners return replies up to this size inside the call's reply (Ray's ``max_direct_call_object_size``,
+default 100 KiB), not through Ray's object store.  A round's layer outboxes and published embeddings are
+often larger than 100 KiB; through the object store, a reply from an owner on another node is fetched by
+the coordinator with Ray's object transfer, which doubled the layer steps (P = 4, 20k mutations/s, owners
+on namespaced nodes: layer steps 17 + 54 ms p50 vs 9 + 30 ms inline, visible latency p50 257 vs 151 ms;
+scripts/bench_cluster.py --nodes).  Larger replies (a whole partition's embeddings at a start) still go
+through the object store."""
+
+
 def _owner_env(num_cpus: float) -> dict:
     """Environment of an owner's process: its numba kernels get as many threads as the actor has CPUs
     (at least one).  Set before the process imports numba, which sizes its thread pool then; a pool
     larger than the threads used leaves idle workers that measurably slow rounds (served staleness p50
-    139 ms vs 55 ms in the demo with four owners on two cores)."""
-    return {"env_vars": {"NUMBA_NUM_THREADS": str(max(1, int(num_cpus)))}}
+    139 ms vs 55 ms in the demo with four owners on two cores).  And ``INLINE_REPLY_BYTES``."""
+    return {
+        "env_vars": {
+            "NUMBA_NUM_THREADS": str(max(1, int(num_cpus))),
+            "RAY_max_direct_call_object_size": str(INLINE_REPLY_BYTES),
+        }
+    }
 
 
 class Cluster:

@@ -217,9 +217,11 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                 fan.clear()
                 ray.get([o.clear_profile.remote() for o in cluster.owners])
                 t_rate = time.perf_counter()
-                r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s)
+                r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s, cycle=args.cycle)
                 window_s = time.perf_counter() - t_rate
                 pos += r["events"]
+                if args.cycle and pos >= ds.num_events:  # the next window starts over (its edges: multi-edges)
+                    pos = 0
                 muts = max(cluster.stats.mutations - mut0, 1)
                 rounds, busy = cluster.stats.rounds - r0, cluster.stats.busy_rounds - br0
                 round_ms = list(cluster.stats.round_ms)
@@ -321,6 +323,7 @@ def bench_nodes(N: int, P: int, args, workdir: Path) -> list[dict]:
             argv += ["--max-poll-records", str(args.max_poll_records), "--sustain-p99-ms", str(args.sustain_p99_ms)]
             argv += ["--rates", ",".join(str(r) for r in args.rates)]
             argv += ["--collaborative"] if args.collaborative else []
+            argv += ["--cycle"] if args.cycle else []
             progress(f"{N} worker node(s), P={P}: running the benchmark on the Ray head ({nc.head.ip})")
             env = nc.env({"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
             subprocess.run(["ip", "netns", "exec", nc.head.ns, *argv], env=env, check=True)
@@ -419,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-timeout-ms", type=int, default=5)
     p.add_argument("--max-poll-records", type=int, default=512)
     p.add_argument("--sustain-p99-ms", type=float, default=500.0)
+    p.add_argument(
+        "--cycle",
+        action="store_true",
+        help="when the dataset's events run out, go on removing and re-adding its edges (ramps past ~780k events)",
+    )
     p.add_argument(
         "--nodes",
         default="0",
