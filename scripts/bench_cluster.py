@@ -75,6 +75,11 @@ def _producer_process(
             events_per_batch, dim=dim, start=start_event, limit=start_event + events_per_batch * n_batches
         )
     )
+    if not batches:
+        raise ValueError(
+            f"the window starts at event {start_event}, past {dataset}'s {ds.num_events} events: fewer or lower rates, "
+            "shorter windows, or --cycle with the last window starting inside the dataset"
+        )
     if cycle and len(batches) < n_batches:
         from clustergnn.mutations import MutationBatch, MutationKind
 
@@ -220,8 +225,6 @@ def bench_partitions(P: int, ds, args) -> list[dict]:
                 r = run_rate(cluster, ds, pos, rate, args.seconds, args.batches_per_s, cycle=args.cycle)
                 window_s = time.perf_counter() - t_rate
                 pos += r["events"]
-                if args.cycle and pos >= ds.num_events:  # the next window starts over (its edges: multi-edges)
-                    pos = 0
                 muts = max(cluster.stats.mutations - mut0, 1)
                 rounds, busy = cluster.stats.rounds - r0, cluster.stats.busy_rounds - br0
                 round_ms = list(cluster.stats.round_ms)
@@ -425,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cycle",
         action="store_true",
-        help="when the dataset's events run out, go on removing and re-adding its edges (ramps past ~780k events)",
+        help="when a window runs past the dataset's events, it goes on removing and re-adding its own edges (a "
+        "window must still start inside the dataset)",
     )
     p.add_argument(
         "--nodes",
