@@ -597,7 +597,6 @@ def run(args: argparse.Namespace) -> dict:
             producer.close()
         broker.stop()
         if nc is not None:
-            result["ray_nodes_end"] = len(nc.workers)
             nc.close()
     result["reads"] = dict(reader.codes) if reader else {}
     result["read_watermark_regressions"] = reader.regressions if reader else None
