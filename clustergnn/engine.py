@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # DGL is imported where a DGL model or graph is handled: an e
 
 Mode = Literal["incremental", "khop", "full"]
 MODES: tuple[str, ...] = ("incremental", "khop", "full")
+# the full recompute's in-edges (and DGL's block over them) with int32 ids: 4 B/edge instead of 8 for the
+# CSR sources and the edge ids; the same edges in the same order, so the same sums (docs/engine.md)
+FULL_INT32_EDGES = True
 
 
 class Engine(Propagation):
@@ -329,7 +332,7 @@ class Engine(Propagation):
         if not isinstance(batch, MutationBatch):
             raise MutationError(f"apply takes a MutationBatch, got {type(batch).__name__}")
         with torch.no_grad():
-            pend = self.apply_structure(batch)
+            pend = self.apply_structure(batch, log=self.mode != "full")  # a full recompute reads no edit log
             self.round += 1
             self._grow(self.graph.capacity)
             new, removed = concat_slots(pend.new), concat_slots(pend.removed)
@@ -356,10 +359,13 @@ class Engine(Propagation):
             seconds=time.perf_counter() - t0,
         )
 
-    def apply_structure(self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False) -> Pending:
+    def apply_structure(
+        self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False, log: bool = True
+    ) -> Pending:
         """The batch's structural and feature edits, all or nothing (:meth:`StructureEditor.apply`);
-        with ``dry_run`` only whether they would apply (``MutationError`` if not), nothing changed."""
-        return self.edits.apply(batch, into, dry_run=dry_run)
+        with ``dry_run`` only whether they would apply (``MutationError`` if not), nothing changed;
+        without ``log``, no edit log is kept (for a full recompute)."""
+        return self.edits.apply(batch, into, dry_run=dry_run, log=log)
 
     # ------------------------------------------------------------------ recompute and finish
     def finish(
@@ -390,10 +396,17 @@ class Engine(Propagation):
         view = view or RowView.of(rows, self.caches.t(rows))
         return self.rules[li].aggregate(self.msg[li], self._in_edge_index(rows), view.get(self.msg[li]))
 
-    def _in_edge_index(self, rows: np.ndarray) -> EdgeIndex:
-        """Every in-edge of ``rows`` (sources as slots), row by row."""
-        indptr, src = self.graph.inn.gather_csr(rows)
-        return EdgeIndex(self.caches.t(src), self.caches.t(indptr))
+    def _in_edge_index(self, rows: np.ndarray, narrow: bool = False) -> EdgeIndex:
+        """Every in-edge of ``rows`` (sources as slots), row by row; ``narrow``: int32 indices (half the
+        bytes; DGL's block then has int32 ids too, made for it alone) on the CPU where the edges fit."""
+        # (CPU only: the CUDA paths are not measured with int32 indices)
+        dtype = np.int32 if narrow and self.device.type == "cpu" and self.graph.inn.used < 2**31 - 1 else np.int64
+        indptr, src = self.graph.inn.gather_csr(rows, dtype)
+        if dtype == np.int64:
+            return EdgeIndex(self.caches.t(src), self.caches.t(indptr))
+        ei = EdgeIndex(torch.from_numpy(src).to(self.device), torch.from_numpy(indptr).to(self.device))
+        ei.cache_ids = False  # every edge: its DGL block's edge ids go with it, not kept for the process
+        return ei
 
     def _full(self) -> list[LayerDelta]:
         """Recompute every owned row of every layer (:func:`clustergnn.recompute.recompute_all`)."""
@@ -402,7 +415,14 @@ class Engine(Propagation):
         outdeg = torch.from_numpy(self._outdeg(rows)).to(self.device)
         indeg = torch.from_numpy(g.in_degree(rows)).to(self.device)
         recompute_all(
-            self.rules, self.caches, rows, self._in_edge_index(rows), indeg, outdeg, self.activation, self._keep_caches
+            self.rules,
+            self.caches,
+            rows,
+            self._in_edge_index(rows, narrow=FULL_INT32_EDGES),
+            indeg,
+            outdeg,
+            self.activation,
+            self._keep_caches,
         )
         self.version[rows] = self.round
         return [LayerDelta(li + 1, len(rows), g.ext_of[rows], changed_slots=rows) for li in range(self.num_layers)]

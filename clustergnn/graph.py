@@ -26,6 +26,7 @@ from clustergnn.memory import DICT_ENTRY_BYTES, MemoryEntry, entries_of
 
 DIRECT_ID_LIMIT = 1 << 28  # ids below this use a table (4 bytes per id up to the largest id seen)
 _MIN_BLOCK = 4
+BULK_APPEND_MIN = 1 << 20  # appends of at least this many edges count their owners once (an initial graph)
 
 
 def unique(a: np.ndarray) -> np.ndarray:
@@ -113,18 +114,19 @@ class BlockAdjacency:
         pos = segment_positions(self.start[owners], lens)
         return np.repeat(owners, lens), self.pool[pos].astype(np.int64)
 
-    def gather_csr(self, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(indptr, values)``: the blocks of ``owners`` as CSR rows (int64), without the owner column."""
+    def gather_csr(self, owners: np.ndarray, dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr, values)``: the blocks of ``owners`` as CSR rows (``dtype``: int64, or int32 where the
+        entries fit), without the owner column."""
         owners = np.ascontiguousarray(owners, dtype=np.int64)
         lens = self.length[owners]
-        indptr = np.zeros(len(owners) + 1, dtype=np.int64)
+        indptr = np.zeros(len(owners) + 1, dtype=dtype)
         np.cumsum(lens, out=indptr[1:])
         if cpu_kernels.enabled():
-            values = np.empty(int(indptr[-1]), dtype=np.int64)
+            values = np.empty(int(indptr[-1]), dtype=dtype)
             kernel = cpu_kernels.gather_blocks if len(values) >= 1 << 18 else cpu_kernels.gather_blocks_serial
             kernel(self.start, self.length, self.pool, owners, indptr, values)
         else:
-            values = self.pool[segment_positions(self.start[owners], lens)].astype(np.int64)
+            values = self.pool[segment_positions(self.start[owners], lens)].astype(dtype)
         return indptr, values
 
     def neighbours(self, v: int) -> np.ndarray:
@@ -487,6 +489,15 @@ class MutableGraph:
             out[other] = [get(int(i), -1) for i in ids[other]]
         return out
 
+    def lookup32(self, ids: np.ndarray) -> np.ndarray:
+        """:meth:`lookup` as ``int32`` (slots are below 2^31: the id table is int32), half the bytes of an
+        initial graph's endpoint slots; ``ids`` int64."""
+        if cpu_kernels.enabled() and not self._dict and len(ids):
+            out = np.empty(len(ids), dtype=np.int32)
+            cpu_kernels.lookup_direct(self._table, np.ascontiguousarray(ids, dtype=np.int64), out)
+            return out
+        return self.lookup(ids).astype(np.int32)
+
     def slots_of(self, ids: np.ndarray, what: str = "vertex") -> np.ndarray:
         """Slots of ``ids``; ``UnknownVertexError`` naming the first id that is not a live vertex."""
         slots = self.lookup(ids)
@@ -615,7 +626,9 @@ class MutableGraph:
     # --------------------------------------------------------------- edge edits
     def add_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
         if cpu_kernels.enabled() and len(src):
-            self._append_pair(np.ascontiguousarray(src, dtype=np.int64), np.ascontiguousarray(dst, dtype=np.int64))
+            # int32 slots (an initial graph's, MutableGraph.lookup32) stay int32: no 16 B/edge of copies
+            dt = np.int32 if src.dtype == dst.dtype == np.int32 else np.int64
+            self._append_pair(np.ascontiguousarray(src, dtype=dt), np.ascontiguousarray(dst, dtype=dt))
             return
         self.inn.append(dst, src)
         self.out.append(src, dst)
@@ -623,9 +636,13 @@ class MutableGraph:
     def _append_pair(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Both directions of the new edges in one kernel call, one adjacency per core."""
         a, b = self.inn, self.out
-        for adj, owners in ((a, dst), (b, src)):
+        for adj in (a, b):
             if len(adj._count) < len(adj.start):
                 adj._count = np.zeros(len(adj.start), dtype=np.int64)
+        if len(src) >= BULK_APPEND_MIN:
+            self._append_pair_bulk(src, dst)
+            return
+        for adj, owners in ((a, dst), (b, src)):
             # room first, so that neither side can fail half-way
             adj._reserve_pool(int(cpu_kernels.append_need(adj.length, adj.cap, owners, adj._count, _MIN_BLOCK)))
         res = np.zeros(4, dtype=np.int64)
@@ -648,6 +665,34 @@ class MutableGraph:
             res,
         )
         assert res[0] >= 0 and res[2] >= 0, "pool room was reserved"
+        for adj, used, garbage in ((a, res[0], res[1]), (b, res[2], res[3])):
+            adj.used = int(used)
+            adj.garbage += int(garbage)
+            if adj.garbage > max(adj.used // 2, 1 << 16):
+                adj.compact()
+
+    def _append_pair_bulk(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """:meth:`_append_pair` for an initial graph's edges: each side counts its owners once, sizes the
+        pool, grows the blocks that overflow in slot order (an O(vertices) pass) and appends in input
+        order; ``block_append`` counts the owners four times over the edges.  The blocks get the same
+        entries in the same order and the same capacities (only where a moved block lands in the pool
+        differs, which no read sees)."""
+        a, b = self.inn, self.out
+        need = np.zeros(2, dtype=np.int64)
+        _count_need_pair(a.length, a.cap, a._count, b.length, b.cap, b._count, src, dst, _MIN_BLOCK, need)
+        try:
+            a._reserve_pool(int(need[0]))
+            b._reserve_pool(int(need[1]))
+        except BaseException:
+            a._count[:] = 0
+            b._count[:] = 0
+            raise
+        res = np.zeros(4, dtype=np.int64)
+        _place_counted_pair(
+            a.start, a.length, a.cap, a.pool, a.used, a._count,
+            b.start, b.length, b.cap, b.pool, b.used, b._count,
+            src, dst, _MIN_BLOCK, res,
+        )  # fmt: skip
         for adj, used, garbage in ((a, res[0], res[1]), (b, res[2], res[3])):
             adj.used = int(used)
             adj.garbage += int(garbage)
@@ -678,3 +723,79 @@ class MutableGraph:
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Every directed edge as ``(src slot, dst slot)``, grouped by destination."""
         return self.in_edges(self.alive_slots())
+
+
+if cpu_kernels.AVAILABLE:
+    import numba
+
+    from clustergnn.cpu_kernels import PREFETCH_AHEAD, jit, pjit, prefetch_span
+
+    @jit
+    def _count_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
+        """Count ``owners`` into the all-zero ``count``; the pool entries the overflowing blocks take
+        (``block_append``'s growth rule: ``max(length + c, 2 cap, min_block)``)."""
+        for i in range(owners.shape[0]):
+            count[owners[i]] += 1
+        need = 0
+        for o in range(count.shape[0]):
+            c = count[o]
+            if c > 0 and length[o] + c > cap[o]:
+                need += max(length[o] + c, 2 * cap[o], min_block)
+        return need
+
+    @pjit
+    def _count_need_pair(
+        in_length, in_cap, in_count, out_length, out_cap, out_count, src, dst, min_block, need
+    ):  # pragma: no cover - jitted
+        for side in numba.prange(2):
+            if side == 0:
+                need[0] = _count_need(in_length, in_cap, dst, in_count, min_block)
+            else:
+                need[1] = _count_need(out_length, out_cap, src, out_count, min_block)
+
+    @jit
+    def _place_counted(start, length, cap, pool, used, owners, nbrs, count, min_block):  # pragma: no cover
+        """Move the blocks that overflow (by ``count``, left all-zero) to the pool's tail in slot order,
+        then append ``nbrs[i]`` to ``owners[i]``'s block in input order (``count`` serves as each block's
+        write cursor meanwhile).  Returns ``(used, garbage)``."""
+        garbage = 0
+        for o in range(count.shape[0]):
+            c = count[o]
+            if c > 0:
+                if length[o] + c > cap[o]:
+                    new_cap = max(length[o] + c, 2 * cap[o], min_block)
+                    s = start[o]
+                    for k in range(length[o]):
+                        pool[used + k] = pool[s + k]
+                    garbage += cap[o]
+                    start[o] = used
+                    cap[o] = new_cap
+                    used += new_cap
+                count[o] = start[o] + length[o]  # from here on: where the block's next entry goes
+                length[o] += c
+        m = owners.shape[0]
+        for i in range(m):  # one random read-write per entry (the cursor), not start and length
+            if i + PREFETCH_AHEAD < m:
+                prefetch_span(pool, count[owners[i + PREFETCH_AHEAD]], 1)
+            o = owners[i]
+            p = count[o]
+            pool[p] = nbrs[i]
+            count[o] = p + 1
+        count[:] = 0
+        return used, garbage
+
+    @pjit
+    def _place_counted_pair(
+        in_start, in_length, in_cap, in_pool, in_used, in_count,
+        out_start, out_length, out_cap, out_pool, out_used, out_count,
+        src, dst, min_block, result,
+    ):  # fmt: skip  # pragma: no cover - jitted
+        for side in numba.prange(2):
+            if side == 0:
+                u, g = _place_counted(in_start, in_length, in_cap, in_pool, in_used, dst, src, in_count, min_block)
+            else:
+                u, g = _place_counted(
+                    out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count, min_block
+                )
+            result[2 * side] = u
+            result[2 * side + 1] = g

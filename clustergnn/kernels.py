@@ -32,6 +32,9 @@ class EdgeIndex:
         self.indptr = indptr
         self._seg: torch.Tensor | None = None
         self._block = None
+        # False: the block's edge ids are made for it alone and go with it (a full recompute's, every
+        # edge of the graph: not worth keeping for the life of the process, docs/engine.md)
+        self.cache_ids = True
 
     @classmethod
     def from_counts(cls, src: torch.Tensor, counts: torch.Tensor) -> EdgeIndex:
@@ -67,7 +70,8 @@ class EdgeIndex:
             # Explicit edge ids (0..E-1, a view of a shared arange): without them DGL 2.1 switches its CPU
             # SpMM to LIBXSMM kernels, which segfaulted here on R-MAT scale 20 (and have known wrong-output
             # bugs: dmlc/dgl#3471, #5960).
-            eids = _arange(self.n_edges, self.src.dtype)
+            n = self.n_edges
+            eids = _arange(n, self.src.dtype) if self.cache_ids else torch.arange(n, dtype=self.src.dtype)
             self._block = dgl.create_block(
                 ("csc", (self.indptr, self.src, eids)), num_src_nodes=n_src, num_dst_nodes=self.n_rows
             )

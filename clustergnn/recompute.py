@@ -21,7 +21,7 @@ import torch
 from clustergnn.aggregate.sum import RELU_FUNCTIONS
 from clustergnn.caches import Caches, RowView
 from clustergnn.kernels import EdgeIndex
-from clustergnn.rules import LayerRule
+from clustergnn.rules import LayerRule, SageRule
 
 
 def recompute_all(
@@ -47,13 +47,26 @@ def recompute_all(
         table = caches.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
         if keep and selfv is not None and caches.selfc[li] is not None:  # None: recomputed at finish
             view.put(caches.selfc[li], selfv)
+        dest = view.get(caches.h[li + 1]) if view.n is not None else None  # rows 0..n-1: write in place
+        if dest is not None and selfv is not None and _self_into_dest(rule):
+            # the self term waits in the output rows, not in a temporary of its own (nor, for a layer
+            # that stacks both products, in that GEMM's whole output) while the aggregate runs: the
+            # finish is ``addmm(selfv, mean, W, out=dest)`` or ``add(selfv, neigh, out=dest)``, the same
+            # values with ``selfv`` at ``dest`` (torch copies ``selfv`` there first otherwise)
+            selfv = dest.copy_(selfv)
         agg = rule.aggregate(table, edges, m)
         if keep and caches.agg[li] is not None:
             view.put(caches.agg[li], agg)
         # agg and selfv are temporaries here (already copied to the caches where they are kept)
-        dest = view.get(caches.h[li + 1]) if view.n is not None else None  # rows 0..n-1: write in place
         out = rule.finish(selfv, agg, indeg, m, fresh=True, out=dest)
         if li < len(rules) - 1 and activation is not None:
             out = torch.relu_(out) if activation in RELU_FUNCTIONS else activation(out)
         if dest is None or out.data_ptr() != dest.data_ptr():
             view.put(caches.h[li + 1], out)
+        del m, selfv, agg, table, out, dest  # not alive while the next layer allocates its own
+
+
+def _self_into_dest(rule: LayerRule) -> bool:
+    """Whether ``rule.finish(selfv, ..., fresh=True, out=dest)`` reads ``selfv`` only as the addend of
+    one ``addmm``/``add`` into ``out`` (so ``selfv`` may be ``dest`` itself): SAGE mean, no post-processing."""
+    return isinstance(rule, SageRule) and rule.kind == "mean" and rule._plain_post()

@@ -129,17 +129,22 @@ class StructureEditor:
             raise MutationError(f"{where}: features must be finite, got NaN or inf")
         return feats.to(self.caches.device)
 
-    def apply(self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False) -> Pending:
+    def apply(
+        self, batch: MutationBatch, into: Pending | None = None, *, dry_run: bool = False, log: bool = True
+    ) -> Pending:
         """Apply the batch's edits run by run (vectorised per run); undo everything if one run fails.
 
         With ``into``, the batch's changes are appended to it (several atomic batches in one round).
         With ``dry_run``, a batch that applies is undone too: ``MutationError`` says whether it would.
+        Without ``log`` (a full recompute follows, which reads only the graph), the returned ``Pending``
+        has no edit log: no ``edges``, no ``feat_old``, no ``undo`` once the batch has applied (an
+        initial graph's endpoint slots are 16 bytes per edge that the recompute would carry for nothing).
         """
         g = self.graph
         pend = Pending()
         mark = g.savepoint()
         try:
-            self._apply_all(pend, batch)
+            self._apply_all(pend, batch, log)
             if dry_run:
                 raise _DryRunDone
         except BaseException as exc:
@@ -149,9 +154,13 @@ class StructureEditor:
             if isinstance(exc, _DryRunDone):
                 return Pending()
             raise
+        if not log:
+            pend.edges, pend.feat_old, pend.undo = EdgeLog.new(), [], []
         return pend.merge_into(into)
 
-    def _apply_all(self, pend: Pending, batch: MutationBatch) -> None:
+    def _apply_all(self, pend: Pending, batch: MutationBatch, log: bool = True) -> None:
+        if self._apply_vertices_then_edges(pend, batch, log):
+            return  # a bulk load's shape: every vertex addition, then every edge addition
         frow = batch.feature_row_index()
         if (
             len(batch)
@@ -170,6 +179,37 @@ class StructureEditor:
                     raise MutationError(f"{where}: {e}") from None
                 except MutationError as e:
                     raise MutationError(f"{where}: {e}") from None
+
+    def _apply_vertices_then_edges(self, pend: Pending, batch: MutationBatch, log: bool) -> bool:
+        """The whole batch when it is vertex additions followed by edge additions only (an initial graph,
+        or its edges): :meth:`_apply_stretch`'s vertices-first case on views of the batch's columns, with
+        no gathered copies of the endpoints, no index arrays per mutation and, without ``log``, int32
+        endpoint slots (``MutableGraph.lookup32``).  Same checks, same slots, same edges in the same
+        order as the stretch; False (nothing changed) where the batch has another shape or is invalid:
+        the general path then applies it or raises the error sequential application meets first."""
+        kind, n = batch.kind, len(batch)
+        not_v = kind != MutationKind.ADD_VERTEX
+        nv = int(np.argmax(not_v)) if n and not_v.any() else n
+        del not_v
+        if n == 0 or np.count_nonzero(kind[nv:] == MutationKind.ADD_EDGE) != n - nv:
+            return False
+        g = self.graph
+        vids, es, ed = batch.src[:nv], batch.src[nv:], batch.dst[nv:]
+        if nv and ((g.lookup(vids) >= 0).any() or len(unique(vids)) != nv):
+            return False
+        feats = None
+        if nv:
+            try:  # ADD_VERTEX and ADD_EDGE only: the features are the vertices', in order
+                feats = self.check_features(batch.features[:nv], "")
+            except MutationError:
+                return False
+            self._add_vertices(pend, vids, feats, checked=True)
+        if es.size:
+            ls, ld = (g.lookup(es), g.lookup(ed)) if log else (g.lookup32(es), g.lookup32(ed))
+            if (ls < 0).any() or (ld < 0).any():
+                return self._undo_first(pend, bool(nv))
+            self._add_edges(pend, ls, ld, log)
+        return True
 
     def _apply_stretch(self, pend: Pending, batch: MutationBatch, a: int, b: int, frow: np.ndarray) -> bool:
         """Apply mutations ``[a, b)`` (vertex additions, edge additions and removals) as one vertex add,
@@ -296,11 +336,12 @@ class StructureEditor:
         pend.undo.append(undo_add)
         return slots
 
-    def _add_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray) -> None:
+    def _add_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray, log: bool = True) -> None:
         g = self.graph
         g.add_edges_slots(s, d)
-        pend.edges.add_src.append(s)
-        pend.edges.add_dst.append(d)
+        if log:
+            pend.edges.add_src.append(s)
+            pend.edges.add_dst.append(d)
         pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
 
     def _remove_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray) -> None:

@@ -276,6 +276,7 @@ def traced_stages(eng: Engine) -> list[tuple[object, str, str]]:
     out = [
         (eng, "apply_structure", "structure edits"),
         (g, "lookup", "id lookup"),
+        (g, "lookup32", "id lookup (int32)"),
         (g, "add_vertices", "vertex adds"),
         (g, "add_edges_slots", "adjacency appends"),
         (eng, "_in_edge_index", "in-edge CSR"),
