@@ -262,6 +262,47 @@ if AVAILABLE:
         return out[:n]
 
     @jit
+    def unique_live_neighbours(values, start, length, pool, owners, live, bits):  # pragma: no cover - jitted
+        """``unique_live`` of ``values`` together with every neighbour of ``owners`` in a block adjacency
+        (``pool[start[u]:start[u] + length[u]]``), read straight from the blocks: the neighbours are not
+        gathered into a temporary first (``BlockAdjacency.gather_csr``)."""
+        lo = bits.shape[0]
+        hi = 0
+        total = values.shape[0]
+        for i in range(values.shape[0]):
+            v = values[i]
+            w = v >> 6
+            bits[w] |= np.uint64(1) << np.uint64(v & 63)
+            lo = min(lo, w)
+            hi = max(hi, w + 1)
+        for j in range(owners.shape[0]):
+            u = owners[j]
+            s = start[u]
+            total += length[u]
+            for e in range(s, s + length[u]):
+                v = np.int64(pool[e])
+                w = v >> 6
+                bits[w] |= np.uint64(1) << np.uint64(v & 63)
+                lo = min(lo, w)
+                hi = max(hi, w + 1)
+        out = np.empty(min(total, live.shape[0]), dtype=np.int64)
+        n = 0
+        for w in range(lo, hi):
+            word = bits[w]
+            if word == 0:
+                continue
+            bits[w] = 0
+            while word != 0:
+                low = word & (~word + np.uint64(1))
+                b = _DEBRUIJN[np.int64((low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58))]
+                v = (w << 6) + b
+                if live[v]:
+                    out[n] = v
+                    n += 1
+                word ^= low
+        return out[:n]
+
+    @jit
     def lookup_direct(table, ids, out):  # pragma: no cover - jitted
         """``out[i] = table[ids[i]]`` for ids inside the table, -1 elsewhere; returns how many ids were
         outside it (the caller resolves those that may be in its dict)."""
@@ -403,6 +444,9 @@ def warm_up() -> None:
     changed = np.zeros(1, dtype=np.bool_)
     store_changed(np.zeros((2, 2), np.float32), one, np.zeros((1, 2), np.float32), True, changed)
     unique_live(one, np.ones(2, dtype=np.bool_), np.zeros(1, dtype=np.uint64))
+    unique_live_neighbours(
+        one, one, one, np.zeros(2, np.int32), one, np.ones(2, dtype=np.bool_), np.zeros(1, dtype=np.uint64)
+    )
     lookup_direct(np.zeros(2, dtype=np.int32), one, np.zeros(1, dtype=i64))
     count = np.zeros(2, dtype=i64)
     append_need(np.zeros(2, i64), np.zeros(2, i64), one, count, 4)

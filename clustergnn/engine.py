@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from clustergnn import cpu_kernels, kernels
+from clustergnn import cpu_kernels, kernels, steptimes
 from clustergnn import state as engine_state
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.caches import Caches, RowView, Scratch, gather_rows
@@ -332,7 +332,11 @@ class Engine(Propagation):
         if not isinstance(batch, MutationBatch):
             raise MutationError(f"apply takes a MutationBatch, got {type(batch).__name__}")
         with torch.no_grad():
+            if steptimes.ON:
+                steptimes.start()
             pend = self.apply_structure(batch, log=self.mode != "full")  # a full recompute reads no edit log
+            if steptimes.ON:
+                steptimes.mark("structure")
             self.round += 1
             self._grow(self.graph.capacity)
             new, removed = concat_slots(pend.new), concat_slots(pend.removed)
@@ -347,6 +351,8 @@ class Engine(Propagation):
             if removed.size:
                 self._clear_rows(removed)
             self.graph.end_batch()
+            if steptimes.ON:
+                steptimes.mark("end")
         self.stats["batches"] += 1
         self.stats["mutations"] += len(batch)
         ext = self.graph.ext_of

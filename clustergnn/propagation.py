@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clustergnn import cpu_kernels, steptimes
 from clustergnn.aggregate import max as max_family
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, BatchContext, DeltaStep
@@ -28,6 +29,18 @@ from clustergnn.graph import EdgeLog, union
 from clustergnn.results import LayerDelta
 
 DELTA_COST = 3  # cost of one delta contribution relative to one in-edge of a recomputed row (measured)
+# The fused sum delta by pull (aggregate.sum.update_pulled), in the same unit: per in-edge of an affected
+# row scanned, and per term found; against it, the fused push delta's cost per term (sum_rows: it sorts
+# its terms by row).  Measured on R-MAT scale 19, SAGE-mean layer 2, B = 1,000 and 10,000 (docs/engine.md,
+# "Updates where fan-out or width is large"): recompute 17 ns per in-edge, pull 1.4 ns per in-edge
+# scanned plus 46 ns per term, push 77 ns per term.
+# Off by default: measured ~equal to the push at B = 1,000 there (noisy, shared machine) and 2.5x slower
+# than the push on facebook-wosn-links' width-128 layer 2, which these costs do not predict.
+PULL_DELTA = False
+PULL_SCAN_COST = 0.08
+PULL_HIT_COST = 2.7
+FUSED_PUSH_COST = 4.5
+PULL_MIN_TERMS = 1 << 18  # terms above which the affected rows are read without gathering the out-edges
 
 
 class Propagation:
@@ -85,10 +98,16 @@ class Propagation:
         h0_old: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[LayerDelta]:
         ctx = self.batch_context(edges, new, h0_old)
+        if steptimes.ON:
+            steptimes.mark("context")
         deltas = []
         for li in range(self.num_layers):
             srcs = self.layer_sources(li, ctx, changed)
-            delta = self.propagate_layer(li, ctx, changed, srcs, *self._messages_and_self(li, srcs, changed))
+            m_and_self = self._messages_and_self(li, srcs, changed)
+            if steptimes.ON:
+                steptimes.layer(li)
+                steptimes.lmark("messages")
+            delta = self.propagate_layer(li, ctx, changed, srcs, *m_and_self)
             deltas.append(delta)
             changed = delta.changed_slots
         return deltas
@@ -120,13 +139,24 @@ class Propagation:
             put_rows(tables.selfc, c_idx, selfv)
         if li == 0 and ctx.h0_old:
             self._restore_old_messages(ctx)
+        if steptimes.ON:
+            steptimes.lmark("self_terms")
         fused_sum = self.fused and rule.aggregation is Aggregation.SUM
-        if fused_sum:  # the fused kernel takes the out-neighbours as CSR, without an owner per entry
-            de_ptr, de = g.out.gather_csr(srcs)
-            se = None
+        extra = [ctx.touched, ctx.new] + ([changed] if rule.uses_self else [])
+        n_terms = int(g.out_degree(srcs).sum()) + len(ctx.add_src) + len(ctx.rem_src)
+        se = de_ptr = de = None
+        may_pull = fused_sum and incremental and not self.HAS_GHOSTS  # the pull skips a ghost's terms
+        if may_pull and n_terms >= PULL_MIN_TERMS:  # the affected rows straight from the out-blocks
+            bits = np.zeros(len(ctx.live) // 64 + 1, dtype=np.uint64)
+            values = np.concatenate(extra).astype(np.int64, copy=False)
+            o = g.out
+            rows = cpu_kernels.unique_live_neighbours(values, o.start, o.length, o.pool, srcs, ctx.live, bits)
         else:
-            se, de = g.out_edges(srcs)
-        rows = self._unique_live([de, ctx.touched, ctx.new] + ([changed] if rule.uses_self else []), ctx.live)
+            if fused_sum:  # the fused kernel takes the out-neighbours as CSR, without an owner per entry
+                de_ptr, de = g.out.gather_csr(srcs)
+            else:
+                se, de = g.out_edges(srcs)
+            rows = self._unique_live([de, *extra], ctx.live)
         if li == self.num_layers - 1 and self._defers_last_layer:
             put_rows(tables.msg, t(srcs), m_new)  # the last hop is finished on read
             self.version[rows] = self.round
@@ -134,17 +164,42 @@ class Propagation:
         indeg = g.in_degree(rows)
         # Per layer, the cheaper exact way: deltas touch one entry per changed edge contribution,
         # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
-        # costs about a third of a float64 delta).  Large batches tip towards recomputation.
-        recompute = (
-            not incremental
-            or rule.aggregation is Aggregation.ATTENTION
-            or (DELTA_COST * (len(de) + len(ctx.add_src) + len(ctx.rem_src)) > int(indeg.sum()))
+        # costs about a third of a float64 delta).  Large batches tip towards recomputation.  The fused
+        # sum has a third way, the same delta found by scanning the affected rows' in-edges (pull): a
+        # cheap lookup per in-edge plus a term per hit, no sort; meant for where the terms are a large
+        # share of the in-edges (the last layers of a large batch on a skewed graph), off by default
+        # (PULL_DELTA: it did not measure faster).
+        terms, in_edges = n_terms, int(indeg.sum())
+        recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (DELTA_COST * terms > in_edges)
+        pull_cost = PULL_SCAN_COST * in_edges + PULL_HIT_COST * terms
+        pull = (
+            may_pull and PULL_DELTA and pull_cost <= (in_edges if recompute else min(FUSED_PUSH_COST * terms, in_edges))
         )
+        if pull:
+            recompute = False
+        elif de is None and not recompute:  # the push after all: it needs the out-edges
+            de_ptr, de = g.out.gather_csr(srcs)
         relu = li < self.num_layers - 1 and self.activation is not None
+        if steptimes.ON:
+            steptimes.lmark("affected")
+            steptimes.count("sources", len(srcs))
+            steptimes.count("rows", len(rows))
+            steptimes.count("delta_terms", terms)
+            steptimes.count("in_edges", in_edges)
+            steptimes.count("recomputed_rows", len(rows) if recompute else 0)
+            steptimes.count("pulled_rows", len(rows) if pull else 0)
         if fused_sum and not recompute:
             step = DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr)
             changed_next = sum_family.update_and_finish_fused(
-                rule, tables, step, indeg, relu, self.activation, self._scratch, lambda: self.finish(li, rows)
+                rule,
+                tables,
+                step,
+                indeg,
+                relu,
+                self.activation,
+                self._scratch,
+                lambda: self.finish(li, rows),
+                (g.inn.start, g.inn.length, g.inn.pool) if pull else None,
             )
             if ctx.new.size:
                 changed_next = self._unique_live([changed_next, ctx.new], ctx.live)
@@ -156,6 +211,8 @@ class Propagation:
                 agg_rows = self.recompute_agg(li, rows)
                 if tables.agg is not None:
                     put_rows(tables.agg, t(rows), agg_rows)
+                if steptimes.ON:
+                    steptimes.lmark("recompute")
             else:
                 step = DeltaStep(
                     rows,
@@ -171,10 +228,18 @@ class Propagation:
                     sum_family.update(tables, step, self._scratch)
                 else:
                     max_family.update(tables, step, g, self._scratch, lambda redo: self.recompute_agg(li, redo))
+                if steptimes.ON:
+                    steptimes.lmark("delta")
             out = self.finish(li, rows, agg_rows)
+            if steptimes.ON:
+                steptimes.lmark("finish")
             changed_next = self.caches.store(li, rows, out, ctx.new, incremental, self.fused)
+            if steptimes.ON:
+                steptimes.lmark("store")
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
+        if steptimes.ON:
+            steptimes.lmark("store")
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
     def _restore_old_messages(self, ctx: BatchContext) -> None:

@@ -198,12 +198,16 @@ class SageRule(LayerRule):
     mean: ``out_v = W_self h_v + W_neigh mean_{u->v} h_u + b``.  By linearity (``W mean(h) = mean(W h)``)
     the sum is kept of whichever of ``h_u`` and ``W_neigh h_u`` is narrower (DGL's ``lin_before_mp``):
     when the layer narrows, a reader's update is a vector add in the output width; when it widens, it
-    is a vector add in the input width and one small matmul per finished row.  Empty mean = 0.
+    is a vector add in the input width and one small matmul per finished row.  At equal widths the
+    first layer keeps ``h_u`` (its message is then its input, ``msg0 = h0``) and later layers keep
+    ``W_neigh h_u`` (``square_before``: their fan-out is large).  Empty mean = 0.
     gcn:  ``out_v = W_neigh (sum_{u->v} h_u + h_v) / (indeg_v + 1) + b``.
     pool: ``out_v = W_self h_v + W_neigh max_{u->v} relu(W_pool h_u + b_pool) + b``; empty max = 0.
     """
 
-    def __init__(self, layer: dglnn.SAGEConv) -> None:
+    def __init__(self, layer: dglnn.SAGEConv, square_before: bool = False) -> None:
+        """``square_before``: a mean layer as wide out as in keeps ``W_neigh h_u`` (not ``h_u``) as its
+        message, as a narrowing one does (``rules_from_dgl``: every layer but the first)."""
         kind = layer._aggre_type
         if kind not in ("mean", "gcn", "pool"):
             raise UnsupportedModelError(f"SAGEConv aggregator_type={kind!r} is not supported; supported: {SUPPORTED}")
@@ -220,7 +224,10 @@ class SageRule(LayerRule):
             self.w_pool, self.b_pool = _linear(layer.fc_pool)
             agg, msg_dim = Aggregation.MAX, in_dim
         else:
-            self.lin_before = in_dim > out_dim
+            # equal widths (square_before): the message costs one GEMM row per changed source and the
+            # finish none, instead of two GEMM rows (self and neighbour terms) per finished row;
+            # docs/engine.md, "Updates where fan-out or width is large"
+            self.lin_before = in_dim > out_dim or (in_dim == out_dim and square_before and kind == "mean")
             agg, msg_dim = Aggregation.SUM, (out_dim if self.lin_before else in_dim)
         super().__init__(agg, in_dim, msg_dim, out_dim, True, False, f"SAGEConv[{kind}]")
         self.has_self_term = kind != "gcn"
@@ -455,7 +462,9 @@ def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule
     for i, layer in enumerate(layers):
         last = i == len(layers) - 1
         if isinstance(layer, dglnn.SAGEConv):
-            rule: LayerRule = SageRule(layer)
+            # past the first layer, a square mean layer multiplies before the sum: its fan-out (rows
+            # finished) far exceeds its changed sources; the first keeps its input as message (msg0 = h0)
+            rule: LayerRule = SageRule(layer, square_before=i > 0)
         elif isinstance(layer, dglnn.GraphConv):
             rule = GraphConvRule(layer)
         elif isinstance(layer, dglnn.GINConv):

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clustergnn import Engine, MutationBatch  # noqa: E402
+from clustergnn import Engine, MutationBatch, steptimes  # noqa: E402
 from clustergnn._dgl import dglnn  # noqa: E402
 from clustergnn.datasets import load  # noqa: E402
 from clustergnn.reference import dgl_forward  # noqa: E402
@@ -157,6 +157,8 @@ def bench_model(ds, name: str, args) -> list[dict]:
         for mode, eng in engines.items():
             if mode == "incremental":  # DGL's forward right before the incremental run (and after it)
                 dgl_times += time_dgl(eng, layers, DGL_AROUND)
+            steptimes.enable(args.step_times and mode == "incremental")
+            steptimes.reset()
             for i, b in enumerate(batches):
                 if mode == "full" and i >= FULL_TIMED:
                     break
@@ -171,7 +173,9 @@ def bench_model(ds, name: str, args) -> list[dict]:
                     progress(f"{name} B={bsz} {mode}: {i + 1}/{len(batches)} batches")
                     t_budget = time.perf_counter()
             if mode == "incremental":
+                step_ms = {k: v * 1e3 / len(batches) for k, v in steptimes.totals().items()}
                 dgl_times += time_dgl(eng, layers, DGL_AROUND)
+            steptimes.enable(False)
         if len(batches) > FULL_TIMED:
             engines["full"].apply(MutationBatch.concat(batches[FULL_TIMED:]))
         err = check_exact(inc, layers)
@@ -197,6 +201,7 @@ def bench_model(ds, name: str, args) -> list[dict]:
             "dgl_full_ms": dgl_s * 1e3,
             "inc_mutations_per_s": n_mut / p50["incremental"],
             "speedup_vs_dgl": dgl_s / p50["incremental"],
+            **({"inc_step_ms": step_ms} if args.step_times else {}),
             "speedup_vs_full": p50["full"] / p50["incremental"],
             "speedup_vs_khop": p50["khop"] / p50["incremental"],
             "full_vs_dgl": dgl_s / p50["full"],
@@ -280,6 +285,17 @@ def print_table(rows: list[dict], meta: dict) -> None:
         )
 
 
+def print_step_times(rows: list[dict]) -> None:
+    """With ``--step-times``: the incremental engine's ms per batch by step (l<i> = layer i)."""
+    rows = [r for r in rows if "inc_step_ms" in r]
+    if not rows:
+        return
+    print("\nincremental engine, ms per batch by step of the update path (--step-times; l<i> = layer i):")
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in r["inc_step_ms"].items())
+        print(f"{r['model']:6} B={r['batch_events']}: total {sum(r['inc_step_ms'].values()):.3f}: {parts}")
+
+
 def print_collab_table(rows: list[dict]) -> None:
     print("\nSTAG collaborative mode (last layer finished at read time; same batches, same graph):")
     hdr = (
@@ -319,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         default="incremental,khop,full,incremental+collab,khop+collab",
         help="engines to run (incremental, khop and full are required; the +collab ones optional)",
     )
+    p.add_argument("--step-times", action="store_true", help="time each step of the incremental engine, per layer")
     p.add_argument("--json", default="results/bench_engine.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -348,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     print_table(rows, meta)
+    print_step_times(rows)
     print_collab_table(rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

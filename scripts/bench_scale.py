@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clustergnn import Engine  # noqa: E402
+from clustergnn import Engine, steptimes  # noqa: E402
 from clustergnn._dgl import dgl  # noqa: E402
 from clustergnn.datasets import hashed_features, rmat  # noqa: E402
 from clustergnn.memory import total_bytes  # noqa: E402
@@ -363,6 +363,7 @@ def bench_model(name: str, args) -> dict:
     updates = []
     for b, bl in batches.items():
         times = []
+        steptimes.reset()
         t_run = time.perf_counter()
         t_prog = t_run
         for i, batch in enumerate(bl):
@@ -383,6 +384,9 @@ def bench_model(name: str, args) -> dict:
             "updates_per_s_p50": b / p50,
             "updates_per_s_run": events / run_s,
         }
+        if steptimes.ON:  # --step-times: milliseconds per batch in each step of the update path
+            row["step_ms"] = {k: v * 1e3 / len(bl) for k, v in steptimes.totals().items()}
+            row["step_counts"] = {k: v / len(bl) for k, v in steptimes.counts().items()}
         updates.append(row)
         progress(
             f"{name} B={b}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
@@ -462,6 +466,7 @@ def print_tables(results: list[dict], meta: dict) -> None:
                 f"{r['model']:9} {u['batch_events']:>6} {u['batches']:>7} {u['p50_ms']:>8.2f}ms {u['p99_ms']:>8.2f}ms "
                 f"{u['updates_per_s_p50']:>14,.0f} {u['updates_per_s_run']:>12,.0f}"
             )
+    print_step_times(results)
     for r in results:
         print(f"\n{r['model']}: bytes per live vertex ({r['vertices']:,}) by array, and structure per edge:")
         print(f"{'array':24} {'kind':9} {'dtype':8} {'shape':>18} {'MiB':>9} {'B/vertex':>9} {'B/edge':>7}")
@@ -483,6 +488,23 @@ def print_tables(results: list[dict], meta: dict) -> None:
                 )
 
 
+def print_step_times(results: list[dict]) -> None:
+    """With ``--step-times``: ms per batch in each step (rows) for each batch size (columns)."""
+    for r in results:
+        ups = [u for u in r["updates"] if "step_ms" in u]
+        if not ups:
+            continue
+        steps = list(dict.fromkeys(k for u in ups for k in u["step_ms"]))
+        print(f"\n{r['model']}: ms per batch by step of the update path (--step-times; l<i> = layer i):")
+        print(f"{'step':24}" + "".join(f"{'B=' + str(u['batch_events']):>11}" for u in ups))
+        for k in steps:
+            print(f"{k:24}" + "".join(f"{u['step_ms'].get(k, 0.0):>11.3f}" for u in ups))
+        print(f"{'total':24}" + "".join(f"{sum(u['step_ms'].values()):>11.3f}" for u in ups))
+        print("per batch, mean:")
+        for k in dict.fromkeys(k for u in ups for k in u.get("step_counts", {})):
+            print(f"{k:24}" + "".join(f"{u['step_counts'].get(k, 0):>11,.0f}" for u in ups))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=21, help="R-MAT scale: 2^scale vertices")
@@ -499,12 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dgl", action="store_true", help="skip DGL's forward and the exactness check")
     p.add_argument("--rss-trace", action="store_true", help="sample the build's RSS by stage")
     p.add_argument("--quick", action="store_true", help="scale 16, sage-mean, fewer batches (about a minute)")
+    p.add_argument("--step-times", action="store_true", help="time each step of the update path, per layer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmpdir", default=None, help="where the DGL worker's edge file goes (default: $TMPDIR)")
     p.add_argument("--json", default="results/bench_scale.json")
     p.add_argument("--dgl-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.step_times:
+        steptimes.enable()
     if args.dgl_worker:
         return dgl_worker(args)
     if args.quick:

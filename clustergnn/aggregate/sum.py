@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from clustergnn import cpu_kernels
+from clustergnn import cpu_kernels, steptimes
 from clustergnn.aggregate.base import DeltaStep, FinishKind
 from clustergnn.caches import LayerTables, Scratch, gather_rows, put_rows
 from clustergnn.graph import argsort_stable
@@ -66,6 +66,8 @@ SEGMENT_DELTA_MIN = 32768  # contributions above which torch sum deltas go throu
 _SUM, _MEAN, _SYM_NORM = int(FinishKind.SUM), int(FinishKind.MEAN), int(FinishKind.SYM_NORM)
 _NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # "no self term" for the fused kernels
 _NO_BIAS = np.zeros(0, dtype=np.float32)
+_PULL_CHUNK = 256  # rows per chunk of pull_rows' parallel loop (one accumulator each)
+_PULL_DM_AHEAD = 4  # terms ahead whose delta row pull_rows prefetches
 RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)  # activations the kernels fuse
 
 
@@ -189,6 +191,55 @@ def update_fused(
     return diff
 
 
+def update_pulled(
+    tables: LayerTables,
+    step: DeltaStep,
+    indeg: np.ndarray,
+    scratch: Scratch,
+    finish: FusedFinish | None,
+    in_start: np.ndarray,
+    in_length: np.ndarray,
+    in_pool: np.ndarray,
+) -> np.ndarray:
+    """:func:`update_fused`'s result by the in-edges of the affected rows (``pull_rows``): each row scans
+    its in-edges for changed sources instead of each changed source's out-edges being bucketed by row.
+    Bit-identical to :func:`update_fused` on every affected row (the same terms, added in the same
+    order); a term for a vertex outside ``step.rows`` (removed by this batch, cleared afterwards) is
+    not added, so not for an engine whose aggregates of other rows are kept (a partition's ghosts).
+    Returns which ``step.rows`` changed (meaningful with ``finish`` only)."""
+    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    ctx, rows = step.ctx, step.rows
+    diff = np.zeros(len(rows), dtype=bool)
+    if finish is None:
+        kind, selfc, bias, relu = _SUM, _NO_ROWS, _NO_BIAS, False
+    else:
+        kind, selfc, bias, relu = int(finish.kind), finish.selfc, finish.bias, finish.relu
+    pull_rows(
+        tables.agg.numpy(),
+        tables.msg.numpy(),
+        i64(rows),
+        i64(ctx.add_src),
+        i64(ctx.add_dst),
+        i64(ctx.rem_src),
+        i64(ctx.rem_dst),
+        i64(step.srcs),
+        step.m_new.contiguous().numpy(),
+        in_start,
+        in_length,
+        in_pool,
+        scratch.posmap(len(ctx.live)),
+        finish is not None,
+        tables.h_out.numpy(),
+        indeg,
+        kind,
+        selfc,
+        bias,
+        relu,
+        diff,
+    )
+    return diff
+
+
 def finish_gathered(
     rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool, activation: Callable | None
 ) -> np.ndarray | None:
@@ -208,7 +259,11 @@ def finish_gathered(
     else:
         out = torch.empty(len(rows), tables.selfc.shape[1])
         gather_mean_self(tables.agg.numpy(), tables.selfc.numpy(), rows, indeg, neigh.numpy(), out.numpy())
+    if steptimes.ON:
+        steptimes.lmark("gather+self_gemm")
     out.addmm_(neigh, w.t())
+    if steptimes.ON:
+        steptimes.lmark("finish_gemm")
     diff = np.empty(len(rows), dtype=bool)
     cpu_kernels.store_changed(tables.h_out.numpy(), rows, out.contiguous().numpy(), relu, diff)
     return rows[diff]
@@ -223,12 +278,19 @@ def update_and_finish_fused(
     activation: Callable | None,
     scratch: Scratch,
     finish_rows: Callable[[], torch.Tensor],
+    pull: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """A sum layer's whole fused step: :func:`update_fused`, then the fused finish where the rule has one,
+    """A sum layer's whole fused step: :func:`update_fused` (or, given ``pull``, the in-adjacency's
+    ``(start, length, pool)``, :func:`update_pulled`), then the fused finish where the rule has one,
     else :func:`finish_gathered`, else ``finish_rows()`` (the rule's torch finish of ``step.rows``) and
     the fused store.  Returns the rows whose output changed."""
     fin = fused_finish(rule, tables, relu, activation)
-    diff = update_fused(tables, step, indeg, scratch, fin)
+    if pull is not None:
+        diff = update_pulled(tables, step, indeg, scratch, fin, *pull)
+    else:
+        diff = update_fused(tables, step, indeg, scratch, fin)
+    if steptimes.ON:
+        steptimes.lmark("delta" if fin is None else "delta+finish")
     if fin is not None:
         return step.rows[diff]
     changed = finish_gathered(rule, tables, step.rows, indeg, relu, activation)
@@ -438,6 +500,155 @@ if cpu_kernels.AVAILABLE:
             for k in range(d):
                 msg[u, k] = m_new[j, k]
 
+    @pjit
+    def pull_rows(
+        agg,
+        msg,
+        rows,
+        add_src,
+        add_dst,
+        rem_src,
+        rem_dst,
+        srcs,
+        m_new,
+        in_start,
+        in_length,
+        in_pool,
+        posmap,
+        finish,
+        h,
+        deg,
+        kind,
+        selfc,
+        bias,
+        relu,
+        changed,
+    ):  # pragma: no cover - jitted
+        """``sum_rows`` by pull: each affected row ``r`` finds its changed-message terms by scanning its
+        own in-edges ``in_pool[in_start[r]:in_start[r] + in_length[r]]`` for sources in ``srcs``, where
+        ``sum_rows`` buckets every out-edge of every source by row.  The work is an int32 read and a
+        lookup per in-edge, no sort of the terms and no ``(terms,)`` temporaries, and the rows run in
+        parallel throughout; it pays where the terms are a large share of the affected rows' in-edges.
+
+        Bit-identical to ``sum_rows`` on every row of ``rows``: a row's terms are added in the same
+        order, E+ and E- in batch order, then the changed messages in the order of ``srcs`` (each row's
+        hit list is sorted by source position; a multi-edge's terms are equal, so their order among
+        themselves does not matter).  E+/E- terms for vertices outside ``rows`` (removed by the batch)
+        are added serially, as ``sum_rows`` does; changed-message terms for them are not (their rows
+        are cleared afterwards).  ``posmap`` is an all -1 scratch array (left all -1).
+        """
+        d = agg.shape[1]
+        n = rows.shape[0]
+        na, nr, ns = add_src.shape[0], rem_src.shape[0], srcs.shape[0]
+        # E+ and E- terms bucketed by row (batch order kept), through posmap = position in rows
+        for i in range(n):
+            posmap[rows[i]] = i
+        e_start = np.zeros(n + 1, dtype=np.int64)
+        for c in range(na + nr):
+            v = add_dst[c] if c < na else rem_dst[c - na]
+            p = posmap[v]
+            if p >= 0:
+                e_start[p + 1] += 1
+            elif c < na:
+                for k in range(d):
+                    agg[v, k] += np.float64(msg[add_src[c], k])
+            else:
+                for k in range(d):
+                    agg[v, k] -= np.float64(msg[rem_src[c - na], k])
+        for i in range(n):
+            e_start[i + 1] += e_start[i]
+        e_ids = np.empty(e_start[n], dtype=np.int64)
+        fill = e_start[:n].copy()
+        for c in range(na + nr):
+            v = add_dst[c] if c < na else rem_dst[c - na]
+            p = posmap[v]
+            if p >= 0:
+                e_ids[fill[p]] = c
+                fill[p] += 1
+        for i in range(n):
+            posmap[rows[i]] = -1
+        # changed messages: posmap = position in srcs
+        # (and is_src: a bitmap of srcs, small enough to stay in cache while every in-edge tests it)
+        dm = np.empty((ns, d), dtype=np.float64)
+        is_src = np.zeros(posmap.shape[0] // 64 + 1, dtype=np.uint64)
+        for j in range(ns):
+            u = srcs[j]
+            posmap[u] = j
+            is_src[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
+            for k in range(d):
+                dm[j, k] = np.float64(m_new[j, k]) - np.float64(msg[u, k])
+        # pass 1: hits per row; pass 2: the hits, sorted, added
+        hits = np.zeros(n + 1, dtype=np.int64)
+        for i in numba.prange(n):
+            r = rows[i]
+            s0 = in_start[r]
+            c = 0
+            for e in range(s0, s0 + in_length[r]):
+                u = in_pool[e]
+                c += np.int64((is_src[u >> 6] >> np.uint64(u & 63)) & np.uint64(1))
+            hits[i + 1] = c
+        for i in range(n):
+            hits[i + 1] += hits[i]
+        hit = np.empty(hits[n], dtype=np.int64)
+        has_self = selfc.shape[0] > 0
+        has_bias = bias.shape[0] > 0
+        # rows in chunks, one float64 accumulator per chunk: a row's sum is held there while its terms
+        # are added (the same additions in the same order as into agg[r], so the same bits), which lets
+        # them vectorise; each term's dm row is prefetched a few terms ahead (dm outgrows L2)
+        n_chunks = (n + _PULL_CHUNK - 1) // _PULL_CHUNK
+        for ch in numba.prange(n_chunks):
+            acc = np.empty(d, dtype=np.float64)
+            for i in range(ch * _PULL_CHUNK, min(n, (ch + 1) * _PULL_CHUNK)):
+                if i + PREFETCH_AHEAD < n:
+                    ahead = rows[i + PREFETCH_AHEAD]
+                    prefetch_row(agg, ahead)
+                    if finish:
+                        prefetch_row(h, ahead)
+                        if has_self:
+                            prefetch_row(selfc, ahead)
+                r = rows[i]
+                s0 = in_start[r]
+                a, b = hits[i], hits[i + 1]
+                t = a
+                ordered = True
+                for e in range(s0, s0 + in_length[r]):
+                    u = in_pool[e]
+                    if (is_src[u >> 6] >> np.uint64(u & 63)) & np.uint64(1):
+                        j = posmap[u]
+                        if t > a and hit[t - 1] > j:
+                            ordered = False
+                        hit[t] = j
+                        t += 1
+                if not ordered:
+                    hit[a:b].sort()
+                for k in range(d):
+                    acc[k] = agg[r, k]
+                for t in range(e_start[i], e_start[i + 1]):
+                    c = e_ids[t]
+                    if c < na:
+                        u = add_src[c]
+                        for k in range(d):
+                            acc[k] += np.float64(msg[u, k])
+                    else:
+                        u = rem_src[c - na]
+                        for k in range(d):
+                            acc[k] -= np.float64(msg[u, k])
+                for t in range(a, b):
+                    if t + _PULL_DM_AHEAD < b:
+                        prefetch_row(dm, hit[t + _PULL_DM_AHEAD])
+                    j = hit[t]
+                    for k in range(d):
+                        acc[k] += dm[j, k]
+                for k in range(d):
+                    agg[r, k] = acc[k]
+                if finish:
+                    changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
+        for j in range(ns):
+            u = srcs[j]
+            posmap[u] = -1
+            for k in range(d):
+                msg[u, k] = m_new[j, k]
+
     # on all cores even for small batches: a one-core variant below a size threshold measured slower
     # (2.6 vs 1.8 ms at 256 edges, 0.45 vs 0.36 ms at 16), as the idle OpenMP workers then fall asleep
     # and the next parallel kernel pays to wake them
@@ -464,6 +675,29 @@ def warm_up_kernels() -> None:
             np.zeros((1, 2), f32),
             np.array([0, 1], dtype=i64),
             one,
+            posmap,
+            finish,
+            t32.copy(),
+            one,
+            kind,
+            selfc,
+            bias,
+            True,
+            changed,
+        )
+        pull_rows(
+            np.zeros((2, 2), f64),
+            t32.copy(),
+            one,
+            one,
+            one,
+            one,
+            one,
+            one,
+            np.zeros((1, 2), f32),
+            np.zeros(2, dtype=i64),
+            np.ones(2, dtype=i64),
+            np.zeros(2, dtype=np.int32),
             posmap,
             finish,
             t32.copy(),
