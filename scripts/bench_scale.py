@@ -62,6 +62,7 @@ from clustergnn.reference import dgl_forward  # noqa: E402
 
 MODELS = ("sage-mean", "gcn", "gin", "gat")
 BATCHES = {1: 200, 100: 50, 1000: 15, 10000: 4}  # batches timed per size
+READS = {1: 200, 100: 50, 1000: 20}  # reads of the final layer timed per number of ids
 GIB = 1 << 30
 
 
@@ -318,7 +319,7 @@ def bench_model(name: str, args) -> dict:
     t = time.perf_counter()
     if trace is not None:
         trace.__enter__()
-    eng = Engine.from_layers(layers, args.features, capacity=n_vertices + 16)
+    eng = Engine.from_layers(layers, args.features, capacity=n_vertices + 16, collaborative=args.collaborative)
     if trace is not None:
         trace.mark("engine constructed (empty tables)")
         for obj, fn, label in traced_stages(eng):
@@ -393,6 +394,23 @@ def bench_model(name: str, args) -> dict:
             f"{row['updates_per_s_run']:,.0f} updates/s"
         )
 
+    # ---- reads of the final layer (a gather; collaborative: the last layer finished for the asked rows)
+    reads = []
+    rng = np.random.default_rng(args.seed + 1)
+    live = eng.vertex_ids()
+    for k, n in READS.items():
+        times = []
+        for _ in range(n):
+            ids = rng.choice(live, k, replace=False)
+            t = time.perf_counter()
+            eng.embeddings(ids)
+            times.append(time.perf_counter() - t)
+        reads.append(
+            {"ids": k, "reads": n, "p50_ms": np.percentile(times, 50) * 1e3, "p99_ms": np.percentile(times, 99) * 1e3}
+        )
+    del live
+    progress(f"{name}: reads " + ", ".join(f"{r['ids']} ids p50 {r['p50_ms']:.2f} ms" for r in reads))
+
     # ---- DGL and exactness
     dgl_res, err = ({}, float("nan"))
     if not args.no_dgl:
@@ -413,6 +431,8 @@ def bench_model(name: str, args) -> dict:
         "rss_after_build_gib": rss_after / GIB,
         "memory": mem,
         "updates": updates,
+        "serving": "collaborative" if args.collaborative else "eager",
+        "reads": reads,
         **dgl_res,
         "build_vs_dgl_forward": build_s / dgl_res["dgl_forward_s"] if "dgl_forward_s" in dgl_res else None,
         "max_rel_error_sampled": err,
@@ -465,6 +485,19 @@ def print_tables(results: list[dict], meta: dict) -> None:
             print(
                 f"{r['model']:9} {u['batch_events']:>6} {u['batches']:>7} {u['p50_ms']:>8.2f}ms {u['p99_ms']:>8.2f}ms "
                 f"{u['updates_per_s_p50']:>14,.0f} {u['updates_per_s_run']:>12,.0f}"
+            )
+    print(
+        "\nreads of the final layer (random live ids; collaborative: the last layer finished on read from the"
+        " in-edges):"
+    )
+    hdr = f"{'model':9} {'serving':>13} {'ids':>6} {'reads':>6} {'p50':>10} {'p99':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        for x in r.get("reads", []):
+            print(
+                f"{r['model']:9} {r['serving']:>13} {x['ids']:>6} {x['reads']:>6} {x['p50_ms']:>8.3f}ms "
+                f"{x['p99_ms']:>8.3f}ms"
             )
     print_step_times(results)
     for r in results:
@@ -522,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-trace", action="store_true", help="sample the build's RSS by stage")
     p.add_argument("--quick", action="store_true", help="scale 16, sage-mean, fewer batches (about a minute)")
     p.add_argument("--step-times", action="store_true", help="time each step of the update path, per layer")
+    p.add_argument(
+        "--collaborative",
+        action="store_true",
+        help="STAG collaborative serving: updates stop below the last layer, reads finish it",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmpdir", default=None, help="where the DGL worker's edge file goes (default: $TMPDIR)")
     p.add_argument("--json", default="results/bench_scale.json")
@@ -550,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "peak_rss_method": "VmHWM after writing 5 to /proc/self/clear_refs (DGL: in a subprocess)",
+        "serving": "collaborative" if args.collaborative else "eager",
     }
     results = []
     for name in models:
