@@ -4,7 +4,10 @@ Per layer ``l`` (``L`` layers, tables indexed by slot, ``capacity`` rows, zero f
 
 * ``h[l]``: ``(capacity, D_l)`` float32 - layer inputs/outputs (``h[0]`` = features, ``h[L]`` = output);
 * ``msg[l]``: ``(capacity, msg_dim)`` float32 - the cached message ``m_u`` (:mod:`clustergnn.rules`);
-* ``agg[l]``: ``(capacity, msg_dim)`` - the aggregate, float64 for sums, float32 for maxes, None for GAT;
+* ``agg[l]``: ``(capacity, msg_dim)`` - the aggregate: float32 for sums under a drift bound
+  (``LayerRule.narrow_sum``; float64 for the others), float32 for maxes, None for GAT;
+* ``drift[l]``: ``(capacity,)`` float32 - a narrow sum's rounding budget per row: a bound on how far
+  ``agg[l]``'s row is from its exact sum, reset when the row is recomputed (:data:`DRIFT_MAX`);
 * ``selfc[l]``: ``(capacity, self_dim)`` float32 - the self term, None for rules without one.
 
 Two tables are not kept where they would only duplicate another (docs/engine.md, "Memory per vertex"):
@@ -20,12 +23,34 @@ Two tables are not kept where they would only duplicate another (docs/engine.md,
   whose self term is a scale); ``Engine.finish`` and ``aggregate.sum.finish_gathered`` compute
   ``self_term(h[l][rows])`` from the layer's input instead.
 
+A narrow (float32) sum is rounded once per batch that changes its row (the batch's terms are added in
+float64, then the row is stored): each rounding is off by at most ``u |a|`` (``u = 2^-24``, ``|a|`` the
+row's largest entry), which ``drift`` adds up; when it passes ``k u |a|``, ``k`` the row's in-degree
+clamped to ``[DRIFT_MIN, DRIFT_MAX]``, the row is recomputed from its in-edges (as DGL sums) and its
+budget reset (:meth:`Propagation._budget_drift`): no row carries more rounding than a float32 sum over
+its own in-edges may (``deg - 1`` roundings), nor more than ``DRIFT_MAX u`` of its largest entry, besides
+what its last recompute rounded (as with float64 sums).
+
+``h[l]`` (``0 < l < L``) is None where layer ``l`` reads its input only through its cached message and
+self term (``LayerRule.input_kept_as_images``: a narrowing SAGE mean, ``W_neigh h`` and ``W_self h + b``,
+both narrower than ``h``), in an engine without ghosts that keeps its caches (not ``mode="full"``).
+Layer ``l - 1`` then stores its output as those two images (:meth:`Propagation._store_images`):
+a row changed where either image changed bit for bit (layer ``l`` reads nothing else of it, so
+where both are equal its outputs are too), its new message is handed to layer ``l`` (whose delta
+rule still reads the old one from ``msg[l]``), and a read of ``h[l]`` finishes layer ``l - 1`` again
+(``Engine.embeddings``).  Likewise ``h[L]``, the output, is None where the last layer's finish reads
+only cached rows and costs no matmul (``LayerRule.finished_on_read``: a narrowing SAGE mean, ``selfc +
+agg / deg``): the layer keeps its aggregates current, every row it updated counts as changed (its
+``version`` moves), and reads finish the rows asked for.
+
 The tables are replaced when they grow, so code that keeps them across a growth must re-read them
 (:meth:`Caches.layer` makes a fresh :class:`LayerTables` view per use).
 """
 
 from __future__ import annotations
 
+from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +64,12 @@ from clustergnn.memory import MemoryEntry, entries_of
 
 if TYPE_CHECKING:  # rules.py imports the aggregation modules, which import this one
     from clustergnn.rules import LayerRule
+
+ROUNDING = 2.0**-24  # float32's unit roundoff: |fl(x) - x| <= ROUNDING |fl(x)| (half an ulp)
+# a narrow sum's row may carry as many roundings as a float32 sum over its in-edges performs (its
+# in-degree: DGL's own forward), but at least DRIFT_MIN and at most DRIFT_MAX, each of the row's current
+# size: its budget is checked against ROUNDING * clamp(indeg, DRIFT_MIN, DRIFT_MAX) * its largest entry
+DRIFT_MIN, DRIFT_MAX = 16, 1024
 
 
 # index_select / index_copy_ are several times faster than advanced indexing on CPU; rows are unique
@@ -83,8 +114,9 @@ class LayerTables:
     msg: torch.Tensor
     agg: torch.Tensor | None
     selfc: torch.Tensor | None
-    h_out: torch.Tensor
-    h_in: torch.Tensor
+    h_out: torch.Tensor | None  # None: kept as the next layer's message and self term
+    h_in: torch.Tensor | None
+    drift: torch.Tensor | None = None  # the narrow sum's rounding budget per row (None: float64 or no sum)
 
 
 class Scratch:
@@ -125,18 +157,35 @@ class Scratch:
 class Caches:
     """Every layer's tables plus the per-slot arrays ``ghost``, ``remote_out`` and ``version``."""
 
-    def __init__(self, rules: list[LayerRule], device: torch.device, in_dim: int, alias_input_msg: bool = True) -> None:
+    def __init__(
+        self,
+        rules: list[LayerRule],
+        device: torch.device,
+        in_dim: int,
+        alias_input_msg: bool = True,
+        drop_inputs: bool = False,
+        drop_output: bool = False,
+    ) -> None:
         """``alias_input_msg``: ``msg[0]`` may be ``h[0]`` (module docstring; False in a partition, whose
-        ghosts have messages but no inputs)."""
+        ghosts have messages but no inputs).  ``drop_inputs``: a hidden ``h[l]`` may be left out where
+        layer ``l`` keeps it as its message and self term (module docstring).  ``drop_output``: ``h[L]``
+        may be left out where the last layer's finish is cheap from its cached rows (module docstring)."""
         self.device = device
         self.capacity = 0
         dims = [in_dim] + [r.out_dim for r in rules]
         self.msg0_is_h0 = alias_input_msg and rules[0].message_is_input
-        self.h: list[torch.Tensor] = [self.zeros(0, d) for d in dims]
+        # h[l] kept? (inputs and the final output always are)
+        self.h_kept = [True] + [not (drop_inputs and r.input_kept_as_images) for r in rules[1:]]
+        self.h_kept.append(not (drop_output and rules[-1].finished_on_read))
+        self.h: list[torch.Tensor | None] = [self.zeros(0, d) if k else None for d, k in zip(dims, self.h_kept)]
         self.msg: list[torch.Tensor] = [self.zeros(0, r.msg_dim) for r in rules]
         if self.msg0_is_h0:
             self.msg[0] = self.h[0]
         self.agg: list[torch.Tensor | None] = [self._agg_zeros(r) for r in rules]
+        self.drift: list[torch.Tensor | None] = [
+            torch.zeros(0, device=device) if a is not None and a.dtype == torch.float32 and r.narrow_sum else None
+            for a, r in zip(self.agg, rules, strict=True)
+        ]
         self.selfc: list[torch.Tensor | None] = [
             self.zeros(0, r.self_dim or r.out_dim) if r.has_self_term and not r.self_term_at_finish else None
             for r in rules
@@ -144,6 +193,7 @@ class Caches:
         # names of the tables not kept (derived from others): a state written with them is still read
         self.derived = {"msg0"} if self.msg0_is_h0 else set()
         self.derived |= {f"selfc{li}" for li, r in enumerate(rules) if r.has_self_term and r.self_term_at_finish}
+        self.derived |= {f"h{li}" for li, kept in enumerate(self.h_kept) if not kept}
         self.ghost = np.zeros(0, dtype=bool)  # slots that mirror another partition's vertex
         self.remote_out = np.zeros(0, dtype=np.int64)  # out-edges held by other partitions
         self.version = np.zeros(0, dtype=np.int64)  # round in which the final embedding last changed
@@ -153,7 +203,7 @@ class Caches:
 
     def _agg_zeros(self, rule: LayerRule) -> torch.Tensor | None:
         if rule.aggregation is Aggregation.SUM:
-            return self.zeros(0, rule.msg_dim, torch.float64)
+            return self.zeros(0, rule.msg_dim, torch.float32 if rule.narrow_sum else torch.float64)
         if rule.aggregation is Aggregation.MAX:
             return self.zeros(0, rule.msg_dim)
         return None
@@ -163,11 +213,12 @@ class Caches:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
     def layer(self, li: int) -> LayerTables:
-        return LayerTables(self.msg[li], self.agg[li], self.selfc[li], self.h[li + 1], self.h[li])
+        return LayerTables(self.msg[li], self.agg[li], self.selfc[li], self.h[li + 1], self.h[li], self.drift[li])
 
     def tables(self) -> list[torch.Tensor]:
         """Every distinct table (``msg[0]`` once when it is ``h[0]``)."""
-        return [t for t in [*self.h, *self.msg[self.msg0_is_h0 :], *self.agg, *self.selfc] if t is not None]
+        tables = [*self.h, *self.msg[self.msg0_is_h0 :], *self.agg, *self.selfc, *self.drift]
+        return [t for t in tables if t is not None]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tables())
@@ -186,11 +237,11 @@ class Caches:
         def grown(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None:
                 return None
-            new = torch.zeros(capacity, t.shape[1], dtype=t.dtype, device=self.device)
+            new = torch.zeros(capacity, *t.shape[1:], dtype=t.dtype, device=self.device)
             new[: t.shape[0]] = t
             return new
 
-        for tables in (self.h, self.msg, self.agg, self.selfc):
+        for tables in (self.h, self.msg, self.agg, self.selfc, self.drift):
             tables[:] = [
                 self.h[0] if tables is self.msg and li == 0 and self.msg0_is_h0 else grown(t)
                 for li, t in enumerate(tables)
@@ -215,7 +266,7 @@ class Caches:
 
     def _named(self) -> dict[str, torch.Tensor | np.ndarray]:
         out: dict[str, torch.Tensor | np.ndarray] = {}
-        for name in ("h", "msg", "agg", "selfc"):
+        for name in ("h", "msg", "agg", "selfc", "drift"):
             for li, t in enumerate(getattr(self, name)):
                 if t is not None and f"{name}{li}" not in self.derived:
                     out[f"{name}{li}"] = t
@@ -225,7 +276,7 @@ class Caches:
 
     # The tables a ghost never uses: a ghost is a source whose messages its owner sends (``msg``), it has
     # no layer outputs, aggregates or self terms here, so those rows stay zero (tests/core/test_state.py)
-    GHOST_FREE = ("h", "agg", "selfc")
+    GHOST_FREE = ("h", "agg", "selfc", "drift")
 
     @classmethod
     def _ghost_free(cls, name: str) -> bool:
@@ -265,6 +316,20 @@ class Caches:
                 t.index_copy_(0, self._rows_of(name, idx, own_idx), src)
             else:
                 t[slots] = arrays[name]
+
+    def upgrade(self, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """``arrays`` of a state written before the narrow sums (float64 ``agg{l}``, no ``drift{l}``) as this
+        engine keeps them: each float64 row rounded once to float32, its budget that rounding's bound
+        (``ROUNDING`` times the row's largest entry); other states unchanged (and not read here)."""
+        new: dict[str, np.ndarray] = {}
+        for li, d in enumerate(self.drift):
+            name = f"agg{li}"
+            if d is None or name not in arrays or f"drift{li}" in arrays or arrays[name].dtype != np.float64:
+                continue
+            a = new[name] = arrays[name].astype(np.float32)
+            big = np.abs(a).max(axis=1, initial=0.0) if a.ndim == 2 else np.zeros(len(a), np.float32)
+            new[f"drift{li}"] = (big * np.float32(ROUNDING)).astype(np.float32)
+        return ChainMap(new, arrays) if new else arrays
 
     def clear_rows(self, slots: np.ndarray) -> None:
         self.remote_out[slots] = 0

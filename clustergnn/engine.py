@@ -56,6 +56,10 @@ MODES: tuple[str, ...] = ("incremental", "khop", "full")
 # the full recompute's in-edges (and DGL's block over them) with int32 ids: 4 B/edge instead of 8 for the
 # CSR sources and the edge ids; the same edges in the same order, so the same sums (docs/engine.md)
 FULL_INT32_EDGES = True
+# leave out the hidden h[l] a layer keeps as its two images and the last h[L] that is finished on read
+# (clustergnn.caches; -700 B per vertex for SAGE-mean 100-128-47); False keeps every layer's output, which
+# the update path then compares bit for bit (smaller changed sets; the pull delta needs it)
+DROP_DERIVED_OUTPUTS = True
 
 
 class Engine(Propagation):
@@ -91,7 +95,14 @@ class Engine(Propagation):
         self.graph = MutableGraph(capacity)
         self.dims = [rules[0].in_dim] + [r.out_dim for r in rules]
         # a partition's ghosts have messages but no inputs: there, msg[0] is never h[0] (clustergnn.caches)
-        self.caches = Caches(self.rules, self.device, self.dims[0], alias_input_msg=not self.HAS_GHOSTS)
+        self.caches = Caches(
+            self.rules,
+            self.device,
+            self.dims[0],
+            alias_input_msg=not self.HAS_GHOSTS,
+            drop_inputs=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
+            drop_output=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
+        )
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
         self._scratch = Scratch()
@@ -116,6 +127,7 @@ class Engine(Propagation):
     msg = property(lambda self: self.caches.msg, doc="``msg[l]``: cached messages per layer.")
     agg = property(lambda self: self.caches.agg, doc="``agg[l]``: cached aggregates (None for GAT).")
     selfc = property(lambda self: self.caches.selfc, doc="``selfc[l]``: cached self terms (None: none).")
+    drift = property(lambda self: self.caches.drift, doc="``drift[l]``: a float32 sum's rounding budget per row.")
     ghost = property(lambda self: self.caches.ghost, doc="Slots that mirror another partition's vertex.")
     remote_out = property(lambda self: self.caches.remote_out, doc="Out-edges held by other partitions.")
     version = property(lambda self: self.caches.version, doc="Round in which the final embedding changed.")
@@ -230,6 +242,7 @@ class Engine(Propagation):
 
     def _restore_state(self, arrays: Mapping[str, np.ndarray], meta: engine_state.StateMeta) -> None:
         meta.check_rules(engine_state.rule_kinds(self.rules))
+        arrays = self.caches.upgrade(arrays)  # float64 sums of a state written before the narrow sums
         g = engine_state.graph_state(arrays, meta)
         specs = self.caches.row_specs()
         # a table this engine derives from another (msg0 = h0, self terms at finish) may be in an older state
@@ -288,6 +301,9 @@ class Engine(Propagation):
         if li == self.num_layers and self._defers_last_layer:
             last = self.num_layers - 1
             return self.finish(last, slots, self.recompute_agg(last, slots))
+        if self.h[li] is None:  # kept as layer li's message and self term (clustergnn.caches): finish it
+            prev = li - 1
+            return self.finish(prev, slots, None if self.agg[prev] is not None else self.recompute_agg(prev, slots))
         return gather_rows(self.h[li], self.caches.t(slots))
 
     @property

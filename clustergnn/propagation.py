@@ -10,7 +10,7 @@ Rows whose output did not change bit for bit stop the propagation.
 :class:`Propagation` is the propagating half of :class:`clustergnn.engine.Engine` (which inherits it),
 kept apart so that the orchestrator (apply, reads, construction) and this concept each have one home.
 It works on the engine's state: ``graph``, ``caches`` (with the ``h``/``msg``/``agg``/``selfc``/
-``ghost``/``remote_out``/``version`` views), ``rules``, ``mode``, ``fused``, ``activation``, ``round``,
+``ghost``/``remote_out``/``version``/``drift`` views), ``rules``, ``mode``, ``fused``, ``activation``, ``round``,
 ``HAS_GHOSTS``, ``_scratch``, ``finish`` and ``recompute_agg``.  Its methods are public because
 :class:`clustergnn.partitioned.PartitionEngine` runs them step by step, between message exchanges.
 """
@@ -24,7 +24,7 @@ from clustergnn import cpu_kernels, steptimes
 from clustergnn.aggregate import max as max_family
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, BatchContext, DeltaStep
-from clustergnn.caches import gather_rows, put_rows
+from clustergnn.caches import DRIFT_MAX, DRIFT_MIN, ROUNDING, gather_rows, put_rows
 from clustergnn.graph import EdgeLog, union
 from clustergnn.results import LayerDelta
 
@@ -85,6 +85,10 @@ class Propagation:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New messages of ``srcs`` and, when the sources are exactly the changed rows (the message does
         not read the out-degree), their new self terms from the same gathered rows in one GEMM."""
+        if self.h[li] is None:  # stored as these images by layer li - 1 (_store_images)
+            done, m, selfv = self._images.pop(li)
+            assert srcs is changed and done is changed, "a layer kept as images needs no out-degree"
+            return m, selfv
         if srcs is not changed or not srcs.size or self.selfc[li] is None:
             return self.messages(li, srcs), None
         h = gather_rows(self.h[li], self.caches.t(srcs))
@@ -100,6 +104,7 @@ class Propagation:
         ctx = self.batch_context(edges, new, h0_old)
         if steptimes.ON:
             steptimes.mark("context")
+        self._images: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor | None]] = {}
         deltas = []
         for li in range(self.num_layers):
             srcs = self.layer_sources(li, ctx, changed)
@@ -173,7 +178,10 @@ class Propagation:
         recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (DELTA_COST * terms > in_edges)
         pull_cost = PULL_SCAN_COST * in_edges + PULL_HIT_COST * terms
         pull = (
-            may_pull and PULL_DELTA and pull_cost <= (in_edges if recompute else min(FUSED_PUSH_COST * terms, in_edges))
+            may_pull
+            and PULL_DELTA
+            and tables.h_out is not None
+            and pull_cost <= (in_edges if recompute else min(FUSED_PUSH_COST * terms, in_edges))
         )
         if pull:
             recompute = False
@@ -188,7 +196,10 @@ class Propagation:
             steptimes.count("in_edges", in_edges)
             steptimes.count("recomputed_rows", len(rows) if recompute else 0)
             steptimes.count("pulled_rows", len(rows) if pull else 0)
-        if fused_sum and not recompute:
+        last = li == self.num_layers - 1
+        images = tables.h_out is None and not last  # the output is kept as the next layer's images
+        on_read = tables.h_out is None and last  # the output is finished on read (clustergnn.caches)
+        if fused_sum and not recompute and tables.h_out is not None:
             step = DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr)
             changed_next = sum_family.update_and_finish_fused(
                 rule,
@@ -213,6 +224,10 @@ class Propagation:
                     put_rows(tables.agg, t(rows), agg_rows)
                 if steptimes.ON:
                     steptimes.lmark("recompute")
+            elif fused_sum:  # the output is not kept (images, on read): the fused delta alone
+                sum_family.update_fused(
+                    tables, DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr), indeg, self._scratch, None
+                )
             else:
                 step = DeltaStep(
                     rows,
@@ -228,19 +243,102 @@ class Propagation:
                     sum_family.update(tables, step, self._scratch)
                 else:
                     max_family.update(tables, step, g, self._scratch, lambda redo: self.recompute_agg(li, redo))
-                if steptimes.ON:
-                    steptimes.lmark("delta")
-            out = self.finish(li, rows, agg_rows)
+            if tables.h_out is None and tables.drift is not None:  # refreshed before the one finish below
+                self._budget_drift(li, rows, recompute, indeg)
             if steptimes.ON:
-                steptimes.lmark("finish")
-            changed_next = self.caches.store(li, rows, out, ctx.new, incremental, self.fused)
-            if steptimes.ON:
-                steptimes.lmark("store")
+                steptimes.lmark("delta")
+            if on_read:  # every updated row counts as changed: there is no stored output to compare
+                changed_next = rows
+            elif images:
+                out = self.finish(li, rows, agg_rows)
+                changed_next = self._store_images(li, rows, out, ctx.new, incremental)
+            else:
+                out = self.finish(li, rows, agg_rows)
+                changed_next = self.caches.store(li, rows, out, ctx.new, incremental, self.fused)
+        if tables.drift is not None and tables.h_out is not None:  # a float32 sum (LayerRule.narrow_sum)
+            changed_next = self._refresh_drifting(li, rows, changed_next, recompute, incremental, indeg)
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         if steptimes.ON:
             steptimes.lmark("store")
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
+
+    def _budget_drift(
+        self, li: int, rows: np.ndarray, recomputed: bool, indeg: np.ndarray
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """A float32 sum's drift bound (:mod:`clustergnn.caches`) after layer ``li`` updated ``rows``
+        (``indeg`` theirs): each row was rounded at most once (the batch's terms are added in float64),
+        off by at most ``ROUNDING`` times the row's largest stored entry; that bound is added to the
+        row's budget, and a row whose budget passes ``clamp(indeg, DRIFT_MIN, DRIFT_MAX)`` such
+        roundings of its current size is recomputed from its in-edges (as a large batch's recompute, as
+        DGL sums), its budget reset.  Rows just recomputed (``recomputed``) only get their budget reset.
+        Returns the refreshed rows and their new aggregate."""
+        drift, idx = self.drift[li], self.caches.t(rows)
+        if recomputed or not rows.size:
+            drift.index_fill_(0, idx, 0.0)
+            return rows[:0], None
+        agg = self.agg[li]
+        if self.fused:  # the same float32 arithmetic in one pass (a few small torch ops cost ~0.1 ms)
+            over = np.empty(len(rows), dtype=bool)
+            rows64, deg64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, indeg))
+            sum_family.drift_budget(agg.numpy(), drift.numpy(), rows64, deg64, DRIFT_MIN, DRIFT_MAX, ROUNDING, over)
+            redo = rows[over]
+        else:
+            big = gather_rows(agg, idx).abs().amax(dim=1).mul_(ROUNDING)
+            budget = drift.index_select(0, idx).add_(big)
+            allowed = torch.from_numpy(np.clip(indeg, DRIFT_MIN, DRIFT_MAX).astype(np.float32)).to(big.device)
+            over = budget > big.mul_(allowed)
+            drift.index_copy_(0, idx, budget.masked_fill_(over, 0.0))
+            redo = rows[over.cpu().numpy()]
+        if not redo.size:
+            return redo, None
+        agg_rows = self.recompute_agg(li, redo)
+        put_rows(agg, self.caches.t(redo), agg_rows)
+        return redo, agg_rows
+
+    def _refresh_drifting(
+        self,
+        li: int,
+        rows: np.ndarray,
+        changed: np.ndarray,
+        recomputed: bool,
+        incremental: bool,
+        indeg: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`_budget_drift` after layer ``li``'s rows were finished and stored: the refreshed rows
+        are finished and stored again.  Returns ``changed`` plus those whose output changed on it."""
+        redo, agg_rows = self._budget_drift(li, rows, recomputed, indeg)
+        if not redo.size:
+            return changed
+        out = self.finish(li, redo, agg_rows)
+        again = self.caches.store(li, redo, out, redo[:0], incremental, self.fused)
+        return union(changed, again) if again.size else changed
+
+    def _store_images(
+        self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool
+    ) -> np.ndarray:
+        """Store layer ``li``'s output rows where ``h[li+1]`` is not kept (:mod:`clustergnn.caches`): as
+        layer ``li+1``'s new message and self term, ``message_and_self(out)``.  A row changed where either
+        differs bit for bit from the cached one (plus ``force``): layer ``li+1`` reads its input only
+        through these two, so where both are equal its rows are unchanged too.  The changed rows' images
+        wait in ``_images`` for layer ``li+1`` (:meth:`_messages_and_self`): its delta rule reads the old
+        message from ``msg[li+1]`` and writes the new one.  Returns the changed rows."""
+        nxt = self.rules[li + 1]
+        m, s = nxt.message_and_self(out, torch.zeros(len(rows), dtype=torch.int64, device=self.device))
+        changed = rows
+        if detect and rows.size:
+            idx = self.caches.t(rows)
+            diff = (m != gather_rows(self.msg[li + 1], idx)).any(dim=1)
+            if s is not None:
+                diff |= (s != gather_rows(self.selfc[li + 1], idx)).any(dim=1)
+            keep = diff.cpu().numpy()
+            if force.size:
+                keep |= np.isin(rows, force)
+            changed = rows[keep]
+            pos = self.caches.t(np.flatnonzero(keep))
+            m, s = gather_rows(m, pos), None if s is None else gather_rows(s, pos)
+        self._images[li + 1] = (changed, m, s)
+        return changed
 
     def _restore_old_messages(self, ctx: BatchContext) -> None:
         """Where ``msg[0]`` is ``h[0]`` (:mod:`clustergnn.caches`): write back the pre-batch rows of the

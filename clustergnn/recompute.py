@@ -40,14 +40,16 @@ def recompute_all(
     them, as a plain full forward would."""
     view = RowView.of(rows, caches.t(rows))
     keep = keep_caches or view.n is None  # a non-contiguous table must live in the cache
+    out = None  # the previous layer's output, where its table is not kept (caches.h[li] is None)
     for li, rule in enumerate(rules):
-        m, selfv = rule.message_and_self(view.get(caches.h[li]), outdeg)
+        m, selfv = rule.message_and_self(view.get(caches.h[li]) if caches.h[li] is not None else out, outdeg)
         if keep and caches.msg[li] is not caches.h[li]:  # msg0 may be h0 itself (clustergnn.caches)
             view.put(caches.msg[li], m)
         table = caches.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
         if keep and selfv is not None and caches.selfc[li] is not None:  # None: recomputed at finish
             view.put(caches.selfc[li], selfv)
-        dest = view.get(caches.h[li + 1]) if view.n is not None else None  # rows 0..n-1: write in place
+        h_out = caches.h[li + 1]  # None: not kept, only handed to the next layer
+        dest = view.get(h_out) if view.n is not None and h_out is not None else None  # rows 0..n-1: in place
         if dest is not None and selfv is not None and _self_into_dest(rule):
             # the self term waits in the output rows, not in a temporary of its own (nor, for a layer
             # that stacks both products, in that GEMM's whole output) while the aggregate runs: the
@@ -57,13 +59,18 @@ def recompute_all(
         agg = rule.aggregate(table, edges, m)
         if keep and caches.agg[li] is not None:
             view.put(caches.agg[li], agg)
+            if caches.drift[li] is not None:  # a float32 sum recomputed: its rounding budget starts over
+                view.put(caches.drift[li], torch.zeros(len(rows), device=agg.device))
         # agg and selfv are temporaries here (already copied to the caches where they are kept)
         out = rule.finish(selfv, agg, indeg, m, fresh=True, out=dest)
         if li < len(rules) - 1 and activation is not None:
             out = torch.relu_(out) if activation in RELU_FUNCTIONS else activation(out)
-        if dest is None or out.data_ptr() != dest.data_ptr():
-            view.put(caches.h[li + 1], out)
-        del m, selfv, agg, table, out, dest  # not alive while the next layer allocates its own
+        if h_out is not None and (dest is None or out.data_ptr() != dest.data_ptr()):
+            view.put(h_out, out)
+        del m, selfv, agg, table, dest  # not alive while the next layer allocates its own
+        # (out is the next layer's input where h is not kept)
+        if h_out is not None:
+            out = None
 
 
 def _self_into_dest(rule: LayerRule) -> bool:

@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 
+# every sum aggregate in float32 under a drift bound (docs/engine.md, "float32 sums"); False: float64
+NARROW_SUMS = True
+
 SUPPORTED = (
     "dgl.nn.SAGEConv(aggregator_type in {'mean', 'gcn', 'pool'})",
     "dgl.nn.GraphConv(norm in {'both', 'right', 'left', 'none'}, with or without weight/bias)",
@@ -90,6 +93,19 @@ class LayerRule:
     # where finish already runs a matmul per finished row (a widening SAGE mean: mean @ W_neigh^T), or
     # the self term is a scale of the input (GIN's (1 + eps) h, outside the fused finish)
     self_term_at_finish: bool = False
+    # the sum is kept in float32 under a drift bound (clustergnn.caches: one rounding per batch per row,
+    # budgeted, the row recomputed from its in-edges when the budget passes its limit); float64 if False
+    narrow_sum: bool = False
+    # the layer reads its input h only through its cached message and cached self term (a narrowing SAGE
+    # mean: W_neigh h and W_self h + b), so h need not be kept: the previous layer detects changes on
+    # those two images and reads of h finish it on demand (clustergnn.caches)
+    input_kept_as_images: bool = False
+    # the finish reads only cached rows (aggregate, self term, in-degree) and costs no matmul (a narrowing
+    # SAGE mean: self + agg / deg), so a last layer's output need not be kept: it is finished on read
+    finished_on_read: bool = False
+
+    def __post_init__(self) -> None:
+        self.narrow_sum = NARROW_SUMS and self.aggregation is Aggregation.SUM
 
     def message(self, h: torch.Tensor, outdeg: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim) -> (n, msg_dim)``."""
@@ -233,6 +249,8 @@ class SageRule(LayerRule):
         self.has_self_term = kind != "gcn"
         self.finish_uses_msg = kind == "gcn"
         self.message_is_input = kind != "pool" and not self.lin_before
+        self.input_kept_as_images = kind == "mean" and self.lin_before
+        self.finished_on_read = kind == "mean" and self.lin_before
         self.self_term_at_finish = kind == "mean" and not self.lin_before
 
     def message_and_self(self, h, outdeg):

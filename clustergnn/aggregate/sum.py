@@ -68,6 +68,7 @@ _NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # "no self term" for the fused ke
 _NO_BIAS = np.zeros(0, dtype=np.float32)
 _PULL_CHUNK = 256  # rows per chunk of pull_rows' parallel loop (one accumulator each)
 _PULL_DM_AHEAD = 4  # terms ahead whose delta row pull_rows prefetches
+_NARROW_CHUNK = 64  # rows per scratch row in sum_rows' float32 pass
 RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)  # activations the kernels fuse
 
 
@@ -87,6 +88,8 @@ def update(tables: LayerTables, step: DeltaStep, scratch: Scratch) -> None:
     dev = msg.device
     if len(step.de) + len(ctx.add_src) + len(ctx.rem_src) >= SEGMENT_DELTA_MIN:
         _update_segmented(tables, step, scratch)
+    elif agg.dtype != torch.float64:
+        _update_narrow(tables, step, scratch)
     else:
         if ctx.add_src.size:
             agg.index_add_(0, _index(ctx.add_dst, dev), gather_rows(msg, _index(ctx.add_src, dev)).double())
@@ -96,6 +99,31 @@ def update(tables: LayerTables, step: DeltaStep, scratch: Scratch) -> None:
             dm = step.m_new.double() - step.m_old.double()
             agg.index_add_(0, _index(step.de, dev), gather_rows(dm, _index(step.se_pos, dev)))
     put_rows(msg, _index(step.srcs, dev), step.m_new)
+
+
+def _update_narrow(tables: LayerTables, step: DeltaStep, scratch: Scratch) -> None:
+    """The scattered adds of :func:`update` for a float32 sum (``LayerRule.narrow_sum``): into the affected
+    rows gathered in float64, then stored, so each row is rounded once per batch (the fused kernel's
+    arithmetic, bit for bit).  Terms for rows outside ``step.rows`` (removed by the batch) are dropped:
+    those rows are cleared."""
+    agg, msg, ctx, rows = tables.agg, tables.msg, step.ctx, step.rows
+    dev = msg.device
+    if not rows.size:
+        return
+    idx = _index(rows, dev)
+    acc = gather_rows(agg, idx).double()
+    n = len(ctx.live)
+    for srcs, dsts, alpha in ((ctx.add_src, ctx.add_dst, 1), (ctx.rem_src, ctx.rem_dst, -1)):
+        if srcs.size:
+            pos = scratch.positions(rows, dsts, n)
+            ok = pos >= 0
+            acc.index_add_(0, _index(pos[ok], dev), gather_rows(msg, _index(srcs[ok], dev)).double(), alpha=alpha)
+    if step.de.size:
+        pos = scratch.positions(rows, step.de, n)
+        ok = pos >= 0
+        dm = step.m_new.double() - step.m_old.double()
+        acc.index_add_(0, _index(pos[ok], dev), gather_rows(dm, _index(step.se_pos[ok], dev)))
+    put_rows(agg, idx, acc)
 
 
 def _update_segmented(tables: LayerTables, step: DeltaStep, scratch: Scratch) -> None:
@@ -180,7 +208,7 @@ def update_fused(
         step.de,
         posmap,
         finish is not None,
-        tables.h_out.numpy(),
+        tables.h_out.numpy() if tables.h_out is not None else _NO_ROWS,  # None: finished by the caller
         indeg,
         kind,
         selfc,
@@ -385,6 +413,54 @@ if cpu_kernels.AVAILABLE:
             h[r, k] = v
         return diff
 
+    @pjit
+    def drift_budget(agg, drift, rows, indeg, lo, hi, unit, over):  # pragma: no cover - jitted
+        """A float32 sum's drift budget after an update of ``rows`` (``Propagation._budget_drift``, whose
+        torch arithmetic this is, in float32 step by step): ``drift[r] += unit * max_k |agg[r, k]|``;
+        ``over[i]``, and the budget reset, where it passes ``clamp(indeg[i], lo, hi)`` such units."""
+        u = np.float32(unit)
+        for i in numba.prange(rows.shape[0]):
+            r = rows[i]
+            big = np.float32(0.0)
+            for k in range(agg.shape[1]):
+                a = abs(agg[r, k])
+                if a > big:
+                    big = a
+            step = big * u
+            b = drift[r] + step
+            lim = np.float32(min(max(indeg[i], lo), hi))
+            if b > step * lim:
+                over[i] = True
+                drift[r] = np.float32(0.0)
+            else:
+                over[i] = False
+                drift[r] = b
+
+    @jit
+    def _add_terms_once(agg, msg, dm, r, lo, hi, ids, na, nr, add_src, rem_src, se_pos, acc):  # pragma: no cover
+        """Row ``r`` of a float32 sum plus its terms ``ids[lo:hi]`` (``sum_rows``' numbering), added in
+        float64 (``acc``: a ``(d,)`` scratch row) in ``sum_rows``' order, then rounded once: what the
+        torch path's float64 scattered adds into the gathered rows give, bit for bit."""
+        d = agg.shape[1]
+        for k in range(d):
+            acc[k] = agg[r, k]
+        for t in range(lo, hi):
+            c = ids[t]
+            if c < na:
+                u = add_src[c]
+                for k in range(d):
+                    acc[k] += np.float64(msg[u, k])
+            elif c < na + nr:
+                u = rem_src[c - na]
+                for k in range(d):
+                    acc[k] -= np.float64(msg[u, k])
+            else:
+                j = se_pos[c - na - nr]
+                for k in range(d):
+                    acc[k] += dm[j, k]
+        for k in range(d):
+            agg[r, k] = acc[k]
+
     def _sum_rows(
         agg,
         msg,
@@ -468,6 +544,14 @@ if cpu_kernels.AVAILABLE:
                 fill[p] += 1
         has_self = selfc.shape[0] > 0
         has_bias = bias.shape[0] > 0
+        narrow = agg.itemsize == 4
+        if narrow:  # a float32 sum (clustergnn.caches): each row's terms added in float64, rounded once
+            for ch in numba.prange((n + _NARROW_CHUNK - 1) // _NARROW_CHUNK):
+                acc = np.empty(d, dtype=np.float64)  # one scratch row per chunk of rows
+                for i in range(ch * _NARROW_CHUNK, min(n, (ch + 1) * _NARROW_CHUNK)):
+                    _add_terms_once(
+                        agg, msg, dm, rows[i], start[i], start[i + 1], ids, na, nr, add_src, rem_src, se_pos, acc
+                    )
         for i in numba.prange(n):
             if i + PREFETCH_AHEAD < n:
                 ahead = rows[i + PREFETCH_AHEAD]
@@ -477,7 +561,8 @@ if cpu_kernels.AVAILABLE:
                     if has_self:
                         prefetch_row(selfc, ahead)
             r = rows[i]
-            for t in range(start[i], start[i + 1]):
+            end = start[i] if narrow else start[i + 1]  # a narrow row's terms were added above
+            for t in range(start[i], end):
                 c = ids[t]
                 if c < na:
                     u = add_src[c]
@@ -708,6 +793,8 @@ def warm_up_kernels() -> None:
             True,
             changed,
         )
+    gather_mean(np.zeros((2, 2), f32), one, one, np.zeros((1, 2), f32))
+    drift_budget(np.zeros((2, 2), f32), np.zeros(2, f32), one, one, 16, 1024, 2.0**-24, changed)
     gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
     gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
     gather_mean(np.zeros((2, 2), f64), one, one, np.zeros((1, 2), f32))

@@ -25,8 +25,8 @@ def test_bench_scale_tiny_run_writes_its_json(tmp_path: Path) -> None:
     assert r["max_rel_error_sampled"] <= 1e-5
     assert r["dgl_forward_s"] > 0 and r["build_peak_rss_gib"] >= r["rss_before_build_gib"] > 0
     mem = r["memory"]
-    # widening first layer 12 -> 16: the float64 sum is kept of the 12-wide inputs
-    assert mem["entries"]["agg0"]["dtype"] == "float64" and mem["entries"]["agg0"]["shape"][1] == 12
+    # widening first layer 12 -> 16: the sum is kept of the 12-wide inputs (float32 under a drift bound)
+    assert mem["entries"]["agg0"]["dtype"] == "float32" and mem["entries"]["agg0"]["shape"][1] == 12
     caches = sum(e["bytes"] for e in mem["entries"].values() if e["kind"] == "cache")
     assert abs(mem["cache_bytes_per_vertex"] - caches / r["vertices"]) < 1e-6
     assert any(s["stage"] == "in structure edits" for s in r["build_rss_trace"])

@@ -167,3 +167,98 @@ def test_a_state_with_the_tables_no_longer_kept_is_read() -> None:
             for ta, tb in zip(getattr(a, name), getattr(b, name), strict=True):
                 assert ta is None or torch.equal(ta, tb)
     assert_matches_dgl(b, layers)
+
+
+def _exact_sums(eng: Engine, li: int, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``li``'s sums of ``rows`` over their in-edges in float64 (exact for these few terms), and a
+    float32 recompute's own rounding bound, ``(indeg + 1) u sum |m_u|``, per row."""
+    msg = eng.msg[li].double()
+    exact, slack = [], []
+    for r in rows:
+        src = eng.graph.inn.gather_csr(np.array([r]))[1]
+        m = msg[torch.from_numpy(src.astype(np.int64))]
+        exact.append(m.sum(0))
+        slack.append((len(src) + 1) * 2.0**-24 * float(m.abs().amax(1).sum()))
+    return torch.stack(exact), torch.tensor(slack, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("which", ["fused", "torch"])
+@pytest.mark.parametrize("refresh", [True, False])
+@pytest.mark.parametrize("model", ["sage-mean", "graphconv-none"])
+def test_float32_sums_stay_within_their_drift_bound(
+    model: str, refresh: bool, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long stream of +/- deltas on the same rows: an edge from a source with 10^4-sized features is
+    added to and removed from four rows, over and over (each add rounds those float32 sums to 10^4's
+    ulp).  With the refresh, every row stays within its budget of the exact sum and the engine matches
+    DGL; without it (``DRIFT_MIN``/``DRIFT_MAX`` huge) the rounding stays in the sums and the final embeddings
+    are off by more than the tolerance, so this test can fail."""
+    from clustergnn.reference import dgl_forward
+    from tests.core.test_engine_exact import REL_TOL, rel_error
+
+    monkeypatch.setattr("clustergnn.propagation.DELTA_COST", 0)  # the delta rule always (a recompute resets rows)
+    if not refresh:
+        monkeypatch.setattr("clustergnn.propagation.DRIFT_MIN", 2**62)
+        monkeypatch.setattr("clustergnn.propagation.DRIFT_MAX", 2**62)
+    layers = ALIASED[model]() if model in ALIASED else build(model)
+    rng = np.random.default_rng(11)
+    n, big, targets = 24, 0, np.array([5, 6, 7, 8])
+    feats = rng.standard_normal((n, F_IN)).astype(np.float32)
+    feats[big] *= 1e4
+    src = rng.integers(1, n, 120)
+    dst = rng.integers(1, n, 120)
+    with kernels(which):
+        eng = Engine.from_layers(layers, F_IN, capacity=16)
+        eng.bulk_load(
+            MutationBatch.concat(
+                [MutationBatch.add_vertices(np.arange(n), torch.from_numpy(feats)), MutationBatch.add_edges(src, dst)]
+            )
+        )
+        assert all(a is None or a.dtype == torch.float32 for a in eng.agg)
+        assert [d is not None for d in eng.drift] == [a is not None for a in eng.agg]
+        slots = eng.graph.slots_of(targets)
+        for i in range(150):
+            eng.apply(MutationBatch.add_edges(np.full(4, big), targets))
+            eng.apply(MutationBatch.remove_edges(np.full(4, big), targets))
+            if refresh and i % 25 == 0:  # layer 0's messages are the features: the bound, row by row
+                exact, slack = _exact_sums(eng, 0, slots)
+                err = (eng.agg[0][torch.from_numpy(slots)].double() - exact).abs().amax(1)
+                assert (err <= eng.drift[0][torch.from_numpy(slots)].double() + slack).all(), (i, err)
+        eng.apply(MutationBatch.remove_vertices([big]))  # DGL's outputs are then all small
+        g, x, ids = eng.to_dgl()
+        refs = dgl_forward(layers, g, x)
+        err = max(rel_error(eng.embeddings(ids, layer=li), ref) for li, ref in enumerate(refs))
+    if refresh:
+        assert err <= REL_TOL, err
+    else:
+        assert err > REL_TOL, f"the stream did not drift without the refresh ({err:.2e}): it tests nothing"
+
+
+def test_hidden_layer_kept_as_its_images_and_read_back() -> None:
+    """A narrowing SAGE mean keeps its input only as ``msg`` and ``selfc``: ``h[1]`` is not kept, reads of
+    layer 1 finish layer 0 again; its output ``h[2]`` is finished on read; and a state written with ``h1``,
+    ``h2`` and float64 sums (no ``drift``) is read."""
+    layers = build("sage-mean")  # 6 -> 9 -> 4: layer 1 narrows
+    init, batches = random_stream(8, n_vertices=30, n_batches=6, batch_size=20, feature_dim=F_IN)
+    eng = Engine.from_layers(layers, F_IN, capacity=16)
+    eng.bulk_load(init)
+    assert eng.h[1] is None and eng.h[2] is None and eng.h[0] is not None  # h2 is finished on read
+    assert all(a.dtype == torch.float32 for a in eng.agg)
+    arrays, meta = eng.export_state()
+    assert "h1" not in arrays and {"drift0", "drift1"} <= set(arrays)
+    ids = eng.graph.ext_of[arrays["slots"]]
+    old = {k: v for k, v in arrays.items() if not k.startswith("drift")}
+    old |= {f"agg{li}": arrays[f"agg{li}"].astype(np.float64) for li in range(2)}
+    old["h1"] = eng.embeddings(ids, layer=1).numpy()
+    old["h2"] = eng.embeddings(ids, layer=2).numpy()
+    restored = Engine.from_state(eng.rules, old, meta)
+    assert restored.h[1] is None and all(a.dtype == torch.float32 for a in restored.agg)
+    for li in range(2):  # the float64 rows rounded once, their budget that rounding's bound
+        big = restored.agg[li].abs().amax(dim=1)
+        assert torch.equal(restored.drift[li], big * 2.0**-24)
+    for batch in batches:
+        restored.apply(batch)
+        assert_matches_dgl(restored, layers)
+    full = Engine.from_layers(layers, F_IN, capacity=16, mode="full")  # a full engine keeps every h
+    full.bulk_load(init)
+    assert all(h is not None for h in full.h)

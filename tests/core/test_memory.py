@@ -90,15 +90,18 @@ def test_report_lists_every_array_of_a_partition() -> None:
 
 
 def test_cache_bytes_follow_the_layout_and_grow_with_vertices() -> None:
-    """SAGE-mean 5 -> 8 -> 3: per slot, h 5+8+3 fp32; layer 0 widens, so its message is h0 itself (msg0
-    *is* h0: no table of its own) and its self term is recomputed at finish (no selfc0), agg0 5 fp64;
-    layer 1 narrows, so msg1 is W h1 (3 fp32), agg1 3 fp64, selfc1 3 fp32."""
+    """SAGE-mean 5 -> 8 -> 3: per slot, h0 5 fp32; layer 0 widens, so its message is h0 itself (msg0
+    *is* h0: no table of its own) and its self term is recomputed at finish (no selfc0), agg0 5 fp32
+    with a 1-float drift budget; layer 1 narrows, so msg1 is W h1 (3 fp32), selfc1 3 fp32 (h1 is kept
+    only as these two), agg1 3 fp32 + budget; h2 is finished on read (docs/engine.md)."""
     torch.manual_seed(0)
     layers = [dglnn.SAGEConv(5, 8, "mean"), dglnn.SAGEConv(8, 3, "mean")]
-    per_slot = 4 * (5 + 8 + 3) + 8 * 5 + 4 * 3 + 8 * 3 + 4 * 3
+    per_slot = 4 * 5 + (4 * 5 + 4) + 4 * 3 + (4 * 3 + 4) + 4 * 3
     eng = Engine.from_layers(layers, 5, capacity=16)
     report = eng.memory_report()
-    assert report["agg0"].dtype == "float64" and report["agg0"].shape == (16, 5)
+    assert report["agg0"].dtype == "float32" and report["agg0"].shape == (16, 5)
+    assert report["drift0"].dtype == "float32" and report["drift0"].shape == (16,)
+    assert "h1" not in report and "h2" not in report and eng.h[1] is None and eng.h[2] is None
     assert report["msg1"].shape == (16, 3)
     assert "msg0" not in report and "selfc0" not in report and eng.msg[0] is eng.h[0] and eng.selfc[0] is None
     assert total_bytes(report, "cache") == 16 * per_slot
