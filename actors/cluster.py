@@ -1179,6 +1179,8 @@ class Cluster:
                     applied_mutations=(s or {}).get("applied", 0),
                     mutations_per_s=(s or {}).get("mutations_per_s", 0.0),
                     node=(s or {}).get("node", ""),
+                    memory_bytes=dict((s or {}).get("memory", {})),
+                    rss_bytes=(s or {}).get("rss", 0),
                 )
             )
         rms = list(self.stats.round_ms)

@@ -191,6 +191,15 @@ def _process_start_s() -> float:
         return time.time()
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process (``VmRSS``), 0 where /proc has none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+
+
 def _device(config: Config) -> str:
     want = config.cluster.device
     if want == "auto":
@@ -667,6 +676,9 @@ class PartitionOwner:
         return emb.cpu().numpy(), self.engine.versions(ids)
 
     def status(self) -> dict:
+        from clustergnn.memory import MEMORY_KINDS, total_bytes
+
+        report = self.engine.memory_report()  # the arrays' sizes: a walk over ~50 entries, no copies
         now = time.time()
         t0, n0 = self._t_rate
         rate = (self.applied - n0) / max(now - t0, 1e-9)
@@ -685,10 +697,17 @@ class PartitionOwner:
             "device": self.device,
             "pid": os.getpid(),
             "node": self._node_ip,
+            "memory": {kind: total_bytes(report, kind) for kind in MEMORY_KINDS},
+            "rss": _rss_bytes(),
         }
 
     def ping(self) -> int:
         return self.partition
+
+    def memory_entries(self) -> dict[str, tuple[str, int]]:
+        """``{array: (kind, allocated bytes)}`` of this owner's engine (``Engine.memory_report``), the detail
+        behind :meth:`status`'s totals (``scripts/bench_cluster_scale.py``)."""
+        return {k: (e.kind, e.nbytes) for k, e in self.engine.memory_report().items()}
 
     def startup_timings(self) -> dict[str, float]:
         """Seconds spent in each part of this owner's (last) start: see the end of ``__init__``."""

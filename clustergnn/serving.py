@@ -140,6 +140,11 @@ class PartitionStatus:
     mutations_per_s: float
     node: str = ""
     """Address of the Ray node its owner runs on ("" when unknown, e.g. while it is being re-created)."""
+    memory_bytes: dict[str, int] = field(default_factory=dict)
+    """Its engine's arrays by kind (``clustergnn.memory.MEMORY_KINDS``: cache, per_slot, structure, scratch,
+    model), allocated bytes (``Engine.memory_report``); empty when unknown."""
+    rss_bytes: int = 0
+    """Resident memory of its owner's whole process (0 when unknown)."""
 
 
 @dataclass(frozen=True)

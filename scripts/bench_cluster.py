@@ -44,6 +44,43 @@ def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def load_stream(dataset: str):
+    """A dataset by name (``clustergnn.datasets.load``), or a graph saved by :func:`save_stream` (a ``.npz``
+    path: ``scripts/bench_cluster_scale.py`` saves only the stream of a graph too big to generate twice)."""
+    if not dataset.endswith(".npz"):
+        from clustergnn.datasets import load
+
+        return load(dataset)
+    from clustergnn.datasets.graph import TemporalGraph
+
+    with np.load(dataset) as z:
+        cols = {k: z[k] for k in z.files if k not in ("directed", "description")}
+        return TemporalGraph(
+            name=dataset,
+            directed=bool(z["directed"]),
+            native_features=None,
+            description=str(z["description"]),
+            **cols,
+        )
+
+
+def save_stream(ds, path: str, events: int) -> None:
+    """``ds``'s vertices and its first ``events`` stream events, without its initial edges (:func:`load_stream`);
+    features are seeded (``native_features`` is not kept)."""
+    np.savez(
+        path,
+        directed=np.array(ds.directed),
+        description=np.array(ds.description),
+        initial_vertices=ds.initial_vertices,
+        initial_src=np.zeros(0, np.int64),
+        initial_dst=np.zeros(0, np.int64),
+        event_kind=ds.event_kind[:events],
+        event_src=ds.event_src[:events],
+        event_dst=ds.event_dst[:events],
+        event_time_s=ds.event_time_s[:events],
+    )
+
+
 def _producer_process(
     bootstrap: str,
     topic: str,
@@ -63,11 +100,10 @@ def _producer_process(
     then added again, and so on (every removal meets a copy its pass before added; the graph stays the
     size the first pass left), so a saturated window can be longer than the dataset."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from clustergnn.datasets import load
     from clustergnn.partition import HashPartitionMap
     from streams.producer import MutationProducer
 
-    ds = load(dataset)
+    ds = load_stream(dataset)
     events_per_batch = max(1, int(rate / batches_per_s))
     n_batches = max(1, int(seconds * batches_per_s))
     batches = list(

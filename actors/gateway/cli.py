@@ -110,19 +110,27 @@ def format_read(ids: list[int], res: ReadResult, shown: int = 4, *, show_bound: 
     return "\n".join(lines)
 
 
+def _mb(n: int | None) -> str:
+    """Bytes as MB for the status table; "-" when unknown."""
+    return "-" if n is None else f"{n / 1e6:.1f}"
+
+
 def format_status(st: ClusterStatus) -> str:
     wm = ", ".join(f"{p}:{o}" for p, o in sorted(st.watermark.items()))
     lines = [
         f"{'healthy' if st.healthy else 'UNHEALTHY'}  layers {st.num_layers} dims {st.embedding_dims}"
         f"  watermark {{{wm}}}",
         *([f"  model: {st.model.describe()}"] if st.model is not None else []),
-        f"  {'part':>4} {'alive':>5} {'vertices':>9} {'lag':>8} {'applied':>10} {'mut/s':>9}  watermark",
+        f"  {'part':>4} {'alive':>5} {'vertices':>9} {'lag':>8} {'applied':>10} {'mut/s':>9} "
+        f"{'cache MB':>9} {'struct MB':>9} {'RSS MB':>8}  watermark",
     ]
     for p in st.partitions:
         pwm = ", ".join(f"{k}:{o}" for k, o in sorted(p.watermark.items()))
+        mem = p.memory_bytes
         lines.append(
             f"  {p.partition:>4} {'yes' if p.alive else 'NO':>5} {p.num_vertices:>9} {p.lag:>8} "
-            f"{p.applied_mutations:>10} {p.mutations_per_s:>9.1f}  {{{pwm}}}"
+            f"{p.applied_mutations:>10} {p.mutations_per_s:>9.1f} {_mb(mem.get('cache')):>9} "
+            f"{_mb(mem.get('structure')):>9} {_mb(p.rss_bytes or None):>8}  {{{pwm}}}"
         )
     lines += durability_lines(st.extra)
     for k, v in sorted(st.extra.items()):

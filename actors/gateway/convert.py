@@ -200,6 +200,8 @@ def status_to_proto(st: ClusterStatus) -> pb.StatusResponse:
                 applied_mutations=p.applied_mutations,
                 mutations_per_s=p.mutations_per_s,
                 node=p.node,
+                memory_bytes={str(k): int(v) for k, v in p.memory_bytes.items()},
+                rss_bytes=p.rss_bytes,
             )
             for p in st.partitions
         ],
@@ -226,6 +228,8 @@ def proto_to_status(resp: pb.StatusResponse) -> ClusterStatus:
                 applied_mutations=p.applied_mutations,
                 mutations_per_s=p.mutations_per_s,
                 node=p.node,
+                memory_bytes=dict(p.memory_bytes),
+                rss_bytes=p.rss_bytes,
             )
             for p in resp.partitions
         ],

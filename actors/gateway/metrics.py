@@ -51,8 +51,20 @@ class _ClusterCollector(Collector):
             "per owner: next Kafka offset not yet visible",
             labels=["partition", "kafka_partition"],
         )
+        mem = GaugeMetricFamily(
+            "clustergnn_partition_memory_bytes",
+            "per owner: its engine's arrays of one kind (cache, per_slot, structure, scratch, model), allocated bytes",
+            labels=["partition", "kind"],
+        )
+        rss = GaugeMetricFamily(
+            "clustergnn_partition_rss_bytes", "resident memory of the owner's process", labels=["partition"]
+        )
         for p in st.partitions:
             label = [str(p.partition)]
+            for kind, n in sorted(p.memory_bytes.items()):
+                mem.add_metric([str(p.partition), kind], float(n))
+            if p.rss_bytes:
+                rss.add_metric(label, float(p.rss_bytes))
             alive.add_metric(label, 1.0 if p.alive else 0.0)
             lag.add_metric(label, float(p.lag))
             rate.add_metric(label, float(p.mutations_per_s))
@@ -66,7 +78,7 @@ class _ClusterCollector(Collector):
             wm.add_metric([str(kp)], float(off))
         ingest = GaugeMetricFamily("clustergnn_ingest_mutations_per_second", "sum of partition apply rates")
         ingest.add_metric([], float(sum(p.mutations_per_s for p in st.partitions)))
-        yield from (alive, lag, rate, applied, pwm, wm, ingest)
+        yield from (alive, lag, rate, applied, pwm, wm, ingest, mem, rss)
         yield from _durability_metrics(st.extra)
 
 

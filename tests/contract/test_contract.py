@@ -160,6 +160,20 @@ def test_status_describes_the_served_model(api: Api) -> None:
     assert len(st.model.digest) == 64 and int(st.model.digest, 16) >= 0
 
 
+def test_status_reports_memory_per_partition(api: Api) -> None:
+    """Each owner's engine arrays by kind and its process's resident memory (``PartitionStatus``)."""
+    from clustergnn.memory import MEMORY_KINDS
+
+    st = api.status()
+    for p in st.partitions:
+        mem = dict(p.memory_bytes)
+        assert set(mem) == set(MEMORY_KINDS), mem
+        assert mem["cache"] >= p.num_vertices * 4 * sum(st.model.dims) > 0  # every owned row, float32 at least
+        assert p.rss_bytes > sum(mem.values())  # the arrays live in that process (with Python, torch, ...)
+    back = convert.proto_to_status(st).partitions[0]
+    assert back.memory_bytes == dict(st.partitions[0].memory_bytes) and back.rss_bytes == st.partitions[0].rss_bytes
+
+
 # ------------------------------------------------------------------------------------------ layers
 def test_layers_are_numbered_as_the_proto_says(api: Api) -> None:
     st = api.status()

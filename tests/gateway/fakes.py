@@ -14,7 +14,10 @@ It keeps the shape of the real thing so the gateway's freshness semantics can be
   judge-once (:func:`clustergnn.freshness.settle`) are the real ones;
 * per-vertex versions, bumped by every applied mutation that touches the vertex, and embeddings that
   are a deterministic function of (vertex, layer, version) (:meth:`expected`);
-* owners that can be marked down (``set_alive``) and a ``status()`` that can be made to fail.
+* owners that can be marked down (``set_alive``) and a ``status()`` that can be made to fail;
+* per owner, memory by kind as the real owners report it (``PartitionStatus.memory_bytes``: the bytes of
+  the float32 rows it would hold, input features and every layer's output, counted as ``cache``; nothing
+  of the other kinds) and the resident memory of the process it runs in (this one).
 
 Advancing is lazy (done inside ``read``/``status``, at the instant the freshness check judges), so the
 fake needs no thread.  Time comes from an injected :class:`~clustergnn.freshness.Clock`.
@@ -32,6 +35,7 @@ import numpy as np
 
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.freshness import Clock, Freshness, SystemClock, settle
+from clustergnn.memory import MEMORY_KINDS
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.partition import HashPartitionMap, route
 from clustergnn.serving import (
@@ -44,6 +48,15 @@ from clustergnn.serving import (
     ReadResult,
     resolve_read,
 )
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (``VmRSS``), 0 where /proc has none (as the real owners report it)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
 
 
 @dataclass(frozen=True)
@@ -214,17 +227,22 @@ class FakeBackend:
             self._report_locked(now_ms)
             watermark = self.freshness.watermark
             parts = []
+            rss = _rss_bytes()
+            row_bytes = 4 * (self.in_dim + sum(self.dims))
             for o in range(self.num_owners):
                 owned = [p for p in range(self.num_kafka_partitions) if p % self.num_owners == o]
+                n_owned = sum(1 for v in self._versions if v % self.num_owners == o)
                 parts.append(
                     PartitionStatus(
                         partition=o,
                         alive=self._alive[o],
-                        num_vertices=sum(1 for v in self._versions if v % self.num_owners == o),
+                        num_vertices=n_owned,
                         watermark={p: watermark[p] for p in owned},
                         lag=sum(len(self._log[p]) - watermark[p] for p in owned),
                         applied_mutations=sum(watermark[p] for p in owned),
                         mutations_per_s=self.mutations_per_s,
+                        memory_bytes={k: n_owned * row_bytes if k == "cache" else 0 for k in MEMORY_KINDS},
+                        rss_bytes=rss,
                     )
                 )
             return ClusterStatus(

@@ -53,6 +53,10 @@ def test_metrics_endpoint(make_gateway: GatewayFactory) -> None:
     assert _value(text, "clustergnn_partition_watermark_offset", '{kafka_partition="0",partition="0"}') == 0
     assert _value(text, "clustergnn_ingest_mutations_per_second") == 25.0
     assert _value(text, "clustergnn_cluster_healthy") == 1
+    cache = _value(text, "clustergnn_partition_memory_bytes", '{kind="cache",partition="0"}')
+    assert cache == 8 * 4 * (8 + 8 + 4)  # the fake's 8 owned rows: input, hidden and output widths, float32
+    assert _value(text, "clustergnn_partition_memory_bytes", '{kind="structure",partition="1"}') == 0
+    assert _value(text, "clustergnn_partition_rss_bytes", '{partition="1"}') > 0
     fake.advance()
     gw.monitor.poll_once()
     text = gw.metrics.render().decode()
@@ -139,6 +143,12 @@ def test_status_and_metrics_show_recovery_snapshots_and_broker_silence() -> None
     assert "BROKER SILENT for 12s" in text
     assert "last snapshot 7: round 120, 3.0s ago, 2.5 MB, took 0.40s (stalled rounds 30 ms); 8 taken, 1 failed" in text
     assert "recoveries 3 (owners re-created 3), last 4.0s, max 6.0s" in text
+    unknown = "  0    NO         5        0         10       0.0         -         -        -  {0:3}"
+    assert unknown in text  # memory not reported: dashes
+    mem = {"cache": 2_500_000, "per_slot": 0, "structure": 1_250_000, "scratch": 0, "model": 0}
+    part = PartitionStatus(0, True, 5, {0: 3}, 0, 10, 0.0, memory_bytes=mem, rss_bytes=300_000_000)
+    row = format_status(ClusterStatus([part], {0: 3}, 2, [16, 4])).splitlines()[-1]
+    assert row.split()[6:9] == ["2.5", "1.2", "300.0"], row  # cache, structure, RSS in MB (1.25 rounds to even)
     scraped = GatewayMetrics(lambda: st).render().decode()
     for line in (
         "clustergnn_recovering 1.0",

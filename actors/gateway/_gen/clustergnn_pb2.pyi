@@ -199,7 +199,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PartitionStatus(_message.Message):
-    __slots__ = ("partition", "alive", "num_vertices", "watermark", "lag", "applied_mutations", "mutations_per_s", "node")
+    __slots__ = ("partition", "alive", "num_vertices", "watermark", "lag", "applied_mutations", "mutations_per_s", "node", "memory_bytes", "rss_bytes")
     class WatermarkEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,13 @@ class PartitionStatus(_message.Message):
         key: int
         value: int
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class MemoryBytesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     NUM_VERTICES_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +222,8 @@ class PartitionStatus(_message.Message):
     APPLIED_MUTATIONS_FIELD_NUMBER: _ClassVar[int]
     MUTATIONS_PER_S_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     partition: int
     alive: bool
     num_vertices: int
@@ -223,7 +232,9 @@ class PartitionStatus(_message.Message):
     applied_mutations: int
     mutations_per_s: float
     node: str
-    def __init__(self, partition: _Optional[int] = ..., alive: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., watermark: _Optional[_Mapping[int, int]] = ..., lag: _Optional[int] = ..., applied_mutations: _Optional[int] = ..., mutations_per_s: _Optional[float] = ..., node: _Optional[str] = ...) -> None: ...
+    memory_bytes: _containers.ScalarMap[str, int]
+    rss_bytes: int
+    def __init__(self, partition: _Optional[int] = ..., alive: _Optional[bool] = ..., num_vertices: _Optional[int] = ..., watermark: _Optional[_Mapping[int, int]] = ..., lag: _Optional[int] = ..., applied_mutations: _Optional[int] = ..., mutations_per_s: _Optional[float] = ..., node: _Optional[str] = ..., memory_bytes: _Optional[_Mapping[str, int]] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("partitions", "watermark", "num_layers", "embedding_dims", "healthy", "extra", "model")
