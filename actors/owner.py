@@ -26,6 +26,7 @@ import torch
 
 from clustergnn.config import Config
 from clustergnn.errors import MutationError, UnknownVertexError
+from clustergnn.memory import process_rss_bytes
 from clustergnn.mutations import MutationBatch
 from clustergnn.partition import PartitionMap
 from clustergnn.partitioned import LayerMsg, PartitionEngine, Published, RoundSummary, StructMsg
@@ -189,15 +190,6 @@ def _process_start_s() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
-
-
-def _rss_bytes() -> int:
-    """Resident memory of this process (``VmRSS``), 0 where /proc has none."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0
 
 
 def _device(config: Config) -> str:
@@ -698,7 +690,7 @@ class PartitionOwner:
             "pid": os.getpid(),
             "node": self._node_ip,
             "memory": {kind: total_bytes(report, kind) for kind in MEMORY_KINDS},
-            "rss": _rss_bytes(),
+            "rss": process_rss_bytes(),
         }
 
     def ping(self) -> int:

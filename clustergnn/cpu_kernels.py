@@ -231,20 +231,9 @@ if AVAILABLE:
     )
 
     @jit
-    def unique_live(values, live, bits):  # pragma: no cover - jitted
-        """Sorted distinct ``values`` with ``live[v]``, through a bitmap: set a bit per value, then read
-        the set bits back word by word (de Bruijn bit scan), clearing them.  ``bits`` is an all-zero
-        ``uint64`` scratch of ``ceil(len(live) / 64)`` words (left all-zero).  O(len(values) + words):
-        several times faster than a sort-based unique, and the rows come out sorted for free."""
-        lo = bits.shape[0]
-        hi = 0
-        for i in range(values.shape[0]):
-            v = values[i]
-            w = v >> 6
-            bits[w] |= np.uint64(1) << np.uint64(v & 63)
-            lo = min(lo, w)
-            hi = max(hi, w + 1)
-        out = np.empty(values.shape[0], dtype=np.int64)
+    def _drain_bits(bits, lo, hi, live, out):  # pragma: no cover - jitted
+        """Write the set bits of ``bits[lo:hi]`` whose vertex is ``live`` to ``out`` in order (de Bruijn
+        bit scan), clearing the words; returns how many were written."""
         n = 0
         for w in range(lo, hi):
             word = bits[w]
@@ -259,7 +248,24 @@ if AVAILABLE:
                     out[n] = v
                     n += 1
                 word ^= low
-        return out[:n]
+        return n
+
+    @jit
+    def unique_live(values, live, bits):  # pragma: no cover - jitted
+        """Sorted distinct ``values`` with ``live[v]``, through a bitmap: set a bit per value, then read
+        the set bits back word by word (de Bruijn bit scan), clearing them.  ``bits`` is an all-zero
+        ``uint64`` scratch of ``ceil(len(live) / 64)`` words (left all-zero).  O(len(values) + words):
+        several times faster than a sort-based unique, and the rows come out sorted for free."""
+        lo = bits.shape[0]
+        hi = 0
+        for i in range(values.shape[0]):
+            v = values[i]
+            w = v >> 6
+            bits[w] |= np.uint64(1) << np.uint64(v & 63)
+            lo = min(lo, w)
+            hi = max(hi, w + 1)
+        out = np.empty(values.shape[0], dtype=np.int64)
+        return out[: _drain_bits(bits, lo, hi, live, out)]
 
     @jit
     def unique_live_neighbours(values, start, length, pool, owners, live, bits):  # pragma: no cover - jitted
@@ -286,21 +292,7 @@ if AVAILABLE:
                 lo = min(lo, w)
                 hi = max(hi, w + 1)
         out = np.empty(min(total, live.shape[0]), dtype=np.int64)
-        n = 0
-        for w in range(lo, hi):
-            word = bits[w]
-            if word == 0:
-                continue
-            bits[w] = 0
-            while word != 0:
-                low = word & (~word + np.uint64(1))
-                b = _DEBRUIJN[np.int64((low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58))]
-                v = (w << 6) + b
-                if live[v]:
-                    out[n] = v
-                    n += 1
-                word ^= low
-        return out[:n]
+        return out[: _drain_bits(bits, lo, hi, live, out)]
 
     @jit
     def lookup_direct(table, ids, out):  # pragma: no cover - jitted

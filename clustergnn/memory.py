@@ -74,3 +74,12 @@ def tensors_of(obj: object) -> dict[str, torch.Tensor]:
         elif isinstance(v, torch.nn.Module):
             out |= {f"{name}.{k}": t for k, t in v.state_dict(keep_vars=True).items()}
     return out
+
+
+def process_rss_bytes() -> int:
+    """Resident memory of this process (``VmRSS``), 0 where /proc has none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0

@@ -35,7 +35,7 @@ import numpy as np
 
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.freshness import Clock, Freshness, SystemClock, settle
-from clustergnn.memory import MEMORY_KINDS
+from clustergnn.memory import MEMORY_KINDS, process_rss_bytes
 from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.partition import HashPartitionMap, route
 from clustergnn.serving import (
@@ -48,15 +48,6 @@ from clustergnn.serving import (
     ReadResult,
     resolve_read,
 )
-
-
-def _rss_bytes() -> int:
-    """Resident memory of this process (``VmRSS``), 0 where /proc has none (as the real owners report it)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -227,7 +218,7 @@ class FakeBackend:
             self._report_locked(now_ms)
             watermark = self.freshness.watermark
             parts = []
-            rss = _rss_bytes()
+            rss = process_rss_bytes()
             row_bytes = 4 * (self.in_dim + sum(self.dims))
             for o in range(self.num_owners):
                 owned = [p for p in range(self.num_kafka_partitions) if p % self.num_owners == o]
