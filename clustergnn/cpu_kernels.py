@@ -410,7 +410,7 @@ if AVAILABLE:
     gather_blocks_serial = jit(_gather_blocks)  # a batch's few blocks: not worth waking the workers
 
 
-_warm = False
+_warm: set[str] = set()  # what warm_up compiled: "common" (every other kernel) and each sum dtype's name
 
 
 def use_threads(n: int) -> None:
@@ -421,16 +421,25 @@ def use_threads(n: int) -> None:
         numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
-def warm_up() -> None:
+def warm_up(sum_dtypes: tuple[type, ...] = (np.float32,)) -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types the engine
-    passes, once per process, so that an engine's first batch does not pay seconds of compilation."""
-    global _warm
-    if _warm or not _ENABLED:
+    passes, once per process, so that an engine's first batch does not pay seconds of compilation.
+    ``sum_dtypes``: the dtypes of the engine's sum aggregates (``clustergnn.caches``: float32 for a
+    narrow sum, float64 with ``rules.NARROW_SUMS = False``); the sum kernels are compiled for each (a
+    cold compile of ``sum_rows`` takes 7-16 s on one core: left to the first batch, it once held a
+    partition owner's first write past the gateway's verdict window, docs/engine.md)."""
+    if not _ENABLED:
         return
     # the family kernels' modules import this one: imported here, when the engine asks, not at import
     from clustergnn.aggregate import attention
     from clustergnn.aggregate import sum as sum_family
 
+    for dtype in (np.dtype(d) for d in sum_dtypes):
+        if dtype.name not in _warm:
+            sum_family.warm_up_sum_kernels(dtype)
+            _warm.add(dtype.name)
+    if "common" in _warm:
+        return
     i64 = np.int64
     one = np.zeros(1, dtype=i64)
     changed = np.zeros(1, dtype=np.bool_)
@@ -439,30 +448,32 @@ def warm_up() -> None:
     unique_live_neighbours(
         one, one, one, np.zeros(2, np.int32), one, np.ones(2, dtype=np.bool_), np.zeros(1, dtype=np.uint64)
     )
-    lookup_direct(np.zeros(2, dtype=np.int32), one, np.zeros(1, dtype=i64))
-    count = np.zeros(2, dtype=i64)
-    append_need(np.zeros(2, i64), np.zeros(2, i64), one, count, 4)
-    res = np.zeros(4, dtype=i64)
-    block_append_pair(
-        np.zeros(2, i64),
-        np.zeros(2, i64),
-        np.zeros(2, i64),
-        np.zeros(16, np.int32),
-        0,
-        count,
-        np.zeros(2, i64),
-        np.zeros(2, i64),
-        np.zeros(2, i64),
-        np.zeros(16, np.int32),
-        0,
-        count.copy(),
-        one,
-        one,
-        4,
-        res,
-    )
-    for kernel in (gather_blocks, gather_blocks_serial):
-        kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, i64), np.zeros(0, i64))
+    for ix in (i64, np.int32):  # ids and endpoint slots: int64, or int32 for an initial graph (the build)
+        idx = np.zeros(1, dtype=ix)
+        lookup_direct(np.zeros(2, dtype=np.int32), one, np.zeros(1, dtype=ix))
+        count = np.zeros(2, dtype=i64)
+        append_need(np.zeros(2, i64), np.zeros(2, i64), idx, count, 4)
+        res = np.zeros(4, dtype=i64)
+        block_append_pair(
+            np.zeros(2, i64),
+            np.zeros(2, i64),
+            np.zeros(2, i64),
+            np.zeros(16, np.int32),
+            0,
+            count,
+            np.zeros(2, i64),
+            np.zeros(2, i64),
+            np.zeros(2, i64),
+            np.zeros(16, np.int32),
+            0,
+            count.copy(),
+            idx,
+            idx,
+            4,
+            res,
+        )
+        for kernel in (gather_blocks, gather_blocks_serial):  # Adjacency.gather_csr: int64 or int32 rows
+            kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, ix), np.zeros(0, ix))
     for apply in (False, True):
         remove_pairs(
             np.zeros(2, i64),
@@ -476,7 +487,7 @@ def warm_up() -> None:
         )
     sum_family.warm_up_kernels()
     attention.warm_up_kernels()
-    _warm = True
+    _warm.add("common")
 
 
 if AVAILABLE:

@@ -44,7 +44,7 @@ from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.propagation import Propagation
 from clustergnn.recompute import recompute_all
 from clustergnn.results import ApplyResult, LayerDelta
-from clustergnn.rules import Activation, LayerRule, rules_from_dgl
+from clustergnn.rules import Activation, Aggregation, LayerRule, rules_from_dgl
 from clustergnn.transaction import Pending, StructureEditor, concat_slots
 
 if TYPE_CHECKING:  # DGL is imported where a DGL model or graph is handled: an engine built from rules
@@ -110,7 +110,8 @@ class Engine(Propagation):
         self.fused = self.device.type == "cpu" and cpu_kernels.enabled()
         if self.fused:
             cpu_kernels.use_threads(torch.get_num_threads())
-            cpu_kernels.warm_up()
+            sums = zip(self.caches.agg, self.rules, strict=True)
+            cpu_kernels.warm_up(tuple({a.numpy().dtype for a, r in sums if r.aggregation is Aggregation.SUM}))
         self.edits = StructureEditor(
             self.graph,
             self.caches,

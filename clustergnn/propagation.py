@@ -199,6 +199,10 @@ class Propagation:
         last = li == self.num_layers - 1
         images = tables.h_out is None and not last  # the output is kept as the next layer's images
         on_read = tables.h_out is None and last  # the output is finished on read (clustergnn.caches)
+        # a float32 sum's drift budget, taken by the fused delta (sum_rows) while each row is in cache
+        over = np.empty(len(rows), dtype=bool) if fused_sum and tables.drift is not None and not pull else None
+        budget = None if over is None or recompute else (over, DRIFT_MIN, DRIFT_MAX, ROUNDING)
+        taken = None if budget is None else over
         if fused_sum and not recompute and tables.h_out is not None:
             step = DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr)
             changed_next = sum_family.update_and_finish_fused(
@@ -211,6 +215,7 @@ class Propagation:
                 self._scratch,
                 lambda: self.finish(li, rows),
                 (g.inn.start, g.inn.length, g.inn.pool) if pull else None,
+                budget,
             )
             if ctx.new.size:
                 changed_next = self._unique_live([changed_next, ctx.new], ctx.live)
@@ -226,7 +231,7 @@ class Propagation:
                     steptimes.lmark("recompute")
             elif fused_sum:  # the output is not kept (images, on read): the fused delta alone
                 sum_family.update_fused(
-                    tables, DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr), indeg, self._scratch, None
+                    tables, DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr), indeg, self._scratch, None, budget
                 )
             else:
                 step = DeltaStep(
@@ -244,19 +249,25 @@ class Propagation:
                 else:
                     max_family.update(tables, step, g, self._scratch, lambda redo: self.recompute_agg(li, redo))
             if tables.h_out is None and tables.drift is not None:  # refreshed before the one finish below
-                self._budget_drift(li, rows, recompute, indeg)
+                self._budget_drift(li, rows, recompute, indeg, taken)
             if steptimes.ON:
                 steptimes.lmark("delta")
             if on_read:  # every updated row counts as changed: there is no stored output to compare
                 changed_next = rows
             elif images:
-                out = self.finish(li, rows, agg_rows)
+                out = None
+                if self.fused:
+                    out = sum_family.gathered_output(rule, tables, rows, indeg, relu, self.activation)
+                if out is not None:  # the gathered finish (agg_rows, if any, are in the table), then relu
+                    out = out.relu_() if relu else out
+                else:
+                    out = self.finish(li, rows, agg_rows)
                 changed_next = self._store_images(li, rows, out, ctx.new, incremental)
             else:
                 out = self.finish(li, rows, agg_rows)
                 changed_next = self.caches.store(li, rows, out, ctx.new, incremental, self.fused)
         if tables.drift is not None and tables.h_out is not None:  # a float32 sum (LayerRule.narrow_sum)
-            changed_next = self._refresh_drifting(li, rows, changed_next, recompute, incremental, indeg)
+            changed_next = self._refresh_drifting(li, rows, changed_next, recompute, incremental, indeg, taken)
         if li == self.num_layers - 1:
             self.version[changed_next] = self.round
         if steptimes.ON:
@@ -264,7 +275,7 @@ class Propagation:
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
     def _budget_drift(
-        self, li: int, rows: np.ndarray, recomputed: bool, indeg: np.ndarray
+        self, li: int, rows: np.ndarray, recomputed: bool, indeg: np.ndarray, over: np.ndarray | None = None
     ) -> tuple[np.ndarray, torch.Tensor | None]:
         """A float32 sum's drift bound (:mod:`clustergnn.caches`) after layer ``li`` updated ``rows``
         (``indeg`` theirs): each row was rounded at most once (the batch's terms are added in float64),
@@ -272,13 +283,16 @@ class Propagation:
         row's budget, and a row whose budget passes ``clamp(indeg, DRIFT_MIN, DRIFT_MAX)`` such
         roundings of its current size is recomputed from its in-edges (as a large batch's recompute, as
         DGL sums), its budget reset.  Rows just recomputed (``recomputed``) only get their budget reset.
+        ``over``: the budget was already taken by the fused delta (``sum_rows``), these rows are over it.
         Returns the refreshed rows and their new aggregate."""
         drift, idx = self.drift[li], self.caches.t(rows)
         if recomputed or not rows.size:
             drift.index_fill_(0, idx, 0.0)
             return rows[:0], None
         agg = self.agg[li]
-        if self.fused:  # the same float32 arithmetic in one pass (a few small torch ops cost ~0.1 ms)
+        if over is not None:
+            redo = rows[over]
+        elif self.fused:  # the same float32 arithmetic in one pass (a few small torch ops cost ~0.1 ms)
             over = np.empty(len(rows), dtype=bool)
             rows64, deg64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, indeg))
             sum_family.drift_budget(agg.numpy(), drift.numpy(), rows64, deg64, DRIFT_MIN, DRIFT_MAX, ROUNDING, over)
@@ -304,10 +318,11 @@ class Propagation:
         recomputed: bool,
         incremental: bool,
         indeg: np.ndarray,
+        over: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`_budget_drift` after layer ``li``'s rows were finished and stored: the refreshed rows
         are finished and stored again.  Returns ``changed`` plus those whose output changed on it."""
-        redo, agg_rows = self._budget_drift(li, rows, recomputed, indeg)
+        redo, agg_rows = self._budget_drift(li, rows, recomputed, indeg, over)
         if not redo.size:
             return changed
         out = self.finish(li, redo, agg_rows)
@@ -327,13 +342,23 @@ class Propagation:
         m, s = nxt.message_and_self(out, torch.zeros(len(rows), dtype=torch.int64, device=self.device))
         changed = rows
         if detect and rows.size:
-            idx = self.caches.t(rows)
-            diff = (m != gather_rows(self.msg[li + 1], idx)).any(dim=1)
-            if s is not None:
-                diff |= (s != gather_rows(self.selfc[li + 1], idx)).any(dim=1)
-            keep = diff.cpu().numpy()
+            if self.fused:  # the same test in one pass
+                keep = np.empty(len(rows), dtype=bool)
+                selfc = sum_family._NO_ROWS if s is None else self.selfc[li + 1].numpy()
+                sv = sum_family._NO_ROWS if s is None else s.numpy()
+                rows64 = np.ascontiguousarray(rows, dtype=np.int64)
+                sum_family.images_changed(self.msg[li + 1].numpy(), selfc, rows64, m.numpy(), sv, keep)
+            else:
+                idx = self.caches.t(rows)
+                diff = (m != gather_rows(self.msg[li + 1], idx)).any(dim=1)
+                if s is not None:
+                    diff |= (s != gather_rows(self.selfc[li + 1], idx)).any(dim=1)
+                keep = diff.cpu().numpy()
             if force.size:
                 keep |= np.isin(rows, force)
+            if keep.all():  # all changed (the usual case): no gathers
+                self._images[li + 1] = (rows, m, s)
+                return rows
             changed = rows[keep]
             pos = self.caches.t(np.flatnonzero(keep))
             m, s = gather_rows(m, pos), None if s is None else gather_rows(s, pos)

@@ -116,13 +116,14 @@ if cpu_kernels.AVAILABLE:
 def warm_up_kernels() -> None:
     """Compile (or load from the disk cache) this family's kernel for the engine's argument types."""
     f32 = np.float32
-    gat_aggregate(
-        np.zeros((2, 3), f32),
-        np.zeros((1, 1), f32),
-        np.array([0, 1], dtype=np.int64),
-        np.zeros(1, dtype=np.int64),
-        1,
-        2,
-        0.2,
-        np.zeros((1, 2), f32),
-    )
+    for ix in (np.int64, np.int32):  # EdgeIndex: int64, or int32 where the ids fit
+        gat_aggregate(
+            np.zeros((2, 3), f32),
+            np.zeros((1, 1), f32),
+            np.array([0, 1], dtype=ix),
+            np.zeros(1, dtype=ix),
+            1,
+            2,
+            0.2,
+            np.zeros((1, 2), f32),
+        )

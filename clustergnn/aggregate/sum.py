@@ -66,6 +66,7 @@ SEGMENT_DELTA_MIN = 32768  # contributions above which torch sum deltas go throu
 _SUM, _MEAN, _SYM_NORM = int(FinishKind.SUM), int(FinishKind.MEAN), int(FinishKind.SYM_NORM)
 _NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # "no self term" for the fused kernels
 _NO_BIAS = np.zeros(0, dtype=np.float32)
+_NO_BUDGET = (np.zeros(0, dtype=np.float32), 0, 0, 0.0, np.zeros(0, dtype=bool))  # sum_rows: no drift budget
 _PULL_CHUNK = 256  # rows per chunk of pull_rows' parallel loop (one accumulator each)
 _PULL_DM_AHEAD = 4  # terms ahead whose delta row pull_rows prefetches
 _NARROW_CHUNK = 64  # rows per scratch row in sum_rows' float32 pass
@@ -182,9 +183,17 @@ def fused_finish(rule: LayerRule, tables: LayerTables, relu: bool, activation: C
 
 
 def update_fused(
-    tables: LayerTables, step: DeltaStep, indeg: np.ndarray, scratch: Scratch, finish: FusedFinish | None
+    tables: LayerTables,
+    step: DeltaStep,
+    indeg: np.ndarray,
+    scratch: Scratch,
+    finish: FusedFinish | None,
+    budget: tuple[np.ndarray, int, int, float] | None = None,
 ) -> np.ndarray:
     """The sum delta (and, with ``finish``, the finish) of a layer in one CPU kernel (``sum_rows``).
+    ``budget``: for a float32 sum, ``(over, lo, hi, unit)``: the drift budget of each row
+    (``Propagation._budget_drift``'s ``drift_budget``, the same float32 arithmetic) is taken in the same
+    pass while the row is in cache, ``over[i]`` set where row ``i`` must be refreshed.
     Returns which ``step.rows`` changed (meaningful with ``finish`` only)."""
     i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
     ctx, rows = step.ctx, step.rows
@@ -215,6 +224,7 @@ def update_fused(
         bias,
         relu,
         diff,
+        *(_NO_BUDGET if budget is None else (tables.drift.numpy(), *budget[1:], budget[0])),
     )
     return diff
 
@@ -276,6 +286,20 @@ def finish_gathered(
     the self term is not cached (``rule.self_term_at_finish``), it is ``rule.self_term`` of the gathered
     input rows, the same product the cache would have held.
     Returns the rows whose output changed; None where the rule's own finish is needed."""
+    out = gathered_output(rule, tables, rows, indeg, relu, activation)
+    if out is None:
+        return None
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    diff = np.empty(len(rows), dtype=bool)
+    cpu_kernels.store_changed(tables.h_out.numpy(), rows, out.contiguous().numpy(), relu, diff)
+    return rows[diff]
+
+
+def gathered_output(
+    rule: LayerRule, tables: LayerTables, rows: np.ndarray, indeg: np.ndarray, relu: bool, activation: Callable | None
+) -> torch.Tensor | None:
+    """:func:`finish_gathered`'s output rows before the activation (``self + mean @ W_neigh^T``, the rule's
+    finish); None where the rule's own finish is needed."""
     w = rule.fused_gather()
     if w is None or (relu and activation not in RELU_FUNCTIONS):
         return None
@@ -292,9 +316,7 @@ def finish_gathered(
     out.addmm_(neigh, w.t())
     if steptimes.ON:
         steptimes.lmark("finish_gemm")
-    diff = np.empty(len(rows), dtype=bool)
-    cpu_kernels.store_changed(tables.h_out.numpy(), rows, out.contiguous().numpy(), relu, diff)
-    return rows[diff]
+    return out
 
 
 def update_and_finish_fused(
@@ -307,16 +329,18 @@ def update_and_finish_fused(
     scratch: Scratch,
     finish_rows: Callable[[], torch.Tensor],
     pull: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    budget: tuple[np.ndarray, int, int, float] | None = None,
 ) -> np.ndarray:
     """A sum layer's whole fused step: :func:`update_fused` (or, given ``pull``, the in-adjacency's
     ``(start, length, pool)``, :func:`update_pulled`), then the fused finish where the rule has one,
     else :func:`finish_gathered`, else ``finish_rows()`` (the rule's torch finish of ``step.rows``) and
-    the fused store.  Returns the rows whose output changed."""
+    the fused store (``budget``: :func:`update_fused`'s, not taken by the pull).  Returns the rows whose
+    output changed."""
     fin = fused_finish(rule, tables, relu, activation)
     if pull is not None:
         diff = update_pulled(tables, step, indeg, scratch, fin, *pull)
     else:
-        diff = update_fused(tables, step, indeg, scratch, fin)
+        diff = update_fused(tables, step, indeg, scratch, fin, budget)
     if steptimes.ON:
         steptimes.lmark("delta" if fin is None else "delta+finish")
     if fin is not None:
@@ -420,21 +444,44 @@ if cpu_kernels.AVAILABLE:
         ``over[i]``, and the budget reset, where it passes ``clamp(indeg[i], lo, hi)`` such units."""
         u = np.float32(unit)
         for i in numba.prange(rows.shape[0]):
+            over[i] = _budget_row(agg, drift, rows[i], indeg[i], lo, hi, u)
+
+    @jit
+    def _budget_row(agg, drift, r, deg, lo, hi, u):  # pragma: no cover - jitted
+        """Row ``r``'s step of ``drift_budget`` (``u``: the float32 unit); True where it is over budget."""
+        big = np.float32(0.0)
+        for k in range(agg.shape[1]):
+            a = abs(agg[r, k])
+            if a > big:
+                big = a
+        step = big * u
+        b = drift[r] + step
+        lim = np.float32(min(max(deg, lo), hi))
+        if b > step * lim:
+            drift[r] = np.float32(0.0)
+            return True
+        drift[r] = b
+        return False
+
+    @jit
+    def images_changed(msg, selfc, rows, m, s, changed):  # pragma: no cover - jitted
+        """``changed[i]``: whether ``m[i]`` differs bit for bit from ``msg[rows[i]]`` or ``s[i]`` from
+        ``selfc[rows[i]]`` (``selfc`` ``(0, 0)``: no self term), ``Propagation._store_images``' test.
+        One core: the rows are few (a layer's changed rows, not its fan-out), a parallel region costs more."""
+        d, ds = msg.shape[1], selfc.shape[1]
+        has_self = selfc.shape[0] > 0
+        for i in range(rows.shape[0]):
+            prefetch_ahead(msg, rows, i)
             r = rows[i]
-            big = np.float32(0.0)
-            for k in range(agg.shape[1]):
-                a = abs(agg[r, k])
-                if a > big:
-                    big = a
-            step = big * u
-            b = drift[r] + step
-            lim = np.float32(min(max(indeg[i], lo), hi))
-            if b > step * lim:
-                over[i] = True
-                drift[r] = np.float32(0.0)
-            else:
-                over[i] = False
-                drift[r] = b
+            diff = False
+            for k in range(d):
+                if m[i, k] != msg[r, k]:
+                    diff = True
+            if has_self:
+                for k in range(ds):
+                    if s[i, k] != selfc[r, k]:
+                        diff = True
+            changed[i] = diff
 
     @jit
     def _add_terms_once(agg, msg, dm, r, lo, hi, ids, na, nr, add_src, rem_src, se_pos, acc):  # pragma: no cover
@@ -482,6 +529,11 @@ if cpu_kernels.AVAILABLE:
         bias,
         relu,
         changed,
+        drift,
+        lo,
+        hi,
+        unit,
+        over,
     ):  # pragma: no cover - jitted
         """A sum layer's delta, and (``finish``) each affected row's output, in one pass over the rows.
 
@@ -493,6 +545,9 @@ if cpu_kernels.AVAILABLE:
         ``de`` lists the out-neighbours of ``srcs[j]`` at ``de[de_ptr[j]:de_ptr[j+1]]``; ``deg`` is each
         row's in-degree.  Terms for rows outside ``rows`` (vertices removed by the batch, cleared
         afterwards) are added serially.  ``posmap`` is an all -1 scratch array (left all -1).
+        A float32 sum's rows are added into a float64 scratch row and rounded once; with ``drift``
+        (``(0,)``: none) each row's drift budget is taken there too (``_budget_row``, ``over[i]``), before
+        its finish.
         """
         d = agg.shape[1]
         n = rows.shape[0]
@@ -545,39 +600,54 @@ if cpu_kernels.AVAILABLE:
         has_self = selfc.shape[0] > 0
         has_bias = bias.shape[0] > 0
         narrow = agg.itemsize == 4
+        budget = drift.shape[0] > 0
+        unit32 = np.float32(unit)
         if narrow:  # a float32 sum (clustergnn.caches): each row's terms added in float64, rounded once
-            for ch in numba.prange((n + _NARROW_CHUNK - 1) // _NARROW_CHUNK):
-                acc = np.empty(d, dtype=np.float64)  # one scratch row per chunk of rows
-                for i in range(ch * _NARROW_CHUNK, min(n, (ch + 1) * _NARROW_CHUNK)):
-                    _add_terms_once(
-                        agg, msg, dm, rows[i], start[i], start[i + 1], ids, na, nr, add_src, rem_src, se_pos, acc
-                    )
-        for i in numba.prange(n):
-            if i + PREFETCH_AHEAD < n:
-                ahead = rows[i + PREFETCH_AHEAD]
-                prefetch_row(agg, ahead)
+            # one scratch row per chunk of up to 64 rows, at least 8 chunks (a small batch's rows in one
+            # chunk would run on one core)
+            per = min(_NARROW_CHUNK, max(1, n // 8))
+            for ch in numba.prange((n + per - 1) // per):
+                acc = np.empty(d, dtype=np.float64)
+                for i in range(ch * per, min(n, (ch + 1) * per)):
+                    if i + PREFETCH_AHEAD < n:
+                        ahead = rows[i + PREFETCH_AHEAD]
+                        prefetch_row(agg, ahead)
+                        if finish:
+                            prefetch_row(h, ahead)
+                            if has_self:
+                                prefetch_row(selfc, ahead)
+                    r = rows[i]
+                    _add_terms_once(agg, msg, dm, r, start[i], start[i + 1], ids, na, nr, add_src, rem_src, se_pos, acc)
+                    if budget:  # the row is in cache: its drift budget here, not in a pass of its own
+                        over[i] = _budget_row(agg, drift, r, deg[i], lo, hi, unit32)
+                    if finish:  # and its finish (one parallel region: waking the workers is what costs)
+                        changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
+        if not narrow:  # (a narrow sum is done above: no second parallel region)
+            for i in numba.prange(n):
+                if i + PREFETCH_AHEAD < n:
+                    ahead = rows[i + PREFETCH_AHEAD]
+                    prefetch_row(agg, ahead)
+                    if finish:
+                        prefetch_row(h, ahead)
+                        if has_self:
+                            prefetch_row(selfc, ahead)
+                r = rows[i]
+                for t in range(start[i], start[i + 1]):
+                    c = ids[t]
+                    if c < na:
+                        u = add_src[c]
+                        for k in range(d):
+                            agg[r, k] += np.float64(msg[u, k])
+                    elif c < na + nr:
+                        u = rem_src[c - na]
+                        for k in range(d):
+                            agg[r, k] -= np.float64(msg[u, k])
+                    else:
+                        j = se_pos[c - na - nr]
+                        for k in range(d):
+                            agg[r, k] += dm[j, k]
                 if finish:
-                    prefetch_row(h, ahead)
-                    if has_self:
-                        prefetch_row(selfc, ahead)
-            r = rows[i]
-            end = start[i] if narrow else start[i + 1]  # a narrow row's terms were added above
-            for t in range(start[i], end):
-                c = ids[t]
-                if c < na:
-                    u = add_src[c]
-                    for k in range(d):
-                        agg[r, k] += np.float64(msg[u, k])
-                elif c < na + nr:
-                    u = rem_src[c - na]
-                    for k in range(d):
-                        agg[r, k] -= np.float64(msg[u, k])
-                else:
-                    j = se_pos[c - na - nr]
-                    for k in range(d):
-                        agg[r, k] += dm[j, k]
-            if finish:
-                changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
+                    changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
         for i in range(n):
             posmap[rows[i]] = -1
         for j in range(srcs.shape[0]):
@@ -740,16 +810,20 @@ if cpu_kernels.AVAILABLE:
     sum_rows = pjit(_sum_rows)
 
 
-def warm_up_kernels() -> None:
-    """Compile (or load from the disk cache) this family's kernels for the engine's argument types."""
-    f32, f64, i64 = np.float32, np.float64, np.int64
+def warm_up_sum_kernels(dtype: np.dtype) -> None:
+    """Compile (or load from the disk cache) ``sum_rows`` (and, with ``propagation.PULL_DELTA``,
+    ``pull_rows``) for sum aggregates of ``dtype`` (float32: a narrow sum, float64: ``NARROW_SUMS = False``),
+    with and without the finish."""
+    from clustergnn import propagation
+
+    f32, i64 = np.float32, np.int64
     one = np.zeros(1, dtype=i64)
     t32 = np.zeros((2, 2), dtype=f32)
     changed = np.zeros(1, dtype=np.bool_)
     posmap = np.full(2, -1, dtype=i64)
     for finish, kind, selfc, bias in ((True, _MEAN, t32, np.zeros(0, f32)), (False, _SUM, _NO_ROWS, np.zeros(2, f32))):
         sum_rows(
-            np.zeros((2, 2), f64),
+            np.zeros((2, 2), dtype),
             t32.copy(),
             one,
             one,
@@ -769,9 +843,12 @@ def warm_up_kernels() -> None:
             bias,
             True,
             changed,
+            *_NO_BUDGET,  # the types of a budget's arguments
         )
+        if not propagation.PULL_DELTA:
+            continue
         pull_rows(
-            np.zeros((2, 2), f64),
+            np.zeros((2, 2), dtype),
             t32.copy(),
             one,
             one,
@@ -793,8 +870,20 @@ def warm_up_kernels() -> None:
             True,
             changed,
         )
+
+
+def warm_up_kernels() -> None:
+    """Compile (or load from the disk cache) this family's other kernels for the engine's argument types
+    (the sum kernels: :func:`warm_up_sum_kernels`, per aggregate dtype)."""
+    f32, f64, i64 = np.float32, np.float64, np.int64
+    one = np.zeros(1, dtype=i64)
+    t32 = np.zeros((2, 2), dtype=f32)
+    changed = np.zeros(1, dtype=np.bool_)
     gather_mean(np.zeros((2, 2), f32), one, one, np.zeros((1, 2), f32))
     drift_budget(np.zeros((2, 2), f32), np.zeros(2, f32), one, one, 16, 1024, 2.0**-24, changed)
     gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
+    for n in (1, 2):  # Propagation._store_images: the message, the self term (a view: contiguous if one row)
+        both = np.zeros((n, 4), f32)
+        images_changed(t32, t32, one, np.ascontiguousarray(both[:, :2]), both[:, 2:], changed)
     gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
     gather_mean(np.zeros((2, 2), f64), one, one, np.zeros((1, 2), f32))

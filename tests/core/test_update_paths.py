@@ -122,7 +122,7 @@ def test_pull_adds_a_rows_terms_in_source_order() -> None:
     push kernel's order (sources in ``srcs`` order), whatever the order of the row's in-edges."""
     import numpy as np
 
-    from clustergnn.aggregate.sum import _MEAN, pull_rows, sum_rows
+    from clustergnn.aggregate.sum import _MEAN, _NO_BUDGET, pull_rows, sum_rows
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     none = i64()
@@ -136,7 +136,7 @@ def test_pull_adds_a_rows_terms_in_source_order() -> None:
         common = (agg, msg, rows, none, none, none, none, srcs, m_new)
         tail = (posmap, True, h, deg, _MEAN, np.zeros((0, 0), np.float32), np.zeros(0, np.float32), False, changed)
         if name == "push":  # vertex 3's in-edges come from 0, 1, 2 (out-blocks of the sources)
-            sum_rows(*common, i64(0, 1, 2, 3), i64(3, 3, 3), *tail)
+            sum_rows(*common, i64(0, 1, 2, 3), i64(3, 3, 3), *tail, *_NO_BUDGET)
         else:  # in-block of 3 in another order: 2, 0, 1
             pull_rows(*common, i64(0, 0, 0, 0), i64(0, 0, 0, 3), np.array([2, 0, 1], dtype=np.int32), *tail)
         out[name] = agg[3, 0]
