@@ -43,6 +43,17 @@ only cached rows and costs no matmul (``LayerRule.finished_on_read``: a narrowin
 agg / deg``): the layer keeps its aggregates current, every row it updated counts as changed (its
 ``version`` moves), and reads finish the rows asked for.
 
+**Owned rows** (an engine with ghosts, a partition: ``ghost_rows=False``).  A ghost only has messages
+(:attr:`Caches.GHOST_FREE`): there the tables ``h``, ``agg``, ``selfc`` and ``drift`` are indexed by an
+*owned row* instead of the slot, ``rowmap[slot]`` (-1 for ghosts and free slots), with a row per owned
+vertex (:meth:`Caches.assign_rows` when one is added, :meth:`Caches.clear_rows` frees it with its slot),
+and grow by :data:`ROW_GROWTH`, not 2x; ``msg`` and the per-slot arrays stay indexed by slot (``msg``
+covering the slots handed out, grown by :data:`ROW_GROWTH`: :meth:`Caches.grow`).  Code that
+indexes those four tables by slot goes through :meth:`Caches.rows` / :meth:`Caches.rt` (the identity,
+the same array, without ghosts).  A row's number only says where its values are stored: every row is
+computed from the same terms in the same order as with slot-indexed tables, so the values are the same
+bits (docs/distributed.md, "The same graph through the cluster").
+
 The tables are replaced when they grow, so code that keeps them across a growth must re-read them
 (:meth:`Caches.layer` makes a fresh :class:`LayerTables` view per use).
 """
@@ -59,7 +70,7 @@ import torch
 
 from clustergnn import cpu_kernels
 from clustergnn.aggregate.base import Aggregation
-from clustergnn.graph import union
+from clustergnn.graph import union, unique
 from clustergnn.memory import MemoryEntry, entries_of
 
 if TYPE_CHECKING:  # rules.py imports the aggregation modules, which import this one
@@ -70,6 +81,8 @@ ROUNDING = 2.0**-24  # float32's unit roundoff: |fl(x) - x| <= ROUNDING |fl(x)| 
 # in-degree: DGL's own forward), but at least DRIFT_MIN and at most DRIFT_MAX, each of the row's current
 # size: its budget is checked against ROUNDING * clamp(indeg, DRIFT_MIN, DRIFT_MAX) * its largest entry
 DRIFT_MIN, DRIFT_MAX = 16, 1024
+# owned-row tables (ghost_rows=False) grow by this factor (slot-indexed tables double with the graph)
+ROW_GROWTH = 1.25
 
 
 # index_select / index_copy_ are several times faster than advanced indexing on CPU; rows are unique
@@ -165,13 +178,21 @@ class Caches:
         alias_input_msg: bool = True,
         drop_inputs: bool = False,
         drop_output: bool = False,
+        ghost_rows: bool = True,
     ) -> None:
         """``alias_input_msg``: ``msg[0]`` may be ``h[0]`` (module docstring; False in a partition, whose
         ghosts have messages but no inputs).  ``drop_inputs``: a hidden ``h[l]`` may be left out where
         layer ``l`` keeps it as its message and self term (module docstring).  ``drop_output``: ``h[L]``
-        may be left out where the last layer's finish is cheap from its cached rows (module docstring)."""
+        may be left out where the last layer's finish is cheap from its cached rows (module docstring).
+        ``ghost_rows=False``: ``h``/``agg``/``selfc``/``drift`` have owned rows only (module docstring)."""
         self.device = device
         self.capacity = 0
+        # owned rows (module docstring): None where the four tables are indexed by slot
+        self.rowmap: np.ndarray | None = None if ghost_rows else np.zeros(0, dtype=np.int64)
+        self.slot_of = None if ghost_rows else np.zeros(0, dtype=np.int64)  # each owned row's slot (-1: free)
+        self.row_capacity = 0  # rows of h/agg/selfc/drift (= capacity where indexed by slot)
+        self._rows_used = 0  # rows [0, _rows_used) have been handed out
+        self._free_rows = None if ghost_rows else np.zeros(0, dtype=np.int64)  # freed rows, from the end first
         dims = [in_dim] + [r.out_dim for r in rules]
         self.msg0_is_h0 = alias_input_msg and rules[0].message_is_input
         # h[l] kept? (inputs and the final output always are)
@@ -228,30 +249,99 @@ class Caches:
         named = self._named()
         tables = {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
         per_slot = {k: v for k, v in named.items() if not isinstance(v, torch.Tensor)}
+        if self.rowmap is not None:  # the owned-row maps (module docstring)
+            per_slot |= {"rowmap": self.rowmap, "slot_of": self.slot_of, "free_rows": self._free_rows}
         return {**entries_of("", "cache", tables), **entries_of("", "per_slot", per_slot)}
 
-    def grow(self, capacity: int) -> None:
+    def _grown(self, t: torch.Tensor | None, capacity: int) -> torch.Tensor | None:
+        if t is None:
+            return None
+        new = torch.zeros(capacity, *t.shape[1:], dtype=t.dtype, device=self.device)
+        new[: t.shape[0]] = t
+        return new
+
+    def grow(self, capacity: int, used: int | None = None) -> None:
+        """Slot capacity ``capacity``: every slot-indexed table and array (the owned-row tables grow
+        with :meth:`assign_rows`).  With owned rows and ``used`` (slots ``[0, used)`` handed out), the
+        ``msg`` tables cover ``used`` slots, grown by :data:`ROW_GROWTH` up to ``capacity``, not the
+        graph's doubled capacity (the per-slot arrays, 1-8 bytes a slot, do follow it)."""
+        if self.rowmap is not None and used is not None:
+            self._grow_msg(min(capacity, max(used, 1)))
         if capacity <= self.capacity:
             return
-
-        def grown(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            new = torch.zeros(capacity, *t.shape[1:], dtype=t.dtype, device=self.device)
-            new[: t.shape[0]] = t
-            return new
-
-        for tables in (self.h, self.msg, self.agg, self.selfc, self.drift):
+        if self.rowmap is not None and used is None:
+            self._grow_msg(capacity)
+        by_slot = [] if self.rowmap is not None else [self.h, self.msg, self.agg, self.selfc, self.drift]
+        for tables in by_slot:
             tables[:] = [
-                self.h[0] if tables is self.msg and li == 0 and self.msg0_is_h0 else grown(t)
+                self.h[0] if tables is self.msg and li == 0 and self.msg0_is_h0 else self._grown(t, capacity)
                 for li, t in enumerate(tables)
             ]
-        for name in ("ghost", "remote_out", "version"):
+        for name in ("ghost", "remote_out", "version") + (("rowmap",) if self.rowmap is not None else ()):
             old = getattr(self, name)
-            arr = np.zeros(capacity, dtype=old.dtype)
+            arr = np.zeros(capacity, dtype=old.dtype) if name != "rowmap" else np.full(capacity, -1, dtype=old.dtype)
             arr[: len(old)] = old
             setattr(self, name, arr)
         self.capacity = capacity
+        if self.rowmap is None:
+            self.row_capacity = capacity
+
+    def _grow_msg(self, need: int) -> None:
+        have = self.msg[0].shape[0]
+        if need <= have:
+            return
+        rows = max(need, int(have * ROW_GROWTH), 16)
+        self.msg[:] = [self._grown(t, rows) for t in self.msg]
+
+    # ---------------------------------------------------------------- owned rows (module docstring)
+    def rows(self, slots: np.ndarray) -> np.ndarray:
+        """The rows of ``h``/``agg``/``selfc``/``drift`` that hold owned ``slots`` (``slots`` itself, the
+        same array, where those tables are indexed by slot)."""
+        return slots if self.rowmap is None else self.rowmap[slots]
+
+    def rt(self, slots: np.ndarray) -> torch.Tensor:
+        """:meth:`rows` as an index tensor (:meth:`t`)."""
+        return self.t(self.rows(slots))
+
+    def slots_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The slots of owned ``rows`` (the inverse of :meth:`rows`)."""
+        return rows if self.rowmap is None else self.slot_of[rows]
+
+    def assign_rows(self, slots: np.ndarray) -> None:
+        """Give each of ``slots`` (owned vertices just added) that has none a zero row of the owned-row
+        tables: freed rows first, then new ones (the tables grow by :data:`ROW_GROWTH`)."""
+        if self.rowmap is None or not len(slots):
+            return
+        slots = np.asarray(slots, dtype=np.int64)
+        slots = slots[self.rowmap[slots] < 0]
+        n = len(slots)
+        if not n:
+            return
+        reuse = min(n, len(self._free_rows))
+        rows = np.empty(n, dtype=np.int64)
+        if reuse:
+            rows[:reuse] = self._free_rows[len(self._free_rows) - reuse :][::-1]
+            self._free_rows = self._free_rows[: len(self._free_rows) - reuse]
+        rows[reuse:] = np.arange(self._rows_used, self._rows_used + n - reuse)
+        self._rows_used += n - reuse
+        if self._rows_used > self.row_capacity:
+            self._grow_rows(max(self._rows_used, int(self.row_capacity * ROW_GROWTH), 16))
+        self.rowmap[slots] = rows
+        self.slot_of[rows] = slots
+
+    def _grow_rows(self, rows: int) -> None:
+        for tables in (self.h, self.agg, self.selfc, self.drift):
+            tables[:] = [self._grown(t, rows) for t in tables]
+        if self.msg0_is_h0:  # pragma: no cover - never with owned rows (a partition does not alias)
+            self.msg[0] = self.h[0]
+        old = self.slot_of
+        self.slot_of = np.full(rows, -1, dtype=np.int64)
+        self.slot_of[: len(old)] = old
+        self.row_capacity = rows
+
+    def _owned_tables(self) -> list[torch.Tensor]:
+        tables = [*self.h, *self.agg, *self.selfc, *self.drift]
+        return [t for t in tables if t is not None and not (self.msg0_is_h0 and t is self.msg[0])]
 
     # ---------------------------------------------------------------- state (clustergnn.state)
     def row_specs(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -285,13 +375,18 @@ class Caches:
     def _rows_of(self, name: str, idx: torch.Tensor, own_idx: torch.Tensor) -> torch.Tensor:
         return own_idx if self._ghost_free(name) else idx
 
+    def _check_ghost_mask(self, ghosts: np.ndarray | None) -> None:
+        if self.rowmap is not None and ghosts is None:
+            raise ValueError("an engine with owned rows exports and loads rows with their ghost mask")
+
     def export_rows(self, slots: np.ndarray, ghosts: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Rows ``slots`` of every table and per-slot array, as numpy copies (named as in :meth:`row_specs`).
         The values are the caches' own bits (float64 aggregates stay float64), so loading them back
         gives the same tables.  ``ghosts`` (a mask over ``slots``): the tables of :attr:`GHOST_FREE`
-        keep only the rows of the other slots (a ghost's are zero)."""
+        keep only the rows of the other slots (a ghost's are zero); required with owned rows."""
+        self._check_ghost_mask(ghosts)
         idx = self.t(slots)
-        own_idx = idx if ghosts is None else self.t(slots[~ghosts])
+        own_idx = idx if ghosts is None else self.rt(slots[~ghosts])
         out = {}
         for name, t in self._named().items():
             if isinstance(t, torch.Tensor):
@@ -307,9 +402,16 @@ class Caches:
     def load_rows(self, slots: np.ndarray, arrays: dict[str, np.ndarray], ghosts: np.ndarray | None = None) -> None:
         """Write rows ``slots`` from ``arrays`` (checked by the caller against :meth:`row_specs`), as
         :meth:`export_rows` wrote them with the same ``ghosts``; ghost rows of the shortened tables are
-        left as they are (zero in a new engine)."""
+        left as they are (zero in a new engine).  With owned rows, the other slots get theirs first;
+        ``ghosts`` None there means a state whose shortened tables have every slot's row (written
+        before ghost rows were left out): the ghosts' (zero) rows, by ``arrays["ghost"]``, are dropped."""
+        if self.rowmap is not None and ghosts is None:
+            ghosts = np.asarray(arrays["ghost"], dtype=bool)
+            arrays = {k: v[~ghosts] if self._ghost_free(k) else v for k, v in arrays.items()}
+        if ghosts is not None:
+            self.assign_rows(slots[~ghosts])
         idx = self.t(slots)
-        own_idx = idx if ghosts is None else self.t(slots[~ghosts])
+        own_idx = idx if ghosts is None else self.rt(slots[~ghosts])
         for name, t in self._named().items():
             if isinstance(t, torch.Tensor):
                 src = torch.from_numpy(np.ascontiguousarray(arrays[name])).to(self.device)
@@ -332,11 +434,28 @@ class Caches:
         return ChainMap(new, arrays) if new else arrays
 
     def clear_rows(self, slots: np.ndarray) -> None:
+        """Zero every row of ``slots`` (freed, or undone); with owned rows, free the rows they had."""
         self.remote_out[slots] = 0
         self.ghost[slots] = False
         idx = self.t(slots)
-        for t in self.tables():
+        if self.rowmap is None:
+            for t in self.tables():
+                t[idx] = 0
+            return
+        for t in self.msg:
             t[idx] = 0
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = self.rowmap[slots]
+        own = rows >= 0
+        if not own.any():
+            return
+        rows = unique(rows[own])  # a slot may be listed twice
+        ridx = self.t(rows)
+        for t in self._owned_tables():
+            t[ridx] = 0
+        self.rowmap[slots[own]] = -1
+        self.slot_of[rows] = -1
+        self._free_rows = np.concatenate([self._free_rows, rows[::-1]])
 
     def store(
         self, li: int, rows: np.ndarray, out: torch.Tensor, force: np.ndarray, detect: bool, fused: bool
@@ -346,11 +465,11 @@ class Caches:
         if detect and fused:
             diff = np.empty(len(rows), dtype=bool)
             cpu_kernels.store_changed(
-                h.numpy(), np.ascontiguousarray(rows, dtype=np.int64), out.contiguous().numpy(), False, diff
+                h.numpy(), np.ascontiguousarray(self.rows(rows), dtype=np.int64), out.contiguous().numpy(), False, diff
             )
             changed = rows[diff]
             return union(changed, force) if force.size else changed
-        idx = self.t(rows)
+        idx = self.rt(rows)
         if detect:
             diff = (out != gather_rows(h, idx)).any(dim=1).cpu().numpy()
             changed = rows[diff]

@@ -60,6 +60,13 @@ FULL_INT32_EDGES = True
 # (clustergnn.caches; -700 B per vertex for SAGE-mean 100-128-47); False keeps every layer's output, which
 # the update path then compares bit for bit (smaller changed sets; the pull delta needs it)
 DROP_DERIVED_OUTPUTS = True
+# an engine with ghosts (a partition) keeps h/agg/selfc/drift rows for its owned vertices only, indexed by
+# an owned row (clustergnn.caches, "Owned rows"); False: a row per slot, ghosts' rows zero (the old layout)
+OWNED_ROWS = True
+# a partition's adjacency pools grow by this factor (and keep this much room after a compaction), not 2x:
+# an owner's graph arrives in many rounds of appends, each moving the blocks that fill up, so the pools
+# reached 5x their live entries at 2x (docs/distributed.md, "The same graph through the cluster")
+PARTITION_POOL_GROWTH = 1.25
 
 
 class Engine(Propagation):
@@ -93,6 +100,8 @@ class Engine(Propagation):
         self.activation = activation
         self.mode: Mode = mode
         self.graph = MutableGraph(capacity)
+        if self.HAS_GHOSTS:
+            self.graph.inn.pool_growth = self.graph.out.pool_growth = PARTITION_POOL_GROWTH
         self.dims = [rules[0].in_dim] + [r.out_dim for r in rules]
         # a partition's ghosts have messages but no inputs: there, msg[0] is never h[0] (clustergnn.caches)
         self.caches = Caches(
@@ -102,6 +111,7 @@ class Engine(Propagation):
             alias_input_msg=not self.HAS_GHOSTS,
             drop_inputs=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
             drop_output=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
+            ghost_rows=not (self.HAS_GHOSTS and OWNED_ROWS),
         )
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
@@ -265,7 +275,7 @@ class Engine(Propagation):
         self.stats = {"batches": meta.batches, "mutations": meta.mutations}
 
     def _grow(self, capacity: int) -> None:
-        self.caches.grow(capacity)
+        self.caches.grow(capacity, self.graph.next_slot)
 
     def _clear_rows(self, slots: np.ndarray) -> None:
         self.caches.clear_rows(slots)
@@ -305,7 +315,7 @@ class Engine(Propagation):
         if self.h[li] is None:  # kept as layer li's message and self term (clustergnn.caches): finish it
             prev = li - 1
             return self.finish(prev, slots, None if self.agg[prev] is not None else self.recompute_agg(prev, slots))
-        return gather_rows(self.h[li], self.caches.t(slots))
+        return gather_rows(self.h[li], self.caches.rt(slots))
 
     @property
     def _defers_last_layer(self) -> bool:
@@ -398,17 +408,19 @@ class Engine(Propagation):
         (or from ``agg_rows``, a freshly recomputed aggregate of ``rows``)."""
         rule, agg_t = self.rules[li], self.agg[li]
         view = view or RowView.of(rows, self.caches.t(rows))
+        # the owned-row tables' view (the same one where they are indexed by slot: clustergnn.caches)
+        own = view if self.caches.rowmap is None else RowView(self.caches.rt(rows), None)
         indeg = torch.from_numpy(self.graph.in_degree(rows)).to(self.device)
         if agg_rows is not None:
             agg = agg_rows
         elif self.fused and agg_t is not None and agg_t.dtype == torch.float64:
-            agg = sum_family.gather_f32_rows(agg_t, rows)
+            agg = sum_family.gather_f32_rows(agg_t, self.caches.rows(rows))
         else:
-            agg = view.get(agg_t)
+            agg = own.get(agg_t)
         if self.selfc[li] is not None:
-            selfv = view.get(self.selfc[li])
+            selfv = own.get(self.selfc[li])
         else:  # not cached (rule.self_term_at_finish): from the row's input
-            selfv = rule.self_term(view.get(self.h[li])) if rule.has_self_term else None
+            selfv = rule.self_term(own.get(self.h[li])) if rule.has_self_term else None
         out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]) if rule.finish_uses_msg else None)
         if li < self.num_layers - 1 and self.activation is not None:
             out = self.activation(out)
@@ -417,7 +429,10 @@ class Engine(Propagation):
     def recompute_agg(self, li: int, rows: np.ndarray, view: RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""
         view = view or RowView.of(rows, self.caches.t(rows))
-        return self.rules[li].aggregate(self.msg[li], self._in_edge_index(rows), view.get(self.msg[li]))
+        # a partition's in-edges with int32 ids (as the full recompute's): no process-wide int64 arange of
+        # edge ids as long as the largest recompute, which an owner's load makes its whole graph
+        edges = self._in_edge_index(rows, narrow=self.HAS_GHOSTS)
+        return self.rules[li].aggregate(self.msg[li], edges, view.get(self.msg[li]))
 
     def _in_edge_index(self, rows: np.ndarray, narrow: bool = False) -> EdgeIndex:
         """Every in-edge of ``rows`` (sources as slots), row by row; ``narrow``: int32 indices (half the

@@ -74,6 +74,9 @@ class BlockAdjacency:
         self.used = 0  # pool entries handed out (live blocks + garbage)
         self.garbage = 0
         self._count = np.zeros(0, dtype=np.int64)  # scratch for the fused append (all zero between calls)
+        # the pool's room after a compaction and its growth when full, as a factor of what it must hold
+        # (a partition's owners use less than 2: docs/distributed.md, "The same graph through the cluster")
+        self.pool_growth = 2.0
 
     # --------------------------------------------------------------- sizing
     def grow_vertices(self, capacity: int) -> None:
@@ -90,7 +93,7 @@ class BlockAdjacency:
         need = self.used + extra
         if need <= len(self.pool):
             return
-        new = np.zeros(max(need, 2 * len(self.pool)), dtype=np.int32)
+        new = np.zeros(max(need, int(self.pool_growth * len(self.pool))), dtype=np.int32)
         new[: self.used] = self.pool[: self.used]
         self.pool = new
 
@@ -246,7 +249,7 @@ class BlockAdjacency:
         cap = np.minimum(cap, np.maximum(2 * self.length, _MIN_BLOCK) * (self.length > 0))
         new_start = np.cumsum(cap) - cap
         total = int(cap.sum())
-        pool = np.zeros(max(total * 2, 1024), dtype=np.int32)
+        pool = np.zeros(max(int(total * self.pool_growth), 1024), dtype=np.int32)
         pool[segment_positions(new_start, self.length)] = self.pool[segment_positions(self.start, self.length)]
         self.pool, self.start, self.cap = pool, new_start.astype(np.int64), cap.astype(np.int64)
         self.start[:n][cap == 0] = 0
@@ -393,6 +396,11 @@ class MutableGraph:
         self.inn.grow_vertices(capacity)
         self.out.grow_vertices(capacity)
         self.capacity = capacity
+
+    @property
+    def next_slot(self) -> int:
+        """Slots ``[0, next_slot)`` have been handed out at some point (every live or free slot is below)."""
+        return self._next
 
     @property
     def num_vertices(self) -> int:

@@ -3,8 +3,10 @@
 The report lists the arrays themselves (allocated bytes, capacity rows included), not estimates, so a
 benchmark's "bytes per vertex by cache" is what the process really holds for them.  Kinds:
 
-* ``cache``: a layer's table (``h``, ``msg``, ``agg``, ``selfc``), one row per slot;
-* ``per_slot``: the other per-slot arrays (``ghost``, ``remote_out``, ``version``, a partition's readers);
+* ``cache``: a layer's table (``h``, ``msg``, ``agg``, ``selfc``), one row per slot (in a partition, ``h``, ``agg``,
+  ``selfc`` and ``drift`` one row per owned vertex: :mod:`clustergnn.caches`, "Owned rows");
+* ``per_slot``: the other per-slot arrays (``ghost``, ``remote_out``, ``version``, a partition's readers and
+  owned-row maps ``rowmap``, ``slot_of``, ``free_rows``);
 * ``structure``: adjacency pools and per-vertex block arrays, the id maps;
 * ``scratch``: reusable hot-path arrays (kept all -1 / zero between calls; they grow with the slots);
 * ``model``: the rules' weights (per model, not per vertex).

@@ -609,7 +609,7 @@ class PartitionEngine(Engine):
         changed = rs.deltas[-1].changed_slots if rs.deltas else _EMPTY
         changed = changed[g.alive[changed] & ~self.ghost[changed]] if changed.size else changed
         rows = (
-            self.h[-1][self.caches.t(changed)].cpu().numpy()
+            self.h[-1][self.caches.rt(changed)].cpu().numpy()
             if changed.size
             else np.zeros((0, self.dims[-1]), np.float32)
         )

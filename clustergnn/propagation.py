@@ -17,6 +17,8 @@ It works on the engine's state: ``graph``, ``caches`` (with the ``h``/``msg``/``
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -41,6 +43,9 @@ PULL_SCAN_COST = 0.08
 PULL_HIT_COST = 2.7
 FUSED_PUSH_COST = 4.5
 PULL_MIN_TERMS = 1 << 18  # terms above which the affected rows are read without gathering the out-edges
+# a partition recomputes at most this many rows at once (Propagation._recompute_in_chunks): an owner's load
+# rounds recompute about all its rows, whose temporaries (aggregates, self terms, outputs) set its peak
+RECOMPUTE_CHUNK = 1 << 16
 
 
 class Propagation:
@@ -77,7 +82,7 @@ class Propagation:
         """New layer-``li`` messages ``(len(srcs), msg_dim)`` of ``srcs`` from their current ``h_li``."""
         if not srcs.size:
             return self.caches.zeros(0, self.rules[li].msg_dim)
-        h = gather_rows(self.h[li], self.caches.t(srcs))
+        h = gather_rows(self.h[li], self.caches.rt(srcs))
         return self.rules[li].message(h, torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
     def _messages_and_self(
@@ -91,7 +96,7 @@ class Propagation:
             return m, selfv
         if srcs is not changed or not srcs.size or self.selfc[li] is None:
             return self.messages(li, srcs), None
-        h = gather_rows(self.h[li], self.caches.t(srcs))
+        h = gather_rows(self.h[li], self.caches.rt(srcs))
         return self.rules[li].message_and_self(h, torch.from_numpy(self._outdeg(srcs)).to(self.device))
 
     def _propagate(
@@ -139,7 +144,7 @@ class Propagation:
         incremental = self.mode == "incremental"
         tables = self.caches.layer(li)
         if tables.selfc is not None and changed.size:
-            c_idx = t(changed)
+            c_idx = self.caches.rt(changed)
             selfv = self_new if self_new is not None else rule.self_term(gather_rows(self.h[li], c_idx))
             put_rows(tables.selfc, c_idx, selfv)
         if li == 0 and ctx.h0_old:
@@ -204,7 +209,7 @@ class Propagation:
         budget = None if over is None or recompute else (over, DRIFT_MIN, DRIFT_MAX, ROUNDING)
         taken = None if budget is None else over
         if fused_sum and not recompute and tables.h_out is not None:
-            step = DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr)
+            step = self._owned_step(DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr))
             changed_next = sum_family.update_and_finish_fused(
                 rule,
                 tables,
@@ -217,22 +222,26 @@ class Propagation:
                 (g.inn.start, g.inn.length, g.inn.pool) if pull else None,
                 budget,
             )
+            changed_next = self.caches.slots_of_rows(changed_next)  # (step.rows are owned rows)
             if ctx.new.size:
                 changed_next = self._unique_live([changed_next, ctx.new], ctx.live)
         else:
             s_idx = t(srcs)
             agg_rows = None
-            if recompute:
+            chunked = recompute and self.HAS_GHOSTS and tables.h_out is not None and len(rows) > RECOMPUTE_CHUNK
+            if chunked:  # a partition's large recompute (an owner's load rounds): a chunk of rows at a time
+                put_rows(tables.msg, s_idx, m_new)
+                changed_next = self._recompute_in_chunks(li, rows, ctx.new, incremental)
+            elif recompute:
                 put_rows(tables.msg, s_idx, m_new)
                 agg_rows = self.recompute_agg(li, rows)
                 if tables.agg is not None:
-                    put_rows(tables.agg, t(rows), agg_rows)
+                    put_rows(tables.agg, self.caches.rt(rows), agg_rows)
                 if steptimes.ON:
                     steptimes.lmark("recompute")
             elif fused_sum:  # the output is not kept (images, on read): the fused delta alone
-                sum_family.update_fused(
-                    tables, DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr), indeg, self._scratch, None, budget
-                )
+                step = self._owned_step(DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr))
+                sum_family.update_fused(tables, step, indeg, self._scratch, None, budget)
             else:
                 step = DeltaStep(
                     rows,
@@ -245,18 +254,21 @@ class Propagation:
                     se_pos=np.repeat(np.arange(len(srcs)), g.out_degree(srcs)),
                 )
                 if rule.aggregation is Aggregation.SUM:
-                    sum_family.update(tables, step, self._scratch)
+                    sum_family.update(tables, self._owned_step(step), self._scratch)
                 else:
-                    max_family.update(tables, step, g, self._scratch, lambda redo: self.recompute_agg(li, redo))
+                    recompute_rows = lambda redo: self.recompute_agg(li, redo)  # noqa: E731
+                    max_family.update(tables, step, g, self._scratch, recompute_rows, self.caches.rowmap)
             if tables.h_out is None and tables.drift is not None:  # refreshed before the one finish below
                 self._budget_drift(li, rows, recompute, indeg, taken)
             if steptimes.ON:
                 steptimes.lmark("delta")
-            if on_read:  # every updated row counts as changed: there is no stored output to compare
+            if chunked:
+                pass
+            elif on_read:  # every updated row counts as changed: there is no stored output to compare
                 changed_next = rows
             elif images:
                 out = None
-                if self.fused:
+                if self.fused and self.caches.rowmap is None:  # (its rows index agg, selfc and msg alike)
                     out = sum_family.gathered_output(rule, tables, rows, indeg, relu, self.activation)
                 if out is not None:  # the gathered finish (agg_rows, if any, are in the table), then relu
                     out = out.relu_() if relu else out
@@ -274,6 +286,38 @@ class Propagation:
             steptimes.lmark("store")
         return LayerDelta(li + 1, len(rows), g.ext_of[changed_next], changed_slots=changed_next)
 
+    def _recompute_in_chunks(self, li: int, rows: np.ndarray, force: np.ndarray, detect: bool) -> np.ndarray:
+        """Recompute, finish and store layer ``li``'s ``rows`` :data:`RECOMPUTE_CHUNK` rows at a time (the
+        messages are already stored), so that the aggregates, self terms and outputs in flight are a
+        chunk's, not the whole partition's.  Each row's aggregate is the same sum over its in-edges as in
+        one pass; its finish is the same products (a GEMM over fewer rows may round differently in the
+        last bit, as any batch size may).  Returns the rows whose output changed (plus ``force``)."""
+        tables, parts = self.caches.layer(li), []
+        for a in range(0, len(rows), RECOMPUTE_CHUNK):
+            part = rows[a : a + RECOMPUTE_CHUNK]
+            agg_rows = self.recompute_agg(li, part)
+            if tables.agg is not None:
+                put_rows(tables.agg, self.caches.rt(part), agg_rows)
+            out = self.finish(li, part, agg_rows)
+            parts.append(self.caches.store(li, part, out, part[:0], detect, self.fused))
+            del agg_rows, out
+        return union(*parts, force) if parts else force
+
+    def _owned_step(self, step: DeltaStep) -> DeltaStep:
+        """``step`` with its destinations as owned rows where the engine has them (:mod:`clustergnn.caches`,
+        "Owned rows"): ``rows``, ``de`` and the batch's E+/E- destinations index ``agg``/``h``/``selfc``,
+        while sources (``srcs``, E+/E- sources) stay slots, which index ``msg``.  Every destination is an
+        owned vertex (an edge lives with its destination), so each has a row.  ``step`` itself otherwise."""
+        c = self.caches
+        if c.rowmap is None:
+            return step
+        ctx = step.ctx
+        # the sum paths read ``live`` only for its length (their row-position map's size): one per row
+        live = np.broadcast_to(np.True_, (c.row_capacity,))
+        owned = dataclasses.replace(ctx, add_dst=c.rows(ctx.add_dst), rem_dst=c.rows(ctx.rem_dst), live=live)
+        de = c.rows(step.de) if step.de is not None else None
+        return dataclasses.replace(step, rows=c.rows(step.rows), de=de, ctx=owned)
+
     def _budget_drift(
         self, li: int, rows: np.ndarray, recomputed: bool, indeg: np.ndarray, over: np.ndarray | None = None
     ) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -285,7 +329,7 @@ class Propagation:
         DGL sums), its budget reset.  Rows just recomputed (``recomputed``) only get their budget reset.
         ``over``: the budget was already taken by the fused delta (``sum_rows``), these rows are over it.
         Returns the refreshed rows and their new aggregate."""
-        drift, idx = self.drift[li], self.caches.t(rows)
+        drift, idx = self.drift[li], self.caches.rt(rows)
         if recomputed or not rows.size:
             drift.index_fill_(0, idx, 0.0)
             return rows[:0], None
@@ -294,7 +338,7 @@ class Propagation:
             redo = rows[over]
         elif self.fused:  # the same float32 arithmetic in one pass (a few small torch ops cost ~0.1 ms)
             over = np.empty(len(rows), dtype=bool)
-            rows64, deg64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, indeg))
+            rows64, deg64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (self.caches.rows(rows), indeg))
             sum_family.drift_budget(agg.numpy(), drift.numpy(), rows64, deg64, DRIFT_MIN, DRIFT_MAX, ROUNDING, over)
             redo = rows[over]
         else:
@@ -307,7 +351,7 @@ class Propagation:
         if not redo.size:
             return redo, None
         agg_rows = self.recompute_agg(li, redo)
-        put_rows(agg, self.caches.t(redo), agg_rows)
+        put_rows(agg, self.caches.rt(redo), agg_rows)
         return redo, agg_rows
 
     def _refresh_drifting(
@@ -342,7 +386,7 @@ class Propagation:
         m, s = nxt.message_and_self(out, torch.zeros(len(rows), dtype=torch.int64, device=self.device))
         changed = rows
         if detect and rows.size:
-            if self.fused:  # the same test in one pass
+            if self.fused and self.caches.rowmap is None:  # the same test in one pass (rows index both)
                 keep = np.empty(len(rows), dtype=bool)
                 selfc = sum_family._NO_ROWS if s is None else self.selfc[li + 1].numpy()
                 sv = sum_family._NO_ROWS if s is None else s.numpy()
@@ -352,7 +396,7 @@ class Propagation:
                 idx = self.caches.t(rows)
                 diff = (m != gather_rows(self.msg[li + 1], idx)).any(dim=1)
                 if s is not None:
-                    diff |= (s != gather_rows(self.selfc[li + 1], idx)).any(dim=1)
+                    diff |= (s != gather_rows(self.selfc[li + 1], self.caches.rt(rows))).any(dim=1)
                 keep = diff.cpu().numpy()
             if force.size:
                 keep |= np.isin(rows, force)

@@ -38,18 +38,20 @@ def recompute_all(
     in-edges).  Caches other than the outputs are written only with ``keep_caches`` (the engine will
     propagate incrementally afterwards) or when ``rows`` are not ``0..n-1``; a pure full engine skips
     them, as a plain full forward would."""
-    view = RowView.of(rows, caches.t(rows))
-    keep = keep_caches or view.n is None  # a non-contiguous table must live in the cache
+    view = RowView.of(rows, caches.t(rows))  # msg is indexed by slot
+    # h/agg/selfc/drift by owned row where the engine has them (clustergnn.caches): the same view otherwise
+    own = view if caches.rowmap is None else RowView.of(caches.rows(rows), caches.rt(rows))
+    keep = keep_caches or view.n is None or own.n is None  # a non-contiguous table must live in the cache
     out = None  # the previous layer's output, where its table is not kept (caches.h[li] is None)
     for li, rule in enumerate(rules):
-        m, selfv = rule.message_and_self(view.get(caches.h[li]) if caches.h[li] is not None else out, outdeg)
+        m, selfv = rule.message_and_self(own.get(caches.h[li]) if caches.h[li] is not None else out, outdeg)
         if keep and caches.msg[li] is not caches.h[li]:  # msg0 may be h0 itself (clustergnn.caches)
             view.put(caches.msg[li], m)
         table = caches.msg[li] if keep else m  # indexed by slot (rows are 0..n-1 when not kept)
         if keep and selfv is not None and caches.selfc[li] is not None:  # None: recomputed at finish
-            view.put(caches.selfc[li], selfv)
+            own.put(caches.selfc[li], selfv)
         h_out = caches.h[li + 1]  # None: not kept, only handed to the next layer
-        dest = view.get(h_out) if view.n is not None and h_out is not None else None  # rows 0..n-1: in place
+        dest = own.get(h_out) if own.n is not None and h_out is not None else None  # rows 0..n-1: in place
         if dest is not None and selfv is not None and _self_into_dest(rule):
             # the self term waits in the output rows, not in a temporary of its own (nor, for a layer
             # that stacks both products, in that GEMM's whole output) while the aggregate runs: the
@@ -58,15 +60,15 @@ def recompute_all(
             selfv = dest.copy_(selfv)
         agg = rule.aggregate(table, edges, m)
         if keep and caches.agg[li] is not None:
-            view.put(caches.agg[li], agg)
+            own.put(caches.agg[li], agg)
             if caches.drift[li] is not None:  # a float32 sum recomputed: its rounding budget starts over
-                view.put(caches.drift[li], torch.zeros(len(rows), device=agg.device))
+                own.put(caches.drift[li], torch.zeros(len(rows), device=agg.device))
         # agg and selfv are temporaries here (already copied to the caches where they are kept)
         out = rule.finish(selfv, agg, indeg, m, fresh=True, out=dest)
         if li < len(rules) - 1 and activation is not None:
             out = torch.relu_(out) if activation in RELU_FUNCTIONS else activation(out)
         if h_out is not None and (dest is None or out.data_ptr() != dest.data_ptr()):
-            view.put(h_out, out)
+            own.put(h_out, out)
         del m, selfv, agg, table, dest  # not alive while the next layer allocates its own
         # (out is the next layer's input where h is not kept)
         if h_out is not None:

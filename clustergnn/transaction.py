@@ -326,7 +326,8 @@ class StructureEditor:
         g = self.graph
         slots = g.add_vertices(ids, checked)
         self.grow(g.capacity)
-        put_rows(self.caches.h[0], self.caches.t(slots), feats)
+        self.caches.assign_rows(slots)  # owned rows (clustergnn.caches; nothing where tables are by slot)
+        put_rows(self.caches.h[0], self.caches.rt(slots), feats)
         pend.new.append(slots)
 
         def undo_add(slots: np.ndarray = slots) -> None:
@@ -366,7 +367,7 @@ class StructureEditor:
             keep = len(slots) - 1 - last_rev
             slots = slots[keep]
             h0 = self.caches.h[0]
-            idx = self.caches.t(slots)
+            idx = self.caches.rt(slots)
             old = h0[idx].clone()
             h0[idx] = feats[self.caches.t(keep)]
             pend.feat.append(slots)

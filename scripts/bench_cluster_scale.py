@@ -84,6 +84,12 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+# glibc malloc with two arenas, an mmap threshold fixed at 256 KiB (a freed large block goes back to the
+# system; glibc otherwise raises the threshold after such a free, keeping later ones in the heap) and a
+# 1 MiB trim threshold (docs/distributed.md, "The same graph through the cluster")
+LEAN_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+
+
 def rss_of(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -365,7 +371,12 @@ def run(args) -> dict:
                         "out_dim": args.out,
                         "seed": args.seed,
                     },
-                    "cluster": {"partitions": args.partitions, "actor_num_cpus": 0.25, "device": "cpu"},
+                    "cluster": {
+                        "partitions": args.partitions,
+                        "actor_num_cpus": 0.25,
+                        "device": "cpu",
+                        "collaborative": args.collaborative,
+                    },
                     "graph": {"dataset": None},
                 }
             )
@@ -582,6 +593,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-timeout-s", type=float, default=3600.0)
     p.add_argument("--progress-s", type=float, default=10.0)
     p.add_argument("--max-total-rss-gib", type=float, default=21.0, help="stop the run above this total RSS")
+    p.add_argument(
+        "--collaborative",
+        action="store_true",
+        help="collaborative serving: the last layer finished at read time, no replica of the final rows",
+    )
+    p.add_argument(
+        "--lean-malloc",
+        action="store_true",
+        help="glibc malloc settings that return freed memory (LEAN_MALLOC_ENV) for every process of the run, "
+        "owners included: less RSS, slower rounds (docs/distributed.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmpdir", default=None, help="where the stream and the DGL worker's edge file go")
     p.add_argument("--json", default="results/bench_cluster_scale.json")
@@ -595,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         return produce_worker(args)
     if args.final_edges_worker:
         return final_edges_worker(args)
+    if args.lean_malloc:  # before Ray starts: its processes, the owners too, inherit the environment
+        os.environ.update(LEAN_MALLOC_ENV)
     out = run(args)
     report(out)
     path = Path(args.json)

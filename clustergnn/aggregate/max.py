@@ -46,21 +46,24 @@ def update(
     graph: MutableGraph,
     scratch: Scratch,
     recompute_rows: Callable[[np.ndarray], torch.Tensor],
+    rowmap: np.ndarray | None = None,
 ) -> None:
     """Raise ``a`` with the new messages and edges, re-aggregate the suspect rows
-    (``recompute_rows(rows)`` from the current in-edges, after ``msg[srcs] = m_new``)."""
+    (``recompute_rows(rows)`` from the current in-edges, after ``msg[srcs] = m_new``).  ``rowmap``: the
+    aggregate's row of each slot where it has owned rows only (:mod:`clustergnn.caches`)."""
     g, ctx, rows = graph, step.ctx, step.rows
     agg, msg = tables.agg, tables.msg
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(msg.device)  # noqa: E731
+    r = (lambda a: t(a)) if rowmap is None else (lambda a: t(rowmap[a]))  # noqa: E731  (agg's index)
     de, m_old, m_new = step.de, step.m_old, step.m_new
     suspect = []
     if de.size:
-        pos, d = t(step.se_pos), t(de)
-        mo, mn, cur = gather_rows(m_old, pos), gather_rows(m_new, pos), gather_rows(agg, d)
+        pos = t(step.se_pos)
+        mo, mn, cur = gather_rows(m_old, pos), gather_rows(m_new, pos), gather_rows(agg, r(de))
         flag = ((mo >= cur) & (mn < mo)).any(dim=1).cpu().numpy()
         suspect.append(de[flag])
     if ctx.rem_src.size:
-        flag = (gather_rows(msg, t(ctx.rem_src)) >= gather_rows(agg, t(ctx.rem_dst))).any(dim=1).cpu().numpy()
+        flag = (gather_rows(msg, t(ctx.rem_src)) >= gather_rows(agg, r(ctx.rem_dst))).any(dim=1).cpu().numpy()
         suspect.append(ctx.rem_dst[flag])
     # rows whose old in-degree was 0 held DGL's empty max (0), which is not a lower bound
     old_deg = g.in_degree(rows).copy()
@@ -80,10 +83,10 @@ def update(
     dsts_all = np.concatenate([de, ctx.add_dst])
     sel = keep[dsts_all]
     if sel.any():
-        d = t(dsts_all[sel])
+        d = r(dsts_all[sel])
         s = t(srcs_all[sel])
         agg.scatter_reduce_(
             0, d.unsqueeze(1).expand(-1, agg.shape[1]), gather_rows(msg, s), reduce="amax", include_self=True
         )
     if redo.size:
-        put_rows(agg, t(redo), recompute_rows(redo))
+        put_rows(agg, r(redo), recompute_rows(redo))
