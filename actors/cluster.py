@@ -144,11 +144,11 @@ class Cluster:
         self.model_digest = model_digest(self.layers, config.model)
         self.model_info = ModelInfo([type(layer).__name__ for layer in self.layers], list(self.dims), self.model_digest)
         self._activation = activation_fn(config.model.activation)
-        # final embeddings served from this process, updated once per round (no Ray call per read);
+        # final embeddings served from this process, updated once per round (no Ray call per read; in
+        # replica-finish serving the replica finishes the asked rows from published aggregates);
         # collaborative mode does not materialise the last layer, so its reads go to the owners
-        from clustergnn.replica import EmbeddingReplica
-
-        self.replica = None if config.cluster.collaborative else EmbeddingReplica(self.dims[-1])
+        self.replica = None if config.cluster.collaborative else self._new_replica()
+        self.published_bytes = 0  # what owners published to the replica, all rounds
         # snapshots (docs/distributed.md, "Durability"): the store, the snapshot restored at start, the
         # one being written, the last committed one
         self.snapshots = None
@@ -181,6 +181,11 @@ class Cluster:
         self._pending_seen: dict[int, tuple[int, float]] = {}  # partition -> (oldest pending ref ms, calm_s then)
         self._txn_out: list[dict[str, TxnDecision]] = [{} for _ in range(self.P)]
         self._txn_lock = threading.Lock()  # one transaction written at a time: the same order in every partition
+
+    def _new_replica(self):
+        from clustergnn.replica import make_replica
+
+        return make_replica(self.rules[-1], self.config.cluster.replica_finish)
 
     @staticmethod
     def _partition_map(config: Config):
@@ -578,9 +583,7 @@ class Cluster:
         pubs = ray.get([o.final_embeddings.remote() for o in self.owners])
         with self._cond:
             if self.replica is not None:
-                from clustergnn.replica import EmbeddingReplica
-
-                replica = EmbeddingReplica(self.dims[-1])
+                replica = self._new_replica()
                 replica.apply(pubs)
                 self.replica = replica
             took = time.monotonic() - rec["t0"]
@@ -654,7 +657,9 @@ class Cluster:
             return busy
         with self._cond:
             if busy and self.replica is not None:
-                self.replica.apply([x for x in published if x is not None])
+                pubs = [x for x in published if x is not None]
+                self.replica.apply(pubs)
+                self.published_bytes += sum(x.nbytes for x in pubs)
             for rep in reports:
                 self.freshness.report(
                     rep.partition,
@@ -1196,6 +1201,7 @@ class Cluster:
             "round_ms_p50": float(np.percentile(rms, 50)) if rms else 0.0,
             "messages": float(self.stats.messages),
             "message_bytes": float(self.stats.message_bytes),
+            "published_bytes": float(self.published_bytes),
             "dead_letters": float(self.stats.dead_letters),
             "replaying": float(self.replaying),
             "edges": float(sum((s or {}).get("edges", 0) for s in raw)),

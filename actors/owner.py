@@ -239,6 +239,7 @@ class PartitionOwner:
             collaborative=config.cluster.collaborative,
             activation=activation,
             publish=not config.cluster.collaborative,
+            replica_finish=config.cluster.replica_finish,
         )
         self.feature_dim = feature_dim
         self._rules, self._engine_kw = rules, kw
@@ -712,10 +713,9 @@ class PartitionOwner:
             log.info("partition %s: replay over (%s records still deferred)", self.partition, len(self.pending))
 
     def final_embeddings(self) -> Published:
-        """Every owned vertex's final embedding and version (fills the coordinator's replica after a restore)."""
-        ids = np.sort(self.engine.owned_ids())
-        rows = self.engine.embeddings(ids, -1).cpu().numpy().astype(np.float32, copy=False)
-        return Published(np.zeros(0, dtype=np.int64), ids, rows, self.engine.versions(ids))
+        """Every owned vertex's final embedding and version, or in replica-finish serving its finish inputs
+        (fills the coordinator's replica after a restore: ``PartitionEngine.publish_all``)."""
+        return self.engine.publish_all()
 
     # ------------------------------------------------------------------ snapshots
     def store(self):

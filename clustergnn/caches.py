@@ -179,12 +179,15 @@ class Caches:
         drop_inputs: bool = False,
         drop_output: bool = False,
         ghost_rows: bool = True,
+        output_elsewhere: bool = False,
     ) -> None:
         """``alias_input_msg``: ``msg[0]`` may be ``h[0]`` (module docstring; False in a partition, whose
         ghosts have messages but no inputs).  ``drop_inputs``: a hidden ``h[l]`` may be left out where
         layer ``l`` keeps it as its message and self term (module docstring).  ``drop_output``: ``h[L]``
         may be left out where the last layer's finish is cheap from its cached rows (module docstring).
-        ``ghost_rows=False``: ``h``/``agg``/``selfc``/``drift`` have owned rows only (module docstring)."""
+        ``ghost_rows=False``: ``h``/``agg``/``selfc``/``drift`` have owned rows only (module docstring).
+        ``output_elsewhere``: ``h[L]`` is left out wherever the last layer caches its aggregate (a read replica
+        finishes it from published rows: :class:`clustergnn.replica.FinishingReplica`)."""
         self.device = device
         self.capacity = 0
         # owned rows (module docstring): None where the four tables are indexed by slot
@@ -197,7 +200,10 @@ class Caches:
         self.msg0_is_h0 = alias_input_msg and rules[0].message_is_input
         # h[l] kept? (inputs and the final output always are)
         self.h_kept = [True] + [not (drop_inputs and r.input_kept_as_images) for r in rules[1:]]
-        self.h_kept.append(not (drop_output and rules[-1].finished_on_read))
+        self.h_kept.append(
+            not (drop_output and rules[-1].finished_on_read)
+            and not (output_elsewhere and rules[-1].aggregation is not Aggregation.ATTENTION)
+        )
         self.h: list[torch.Tensor | None] = [self.zeros(0, d) if k else None for d, k in zip(dims, self.h_kept)]
         self.msg: list[torch.Tensor] = [self.zeros(0, r.msg_dim) for r in rules]
         if self.msg0_is_h0:

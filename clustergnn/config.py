@@ -139,6 +139,11 @@ class ClusterConfig:
     """How vertices map to owners: ``v mod P``, or a DGL METIS partitioning of the initial graph."""
     collaborative: bool = False
     """STAG collaborative serving: finish the last layer at read time."""
+    replica_finish: bool = False
+    """Replica-finish serving: owners stop each round's update at the last layer's aggregates and publish
+    those (with in-degrees and self terms); the coordinator's replica finishes the asked rows at read
+    time, so final-layer reads need no owner, as in eager serving (docs/gateway.md, "Replica-finish
+    serving").  A GAT last layer stays eager.  Exclusive with ``collaborative``."""
     device: str = "auto"
     """Where each owner keeps its tensors: auto (its GPU if Ray gave it one), cpu, cuda."""
     actor_num_cpus: float = 0.25
@@ -454,6 +459,13 @@ def validate(cfg: Config) -> None:
     _check(c.partitioner in ("hash", "metis"), f"cluster.partitioner must be 'hash' or 'metis', got {c.partitioner!r}")
     _check(c.actor_num_cpus >= 0 and c.actor_num_gpus >= 0, "cluster.actor_num_cpus/actor_num_gpus must be >= 0")
     _check(c.hub_window_ms >= 0, f"cluster.hub_window_ms must be >= 0, got {c.hub_window_ms!r}")
+    _check(
+        isinstance(c.replica_finish, bool), f"cluster.replica_finish must be true or false, got {c.replica_finish!r}"
+    )
+    _check(
+        not (c.collaborative and c.replica_finish),
+        "cluster.collaborative and cluster.replica_finish are two ways to serve the last layer: choose one",
+    )
     _check(
         isinstance(c.owner_niceness, int) and not isinstance(c.owner_niceness, bool) and 0 <= c.owner_niceness <= 19,
         f"cluster.owner_niceness must be an integer in 0..19, got {c.owner_niceness!r}",

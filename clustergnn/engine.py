@@ -44,7 +44,7 @@ from clustergnn.mutations import MutationBatch, MutationKind
 from clustergnn.propagation import Propagation
 from clustergnn.recompute import recompute_all
 from clustergnn.results import ApplyResult, LayerDelta
-from clustergnn.rules import Activation, Aggregation, LayerRule, rules_from_dgl
+from clustergnn.rules import Activation, Aggregation, LayerRule, finish_rows, rules_from_dgl
 from clustergnn.transaction import Pending, StructureEditor, concat_slots
 
 if TYPE_CHECKING:  # DGL is imported where a DGL model or graph is handled: an engine built from rules
@@ -91,7 +91,11 @@ class Engine(Propagation):
         mode: Mode = "incremental",
         capacity: int = 1024,
         collaborative: bool = False,
+        finish_elsewhere: bool = False,
     ) -> None:
+        """``finish_elsewhere``: the last layer's output is finished by a reader from published rows
+        (:class:`clustergnn.replica.FinishingReplica`), so ``h[L]`` is not kept where the last layer caches
+        its aggregate (not GAT): its update stops at the aggregate, as a narrowing SAGE mean's does."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.collaborative = bool(collaborative)
@@ -112,6 +116,7 @@ class Engine(Propagation):
             drop_inputs=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
             drop_output=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
             ghost_rows=not (self.HAS_GHOSTS and OWNED_ROWS),
+            output_elsewhere=finish_elsewhere and mode != "full",
         )
         self.round = 0
         self._keep_caches = mode != "full"  # a pure full-recompute engine keeps only the outputs
@@ -417,14 +422,10 @@ class Engine(Propagation):
             agg = sum_family.gather_f32_rows(agg_t, self.caches.rows(rows))
         else:
             agg = own.get(agg_t)
-        if self.selfc[li] is not None:
-            selfv = own.get(self.selfc[li])
-        else:  # not cached (rule.self_term_at_finish): from the row's input
-            selfv = rule.self_term(own.get(self.h[li])) if rule.has_self_term else None
-        out = rule.finish(selfv, agg, indeg, view.get(self.msg[li]) if rule.finish_uses_msg else None)
-        if li < self.num_layers - 1 and self.activation is not None:
-            out = self.activation(out)
-        return out
+        selfc = own.get(self.selfc[li]) if self.selfc[li] is not None else None
+        h_in = own.get(self.h[li]) if selfc is None and rule.has_self_term else None
+        msg = view.get(self.msg[li]) if rule.finish_uses_msg else None
+        return finish_rows(rule, agg, indeg, selfc, h_in, msg, self.activation if li < self.num_layers - 1 else None)
 
     def recompute_agg(self, li: int, rows: np.ndarray, view: RowView | None = None) -> torch.Tensor:
         """The exact aggregate of ``rows`` from their current in-edges and messages."""

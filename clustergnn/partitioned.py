@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clustergnn.aggregate.base import BatchContext
+from clustergnn.aggregate.base import Aggregation, BatchContext
 from clustergnn.engine import Engine
 from clustergnn.errors import MutationError
 from clustergnn.graph import DIRECT_ID_LIMIT, union, unique
@@ -174,6 +174,7 @@ class _RoundState:
     removed_ids: np.ndarray = field(default_factory=lambda: _EMPTY)  # owned ids removed this round (even if re-added)
     blocked: set[int] = field(default_factory=set)  # vertices touched by deferred mutations
     reported: tuple[int, int] = (0, 0)  # edge-log parts already sent as reader deltas
+    last_in: np.ndarray = field(default_factory=lambda: _EMPTY)  # rows whose last-layer input changed
 
 
 @dataclass(frozen=True)
@@ -190,12 +191,34 @@ class RoundSummary:
 @dataclass(frozen=True)
 class Published:
     """What a round changed in a partition's final embeddings, for a read replica: drop ``removed``,
-    then upsert ``ids`` with ``rows`` and ``versions``.  ``None`` in collaborative mode (not materialised)."""
+    then upsert ``ids`` with ``rows`` and ``versions``.  ``None`` in collaborative mode (not materialised).
+
+    Replica-finish serving (``indeg`` set; :class:`clustergnn.replica.FinishingReplica`): ``rows`` are the
+    last layer's *aggregates* of ``ids`` (every row the round's last layer updated, in the aggregate's
+    dtype) and ``indeg`` their in-degrees; ``self_ids`` are the rows whose last-layer input changed, with
+    ``self_rows`` their self terms (the cached ``selfc`` rows, or their inputs ``h[L-1]`` where the rule
+    computes its self term at finish; None where the rule has none) and ``msg_rows`` their own messages
+    (None unless the finish reads them: SAGE gcn).  The reader finishes a row with
+    :func:`clustergnn.rules.finish_rows`, the engine's own finish."""
 
     removed: np.ndarray
     ids: np.ndarray
-    rows: np.ndarray  # (len(ids), D) float32
+    rows: np.ndarray  # (len(ids), D) float32; replica-finish: the aggregates (len(ids), msg_dim)
     versions: np.ndarray
+    indeg: np.ndarray | None = None
+    self_ids: np.ndarray | None = None
+    self_rows: np.ndarray | None = None
+    msg_rows: np.ndarray | None = None
+
+    @property
+    def finish_inputs(self) -> bool:
+        """The rows are the last layer's finish inputs (replica-finish serving), not final embeddings."""
+        return self.indeg is not None
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.removed, self.ids, self.rows, self.versions, self.indeg, self.self_ids, self.self_rows)
+        return int(sum(a.nbytes for a in (*parts, self.msg_rows) if a is not None))
 
 
 class PartitionEngine(Engine):
@@ -211,6 +234,10 @@ class PartitionEngine(Engine):
             raise ValueError(f"partition must be in [0, {self.num_partitions}), got {partition}")
         self.readers = np.zeros((0, self.num_partitions), dtype=np.int64)
         self.publish = bool(kwargs.pop("publish", False))  # return final-layer changes from end_round
+        # publish the last layer's finish inputs, not its output (replica-finish serving); a GAT last layer
+        # keeps no aggregate to publish: it stays eager (its final rows are published)
+        replica_finish = bool(kwargs.pop("replica_finish", False))
+        kwargs["finish_elsewhere"] = replica_finish and rules[-1].aggregation is not Aggregation.ATTENTION
         super().__init__(rules, **kwargs)
         self.directory = IdDirectory()
         self._rs: _RoundState | None = None
@@ -566,6 +593,8 @@ class PartitionEngine(Engine):
             vals = torch.from_numpy(np.concatenate([m.values for m in inbox if m.ids.size])).to(self.device)
             srcs = np.concatenate([srcs, gslots])
             msgs = torch.cat([msgs, vals])
+        if li == self.num_layers - 1:
+            rs.last_in = rs.changed
         delta = self.propagate_layer(li, rs.ctx, rs.changed, srcs, msgs)
         rs.deltas.append(delta)
         rs.changed = delta.changed_slots
@@ -608,12 +637,57 @@ class PartitionEngine(Engine):
         gone = removed_slots[~self.ghost[removed_slots]] if removed_slots.size else removed_slots
         changed = rs.deltas[-1].changed_slots if rs.deltas else _EMPTY
         changed = changed[g.alive[changed] & ~self.ghost[changed]] if changed.size else changed
+        if self.finishes_elsewhere:
+            inputs = rs.last_in[g.alive[rs.last_in] & ~self.ghost[rs.last_in]] if rs.last_in.size else rs.last_in
+            return self._finish_inputs(g.ext_of[gone], changed, inputs)
         rows = (
             self.h[-1][self.caches.rt(changed)].cpu().numpy()
             if changed.size
             else np.zeros((0, self.dims[-1]), np.float32)
         )
         return Published(g.ext_of[gone], g.ext_of[changed], rows, self.version[changed].copy())
+
+    @property
+    def finishes_elsewhere(self) -> bool:
+        """The last layer's output is not kept here: a reader finishes it from what this engine publishes."""
+        return self.h[-1] is None
+
+    def _finish_inputs(self, removed_ids: np.ndarray, rows: np.ndarray, inputs: np.ndarray) -> Published:
+        """The :class:`Published` of replica-finish serving: aggregates and in-degrees of ``rows``, self
+        terms (and own messages where the finish reads them) of ``inputs``."""
+        li = self.num_layers - 1
+        # msg is indexed by slot, the other tables by owned row (clustergnn.caches, "Owned rows")
+        rule, t, rt, ext = self.rules[li], self.caches.t, self.caches.rt, self.graph.ext_of
+        self_rows = msg_rows = None
+        if not (rule.has_self_term or rule.finish_uses_msg):  # the finish reads only aggregate and degree
+            inputs = _EMPTY
+        if rule.has_self_term:
+            table = self.selfc[li] if self.selfc[li] is not None else self.h[li]
+            self_rows = table[rt(inputs)].cpu().numpy()
+        if rule.finish_uses_msg:
+            msg_rows = self.msg[li][t(inputs)].cpu().numpy()
+        return Published(
+            removed_ids,
+            ext[rows],
+            self.agg[li][rt(rows)].cpu().numpy(),
+            self.version[rows].copy(),
+            indeg=self.graph.in_degree(rows).astype(np.int64),
+            self_ids=ext[inputs],
+            self_rows=self_rows,
+            msg_rows=msg_rows,
+        )
+
+    def publish_all(self) -> Published:
+        """What a new read replica needs of every owned vertex (after a restore, or to rebuild it): the
+        final embeddings, or in replica-finish serving every row's finish inputs."""
+        g = self.graph
+        slots = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
+        slots = slots[np.argsort(g.ext_of[slots], kind="stable")]
+        if self.finishes_elsewhere:
+            return self._finish_inputs(_EMPTY, slots, slots)
+        ids = g.ext_of[slots]
+        rows = self.embeddings(ids, -1).cpu().numpy().astype(np.float32, copy=False)
+        return Published(_EMPTY, ids, rows, self.version[slots].copy())
 
 
 class LocalCluster:

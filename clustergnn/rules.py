@@ -49,6 +49,7 @@ __all__ = [
     "GraphConvRule",
     "LayerRule",
     "SageRule",
+    "finish_rows",
     "rules_from_dgl",
 ]
 
@@ -467,6 +468,30 @@ class GatRule(LayerRule):
             rst = rst + self.bias
         rst = self.post(rst.view(-1, self.heads, self.f))
         return rst.mean(1) if self.last else rst.flatten(1)
+
+
+def finish_rows(
+    rule: LayerRule,
+    agg: torch.Tensor,
+    indeg: torch.Tensor,
+    selfc: torch.Tensor | None = None,
+    h_in: torch.Tensor | None = None,
+    msg: torch.Tensor | None = None,
+    activation: Activation | None = None,
+) -> torch.Tensor:
+    """Rows' layer output from their finish inputs: the one finish both :meth:`clustergnn.engine.Engine.finish`
+    and a read replica that finishes the last layer (:class:`clustergnn.replica.FinishingReplica`) call.
+
+    ``agg``: the rows' aggregates; ``indeg``: their in-degrees; ``selfc``: their cached self terms, or
+    None where the rule keeps none (``self_term_at_finish``: computed here from ``h_in``, the rows'
+    inputs); ``msg``: their own messages (read only where ``rule.finish_uses_msg``); ``activation``: applied
+    after (None for a last layer)."""
+    if selfc is not None:
+        selfv = selfc
+    else:  # not cached (rule.self_term_at_finish): from the row's input
+        selfv = rule.self_term(h_in) if rule.has_self_term else None
+    out = rule.finish(selfv, agg, indeg, msg if rule.finish_uses_msg else None)
+    return activation(out) if activation is not None else out
 
 
 def rules_from_dgl(layers: list[torch.nn.Module], in_dim: int) -> list[LayerRule]:

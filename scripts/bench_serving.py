@@ -548,7 +548,14 @@ def table(s: dict) -> str:
         + "".join(f" ({d.get('reason')}: {d.get('detail', '')[:120]})" for d in c.get("dead_letter_records", [])[:3])
         + f"; read error rate {r['error_rate'] * 100:.3f}%; "
         f"drained {c.get('drain_s', float('nan')):.2f} s after the producer's last ack; "
-        f"round p50 {c.get('round_ms_p50', float('nan')):.1f} ms; machine CPU in the window "
+        f"round p50 {c.get('round_ms_p50', float('nan')):.1f} ms"
+        + (
+            f"; published to the replica {c['published_bytes_in_window'] / max(c['busy_rounds_in_window'], 1):,.0f}"
+            " B per busy round"
+            if c.get("published_bytes_in_window") is not None
+            else ""
+        )
+        + "; machine CPU in the window "
         f"{s['machine']['cpu_busy_fraction'] * 100:.0f}% of {s['machine']['cores']} cores, load avg "
         f"{s['machine']['load_avg_1m_after']:.2f}"
     )
@@ -746,6 +753,13 @@ def run(args: argparse.Namespace) -> dict:
                     "drain_s": drain_s,
                     "round_ms_p50": st1.extra.get("round_ms_p50"),
                     "rounds": st1.extra.get("rounds"),
+                    "busy_rounds_in_window": st1.extra.get("busy_rounds", 0.0) - st0.extra.get("busy_rounds", 0.0),
+                    # what owners published to the gateway's replica (None: a cluster that does not count it)
+                    "published_bytes_in_window": (
+                        st1.extra["published_bytes"] - st0.extra["published_bytes"]
+                        if "published_bytes" in st1.extra
+                        else None
+                    ),
                     "healthy": st1.healthy,
                 },
                 "machine": {

@@ -90,15 +90,17 @@ def _channel_api(name: str, target: str, single: Engine | None = None) -> tuple[
     return ch, api
 
 
-@pytest.fixture(scope="module")
-def real_api(ray_local, kafka_bootstrap) -> Iterator[Api]:
+def _real(kafka_bootstrap: str, replica_finish: bool) -> Iterator[Api]:
     from actors.cluster import Cluster
     from clustergnn.config import Config
 
+    cluster_cfg = {"partitions": 2, "actor_num_cpus": 0.5}
+    if replica_finish:  # no spare owners: the two clusters of this module may be up at once
+        cluster_cfg |= {"replica_finish": True, "spare_owners": 0}
     cfg = Config.from_dict(
         {
             "kafka": {"bootstrap": kafka_bootstrap, "topic": f"contract-{uuid.uuid4().hex[:8]}"},
-            "cluster": {"partitions": 2, "actor_num_cpus": 0.5},
+            "cluster": cluster_cfg,
             "model": {"builtin": "sage", "in_dim": F, "hidden": HIDDEN, "out_dim": OUT, "seed": 5},
             "graph": {"dataset": None},
         }
@@ -125,8 +127,7 @@ def real_api(ray_local, kafka_bootstrap) -> Iterator[Api]:
         cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def fake_api() -> Iterator[Api]:
+def _fake() -> Iterator[Api]:
     fake = FakeBackend(num_vertices=N, dims=(HIDDEN, OUT), in_dim=F, num_kafka_partitions=2, num_owners=2)
     gw = GatewayServer(fake, gateway_config()).start()
     ch, api = _channel_api("fake", gw.target)
@@ -137,9 +138,39 @@ def fake_api() -> Iterator[Api]:
         gw.stop()
 
 
-@pytest.fixture(params=["fake", "real"])
-def api(request: pytest.FixtureRequest) -> Api:
-    return request.getfixturevalue(f"{request.param}_api")
+# The backends: the fake, the real cluster in eager serving (owners publish final rows to the gateway's
+# replica) and in replica-finish serving (``cluster.replica_finish``: the replica finishes the last layer on
+# read from published aggregates).  One module-scoped fixture, so pytest runs each backend's tests together
+# and stops it before starting the next (two real clusters cannot be up at once: the owners' Ray names).
+REAL = ["real_eager", "real_finish"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "api" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["fake", *REAL], indirect=True, scope="module")
+    elif "real_api" in metafunc.fixturenames:
+        metafunc.parametrize("backend", REAL, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest) -> Iterator[Api]:
+    if request.param == "fake":
+        yield from _fake()
+    else:
+        request.getfixturevalue("ray_local")
+        yield from _real(request.getfixturevalue("kafka_bootstrap"), replica_finish=request.param == "real_finish")
+
+
+@pytest.fixture
+def api(backend: Api) -> Api:
+    """Every backend: each test written with it holds for the fake and for both real serving modes."""
+    return backend
+
+
+@pytest.fixture
+def real_api(backend: Api) -> Api:
+    """The real cluster, in either serving mode (the tests that need its graph: exactness, owners' verdicts)."""
+    return backend
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:

@@ -34,6 +34,7 @@ def make_cluster(
     builtin: str = "sage",
     collaborative: bool = False,
     hub_window_ms: float = 0.0,
+    replica_finish: bool = False,
 ) -> Cluster:
     cfg = Config.from_dict(
         {
@@ -41,6 +42,7 @@ def make_cluster(
             "cluster": {
                 "partitions": partitions,
                 "collaborative": collaborative,
+                "replica_finish": replica_finish,
                 "actor_num_cpus": 0.5,
                 "hub_window_ms": hub_window_ms,
             },
@@ -64,13 +66,30 @@ def assert_equal_to_engine_and_dgl(cluster: Cluster, single: Engine) -> None:
 
 
 @pytest.mark.parametrize(
-    "partitions,builtin,collaborative,window",
-    [(1, "sage", False, 0.0), (2, "gat", True, 0.0), (4, "sage-pool", False, 0.0), (3, "gcn", False, 40.0)],
+    "partitions,builtin,serving,window",
+    [
+        (1, "sage", "eager", 0.0),
+        (2, "gat", "collaborative", 0.0),
+        (4, "sage-pool", "eager", 0.0),
+        (3, "gcn", "eager", 40.0),
+        # the gateway's replica finishes the last layer (a max and a sum last layer; GAT's stays eager)
+        (2, "sage-pool", "replica_finish", 0.0),
+        (3, "gin", "replica_finish", 0.0),
+        (2, "gat", "replica_finish", 0.0),
+    ],
 )
 def test_random_stream_through_kafka_equals_single_engine_and_dgl(
-    ray_local, kafka_bootstrap, topic_name, partitions, builtin, collaborative, window
+    ray_local, kafka_bootstrap, topic_name, partitions, builtin, serving, window
 ) -> None:
-    cluster = make_cluster(kafka_bootstrap, topic_name(), partitions, builtin, collaborative, window)
+    cluster = make_cluster(
+        kafka_bootstrap,
+        topic_name(),
+        partitions,
+        builtin,
+        serving == "collaborative",
+        window,
+        replica_finish=serving == "replica_finish",
+    )
     try:
         init, batches = random_stream(seed=partitions, n_vertices=60, n_batches=8, batch_size=25, feature_dim=F)
         single = Engine.from_layers(cluster.layers, F)
