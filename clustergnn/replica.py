@@ -27,6 +27,16 @@ from clustergnn.partitioned import Published
 from clustergnn.rules import LayerRule, finish_rows
 
 
+def _remove_published(g: MutableGraph, pubs: list[Published]) -> None:
+    """Remove from a replica's id map the vertices a round's publications say were removed."""
+    gone = np.concatenate([p.removed for p in pubs]) if pubs else np.zeros(0, np.int64)
+    if gone.size:
+        present = gone[g.lookup(gone) >= 0]
+        if present.size:
+            g.remove_vertices(np.unique(present))
+            g.end_batch()
+
+
 class EmbeddingReplica:
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
@@ -42,12 +52,7 @@ class EmbeddingReplica:
         """Apply one round's publications (all partitions) atomically with respect to readers."""
         with self._lock:
             g = self._ids
-            gone = np.concatenate([p.removed for p in pubs]) if pubs else np.zeros(0, np.int64)
-            if gone.size:
-                present = gone[g.lookup(gone) >= 0]
-                if present.size:
-                    g.remove_vertices(np.unique(present))
-                    g.end_batch()
+            _remove_published(g, pubs)
             for p in pubs:
                 if not p.ids.size:
                     continue
@@ -143,12 +148,7 @@ class FinishingReplica:
             raise ValueError("a finishing replica takes finish inputs (replica-finish serving), got final rows")
         with self._lock:
             g = self._ids
-            gone = np.concatenate([p.removed for p in pubs]) if pubs else np.zeros(0, np.int64)
-            if gone.size:
-                present = gone[g.lookup(gone) >= 0]
-                if present.size:
-                    g.remove_vertices(np.unique(present))
-                    g.end_batch()
+            _remove_published(g, pubs)
             for p in pubs:
                 if p.ids.size:
                     slots = self._slots(p.ids)
