@@ -263,7 +263,7 @@ class Propagation:
             if steptimes.ON:
                 steptimes.lmark("delta")
             if chunked:
-                pass
+                pass  # finished and stored chunk by chunk (_recompute_in_chunks)
             elif on_read:  # every updated row counts as changed: there is no stored output to compare
                 changed_next = rows
             elif images:
