@@ -251,19 +251,24 @@ if AVAILABLE:
         return n
 
     @jit
-    def unique_live(values, live, bits):  # pragma: no cover - jitted
-        """Sorted distinct ``values`` with ``live[v]``, through a bitmap: set a bit per value, then read
-        the set bits back word by word (de Bruijn bit scan), clearing them.  ``bits`` is an all-zero
-        ``uint64`` scratch of ``ceil(len(live) / 64)`` words (left all-zero).  O(len(values) + words):
-        several times faster than a sort-based unique, and the rows come out sorted for free."""
-        lo = bits.shape[0]
-        hi = 0
+    def _set_bits(values, bits, lo, hi):  # pragma: no cover - jitted
+        """Set the bit of every value in the bitmap ``bits``; returns the touched word range ``(lo, hi)``
+        widened from the one given (``unique_live``'s first pass, shared by both kernels)."""
         for i in range(values.shape[0]):
             v = values[i]
             w = v >> 6
             bits[w] |= np.uint64(1) << np.uint64(v & 63)
             lo = min(lo, w)
             hi = max(hi, w + 1)
+        return lo, hi
+
+    @jit
+    def unique_live(values, live, bits):  # pragma: no cover - jitted
+        """Sorted distinct ``values`` with ``live[v]``, through a bitmap: set a bit per value, then read
+        the set bits back word by word (de Bruijn bit scan), clearing them.  ``bits`` is an all-zero
+        ``uint64`` scratch of ``ceil(len(live) / 64)`` words (left all-zero).  O(len(values) + words):
+        several times faster than a sort-based unique, and the rows come out sorted for free."""
+        lo, hi = _set_bits(values, bits, bits.shape[0], 0)
         out = np.empty(values.shape[0], dtype=np.int64)
         return out[: _drain_bits(bits, lo, hi, live, out)]
 
@@ -272,15 +277,8 @@ if AVAILABLE:
         """``unique_live`` of ``values`` together with every neighbour of ``owners`` in a block adjacency
         (``pool[start[u]:start[u] + length[u]]``), read straight from the blocks: the neighbours are not
         gathered into a temporary first (``BlockAdjacency.gather_csr``)."""
-        lo = bits.shape[0]
-        hi = 0
+        lo, hi = _set_bits(values, bits, bits.shape[0], 0)
         total = values.shape[0]
-        for i in range(values.shape[0]):
-            v = values[i]
-            w = v >> 6
-            bits[w] |= np.uint64(1) << np.uint64(v & 63)
-            lo = min(lo, w)
-            hi = max(hi, w + 1)
         for j in range(owners.shape[0]):
             u = owners[j]
             s = start[u]
