@@ -116,9 +116,20 @@ class FinishingReplica:
 
     def _table(self, name: str, rows: np.ndarray) -> np.ndarray:
         t = self._tables.get(name)
-        if t is None or t.dtype != rows.dtype or t.shape[1:] != rows.shape[1:]:
+        if t is None:  # made at its first publication (its width and dtype are the owners')
             t = self._tables[name] = np.zeros((len(self.versions), *rows.shape[1:]), dtype=rows.dtype)
         return t
+
+    def _check(self, pubs: list[Published]) -> None:
+        """Every publication's rows fit the tables already held (checked before anything is applied)."""
+        for p in pubs:
+            for name, rows in (("agg", p.rows), ("self", p.self_rows), ("msg", p.msg_rows)):
+                t = self._tables.get(name)
+                if rows is not None and t is not None and (t.dtype != rows.dtype or t.shape[1:] != rows.shape[1:]):
+                    raise ValueError(
+                        f"published {name} rows are {rows.dtype} {rows.shape[1:]}, "
+                        f"the replica holds {t.dtype} {t.shape[1:]}"
+                    )
 
     def _slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids``, adding the unknown ones (their rows zeroed: a slot may be reused)."""
@@ -147,6 +158,7 @@ class FinishingReplica:
         if bad:
             raise ValueError("a finishing replica takes finish inputs (replica-finish serving), got final rows")
         with self._lock:
+            self._check(pubs)
             g = self._ids
             _remove_published(g, pubs)
             for p in pubs:

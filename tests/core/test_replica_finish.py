@@ -192,3 +192,17 @@ def test_the_knob_and_bad_input() -> None:
     with pytest.raises(ValueError, match="finish inputs"):
         replica.apply([eager])
     assert len(replica) == 0  # nothing applied
+
+
+def test_a_publication_of_another_width_is_refused_not_stored_over_the_rows() -> None:
+    served = Served(build("sage-mean"), 1)
+    served.apply(MutationBatch.add_vertices([0, 1], torch.randn(2, F_IN)))
+    before, _ = served.replica.get(np.array([0, 1]))
+    empty = np.zeros(0, np.int64)
+    wide = served.replica._tables["agg"].shape[1] + 1
+    bad = Published(empty, np.array([0]), np.zeros((1, wide), np.float32), np.ones(1, np.int64), indeg=np.ones(1))
+    gone = Published(np.array([1]), empty, served.replica._tables["agg"][:0], empty, indeg=empty)
+    with pytest.raises(ValueError, match="published agg rows"):
+        served.replica.apply([gone, bad])  # refused whole: vertex 1 is not removed either
+    after, _ = served.replica.get(np.array([0, 1]))
+    assert np.array_equal(before, after)
