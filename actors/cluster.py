@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clustergnn.config import Config, ConfigError
+from clustergnn.config import LEAN_MALLOC_ENV, Config, ConfigError
 from clustergnn.errors import UnknownVertexError, WriteRejectedError
 from clustergnn.freshness import Freshness, settle
 from clustergnn.models import activation as activation_fn
@@ -95,17 +95,20 @@ scripts/bench_cluster.py --nodes).  Larger replies (a whole partition's embeddin
 through the object store."""
 
 
-def _owner_env(num_cpus: float) -> dict:
+def _owner_env(num_cpus: float, malloc: str = "default") -> dict:
     """Environment of an owner's process: its numba kernels get as many threads as the actor has CPUs
     (at least one).  Set before the process imports numba, which sizes its thread pool then; a pool
     larger than the threads used leaves idle workers that measurably slow rounds (served staleness p50
-    139 ms vs 55 ms in the demo with four owners on two cores).  And ``INLINE_REPLY_BYTES``."""
-    return {
-        "env_vars": {
-            "NUMBA_NUM_THREADS": str(max(1, int(num_cpus))),
-            "RAY_max_direct_call_object_size": str(INLINE_REPLY_BYTES),
-        }
+    139 ms vs 55 ms in the demo with four owners on two cores).  And ``INLINE_REPLY_BYTES``, and with
+    ``cluster.owner_malloc = lean`` glibc's ``LEAN_MALLOC_ENV`` (Ray starts an actor with a runtime
+    environment in a process of its own, so glibc reads these when it starts)."""
+    env = {
+        "NUMBA_NUM_THREADS": str(max(1, int(num_cpus))),
+        "RAY_max_direct_call_object_size": str(INLINE_REPLY_BYTES),
     }
+    if malloc == "lean":
+        env |= LEAN_MALLOC_ENV
+    return {"env_vars": env}
 
 
 class Cluster:
@@ -280,7 +283,7 @@ class Cluster:
                 num_gpus=cc.actor_num_gpus,
                 name=name,
                 max_restarts=0,
-                runtime_env=_owner_env(cc.actor_num_cpus),
+                runtime_env=_owner_env(cc.actor_num_cpus, cc.owner_malloc),
                 scheduling_strategy=self._placement(p),
             )
             .remote(*args, **kwargs)

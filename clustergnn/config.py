@@ -30,6 +30,10 @@ ACTIVATIONS = ("relu", "elu", "gelu", "tanh", "none")
 BUILTIN_MODELS = ("sage", "gcn", "gat", "gin", "sage-pool")
 
 
+LEAN_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+"""glibc's environment for ``cluster.owner_malloc = lean`` (read by glibc when a process starts)."""
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
@@ -158,6 +162,13 @@ class ClusterConfig:
     """An existing Ray cluster (``auto`` inside KubeRay pods); ``None`` starts a local one on 127.0.0.1."""
     ray_num_cpus: int | None = None
     """CPUs a locally started Ray reports; more than the cores avoids actor-placement deadlocks."""
+    owner_malloc: Literal["default", "lean"] = "default"
+    """glibc malloc settings of the owner processes (and spares).  ``lean`` (``LEAN_MALLOC_ENV``: two arenas,
+    mmap threshold 256 KiB, trim threshold 1 MiB) hands freed memory back to the system: ~20% less RSS per
+    owner, which is what lets P = 4 owners hold a products-sized graph on a 24 GB machine, at the price of
+    slower rounds (each round's temporaries are fresh pages: visible p50 at 2k mutations/s 223 -> 486 ms
+    at R-MAT scale 18; docs/distributed.md, "lean malloc").  Set in the owners' Ray runtime environment,
+    so it holds in a joined Ray (KubeRay) too."""
     owner_niceness: int = 0
     """Unix niceness of the owner processes of a locally started Ray (0..19).  Ray's own default for its
     workers is 15, under which the driver, the broker and any load at 0 starve the owners on a busy
@@ -465,6 +476,10 @@ def validate(cfg: Config) -> None:
     _check(
         not (c.collaborative and c.replica_finish),
         "cluster.collaborative and cluster.replica_finish are two ways to serve the last layer: choose one",
+    )
+    _check(
+        c.owner_malloc in ("default", "lean"),
+        f"cluster.owner_malloc must be 'default' or 'lean', got {c.owner_malloc!r}",
     )
     _check(
         isinstance(c.owner_niceness, int) and not isinstance(c.owner_niceness, bool) and 0 <= c.owner_niceness <= 19,

@@ -87,7 +87,6 @@ def descendants(pid: int) -> list[int]:
 # glibc malloc with two arenas, an mmap threshold fixed at 256 KiB (a freed large block goes back to the
 # system; glibc otherwise raises the threshold after such a free, keeping later ones in the heap) and a
 # 1 MiB trim threshold (docs/distributed.md, "The same graph through the cluster")
-LEAN_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 
 
 def rss_of(pid: int) -> int:
@@ -376,6 +375,7 @@ def run(args) -> dict:
                         "actor_num_cpus": 0.25,
                         "device": "cpu",
                         "collaborative": args.collaborative,
+                        "owner_malloc": "lean" if args.lean_malloc else "default",
                     },
                     "graph": {"dataset": None},
                 }
@@ -601,8 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lean-malloc",
         action="store_true",
-        help="glibc malloc settings that return freed memory (LEAN_MALLOC_ENV) for every process of the run, "
-        "owners included: less RSS, slower rounds (docs/distributed.md)",
+        help="glibc malloc settings that return freed memory (LEAN_MALLOC_ENV) for every process of the run: "
+        "cluster.owner_malloc = lean for the owners, the environment for the rest; less RSS, slower rounds "
+        "(docs/distributed.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmpdir", default=None, help="where the stream and the DGL worker's edge file go")
@@ -617,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         return produce_worker(args)
     if args.final_edges_worker:
         return final_edges_worker(args)
-    if args.lean_malloc:  # before Ray starts: its processes, the owners too, inherit the environment
+    if args.lean_malloc:  # the owners get it from cluster.owner_malloc; this is for the run's other processes
+        from clustergnn.config import LEAN_MALLOC_ENV
+
         os.environ.update(LEAN_MALLOC_ENV)
     out = run(args)
     report(out)

@@ -86,6 +86,13 @@ def test_a_bad_owner_niceness_is_named(bad: object) -> None:
     assert Config.from_dict({"cluster": {"owner_niceness": 7}}).cluster.owner_niceness == 7
 
 
+@pytest.mark.parametrize("bad", ["Lean", "tcmalloc", 1, None])
+def test_a_bad_owner_malloc_is_named(bad: object) -> None:
+    with pytest.raises(ConfigError, match=rf"cluster.owner_malloc must be 'default' or 'lean', got {bad!r}"):
+        Config.from_dict({"cluster": {"owner_malloc": bad}})
+    assert Config.from_dict({"cluster": {"owner_malloc": "lean"}}).cluster.owner_malloc == "lean"
+
+
 def test_spare_owners_is_a_small_count_and_the_old_switch_points_to_it() -> None:
     assert Config.from_dict({}).cluster.spare_owners == 2
     assert Config.from_dict({"cluster": {"spare_owners": 0}}).cluster.spare_owners == 0

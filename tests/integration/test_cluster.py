@@ -35,6 +35,7 @@ def make_cluster(
     collaborative: bool = False,
     hub_window_ms: float = 0.0,
     replica_finish: bool = False,
+    owner_malloc: str = "default",
 ) -> Cluster:
     cfg = Config.from_dict(
         {
@@ -45,6 +46,7 @@ def make_cluster(
                 "replica_finish": replica_finish,
                 "actor_num_cpus": 0.5,
                 "hub_window_ms": hub_window_ms,
+                "owner_malloc": owner_malloc,
             },
             "model": {"builtin": builtin, "in_dim": F, "hidden": 16, "out_dim": 4, "seed": 1},
             "graph": {"dataset": None},
@@ -182,7 +184,8 @@ def test_a_late_source_under_overload_is_applied_not_dead_lettered(ray_local, ka
 def cluster2(ray_local, kafka_bootstrap) -> Iterator[Cluster]:
     import uuid
 
-    cluster = make_cluster(kafka_bootstrap, f"shared-{uuid.uuid4().hex[:8]}", 2)
+    # lean malloc owners: every test of this module's shared cluster runs on them (test_lean_malloc_...)
+    cluster = make_cluster(kafka_bootstrap, f"shared-{uuid.uuid4().hex[:8]}", 2, owner_malloc="lean")
     init = MutationBatch.concat(
         [
             MutationBatch.add_vertices(np.arange(40), torch.randn(40, F)),
@@ -385,3 +388,27 @@ def test_owners_of_a_local_ray_run_at_the_configured_niceness(ray_local) -> None
         assert ray.get(p.nice.remote(), timeout=60) == ClusterConfig().owner_niceness
     finally:
         ray.kill(p)
+
+
+def test_lean_malloc_owners_start_with_glibcs_settings(cluster2: Cluster) -> None:
+    """``cluster.owner_malloc = lean`` reaches the owner processes' environment as they were started (what
+    glibc reads), not only ``os.environ`` set later."""
+    from clustergnn.config import LEAN_MALLOC_ENV
+
+    pids = [int(v) for k, v in cluster2.status().extra.items() if k.startswith("owner_") and k.endswith("_pid")]
+    assert len(pids) == 2
+    for pid in pids:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        for k, v in LEAN_MALLOC_ENV.items():
+            assert env.get(k.encode()) == v.encode(), (pid, k, env.get(k.encode()))
+
+
+def test_default_owners_get_no_malloc_settings() -> None:
+    from actors.cluster import _owner_env
+    from clustergnn.config import LEAN_MALLOC_ENV
+
+    assert not set(LEAN_MALLOC_ENV) & set(_owner_env(0.25)["env_vars"])
+    lean = _owner_env(0.25, "lean")["env_vars"]
+    assert {k: lean[k] for k in LEAN_MALLOC_ENV} == LEAN_MALLOC_ENV
+    assert lean["NUMBA_NUM_THREADS"] == "1"
