@@ -85,6 +85,20 @@ def owner_lost() -> tuple[type[BaseException], ...]:
     return (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
+DEFER_LOAD = True
+"""Eager serving defers the last layer through a start's replay (the bulk load of a new cluster, or the
+log after a snapshot; no read is served until it is over): owners run it as collaborative serving does
+(``PartitionEngine.defer_last_layer``) and publish nothing, and once every partition has caught up they
+finish it for every owned row a chunk at a time (``finish_deferred_layer``) and the coordinator fills
+its replica from them in pieces of ``REPLICA_FILL_ROWS``.  Each load round then neither runs the last
+hop (about every owned row of every owner) nor ships every changed final row to the coordinator
+(docs/distributed.md, "The same graph through the cluster").  A snapshot that falls due during the replay
+ends the deferral first (a deferred engine's aggregates are stale): the rest of the replay runs eager."""
+REPLICA_FILL_ROWS = 1 << 17
+"""Rows per call when the coordinator fills its replica from the owners (``Cluster._fill_replica``): a
+piece of 131,072 final rows of width 47 is 25 MB, well inside ``INLINE_REPLY_BYTES``."""
+
+
 INLINE_REPLY_BYTES = 64 * 1024 * 1024
 """Owners return replies up to this size inside the call's reply (Ray's ``max_direct_call_object_size``,
 default 100 KiB), not through Ray's object store.  A round's layer outboxes and published embeddings are
@@ -158,6 +172,8 @@ class Cluster:
         self.restored = None  # the Manifest this cluster started from, or None
         self.replaying = True  # until every partition has caught up with its log once
         self._caught_up: set[int] = set()
+        self._load_deferred = False  # owners defer the last layer through the start's replay (DEFER_LOAD)
+        self._load_finish_due = False  # ... and have caught up: finish it after the next round
         self._snap_inflight: dict | None = None
         self._snap_checked_s = 0.0
         self._snap_last_s = time.monotonic()
@@ -233,11 +249,13 @@ class Cluster:
         )
         if cc.spare_owners:  # one now (in the background); the rest once the start's replay is over
             self._spares.append(self._spawn_owner(None, None))
+        if DEFER_LOAD and self.replica is not None:  # eager serving: the replay defers the last layer
+            self._load_deferred = any(ray.get([o.defer_load.remote() for o in self.owners], timeout=60))
         if manifest is not None:
             self.restored = manifest
             self.round_id = manifest.round_id
-            if self.replica is not None:
-                self.replica.apply(ray.get([o.final_embeddings.remote() for o in self.owners], timeout=120))
+            if self.replica is not None and not self._load_deferred:  # else filled once the replay is over
+                self.replica = self._fill_replica()
             log.info(
                 "resumed from snapshot %s (round %s); replaying from offsets %s",
                 manifest.snapshot_id,
@@ -421,6 +439,7 @@ class Cluster:
             and not self.replaying
             and self.recovery is None
             and self._snap_inflight is None  # its commit is polled between rounds
+            and not self._load_finish_due
             and all(r.oldest_pending_ts_ms is None and r.caught_up_at_ms is not None and not r.busy for r in reps)
             and (self._next_reports is None or not any(r.busy for r in self._next_reports))
         )
@@ -578,16 +597,13 @@ class Cluster:
     def _recovered(self, reports: list) -> bool:
         """During a recovery, after a round: has every partition replayed past its old watermark?  Then
         the replica is rebuilt from the owners and serving resumes (health SERVING)."""
-        import ray
-
         rec = self.recovery
         if any(r.visible_offset < rec["target"].get(r.partition, 0) for r in reports):
             return False
-        pubs = ray.get([o.final_embeddings.remote() for o in self.owners])
+        self._load_deferred = self._load_finish_due = False  # the owners were rolled back to eager engines
+        replica = self._fill_replica() if self.replica is not None else None
         with self._cond:
-            if self.replica is not None:
-                replica = self._new_replica()
-                replica.apply(pubs)
+            if replica is not None:
                 self.replica = replica
             took = time.monotonic() - rec["t0"]
             self.recoveries.append(
@@ -634,11 +650,17 @@ class Cluster:
         # with a hub window the next round waits for the window, so its ingest cannot ride on this round;
         # before a snapshot's cut neither: no round may be open on any owner when it exports
         cut = self._snapshot_due()
+        # the deferred last layer is finished between rounds, with no round open on any owner: once the
+        # start's replay is over, or before a snapshot's cut (a deferred engine's aggregates are stale)
+        finish_load = self._load_finish_due or (cut and self._load_deferred)
         options = RoundOptions(
             self.P,
             self.num_layers,
             self.config.kafka.max_poll_records,
-            fuse_next_ingest=not self.config.cluster.hub_window_ms and not cut and self.recovery is None,
+            fuse_next_ingest=not self.config.cluster.hub_window_ms
+            and not cut
+            and not finish_load
+            and self.recovery is None,
         )
         prefetched, self._next_reports = self._next_reports, None
         extra = [(dict(self._txn_out[p]),) for p in range(self.P)]
@@ -680,7 +702,9 @@ class Cluster:
             self._expire_pending(reports)
         else:
             self._pending_seen.clear()
-        if cut:
+        if finish_load:
+            self._finish_load()
+        if cut and not self._load_deferred:
             self._take_snapshot()
         return busy
 
@@ -780,15 +804,64 @@ class Cluster:
 
         ray.get([o.end_replay.remote() for o in self.owners])
         self.replaying = False
-        with self._cond:
-            if self.recovery is None and self.error is None:
-                self.healthy = True
-            self._cond.notify_all()
+        if self._load_deferred and self.recovery is None:  # serving starts once the last layer is finished
+            self._load_finish_due = True
+            if self._next_reports is None:  # no round open on any owner: now
+                self._finish_load()
+        else:
+            with self._cond:
+                if self.recovery is None and self.error is None:
+                    self.healthy = True
+                self._cond.notify_all()
         if self.recovery is None:  # a start's replay; a recovery tops up once it is over (``_recovered``)
             self._top_up_spares()
         log.info(
             "every partition has caught up with its log (round %s): deferral timeouts count from now", self.round_id
         )
+
+    def _finish_load(self) -> None:
+        """The start's replay is over (:data:`DEFER_LOAD`), or a snapshot falls due during it: every owner
+        finishes its deferred last layer, the replica is filled from them in pieces, and (once the replay
+        is over) serving starts; rounds are eager from then on.  An owner with a round open (the next
+        round's ingest, fused into the last) answers None: then after the next round, which runs without
+        that fusion."""
+        import ray
+
+        t0 = time.perf_counter()
+        rows = ray.get([o.finish_load.remote() for o in self.owners])
+        if any(r is None for r in rows):
+            return
+        t1 = time.perf_counter()
+        replica = self._fill_replica()
+        with self._cond:
+            self.replica = replica
+            self._load_deferred = self._load_finish_due = False
+            if self.recovery is None and self.error is None and not self.replaying:
+                self.healthy = True
+            self._cond.notify_all()
+        log.info(
+            "the load's deferred last layer finished on %s rows in %.2fs, the replica filled in %.2fs (round %s)",
+            sum(rows),
+            t1 - t0,
+            time.perf_counter() - t1,
+            self.round_id,
+        )
+
+    def _fill_replica(self):
+        """A new replica with every owner's final rows (``final_embeddings``), fetched
+        :data:`REPLICA_FILL_ROWS` at a time: no owner and no reply holds a whole partition's rows at once."""
+        import ray
+
+        replica = self._new_replica()
+        for owner in self.owners:
+            start = 0
+            while True:
+                pub = ray.get(owner.final_embeddings.remote(start, REPLICA_FILL_ROWS), timeout=120)
+                replica.apply([pub])
+                start += len(pub.ids)
+                if len(pub.ids) < REPLICA_FILL_ROWS:
+                    break
+        return replica
 
     # ------------------------------------------------------------------ snapshots
     def _snapshot_due(self) -> bool:
@@ -977,7 +1050,8 @@ class Cluster:
             return self.freshness.staleness_ms()
 
     def _starting(self) -> bool:
-        return self._started and self.replaying and self.error is None and self.recovery is None
+        replay = self.replaying or self._load_finish_due  # (a load's last layer is finished before serving)
+        return self._started and replay and self.error is None and self.recovery is None
 
     def _raise_if_down(self) -> None:
         """Reads fail when the cluster is down for good or not started; during a recovery the replica still

@@ -712,10 +712,25 @@ class PartitionOwner:
             self.replaying = False
             log.info("partition %s: replay over (%s records still deferred)", self.partition, len(self.pending))
 
-    def final_embeddings(self) -> Published:
+    def final_embeddings(self, start: int = 0, count: int | None = None) -> Published:
         """Every owned vertex's final embedding and version, or in replica-finish serving its finish inputs
-        (fills the coordinator's replica after a restore: ``PartitionEngine.publish_all``)."""
-        return self.engine.publish_all()
+        (fills the coordinator's replica after a restore: ``PartitionEngine.publish_all``); ``start``,
+        ``count``: those of the owned vertices in id order (a replica filled in bounded pieces)."""
+        return self.engine.publish_all(start, count)
+
+    def defer_load(self) -> bool:
+        """Defer the last layer for the start's replay (``PartitionEngine.defer_last_layer``): rounds then
+        publish nothing until :meth:`finish_load`.  False where there is nothing to defer."""
+        return self.engine.defer_last_layer()
+
+    def finish_load(self) -> int | None:
+        """Finish the deferred last layer (``PartitionEngine.finish_deferred_layer``): the rows finished (0
+        where nothing was deferred), or None while a round is open here (the coordinator asks again
+        after the next round, which it runs without the next ingest fused into it)."""
+        if self._open:
+            return None
+        with self.phases("finish_load"):
+            return self.engine.finish_deferred_layer()
 
     # ------------------------------------------------------------------ snapshots
     def store(self):

@@ -63,6 +63,11 @@ DROP_DERIVED_OUTPUTS = True
 # an engine with ghosts (a partition) keeps h/agg/selfc/drift rows for its owned vertices only, indexed by
 # an owned row (clustergnn.caches, "Owned rows"); False: a row per slot, ghosts' rows zero (the old layout)
 OWNED_ROWS = True
+# a partition leaves out h[L] too where the last layer is finished on read (a narrowing SAGE mean: selfc +
+# agg / deg, no matmul): its owners publish and serve the finished rows (docs/distributed.md, "The same
+# graph through the cluster"); the hidden h[l] stay (the round protocol computes each layer's messages
+# from them between message exchanges)
+PARTITION_OUTPUT_ON_READ = True
 # a partition's adjacency pools grow by this factor (and keep this much room after a compaction), not 2x:
 # an owner's graph arrives in many rounds of appends, each moving the blocks that fill up, so the pools
 # reached 5x their live entries at 2x (docs/distributed.md, "The same graph through the cluster")
@@ -114,7 +119,7 @@ class Engine(Propagation):
             self.dims[0],
             alias_input_msg=not self.HAS_GHOSTS,
             drop_inputs=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
-            drop_output=DROP_DERIVED_OUTPUTS and not self.HAS_GHOSTS and mode != "full",
+            drop_output=DROP_DERIVED_OUTPUTS and (not self.HAS_GHOSTS or PARTITION_OUTPUT_ON_READ) and mode != "full",
             ghost_rows=not (self.HAS_GHOSTS and OWNED_ROWS),
             output_elsewhere=finish_elsewhere and mode != "full",
         )

@@ -239,8 +239,10 @@ class PartitionEngine(Engine):
         replica_finish = bool(kwargs.pop("replica_finish", False))
         kwargs["finish_elsewhere"] = replica_finish and rules[-1].aggregation is not Aggregation.ATTENTION
         super().__init__(rules, **kwargs)
+        self._replica_finish = kwargs["finish_elsewhere"] and self.mode != "full"
         self.directory = IdDirectory()
         self._rs: _RoundState | None = None
+        self.load_deferred = False  # the last layer is deferred for a bulk load (defer_last_layer)
 
     def _grow(self, capacity: int) -> None:
         if capacity > len(self.readers):
@@ -264,6 +266,8 @@ class PartitionEngine(Engine):
         rounds only (``RuntimeError`` while one is open: its edits are half propagated)."""
         if self._rs is not None:
             raise RuntimeError(f"partition {self.partition}: cannot export state while round {self.round} is open")
+        if self.load_deferred:  # its last layer's aggregates and outputs are stale until finish_deferred_layer
+            raise RuntimeError(f"partition {self.partition}: cannot export state while its last layer is deferred")
         arrays, meta = super().export_state()
         arrays["readers"] = self.readers[arrays["slots"]].copy()
         arrays["dir_ids"], arrays["dir_states"] = self.directory.export()
@@ -289,6 +293,44 @@ class PartitionEngine(Engine):
             self.directory = IdDirectory.from_export(own["dir_ids"], own["dir_states"])
         except ValueError as e:
             raise StateError(str(e)) from e
+
+    # ------------------------------------------------------------------ a bulk load's deferred last layer
+    def defer_last_layer(self) -> bool:
+        """Run the last layer as collaborative serving does until :meth:`finish_deferred_layer`: rounds keep
+        its messages (and self terms) current but neither its aggregates nor its outputs, and publish
+        nothing.  For a bulk load (a start's replay) that no one reads meanwhile: each load round's last
+        hop (about every owned row, every round) and its publication are not done at all, and the last
+        layer is computed once, at the end, a chunk of rows at a time.  Reads stay exact meanwhile (they
+        finish the rows asked for, as collaborative reads do); snapshots are refused (the aggregates are
+        stale).  False (nothing to do) where the engine already defers it (collaborative serving) or
+        keeps no aggregate for it to finish (replica-finish serving keeps no output)."""
+        if self._defers_last_layer or self.finishes_elsewhere or self.mode == "full":
+            return False
+        self.collaborative = True
+        self.load_deferred = True
+        return True
+
+    @torch.no_grad()
+    def finish_deferred_layer(self) -> int:
+        """End :meth:`defer_last_layer`: recompute the last layer's aggregate of every owned row from its
+        in-edges and the current messages, finish and store it, ``propagation.RECOMPUTE_CHUNK`` rows at a time
+        (``Propagation._recompute_in_chunks``, as a load round's recompute), and reset those rows' drift
+        budgets (a recomputed row carries no rounding but its own sum's).  Every row is then what an
+        eager round would have left: the aggregate is the exact sum over the row's current in-edges,
+        which is what the incremental rules keep.  Returns the rows finished (0 where nothing was
+        deferred).  Between rounds only (``RuntimeError`` while one is open)."""
+        if not self.load_deferred:
+            return 0
+        if self._rs is not None:
+            raise RuntimeError(f"partition {self.partition}: cannot finish the last layer while a round is open")
+        g, li = self.graph, self.num_layers - 1
+        rows = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
+        self.collaborative = False
+        self.load_deferred = False
+        self._recompute_in_chunks(li, rows, _EMPTY, False)
+        if self.drift[li] is not None and rows.size:
+            self.drift[li].index_fill_(0, self.caches.rt(rows), 0.0)
+        return len(rows)
 
     # ------------------------------------------------------------------ reads
     def owned_ids(self) -> np.ndarray:
@@ -640,17 +682,20 @@ class PartitionEngine(Engine):
         if self.finishes_elsewhere:
             inputs = rs.last_in[g.alive[rs.last_in] & ~self.ghost[rs.last_in]] if rs.last_in.size else rs.last_in
             return self._finish_inputs(g.ext_of[gone], changed, inputs)
-        rows = (
-            self.h[-1][self.caches.rt(changed)].cpu().numpy()
-            if changed.size
-            else np.zeros((0, self.dims[-1]), np.float32)
-        )
+        rows = self._final_rows(changed).cpu().numpy() if changed.size else np.zeros((0, self.dims[-1]), np.float32)
         return Published(g.ext_of[gone], g.ext_of[changed], rows, self.version[changed].copy())
+
+    def _final_rows(self, slots: np.ndarray) -> torch.Tensor:
+        """The final rows of owned ``slots``: ``h[L]``'s, or finished from the cached rows where the last
+        layer is finished on read (``engine.PARTITION_OUTPUT_ON_READ``), as a read finishes them."""
+        if self.h[-1] is not None:
+            return self.h[-1][self.caches.rt(slots)]
+        return self.finish(self.num_layers - 1, slots)
 
     @property
     def finishes_elsewhere(self) -> bool:
         """The last layer's output is not kept here: a reader finishes it from what this engine publishes."""
-        return self.h[-1] is None
+        return self._replica_finish and self.h[-1] is None
 
     def _finish_inputs(self, removed_ids: np.ndarray, rows: np.ndarray, inputs: np.ndarray) -> Published:
         """The :class:`Published` of replica-finish serving: aggregates and in-degrees of ``rows``, self
@@ -677,12 +722,14 @@ class PartitionEngine(Engine):
             msg_rows=msg_rows,
         )
 
-    def publish_all(self) -> Published:
+    def publish_all(self, start: int = 0, count: int | None = None) -> Published:
         """What a new read replica needs of every owned vertex (after a restore, or to rebuild it): the
-        final embeddings, or in replica-finish serving every row's finish inputs."""
+        final embeddings, or in replica-finish serving every row's finish inputs.  ``start``, ``count``:
+        only those of the owned vertices in id order (a replica filled in bounded pieces)."""
         g = self.graph
         slots = np.flatnonzero(g.alive & ~self.ghost[: g.capacity])
         slots = slots[np.argsort(g.ext_of[slots], kind="stable")]
+        slots = slots[start : None if count is None else start + count]
         if self.finishes_elsewhere:
             return self._finish_inputs(_EMPTY, slots, slots)
         ids = g.ext_of[slots]

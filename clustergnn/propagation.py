@@ -228,7 +228,9 @@ class Propagation:
         else:
             s_idx = t(srcs)
             agg_rows = None
-            chunked = recompute and self.HAS_GHOSTS and tables.h_out is not None and len(rows) > RECOMPUTE_CHUNK
+            chunked = (
+                recompute and self.HAS_GHOSTS and (tables.h_out is not None or on_read) and len(rows) > RECOMPUTE_CHUNK
+            )
             if chunked:  # a partition's large recompute (an owner's load rounds): a chunk of rows at a time
                 put_rows(tables.msg, s_idx, m_new)
                 changed_next = self._recompute_in_chunks(li, rows, ctx.new, incremental)
@@ -298,6 +300,9 @@ class Propagation:
             agg_rows = self.recompute_agg(li, part)
             if tables.agg is not None:
                 put_rows(tables.agg, self.caches.rt(part), agg_rows)
+            if tables.h_out is None:  # the output is finished on read: the aggregate is what is kept
+                parts.append(part)
+                continue
             out = self.finish(li, part, agg_rows)
             parts.append(self.caches.store(li, part, out, part[:0], detect, self.fused))
             del agg_rows, out
