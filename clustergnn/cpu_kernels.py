@@ -73,6 +73,8 @@ def disabled() -> Iterator[None]:
         _ENABLED = saved
 
 
+_NEIGHBOURS_PARALLEL = 1 << 16  # neighbours from which unique_live_neighbours marks them in parallel,
+_NEIGHBOUR_CHUNKS = 4  # in this many runs (a bitmap each)
 PREFETCH_AHEAD = 6  # rows ahead whose cache lines a row loop requests while it works on the current one
 
 if AVAILABLE:
@@ -133,8 +135,42 @@ if AVAILABLE:
 
         return sig, codegen
 
+    @_intrinsic
+    def popcount(typingctx, x):  # pragma: no cover - compiled
+        """The number of set bits of the ``uint64`` ``x`` (LLVM ``ctpop``: one instruction where the CPU has it)."""
+        sig = _types.uint64(_types.uint64)
+
+        def codegen(context, builder, signature, args):
+            i64 = _ir.IntType(64)
+            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+            return builder.call(fn, [args[0]])
+
+        return sig, codegen
+
     jit = numba.njit(cache=True, nogil=True, boundscheck=False)
     pjit = numba.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
+
+    @jit
+    def balanced_bounds(work, nch):  # pragma: no cover - jitted
+        """``nch + 1`` bounds splitting ``range(len(work))`` into ``nch`` runs of about equal total ``work``
+        (a run may be empty).  A parallel loop over the runs: numba's splits its range evenly between
+        the threads, which on a skewed graph (R-MAT's hubs are low slots) leaves one thread the hubs."""
+        n = work.shape[0]
+        total = 0
+        for i in range(n):
+            total += work[i]
+        bounds = np.empty(nch + 1, dtype=np.int64)
+        bounds[0] = 0
+        c, run = 1, 0
+        for i in range(n):
+            run += work[i]
+            while c < nch and run * nch >= c * total:
+                bounds[c] = i + 1
+                c += 1
+        while c <= nch:
+            bounds[c] = n
+            c += 1
+        return bounds
 
     @jit
     def prefetch_ahead(table, rows, i):  # pragma: no cover - jitted
@@ -272,23 +308,50 @@ if AVAILABLE:
         out = np.empty(values.shape[0], dtype=np.int64)
         return out[: _drain_bits(bits, lo, hi, live, out)]
 
-    @jit
+    @pjit
     def unique_live_neighbours(values, start, length, pool, owners, live, bits):  # pragma: no cover - jitted
         """``unique_live`` of ``values`` together with every neighbour of ``owners`` in a block adjacency
         (``pool[start[u]:start[u] + length[u]]``), read straight from the blocks: the neighbours are not
-        gathered into a temporary first (``BlockAdjacency.gather_csr``)."""
+        gathered into a temporary first (``BlockAdjacency.gather_csr``).  From ``_NEIGHBOURS_PARALLEL``
+        neighbours, the owners are split into ``_NEIGHBOUR_CHUNKS`` runs of about equal block length, run
+        in parallel, each marking a bitmap of its own, OR-ed into ``bits`` afterwards (the same set)."""
         lo, hi = _set_bits(values, bits, bits.shape[0], 0)
         total = values.shape[0]
-        for j in range(owners.shape[0]):
-            u = owners[j]
-            s = start[u]
-            total += length[u]
-            for e in range(s, s + length[u]):
-                v = np.int64(pool[e])
-                w = v >> 6
-                bits[w] |= np.uint64(1) << np.uint64(v & 63)
-                lo = min(lo, w)
-                hi = max(hi, w + 1)
+        no = owners.shape[0]
+        work = np.empty(no, dtype=np.int64)
+        for j in range(no):
+            work[j] = length[owners[j]] + 4
+            total += length[owners[j]]
+        if total - values.shape[0] < _NEIGHBOURS_PARALLEL:
+            for j in range(no):
+                u = owners[j]
+                s = start[u]
+                for e in range(s, s + length[u]):
+                    v = np.int64(pool[e])
+                    w = v >> 6
+                    bits[w] |= np.uint64(1) << np.uint64(v & 63)
+                    lo = min(lo, w)
+                    hi = max(hi, w + 1)
+        else:
+            nw = bits.shape[0]
+            nch = _NEIGHBOUR_CHUNKS
+            bounds = balanced_bounds(work, nch)
+            own = np.zeros((nch, nw), dtype=np.uint64)
+            for c in numba.prange(nch):
+                for j in range(bounds[c], bounds[c + 1]):
+                    u = owners[j]
+                    s = start[u]
+                    for e in range(s, s + length[u]):
+                        v = np.uint64(pool[e])
+                        own[c, np.int64(v >> np.uint64(6))] |= np.uint64(1) << (v & np.uint64(63))
+            for w in range(nw):
+                word = bits[w]
+                for c in range(nch):
+                    word |= own[c, w]
+                if word != 0:
+                    bits[w] = word
+                    lo = min(lo, w)
+                    hi = max(hi, w + 1)
         out = np.empty(min(total, live.shape[0]), dtype=np.int64)
         return out[: _drain_bits(bits, lo, hi, live, out)]
 
@@ -499,32 +562,54 @@ if AVAILABLE:
         scanned once (the neighbour looked up among that owner's requested pairs by binary search), so a
         batch's removals cost O(sum of the touched blocks), with no gather or sort of them.  Counting
         fills ``avail``; removing drops, for each pair, its first ``want[k]`` copies in block order (as
-        ``BlockAdjacency.find`` does) and closes the gaps."""
-        for g in numba.prange(gptr.shape[0] - 1):
-            k0, k1 = gptr[g], gptr[g + 1]
-            o = keys[k0] >> 32
-            s, n = start[o], length[o]
-            taken = np.zeros(k1 - k0, dtype=np.int64)
-            w = 0
-            for i in range(n):
-                v = np.int64(pool[s + i])
-                lo, hi = k0, k1  # binary search of (o, v) among this owner's requested pairs
-                target = (o << 32) | v
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if keys[mid] < target:
-                        lo = mid + 1
+        ``BlockAdjacency.find`` does) and closes the gaps.  A bitmap of every requested neighbour (a bit
+        per vertex up to the largest: small enough to stay in cache) lets the entries whose neighbour no
+        pair names skip the search: a hub's block is mostly such entries."""
+        nmax = 0
+        for k in range(keys.shape[0]):
+            nmax = max(nmax, keys[k] & 0xFFFFFFFF)
+        nw = (nmax >> 6) + 1
+        named = np.zeros(nw, dtype=np.uint64)
+        for k in range(keys.shape[0]):
+            v = keys[k] & 0xFFFFFFFF
+            named[v >> 6] |= np.uint64(1) << np.uint64(v & 63)
+        ng = gptr.shape[0] - 1
+        work = np.empty(ng, dtype=np.int64)  # a block's scan, plus an owner's own work
+        for g in range(ng):
+            work[g] = length[keys[gptr[g]] >> 32] + 16
+        bounds = balanced_bounds(work, min(ng, 64))  # (the hubs' blocks would otherwise load one thread)
+        for ch in numba.prange(bounds.shape[0] - 1):
+            for g in range(bounds[ch], bounds[ch + 1]):
+                k0, k1 = gptr[g], gptr[g + 1]
+                o = keys[k0] >> 32
+                s, n = start[o], length[o]
+                taken = np.zeros(k1 - k0, dtype=np.int64)
+                w = 0
+                for i in range(n):
+                    v = np.int64(pool[s + i])
+                    vw = v >> 6
+                    if vw >= nw or not (named[vw] >> np.uint64(v & 63)) & np.uint64(1):  # no pair names v
+                        if apply:
+                            pool[s + w] = pool[s + i]
+                            w += 1
+                        continue
+                    lo, hi = k0, k1  # binary search of (o, v) among this owner's requested pairs
+                    target = (o << 32) | v
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if keys[mid] < target:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    hit = lo < k1 and keys[lo] == target
+                    if not apply:
+                        if hit:
+                            avail[lo] += 1
+                        continue
+                    if hit and taken[lo - k0] < want[lo]:
+                        taken[lo - k0] += 1
                     else:
-                        hi = mid
-                hit = lo < k1 and keys[lo] == target
-                if not apply:
-                    if hit:
-                        avail[lo] += 1
-                    continue
-                if hit and taken[lo - k0] < want[lo]:
-                    taken[lo - k0] += 1
-                else:
-                    pool[s + w] = pool[s + i]
-                    w += 1
-            if apply:
-                length[o] = w
+                        pool[s + w] = pool[s + i]
+                        w += 1
+                if apply:
+                    length[o] = w

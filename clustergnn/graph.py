@@ -201,12 +201,13 @@ class BlockAdjacency:
         self.pool[pos] = e_val[keep]
         self.length[uniq] = counts
 
-    def remove(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
-        """Remove one entry per ``(owners[i], nbrs[i])`` pair; raise before changing anything if missing."""
+    def remove(self, owners: np.ndarray, nbrs: np.ndarray, present: bool = False) -> None:
+        """Remove one entry per ``(owners[i], nbrs[i])`` pair; raise before changing anything if missing
+        (``present``: the caller knows every pair has its copies; the fused path then does not count)."""
         if len(owners) == 0:
             return
         if cpu_kernels.enabled():
-            self._remove_fused(owners, nbrs)
+            self._remove_fused(owners, nbrs, present)
             return
         uniq, e_owner, e_val, removed = self.find(owners, nbrs)
         self.rewrite(uniq, e_owner, e_val, ~removed)
@@ -220,17 +221,19 @@ class BlockAdjacency:
         cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, copies, gptr, copies, False)
         return keys, copies
 
-    def _remove_fused(self, owners: np.ndarray, nbrs: np.ndarray) -> None:
+    def _remove_fused(self, owners: np.ndarray, nbrs: np.ndarray, present: bool = False) -> None:
         """``remove`` through ``cpu_kernels.remove_pairs``: count every requested pair's copies first (and
-        raise like ``find``, for the smallest pair short of copies), then remove; same blocks as ``find``."""
+        raise like ``find``, for the smallest pair short of copies), then remove; same blocks as ``find``.
+        ``present``: no count (the caller counted)."""
         keys, want = np.unique((owners.astype(np.int64) << 32) | nbrs.astype(np.int64), return_counts=True)
         gptr = np.flatnonzero(np.diff(keys >> 32, prepend=-1, append=-2)).astype(np.int64)
         avail = np.zeros(len(keys), dtype=np.int64)
-        cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, want, gptr, avail, False)
-        short = np.flatnonzero(avail < want)
-        if short.size:
-            k = int(keys[short[0]])
-            raise _MissingEntry(k >> 32, k & 0xFFFFFFFF, int(want[short[0]]), int(avail[short[0]]))
+        if not present:
+            cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, want, gptr, avail, False)
+            short = np.flatnonzero(avail < want)
+            if short.size:
+                k = int(keys[short[0]])
+                raise _MissingEntry(k >> 32, k & 0xFFFFFFFF, int(want[short[0]]), int(avail[short[0]]))
         cpu_kernels.remove_pairs(self.start, self.length, self.pool, keys, want, gptr, avail, True)
 
     def remove_values(self, owners: np.ndarray, drop: np.ndarray) -> None:
@@ -707,17 +710,18 @@ class MutableGraph:
             if adj.garbage > max(adj.used // 2, 1 << 16):
                 adj.compact()
 
-    def remove_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
-        """Remove one copy of each edge; ``MutationError`` naming the first missing edge, nothing changed."""
+    def remove_edges_slots(self, src: np.ndarray, dst: np.ndarray, present: bool = False) -> None:
+        """Remove one copy of each edge; ``MutationError`` naming the first missing edge, nothing changed
+        (``present``: the caller counted the copies, as a stretch's net effect does: not counted again)."""
         if len(src) == 0:
             return
         try:
-            self.inn.remove(dst, src)
+            self.inn.remove(dst, src, present)
         except _MissingEntry as e:
             s_id, d_id = int(self.ext_of[e.nbr]), int(self.ext_of[e.owner])
             have = "it does not exist" if e.present == 0 else f"only {e.present} of {e.wanted} copies exist"
             raise MutationError(f"cannot remove edge {s_id} -> {d_id}: {have}") from None
-        self.out.remove(src, dst)  # present: the two directions always mirror each other
+        self.out.remove(src, dst, True)  # present: the two directions always mirror each other
 
     def in_edges(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(src, dst)`` of every in-edge of ``slots`` (dst-major)."""

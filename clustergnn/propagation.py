@@ -34,15 +34,16 @@ DELTA_COST = 3  # cost of one delta contribution relative to one in-edge of a re
 # The fused sum delta by pull (aggregate.sum.update_pulled), in the same unit: per in-edge of an affected
 # row scanned, and per term found; against it, the fused push delta's cost per term (sum_rows: it sorts
 # its terms by row).  Measured on R-MAT scale 19, SAGE-mean layer 2, B = 1,000 and 10,000 (docs/engine.md,
-# "Updates where fan-out or width is large"): recompute 17 ns per in-edge, pull 1.4 ns per in-edge
-# scanned plus 46 ns per term, push 77 ns per term.
-# Off by default: measured ~equal to the push at B = 1,000 there (noisy, shared machine) and 2.5x slower
-# than the push on facebook-wosn-links' width-128 layer 2, which these costs do not predict.
-PULL_DELTA = False
+# "Updates where fan-out or width is large"): recompute 13-17 ns per in-edge, push 60-77 ns per term; the
+# pull without a sort (session 24) ~1.5 ns per in-edge scanned and ~10-35 ns per term (a busy box), taken
+# here at the high end so that it is chosen only where it clearly pays (B >= 1,000 on that graph; never at
+# B = 1, where PULL_MIN_TERMS keeps the push).
+PULL_DELTA = True
 PULL_SCAN_COST = 0.08
-PULL_HIT_COST = 2.7
+PULL_HIT_COST = 0.7
 FUSED_PUSH_COST = 4.5
-PULL_MIN_TERMS = 1 << 18  # terms above which the affected rows are read without gathering the out-edges
+PULL_MIN_TERMS = 1 << 18  # terms from which the affected rows are read without gathering the out-edges, and
+# the pull is considered
 # a partition recomputes at most this many rows at once (Propagation._recompute_in_chunks): an owner's load
 # rounds recompute about all its rows, whose temporaries (aggregates, self terms, outputs) set its peak
 RECOMPUTE_CHUNK = 1 << 16
@@ -176,16 +177,16 @@ class Propagation:
         # recomputation one per in-edge of the affected rows (a float32 SpMM, no sorting, so each entry
         # costs about a third of a float64 delta).  Large batches tip towards recomputation.  The fused
         # sum has a third way, the same delta found by scanning the affected rows' in-edges (pull): a
-        # cheap lookup per in-edge plus a term per hit, no sort; meant for where the terms are a large
-        # share of the in-edges (the last layers of a large batch on a skewed graph), off by default
-        # (PULL_DELTA: it did not measure faster).
+        # cheap lookup per in-edge plus a term per hit, no sort; it pays where the terms are a large
+        # share of the in-edges (the last layers of a large batch on a skewed graph), and is considered
+        # only from PULL_MIN_TERMS terms (small batches keep the push, bit-identical to the torch path).
         terms, in_edges = n_terms, int(indeg.sum())
         recompute = not incremental or rule.aggregation is Aggregation.ATTENTION or (DELTA_COST * terms > in_edges)
         pull_cost = PULL_SCAN_COST * in_edges + PULL_HIT_COST * terms
         pull = (
             may_pull
             and PULL_DELTA
-            and tables.h_out is not None
+            and terms >= PULL_MIN_TERMS
             and pull_cost <= (in_edges if recompute else min(FUSED_PUSH_COST * terms, in_edges))
         )
         if pull:
@@ -205,7 +206,7 @@ class Propagation:
         images = tables.h_out is None and not last  # the output is kept as the next layer's images
         on_read = tables.h_out is None and last  # the output is finished on read (clustergnn.caches)
         # a float32 sum's drift budget, taken by the fused delta (sum_rows) while each row is in cache
-        over = np.empty(len(rows), dtype=bool) if fused_sum and tables.drift is not None and not pull else None
+        over = np.empty(len(rows), dtype=bool) if fused_sum and tables.drift is not None else None
         budget = None if over is None or recompute else (over, DRIFT_MIN, DRIFT_MAX, ROUNDING)
         taken = None if budget is None else over
         if fused_sum and not recompute and tables.h_out is not None:
@@ -243,7 +244,13 @@ class Propagation:
                     steptimes.lmark("recompute")
             elif fused_sum:  # the output is not kept (images, on read): the fused delta alone
                 step = self._owned_step(DeltaStep(rows, srcs, m_new, de, ctx, de_ptr=de_ptr))
-                sum_family.update_fused(tables, step, indeg, self._scratch, None, budget)
+                if pull:
+                    inn = g.inn
+                    sum_family.update_pulled(
+                        tables, step, indeg, self._scratch, None, inn.start, inn.length, inn.pool, budget
+                    )
+                else:
+                    sum_family.update_fused(tables, step, indeg, self._scratch, None, budget)
             else:
                 step = DeltaStep(
                     rows,

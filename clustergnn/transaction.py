@@ -281,7 +281,8 @@ class StructureEditor:
         s, d = ls[rep], ld[rep]
         gone = count < 0
         if gone.any():
-            self._remove_edges(pend, np.repeat(s[gone], -count[gone]), np.repeat(d[gone], -count[gone]))
+            # (every copy counted by _net_edges: not counted again)
+            self._remove_edges(pend, np.repeat(s[gone], -count[gone]), np.repeat(d[gone], -count[gone]), True)
         if (~gone).any():
             self._add_edges(pend, np.repeat(s[~gone], count[~gone]), np.repeat(d[~gone], count[~gone]))
         return True
@@ -309,7 +310,10 @@ class StructureEditor:
         rep = order[first]
         sign = np.where(rem, -1, 1)[order]
         have = np.zeros(len(first), dtype=np.int64)
-        old = (ls[rep] >= 0) & (ld[rep] >= 0)  # both endpoints in the graph: count its copies there
+        # both endpoints in the graph and a removal among its events: count its copies there (an edge only
+        # added never goes below 0, so its blocks, often a hub's, are not scanned)
+        removes = np.add.reduceat((sign < 0).astype(np.int64), first) > 0
+        old = (ls[rep] >= 0) & (ld[rep] >= 0) & removes
         if old.any():
             s_old, d_old = ls[rep][old], ld[rep][old]
             keys, copies = self.graph.inn.count_pairs(d_old, s_old)
@@ -345,9 +349,9 @@ class StructureEditor:
             pend.edges.add_dst.append(d)
         pend.undo.append(lambda s=s, d=d: g.remove_edges_slots(s, d))
 
-    def _remove_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray) -> None:
+    def _remove_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray, present: bool = False) -> None:
         g = self.graph
-        g.remove_edges_slots(s, d)
+        g.remove_edges_slots(s, d, present)
         pend.edges.rem_src.append(s)
         pend.edges.rem_dst.append(d)
         pend.undo.append(lambda s=s, d=d: g.add_edges_slots(s, d))

@@ -14,7 +14,7 @@ recompute, and ``m'_u - m_u`` of two float32 values is exact in float64, so a fl
 orders of magnitude below fp32 tolerance after millions of deltas.  A from-scratch recompute
 (:func:`recompute`) is a float32 segment sum, as DGL sums.
 
-Three variants of the same update, chosen by the engine per layer and batch:
+Variants of the same update, chosen by the engine per layer and batch:
 
 * :func:`update` (torch, CPU and CUDA): three scattered adds (``index_add_``: ``E+``, then ``E-``, then
   the changed messages), or above :data:`SEGMENT_DELTA_MIN` contributions one destination-sorted
@@ -23,6 +23,12 @@ Three variants of the same update, chosen by the engine per layer and batch:
   added in the order the scattered adds add them, so the float64 aggregate is bit-identical to
   :func:`update`'s scattered adds (not to its segmented variant, which sums in another order); where
   the rule's finish has no matmul (:class:`FusedFinish`), the row is finished while it is in cache.
+* :func:`update_pulled` (numba ``pull_rows``, CPU, single engines): the same terms found from the other
+  side, each affected row scanning its in-edges for changed sources, for batches whose terms are a
+  large share of the affected rows' in-edges.  A row's terms are added in in-edge order (not
+  bit-identical to the push: another order of float64 additions before the one rounding); the
+  changed messages' deltas are float64 differences, as the push's (``PULL_DM_F32``: float32, their
+  rounding added to the row's drift budget).
 * :func:`finish_gathered` (numba ``gather_mean_self`` or ``gather_mean`` + one ``addmm``): SAGE mean's
   widening finish.
 
@@ -67,8 +73,14 @@ _SUM, _MEAN, _SYM_NORM = int(FinishKind.SUM), int(FinishKind.MEAN), int(FinishKi
 _NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # "no self term" for the fused kernels
 _NO_BIAS = np.zeros(0, dtype=np.float32)
 _NO_BUDGET = (np.zeros(0, dtype=np.float32), 0, 0, 0.0, np.zeros(0, dtype=bool))  # sum_rows: no drift budget
-_PULL_CHUNK = 256  # rows per chunk of pull_rows' parallel loop (one accumulator each)
+_PULL_CHUNKS = 256  # chunks of about equal work in pull_rows' parallel loop (one accumulator each)
+_PULL_ROW_WEIGHT = 16  # a row's own work in pull_rows (load, E+/E-, store, budget), in in-edges scanned
 _PULL_DM_AHEAD = 4  # terms ahead whose delta row pull_rows prefetches
+# pull_rows reads the changed messages' deltas as float64 (exact, as the push), or as float32 with their
+# rounding in the drift budget: half the bytes per term, but measured no faster (within +-15% either way
+# over repeated single-thread runs on R-MAT-like in-blocks: the conversions cost what the bytes save)
+PULL_DM_F32 = False
+_PULL_WINDOW = 512  # in-edges pull_rows scans before adding their hits' delta rows
 _NARROW_CHUNK = 64  # rows per scratch row in sum_rows' float32 pass
 RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)  # activations the kernels fuse
 
@@ -238,13 +250,16 @@ def update_pulled(
     in_start: np.ndarray,
     in_length: np.ndarray,
     in_pool: np.ndarray,
+    budget: tuple[np.ndarray, int, int, float] | None = None,
 ) -> np.ndarray:
     """:func:`update_fused`'s result by the in-edges of the affected rows (``pull_rows``): each row scans
     its in-edges for changed sources instead of each changed source's out-edges being bucketed by row.
-    Bit-identical to :func:`update_fused` on every affected row (the same terms, added in the same
-    order); a term for a vertex outside ``step.rows`` (removed by this batch, cleared afterwards) is
-    not added, so not for an engine whose aggregates of other rows are kept (a partition's ghosts).
-    Returns which ``step.rows`` changed (meaningful with ``finish`` only)."""
+    The same terms, added in in-edge order (not bit-identical to :func:`update_fused`: another order of
+    float64 additions before the one rounding); the drift budget (``budget``) is taken as by
+    :func:`update_fused` (with :data:`PULL_DM_F32`, the changed messages' deltas are read as float32
+    and their rounding is added to it).  A term for a vertex outside ``step.rows`` (removed by this batch, cleared
+    afterwards) is not added, so not for an engine whose aggregates of other rows are kept (a
+    partition's ghosts).  Returns which ``step.rows`` changed (meaningful with ``finish`` only)."""
     i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
     ctx, rows = step.ctx, step.rows
     diff = np.zeros(len(rows), dtype=bool)
@@ -252,6 +267,13 @@ def update_pulled(
         kind, selfc, bias, relu = _SUM, _NO_ROWS, _NO_BIAS, False
     else:
         kind, selfc, bias, relu = int(finish.kind), finish.selfc, finish.bias, finish.relu
+    srcs, m_new = i64(step.srcs), step.m_new.contiguous().numpy()
+    if srcs.size > 1 and not (srcs[1:] > srcs[:-1]).all():  # the kernel ranks the sources: sorted, distinct
+        order = np.argsort(srcs, kind="stable")
+        srcs, m_new = srcs[order], np.ascontiguousarray(m_new[order])
+        assert (srcs[1:] > srcs[:-1]).all(), "a layer's changed sources are distinct"
+    d = tables.msg.shape[1]
+    dm = _aligned_rows(len(srcs), d, np.float32 if PULL_DM_F32 else np.float64)
     pull_rows(
         tables.agg.numpy(),
         tables.msg.numpy(),
@@ -260,22 +282,35 @@ def update_pulled(
         i64(ctx.add_dst),
         i64(ctx.rem_src),
         i64(ctx.rem_dst),
-        i64(step.srcs),
-        step.m_new.contiguous().numpy(),
+        srcs,
+        m_new,
         in_start,
         in_length,
         in_pool,
         scratch.posmap(len(ctx.live)),
         finish is not None,
-        tables.h_out.numpy(),
+        tables.h_out.numpy() if tables.h_out is not None else _NO_ROWS,  # None: finished by the caller
         indeg,
         kind,
         selfc,
         bias,
         relu,
         diff,
+        dm,
+        *(_NO_BUDGET if budget is None else (tables.drift.numpy(), *budget[1:], budget[0])),
     )
     return diff
+
+
+def _aligned_rows(n: int, d: int, dtype: type) -> np.ndarray:
+    """An uninitialised C-contiguous ``(n, d')`` array, ``d' >= d`` rounded up to whole 64-byte lines and
+    the first row on a line boundary, so that a row is read in the fewest cache lines."""
+    item = np.dtype(dtype).itemsize
+    per_line = 64 // item
+    dp = -(-d // per_line) * per_line
+    buf = np.empty(n * dp + per_line, dtype=dtype)
+    skip = (-buf.ctypes.data % 64) // item
+    return buf[skip : skip + n * dp].reshape(n, dp)
 
 
 def finish_gathered(
@@ -334,11 +369,11 @@ def update_and_finish_fused(
     """A sum layer's whole fused step: :func:`update_fused` (or, given ``pull``, the in-adjacency's
     ``(start, length, pool)``, :func:`update_pulled`), then the fused finish where the rule has one,
     else :func:`finish_gathered`, else ``finish_rows()`` (the rule's torch finish of ``step.rows``) and
-    the fused store (``budget``: :func:`update_fused`'s, not taken by the pull).  Returns the rows whose
+    the fused store (``budget``: :func:`update_fused`'s, taken by the pull too).  Returns the rows whose
     output changed."""
     fin = fused_finish(rule, tables, relu, activation)
     if pull is not None:
-        diff = update_pulled(tables, step, indeg, scratch, fin, *pull)
+        diff = update_pulled(tables, step, indeg, scratch, fin, *pull, budget)
     else:
         diff = update_fused(tables, step, indeg, scratch, fin, budget)
     if steptimes.ON:
@@ -364,7 +399,16 @@ def gather_f32_rows(agg: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
 if cpu_kernels.AVAILABLE:
     import numba
 
-    from clustergnn.cpu_kernels import PREFETCH_AHEAD, jit, pjit, prefetch_ahead, prefetch_row
+    from clustergnn.cpu_kernels import (
+        PREFETCH_AHEAD,
+        balanced_bounds,
+        jit,
+        pjit,
+        popcount,
+        prefetch_ahead,
+        prefetch_row,
+        prefetch_span,
+    )
 
     @jit
     def gather_f32(agg, rows, out):  # pragma: no cover - jitted
@@ -444,11 +488,13 @@ if cpu_kernels.AVAILABLE:
         ``over[i]``, and the budget reset, where it passes ``clamp(indeg[i], lo, hi)`` such units."""
         u = np.float32(unit)
         for i in numba.prange(rows.shape[0]):
-            over[i] = _budget_row(agg, drift, rows[i], indeg[i], lo, hi, u)
+            over[i] = _budget_row(agg, drift, rows[i], indeg[i], lo, hi, u, 0.0)
 
     @jit
-    def _budget_row(agg, drift, r, deg, lo, hi, u):  # pragma: no cover - jitted
-        """Row ``r``'s step of ``drift_budget`` (``u``: the float32 unit); True where it is over budget."""
+    def _budget_row(agg, drift, r, deg, lo, hi, u, extra):  # pragma: no cover - jitted
+        """Row ``r``'s step of ``drift_budget`` (``u``: the float32 unit); True where it is over budget.
+        ``extra`` (float64, >= 0): a further bound on the update's error (``pull_rows``' float32 deltas),
+        added to the budget rounded up."""
         big = np.float32(0.0)
         for k in range(agg.shape[1]):
             a = abs(agg[r, k])
@@ -456,6 +502,8 @@ if cpu_kernels.AVAILABLE:
                 big = a
         step = big * u
         b = drift[r] + step
+        if extra > 0.0:
+            b = b + np.float32(extra * (1.0 + 2.0**-20))
         lim = np.float32(min(max(deg, lo), hi))
         if b > step * lim:
             drift[r] = np.float32(0.0)
@@ -619,7 +667,7 @@ if cpu_kernels.AVAILABLE:
                     r = rows[i]
                     _add_terms_once(agg, msg, dm, r, start[i], start[i + 1], ids, na, nr, add_src, rem_src, se_pos, acc)
                     if budget:  # the row is in cache: its drift budget here, not in a pass of its own
-                        over[i] = _budget_row(agg, drift, r, deg[i], lo, hi, unit32)
+                        over[i] = _budget_row(agg, drift, r, deg[i], lo, hi, unit32, 0.0)
                     if finish:  # and its finish (one parallel region: waking the workers is what costs)
                         changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
         if not narrow:  # (a narrow sum is done above: no second parallel region)
@@ -678,19 +726,34 @@ if cpu_kernels.AVAILABLE:
         bias,
         relu,
         changed,
+        dm,
+        drift,
+        lo,
+        hi,
+        unit,
+        over,
     ):  # pragma: no cover - jitted
-        """``sum_rows`` by pull: each affected row ``r`` finds its changed-message terms by scanning its
-        own in-edges ``in_pool[in_start[r]:in_start[r] + in_length[r]]`` for sources in ``srcs``, where
-        ``sum_rows`` buckets every out-edge of every source by row.  The work is an int32 read and a
-        lookup per in-edge, no sort of the terms and no ``(terms,)`` temporaries, and the rows run in
-        parallel throughout; it pays where the terms are a large share of the affected rows' in-edges.
+        """``sum_rows``' delta (and finish) by pull: each affected row ``r`` finds its changed-message terms
+        by scanning its own in-edges ``in_pool[in_start[r]:in_start[r] + in_length[r]]`` for sources in
+        ``srcs``, where ``sum_rows`` buckets every out-edge of every source by row.  No sort and no
+        ``(terms,)`` temporaries; the rows run in parallel throughout.
 
-        Bit-identical to ``sum_rows`` on every row of ``rows``: a row's terms are added in the same
-        order, E+ and E- in batch order, then the changed messages in the order of ``srcs`` (each row's
-        hit list is sorted by source position; a multi-edge's terms are equal, so their order among
-        themselves does not matter).  E+/E- terms for vertices outside ``rows`` (removed by the batch)
-        are added serially, as ``sum_rows`` does; changed-message terms for them are not (their rows
-        are cleared afterwards).  ``posmap`` is an all -1 scratch array (left all -1).
+        ``srcs`` must be sorted and distinct: a source's position in ``srcs`` is its rank in a bitmap of
+        the sources (a per-word prefix count plus a popcount), so each in-edge is tested and mapped
+        through ~400 KB that stay in L2, never through a table the size of the graph.  An in-edge block
+        is scanned a window at a time into a list of hits without a branch per edge, then the hits'
+        delta rows are added.  The delta rows ``dm[j] = m_new[j] - msg[srcs[j]]`` go to ``dm``
+        (``(ns, d)``, float32 or float64; its rows may be padded), computed in float64: float32 halves
+        the bytes each term reads, and its rounding, ``max_k |float32(dm) - dm|`` per source, is added to
+        the row's drift budget with the row's own rounding (below).
+
+        Each row is added in float64 (a scratch row per chunk of rows), in in-edge order, and rounded
+        once: the sum differs from ``sum_rows``' only in the order of its terms (not bit-identical; both
+        exact to float64 rounding before the one float32 rounding).  With ``drift`` (``(0,)``: none; a
+        float32 sum), the row's budget (``_budget_row``) is taken while the row is in cache, plus the
+        float32 deltas' rounding.  E+/E- terms for vertices outside ``rows`` (removed by the batch) are
+        added serially, as ``sum_rows`` does; changed-message terms for them are not (their rows are
+        cleared afterwards).  ``posmap`` is an all -1 scratch array (left all -1).
         """
         d = agg.shape[1]
         n = rows.shape[0]
@@ -722,60 +785,50 @@ if cpu_kernels.AVAILABLE:
                 fill[p] += 1
         for i in range(n):
             posmap[rows[i]] = -1
-        # changed messages: posmap = position in srcs
-        # (and is_src: a bitmap of srcs, small enough to stay in cache while every in-edge tests it)
-        dm = np.empty((ns, d), dtype=np.float64)
-        is_src = np.zeros(posmap.shape[0] // 64 + 1, dtype=np.uint64)
+        # the sources: a bitmap, each word's rank (sources in the words before it) and the delta rows
+        nw = posmap.shape[0] // 64 + 1
+        is_src = np.zeros(nw, dtype=np.uint64)
         for j in range(ns):
             u = srcs[j]
-            posmap[u] = j
             is_src[u >> 6] |= np.uint64(1) << np.uint64(u & 63)
+        rank = np.empty(nw, dtype=np.int32)
+        c = 0
+        for w in range(nw):
+            rank[w] = c
+            c += np.int64(popcount(is_src[w]))
+        dm_err = np.zeros(ns, dtype=np.float64)  # max_k |dm[j, k] - (m_new - msg)[j, k]|: 0 in float64
+        for j in range(ns):
+            u = srcs[j]
+            e = 0.0
             for k in range(d):
-                dm[j, k] = np.float64(m_new[j, k]) - np.float64(msg[u, k])
-        # pass 1: hits per row; pass 2: the hits, sorted, added
-        hits = np.zeros(n + 1, dtype=np.int64)
-        for i in numba.prange(n):
-            r = rows[i]
-            s0 = in_start[r]
-            c = 0
-            for e in range(s0, s0 + in_length[r]):
-                u = in_pool[e]
-                c += np.int64((is_src[u >> 6] >> np.uint64(u & 63)) & np.uint64(1))
-            hits[i + 1] = c
-        for i in range(n):
-            hits[i + 1] += hits[i]
-        hit = np.empty(hits[n], dtype=np.int64)
+                x = np.float64(m_new[j, k]) - np.float64(msg[u, k])
+                dm[j, k] = x
+                e = max(e, abs(np.float64(dm[j, k]) - x))
+            dm_err[j] = e
         has_self = selfc.shape[0] > 0
         has_bias = bias.shape[0] > 0
-        # rows in chunks, one float64 accumulator per chunk: a row's sum is held there while its terms
-        # are added (the same additions in the same order as into agg[r], so the same bits), which lets
-        # them vectorise; each term's dm row is prefetched a few terms ahead (dm outgrows L2)
-        n_chunks = (n + _PULL_CHUNK - 1) // _PULL_CHUNK
-        for ch in numba.prange(n_chunks):
+        budget = drift.shape[0] > 0
+        unit32 = np.float32(unit)
+        # rows in chunks of about equal work (in-edges plus a row's own), one float64 scratch row and one
+        # hit window per chunk: the parallel loop splits its range evenly between the threads, and on a
+        # skewed graph the hubs' rows (low slots in R-MAT) would otherwise load one thread
+        work = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            work[i] = in_length[rows[i]] + _PULL_ROW_WEIGHT
+        bounds = balanced_bounds(work, min(n, _PULL_CHUNKS))
+        for ch in numba.prange(bounds.shape[0] - 1):
             acc = np.empty(d, dtype=np.float64)
-            for i in range(ch * _PULL_CHUNK, min(n, (ch + 1) * _PULL_CHUNK)):
+            win = np.empty(_PULL_WINDOW, dtype=np.int64)
+            for i in range(bounds[ch], bounds[ch + 1]):
                 if i + PREFETCH_AHEAD < n:
                     ahead = rows[i + PREFETCH_AHEAD]
                     prefetch_row(agg, ahead)
+                    prefetch_span(in_pool, np.int64(in_start[ahead]), np.int64(min(in_length[ahead], 256)))
                     if finish:
                         prefetch_row(h, ahead)
                         if has_self:
                             prefetch_row(selfc, ahead)
                 r = rows[i]
-                s0 = in_start[r]
-                a, b = hits[i], hits[i + 1]
-                t = a
-                ordered = True
-                for e in range(s0, s0 + in_length[r]):
-                    u = in_pool[e]
-                    if (is_src[u >> 6] >> np.uint64(u & 63)) & np.uint64(1):
-                        j = posmap[u]
-                        if t > a and hit[t - 1] > j:
-                            ordered = False
-                        hit[t] = j
-                        t += 1
-                if not ordered:
-                    hit[a:b].sort()
                 for k in range(d):
                     acc[k] = agg[r, k]
                 for t in range(e_start[i], e_start[i + 1]):
@@ -788,19 +841,34 @@ if cpu_kernels.AVAILABLE:
                         u = rem_src[c - na]
                         for k in range(d):
                             acc[k] -= np.float64(msg[u, k])
-                for t in range(a, b):
-                    if t + _PULL_DM_AHEAD < b:
-                        prefetch_row(dm, hit[t + _PULL_DM_AHEAD])
-                    j = hit[t]
-                    for k in range(d):
-                        acc[k] += dm[j, k]
+                err = 0.0
+                s0 = in_start[r]
+                s1 = s0 + in_length[r]
+                for w0 in range(s0, s1, _PULL_WINDOW):
+                    nh = 0
+                    for e in range(w0, min(s1, w0 + _PULL_WINDOW)):  # no branch per in-edge
+                        v = np.uint64(in_pool[e])  # (unsigned shifts and masks: fewer instructions)
+                        win[nh] = np.int64(v)
+                        nh += np.int64((is_src[np.int64(v >> np.uint64(6))] >> (v & np.uint64(63))) & np.uint64(1))
+                    for t in range(nh):  # the hits: each source's position in srcs is its rank
+                        u = win[t]
+                        below = is_src[u >> 6] & ((np.uint64(1) << np.uint64(u & 63)) - np.uint64(1))
+                        win[t] = rank[u >> 6] + np.int64(popcount(below))
+                    for t in range(nh):
+                        if t + _PULL_DM_AHEAD < nh:
+                            prefetch_row(dm, win[t + _PULL_DM_AHEAD])
+                        j = win[t]
+                        err += dm_err[j]
+                        for k in range(d):
+                            acc[k] += np.float64(dm[j, k])
                 for k in range(d):
                     agg[r, k] = acc[k]
+                if budget:  # the row is in cache: its drift budget here, plus the float32 deltas' rounding
+                    over[i] = _budget_row(agg, drift, r, deg[i], lo, hi, unit32, err)
                 if finish:
                     changed[i] = _finish_row(h, r, agg, deg[i], kind, selfc, has_self, bias, has_bias, relu)
         for j in range(ns):
             u = srcs[j]
-            posmap[u] = -1
             for k in range(d):
                 msg[u, k] = m_new[j, k]
 
@@ -869,6 +937,8 @@ def warm_up_sum_kernels(dtype: np.dtype) -> None:
             bias,
             True,
             changed,
+            _aligned_rows(1, 2, f32 if PULL_DM_F32 else np.float64),
+            *_NO_BUDGET,
         )
 
 

@@ -4,9 +4,10 @@
 Engines are built first (building one compiles its kernels: ``cpu_kernels.warm_up``); then a single engine, a
 collaborative one and a 2-partition ``LocalCluster`` are fed the same batches, which take every fused path:
 the sum kernels at sum, mean and symmetric-norm finishes, small batches (one chunk per row), medium ones
-(several rows per chunk), large ones (a recompute), feature updates (layer 0's images), removals, and
+(several rows per chunk), large ones (a recompute), feature updates (layer 0's images), removals,
 the drift refresh (``DRIFT_MIN = DRIFT_MAX = 1`` in a second pass: rows are refreshed every other
-update).  After every batch all of them are compared with DGL's forward on the same graph.
+update) and the delta by pull (a third pass, forced on every fused sum layer of a single engine).
+After every batch all of them are compared with DGL's forward on the same graph.
 
 Printed (one JSON line): the largest relative error, and every kernel signature compiled AFTER the
 engines were built: each of those is a compilation an engine's first batches pay (seconds on one
@@ -80,9 +81,12 @@ def main() -> int:
         ]
 
     worst, where = 0.0, ""
-    for k, drift in enumerate((None, 1)):
+    for k, (drift, pull) in enumerate(((None, False), (1, False), (1, True))):
         if drift is not None:  # the drift refresh at every other update of a row
             propagation.DRIFT_MIN = propagation.DRIFT_MAX = drift
+        if pull:  # the delta by pull (aggregate.sum.pull_rows) on every fused sum layer of a single engine
+            propagation.PULL_MIN_TERMS = 0
+            propagation.PULL_SCAN_COST = propagation.PULL_HIT_COST = 0.0
         for model, (layers, single, collab, cluster) in setups.items():
             if k == 0:
                 for target in (single, collab, cluster):
