@@ -27,6 +27,13 @@ from clustergnn.memory import DICT_ENTRY_BYTES, MemoryEntry, entries_of
 DIRECT_ID_LIMIT = 1 << 28  # ids below this use a table (4 bytes per id up to the largest id seen)
 _MIN_BLOCK = 4
 BULK_APPEND_MIN = 1 << 20  # appends of at least this many edges count their owners once (an initial graph)
+# an initial graph's endpoints are counted as they are looked up (MutableGraph.lookup_counted32), a thread
+# per side: no separate count pass over the edges (docs/engine.md, "Build time on this machine")
+LOOKUP_COUNTED = True
+# ... and where they are all consecutive ids just bound to consecutive slots (0..n-1 -> 0..n-1), their slots
+# are computed, not looked up, and no slot arrays are made (MutableGraph.add_edges_in_range)
+ID_RANGE_APPEND = True
+_PLACE_AHEAD = 16  # entries ahead whose pool line the bulk placement requests (its cursor twice as far)
 
 
 def unique(a: np.ndarray) -> np.ndarray:
@@ -509,6 +516,67 @@ class MutableGraph:
             return out
         return self.lookup(ids).astype(np.int32)
 
+    def lookup_counted32(
+        self, src_ids: np.ndarray, dst_ids: np.ndarray, id_range: tuple[int, int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`lookup32` of an initial graph's endpoints (``len >= BULK_APPEND_MIN``, ids int64), both
+        sides at once (a thread each) and each endpoint's slot counted into its adjacency's append counts
+        as it is found, for :meth:`add_edges_slots` with ``counted=True`` next (which skips its own
+        count pass over the edges).  ``id_range = (lo, hi, base)``: the live ids ``lo..hi-1`` are bound
+        to the slots ``base..`` in order (the caller just added them so), which the kernel computes
+        instead of reading the id table; other ids are looked up.  ``(src slots, dst slots)``; ``None``
+        where the kernels are off, ids go through the dict, or some endpoint is not a live vertex (then
+        nothing is counted)."""
+        n = len(src_ids)
+        if not (cpu_kernels.enabled() and not self._dict and n >= BULK_APPEND_MIN and LOOKUP_COUNTED):
+            return None
+        lo, hi, base = id_range if id_range is not None else (0, 0, 0)
+        self._counts_ready()
+        ls, ld = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+        missing = np.zeros(2, dtype=np.int64)
+        _lookup_count_pair(
+            self._table,
+            np.ascontiguousarray(src_ids, dtype=np.int64),
+            np.ascontiguousarray(dst_ids, dtype=np.int64),
+            ls,
+            ld,
+            self.out._count,
+            self.inn._count,
+            lo,
+            hi,
+            base,
+            missing,
+        )
+        if missing.any():
+            self.inn._count[:] = 0
+            self.out._count[:] = 0
+            return None
+        return ls, ld
+
+    def add_edges_in_range(self, src_ids: np.ndarray, dst_ids: np.ndarray, id_range: tuple[int, int, int]) -> bool:
+        """Append the edges ``src_ids -> dst_ids`` (ids, int64, ``len >= BULK_APPEND_MIN``) where every
+        endpoint lies in ``id_range = (lo, hi, base)``: live ids ``lo..hi-1`` bound to the slots ``base..``
+        in order (an initial graph's vertices, just added so).  No slot array is made or looked up: the
+        count (a thread per side) and the placement compute ``id - lo + base``; the same blocks, entries
+        and order as :meth:`lookup32` and :meth:`add_edges_slots`.  False (nothing changed) where the
+        kernels are off or an endpoint is outside the range (look them up instead)."""
+        lo, hi, base = id_range
+        if not (cpu_kernels.enabled() and len(src_ids) >= BULK_APPEND_MIN and ID_RANGE_APPEND):
+            return False
+        if lo < 0 or hi > DIRECT_ID_LIMIT or base + hi - lo > 2**31 - 1:
+            return False
+        self._counts_ready()
+        src_ids = np.ascontiguousarray(src_ids, dtype=np.int64)
+        dst_ids = np.ascontiguousarray(dst_ids, dtype=np.int64)
+        outside = np.zeros(2, dtype=np.int64)
+        _count_range_pair(src_ids, dst_ids, self.out._count, self.inn._count, lo, hi, lo - base, outside)
+        if outside.any():
+            self.inn._count[:] = 0
+            self.out._count[:] = 0
+            return False
+        self._append_pair_bulk(src_ids, dst_ids, counted=True, offset=lo - base)
+        return True
+
     def slots_of(self, ids: np.ndarray, what: str = "vertex") -> np.ndarray:
         """Slots of ``ids``; ``UnknownVertexError`` naming the first id that is not a live vertex."""
         slots = self.lookup(ids)
@@ -635,7 +703,12 @@ class MutableGraph:
         return freed
 
     # --------------------------------------------------------------- edge edits
-    def add_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+    def add_edges_slots(self, src: np.ndarray, dst: np.ndarray, counted: bool = False) -> None:
+        """Append the edges ``src -> dst`` (slots); ``counted``: :meth:`lookup_counted32` returned them and
+        their owners are counted already."""
+        if counted:
+            self._append_pair_bulk(src, dst, counted=True)
+            return
         if cpu_kernels.enabled() and len(src):
             # int32 slots (an initial graph's, MutableGraph.lookup32) stay int32: no 16 B/edge of copies
             dt = np.int32 if src.dtype == dst.dtype == np.int32 else np.int64
@@ -644,12 +717,15 @@ class MutableGraph:
         self.inn.append(dst, src)
         self.out.append(src, dst)
 
+    def _counts_ready(self) -> None:
+        for adj in (self.inn, self.out):
+            if len(adj._count) < len(adj.start):
+                adj._count = np.zeros(len(adj.start), dtype=np.int64)
+
     def _append_pair(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Both directions of the new edges in one kernel call, one adjacency per core."""
         a, b = self.inn, self.out
-        for adj in (a, b):
-            if len(adj._count) < len(adj.start):
-                adj._count = np.zeros(len(adj.start), dtype=np.int64)
+        self._counts_ready()
         if len(src) >= BULK_APPEND_MIN:
             self._append_pair_bulk(src, dst)
             return
@@ -682,15 +758,20 @@ class MutableGraph:
             if adj.garbage > max(adj.used // 2, 1 << 16):
                 adj.compact()
 
-    def _append_pair_bulk(self, src: np.ndarray, dst: np.ndarray) -> None:
-        """:meth:`_append_pair` for an initial graph's edges: each side counts its owners once, sizes the
-        pool, grows the blocks that overflow in slot order (an O(vertices) pass) and appends in input
-        order; ``block_append`` counts the owners four times over the edges.  The blocks get the same
-        entries in the same order and the same capacities (only where a moved block lands in the pool
-        differs, which no read sees)."""
+    def _append_pair_bulk(self, src: np.ndarray, dst: np.ndarray, counted: bool = False, offset: int = 0) -> None:
+        """:meth:`_append_pair` for an initial graph's edges: each side counts its owners once (or found
+        them counted: ``counted``), sizes the pool, grows the blocks that overflow in slot order (an
+        O(vertices) pass) and appends in input order; ``block_append`` counts the owners four times over
+        the edges.  The blocks get the same entries in the same order and the same capacities (only
+        where a moved block lands in the pool differs, which no read sees).  ``offset``: ``src``/``dst``
+        are ids, the slots ``id - offset``."""
         a, b = self.inn, self.out
         need = np.zeros(2, dtype=np.int64)
-        _count_need_pair(a.length, a.cap, a._count, b.length, b.cap, b._count, src, dst, _MIN_BLOCK, need)
+        if counted:
+            need[0] = _need_of_counts(a.length, a.cap, a._count, _MIN_BLOCK)
+            need[1] = _need_of_counts(b.length, b.cap, b._count, _MIN_BLOCK)
+        else:
+            _count_need_pair(a.length, a.cap, a._count, b.length, b.cap, b._count, src, dst, _MIN_BLOCK, need)
         try:
             a._reserve_pool(int(need[0]))
             b._reserve_pool(int(need[1]))
@@ -702,7 +783,7 @@ class MutableGraph:
         _place_counted_pair(
             a.start, a.length, a.cap, a.pool, a.used, a._count,
             b.start, b.length, b.cap, b.pool, b.used, b._count,
-            src, dst, _MIN_BLOCK, res,
+            src, dst, offset, _MIN_BLOCK, res,
         )  # fmt: skip
         for adj, used, garbage in ((a, res[0], res[1]), (b, res[2], res[3])):
             adj.used = int(used)
@@ -740,7 +821,47 @@ class MutableGraph:
 if cpu_kernels.AVAILABLE:
     import numba
 
-    from clustergnn.cpu_kernels import PREFETCH_AHEAD, jit, pjit, prefetch_span
+    from clustergnn.cpu_kernels import jit, pjit, prefetch_span
+
+    @jit
+    def _lookup_count(table, ids, out, count, lo, hi, base):  # pragma: no cover - jitted
+        """``out[i] = table[ids[i]]`` (-1 outside the table; ``ids[i] - lo + base`` for ids in ``[lo, hi)``,
+        where the table holds that) and ``count[out[i]] += 1`` where found; returns how many were not."""
+        missing = 0
+        n = table.shape[0]
+        for i in range(ids.shape[0]):
+            v = ids[i]
+            if lo <= v < hi:
+                s = v - lo + base
+            else:
+                s = table[v] if 0 <= v < n else -1
+            out[i] = s
+            if s >= 0:
+                count[s] += 1
+            else:
+                missing += 1
+        return missing
+
+    @pjit
+    def _lookup_count_pair(
+        table, src_ids, dst_ids, ls, ld, out_count, in_count, lo, hi, base, missing
+    ):  # pragma: no cover - jitted
+        for side in numba.prange(2):
+            if side == 0:
+                missing[0] = _lookup_count(table, dst_ids, ld, in_count, lo, hi, base)
+            else:
+                missing[1] = _lookup_count(table, src_ids, ls, out_count, lo, hi, base)
+
+    @jit
+    def _need_of_counts(length, cap, count, min_block):  # pragma: no cover - jitted
+        """The pool entries the blocks that overflow by ``count`` take (``block_append``'s growth rule:
+        ``max(length + c, 2 cap, min_block)``)."""
+        need = 0
+        for o in range(count.shape[0]):
+            c = count[o]
+            if c > 0 and length[o] + c > cap[o]:
+                need += max(length[o] + c, 2 * cap[o], min_block)
+        return need
 
     @jit
     def _count_need(length, cap, owners, count, min_block):  # pragma: no cover - jitted
@@ -766,10 +887,30 @@ if cpu_kernels.AVAILABLE:
                 need[1] = _count_need(out_length, out_cap, src, out_count, min_block)
 
     @jit
-    def _place_counted(start, length, cap, pool, used, owners, nbrs, count, min_block):  # pragma: no cover
+    def _count_range(ids, count, lo, hi, offset):  # pragma: no cover - jitted
+        """``count[ids[i] - offset] += 1`` while every id is in ``[lo, hi)``; returns 1 at the first that is
+        not (the counts are then partial: the caller zeroes them), else 0."""
+        for i in range(ids.shape[0]):
+            v = ids[i]
+            if v < lo or v >= hi:
+                return 1
+            count[v - offset] += 1
+        return 0
+
+    @pjit
+    def _count_range_pair(src_ids, dst_ids, out_count, in_count, lo, hi, offset, outside):  # pragma: no cover
+        for side in numba.prange(2):
+            if side == 0:
+                outside[0] = _count_range(dst_ids, in_count, lo, hi, offset)
+            else:
+                outside[1] = _count_range(src_ids, out_count, lo, hi, offset)
+
+    @jit
+    def _place_counted(start, length, cap, pool, used, owners, nbrs, offset, count, min_block):  # pragma: no cover
         """Move the blocks that overflow (by ``count``, left all-zero) to the pool's tail in slot order,
         then append ``nbrs[i]`` to ``owners[i]``'s block in input order (``count`` serves as each block's
-        write cursor meanwhile).  Returns ``(used, garbage)``."""
+        write cursor meanwhile; ``offset``: ``owners``/``nbrs`` are ids, the slots ``id - offset``).
+        Returns ``(used, garbage)``."""
         garbage = 0
         for o in range(count.shape[0]):
             c = count[o]
@@ -787,11 +928,13 @@ if cpu_kernels.AVAILABLE:
                 length[o] += c
         m = owners.shape[0]
         for i in range(m):  # one random read-write per entry (the cursor), not start and length
-            if i + PREFETCH_AHEAD < m:
-                prefetch_span(pool, count[owners[i + PREFETCH_AHEAD]], 1)
-            o = owners[i]
+            if i + 2 * _PLACE_AHEAD < m:  # the cursor a pool prefetch will read, then that pool entry
+                prefetch_span(count, owners[i + 2 * _PLACE_AHEAD] - offset, 1)
+            if i + _PLACE_AHEAD < m:
+                prefetch_span(pool, count[owners[i + _PLACE_AHEAD] - offset], 1)
+            o = owners[i] - offset
             p = count[o]
-            pool[p] = nbrs[i]
+            pool[p] = nbrs[i] - offset
             count[o] = p + 1
         count[:] = 0
         return used, garbage
@@ -800,14 +943,16 @@ if cpu_kernels.AVAILABLE:
     def _place_counted_pair(
         in_start, in_length, in_cap, in_pool, in_used, in_count,
         out_start, out_length, out_cap, out_pool, out_used, out_count,
-        src, dst, min_block, result,
+        src, dst, offset, min_block, result,
     ):  # fmt: skip  # pragma: no cover - jitted
         for side in numba.prange(2):
             if side == 0:
-                u, g = _place_counted(in_start, in_length, in_cap, in_pool, in_used, dst, src, in_count, min_block)
+                u, g = _place_counted(
+                    in_start, in_length, in_cap, in_pool, in_used, dst, src, offset, in_count, min_block
+                )
             else:
                 u, g = _place_counted(
-                    out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count, min_block
+                    out_start, out_length, out_cap, out_pool, out_used, src, dst, offset, out_count, min_block
                 )
             result[2 * side] = u
             result[2 * side + 1] = g

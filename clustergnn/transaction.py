@@ -34,6 +34,12 @@ class _DryRunDone(Exception):
     """Raised inside :meth:`StructureEditor.apply` to undo a dry run that applied."""
 
 
+def _is_run(a: np.ndarray) -> bool:
+    """Whether ``a`` is ``a[0], a[0] + 1, ...`` (at least two values)."""
+    n = len(a)
+    return n > 1 and int(a[-1]) - int(a[0]) == n - 1 and bool((np.diff(a) == 1).all())
+
+
 def concat_slots(parts: list[np.ndarray]) -> np.ndarray:
     """The concatenation of slot arrays (int64 empty for none)."""
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -195,16 +201,34 @@ class StructureEditor:
             return False
         g = self.graph
         vids, es, ed = batch.src[:nv], batch.src[nv:], batch.dst[nv:]
-        if nv and ((g.lookup(vids) >= 0).any() or len(unique(vids)) != nv):
+        run = _is_run(vids)  # consecutive ids (an initial graph's 0..n-1) are distinct: no sort to check it
+        if nv and ((g.lookup(vids) >= 0).any() or (not run and len(unique(vids)) != nv)):
             return False
         feats = None
+        id_range = None
         if nv:
             try:  # ADD_VERTEX and ADD_EDGE only: the features are the vertices', in order
                 feats = self.check_features(batch.features[:nv], "")
             except MutationError:
                 return False
-            self._add_vertices(pend, vids, feats, checked=True)
+            slots = self._add_vertices(pend, vids, feats, checked=True)
+            if run and _is_run(slots):
+                id_range = (int(vids[0]), int(vids[-1]) + 1, int(slots[0]))
         if es.size:
+            # without a log, where the new vertices' ids are a run, a large batch's endpoints are counted as
+            # they are found and the append skips its count pass: if every endpoint is one of the run, their
+            # slots are computed and no slot arrays are made (the undo, for a dry run, computes them); else
+            # they are looked up, the run's computed (None: not that case, or an endpoint is missing;
+            # nothing counted).  Other ids take lookup32 and the append's count pass: counting each slot
+            # as the table gives it was no faster (docs/engine.md, "Build time on this machine")
+            if not log and id_range is not None and g.add_edges_in_range(es, ed, id_range):
+                lo, _, base = id_range
+                pend.undo.append(lambda: g.remove_edges_slots(es - lo + base, ed - lo + base))
+                return True
+            found = g.lookup_counted32(es, ed, id_range) if not log and id_range is not None else None
+            if found is not None:
+                self._add_edges(pend, *found, log, counted=True)
+                return True
             ls, ld = (g.lookup(es), g.lookup(ed)) if log else (g.lookup32(es), g.lookup32(ed))
             if (ls < 0).any() or (ld < 0).any():
                 return self._undo_first(pend, bool(nv))
@@ -341,9 +365,9 @@ class StructureEditor:
         pend.undo.append(undo_add)
         return slots
 
-    def _add_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray, log: bool = True) -> None:
+    def _add_edges(self, pend: Pending, s: np.ndarray, d: np.ndarray, log: bool = True, counted: bool = False) -> None:
         g = self.graph
-        g.add_edges_slots(s, d)
+        g.add_edges_slots(s, d, counted)
         if log:
             pend.edges.add_src.append(s)
             pend.edges.add_dst.append(d)

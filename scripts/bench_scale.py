@@ -278,6 +278,8 @@ def traced_stages(eng: Engine) -> list[tuple[object, str, str]]:
         (eng, "apply_structure", "structure edits"),
         (g, "lookup", "id lookup"),
         (g, "lookup32", "id lookup (int32)"),
+        (g, "lookup_counted32", "id lookup + count (int32)"),
+        (g, "add_edges_in_range", "count + appends (ids in range)"),
         (g, "add_vertices", "vertex adds"),
         (g, "add_edges_slots", "adjacency appends"),
         (eng, "_in_edge_index", "in-edge CSR"),

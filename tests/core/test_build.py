@@ -189,3 +189,83 @@ def test_full_recompute_keeps_no_process_wide_edge_ids(monkeypatch: pytest.Monke
     assert eng.num_edges >= kernels.DGL_MIN_EDGES
     assert not kernels._ARANGE and not kernels.cached_aranges()
     assert not any(k.startswith("process.") for k in eng.memory_report())
+
+
+def _counted_batch(ids: str) -> MutationBatch:
+    """New vertices (consecutive ids, or shuffled, or with a gap) and edges among them and the base's
+    (``"range"``: among the new ones only)."""
+    rng = np.random.default_rng(7)
+    new = np.arange(100, 400)
+    if ids == "shuffled":
+        new = rng.permutation(new)
+    elif ids == "gap":
+        new = np.concatenate([np.arange(100, 250), np.arange(260, 410)])
+    pool = new if ids == "range" else np.concatenate([np.arange(32), new])  # _base()'s ids are 0..31
+    src, dst = rng.choice(pool, 5000), rng.choice(pool, 5000)
+    return _bulk(new.tolist(), src.tolist(), dst.tolist(), torch.randn(len(new), F_IN))
+
+
+# the path each case takes: slots computed (every endpoint new and consecutive), counted lookup (new ids a
+# run, some endpoints old), or neither (lookup32 and the append's count pass)
+COUNTED_PATHS = {"range": "range", "consecutive": "counted", "shuffled": None, "gap": None}
+
+
+@pytest.mark.parametrize("ids", sorted(COUNTED_PATHS))
+def test_counted_lookup_builds_the_same_engine(monkeypatch: pytest.MonkeyPatch, ids: str) -> None:
+    """``MutableGraph.lookup_counted32`` (endpoints counted as they are looked up, consecutive new ids'
+    slots computed rather than read) and ``add_edges_in_range`` (no slot arrays at all) give the same
+    structure, slots and rows, bit for bit, as ``lookup32`` and the append's own count pass, on a graph
+    that has vertices and edges already (old endpoints, blocks that grow and move); new ids that are not
+    a run take neither; a dry run changes nothing."""
+    batch = _counted_batch(ids)
+    taken = []
+    g_cls = graph_module.MutableGraph
+    real_range, real_counted = g_cls.add_edges_in_range, g_cls.lookup_counted32
+
+    def spy_range(self, *a):
+        ok = real_range(self, *a)
+        taken.append("range" if ok else "not range")
+        return ok
+
+    def spy_counted(self, *a):
+        out = real_counted(self, *a)
+        taken.append("counted" if out is not None else "not counted")
+        return out
+
+    def run(fast: bool) -> dict[str, np.ndarray]:
+        with monkeypatch.context() as m:
+            m.setattr(graph_module, "BULK_APPEND_MIN", 1)
+            m.setattr(graph_module, "LOOKUP_COUNTED", fast)
+            m.setattr(graph_module, "ID_RANGE_APPEND", fast)
+            m.setattr(g_cls, "add_edges_in_range", spy_range)
+            m.setattr(g_cls, "lookup_counted32", spy_counted)
+            eng = _base()
+            before = snapshot(eng)
+            eng.apply_structure(batch, dry_run=True, log=False)  # applied, then undone
+            assert_same(snapshot(eng), before)
+            taken.clear()
+            eng.bulk_load(batch)
+            assert not eng.graph.inn._count.any() and not eng.graph.out._count.any()
+            return state(eng)
+
+    new = run(True)
+    path = COUNTED_PATHS[ids]
+    assert path in taken if path else "range" not in taken and "counted" not in taken
+    old = run(False)
+    assert "range" not in taken and "counted" not in taken
+    assert_bitwise(new, old)
+
+
+@pytest.mark.parametrize(
+    "case", ["edge to an unknown vertex", "edge from an unknown vertex", "edges only, unknown vertex"]
+)
+def test_counted_lookup_of_an_unknown_endpoint_changes_nothing(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Through the counted lookup (every append bulk-sized): an unknown endpoint counts nothing, undoes
+    the vertex addition and raises the sequential error, as the uncounted path does."""
+    monkeypatch.setattr(graph_module, "BULK_APPEND_MIN", 1)
+    for how in ("bulk_load", "apply", "dry_run"):
+        _check_refused(case, how)
+    eng = _base()
+    with pytest.raises(MutationError):
+        eng.bulk_load(BAD_BULK[case][0])
+    assert not eng.graph.inn._count.any() and not eng.graph.out._count.any()  # nothing left counted
