@@ -562,7 +562,8 @@ if AVAILABLE:
         scanned once (the neighbour looked up among that owner's requested pairs by binary search), so a
         batch's removals cost O(sum of the touched blocks), with no gather or sort of them.  Counting
         fills ``avail``; removing drops, for each pair, its first ``want[k]`` copies in block order (as
-        ``BlockAdjacency.find`` does) and closes the gaps.  A bitmap of every requested neighbour (a bit
+        ``BlockAdjacency.find`` does) and closes the gaps (no store before a block's first removal, so
+        the untouched head of a hub's block is only read).  A bitmap of every requested neighbour (a bit
         per vertex up to the largest: small enough to stay in cache) lets the entries whose neighbour no
         pair names skip the search: a hub's block is mostly such entries."""
         nmax = 0
@@ -590,7 +591,8 @@ if AVAILABLE:
                     vw = v >> 6
                     if vw >= nw or not (named[vw] >> np.uint64(v & 63)) & np.uint64(1):  # no pair names v
                         if apply:
-                            pool[s + w] = pool[s + i]
+                            if w != i:  # (up to the first removal the block stays as it is: no store)
+                                pool[s + w] = pool[s + i]
                             w += 1
                         continue
                     lo, hi = k0, k1  # binary search of (o, v) among this owner's requested pairs
@@ -609,7 +611,8 @@ if AVAILABLE:
                     if hit and taken[lo - k0] < want[lo]:
                         taken[lo - k0] += 1
                     else:
-                        pool[s + w] = pool[s + i]
+                        if w != i:
+                            pool[s + w] = pool[s + i]
                         w += 1
                 if apply:
                     length[o] = w

@@ -791,6 +791,20 @@ class MutableGraph:
             if adj.garbage > max(adj.used // 2, 1 << 16):
                 adj.compact()
 
+    def count_edges_slots(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Copies of each edge ``src[i] -> dst[i]`` in the graph (fused kernels only), each counted in the
+        shorter of its two blocks: ``dst``'s in-block or ``src``'s out-block, which mirror each other (a
+        hub's block is scanned only where the other end's block is longer)."""
+        src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        copies = np.zeros(len(src), dtype=np.int64)
+        by_out = self.out.length[src] < self.inn.length[dst]
+        for adj, sel, owner, nbr in ((self.inn, ~by_out, dst, src), (self.out, by_out, src, dst)):
+            if sel.any():
+                o, v = owner[sel], nbr[sel]
+                keys, c = adj.count_pairs(o, v)
+                copies[sel] = c[np.searchsorted(keys, (o << 32) | v)]
+        return copies
+
     def remove_edges_slots(self, src: np.ndarray, dst: np.ndarray, present: bool = False) -> None:
         """Remove one copy of each edge; ``MutationError`` naming the first missing edge, nothing changed
         (``present``: the caller counted the copies, as a stretch's net effect does: not counted again)."""

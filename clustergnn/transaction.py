@@ -338,10 +338,8 @@ class StructureEditor:
         # added never goes below 0, so its blocks, often a hub's, are not scanned)
         removes = np.add.reduceat((sign < 0).astype(np.int64), first) > 0
         old = (ls[rep] >= 0) & (ld[rep] >= 0) & removes
-        if old.any():
-            s_old, d_old = ls[rep][old], ld[rep][old]
-            keys, copies = self.graph.inn.count_pairs(d_old, s_old)
-            have[old] = copies[np.searchsorted(keys, (d_old << 32) | s_old)]
+        if old.any():  # (each edge counted in the shorter of its in- and out-block)
+            have[old] = self.graph.count_edges_slots(ls[rep][old], ld[rep][old])
         run = np.cumsum(sign)
         level = run - np.repeat(run[first] - sign[first], sizes) + np.repeat(have, sizes)
         if (level < 0).any():

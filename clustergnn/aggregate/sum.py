@@ -25,10 +25,10 @@ Variants of the same update, chosen by the engine per layer and batch:
   the rule's finish has no matmul (:class:`FusedFinish`), the row is finished while it is in cache.
 * :func:`update_pulled` (numba ``pull_rows``, CPU, single engines): the same terms found from the other
   side, each affected row scanning its in-edges for changed sources, for batches whose terms are a
-  large share of the affected rows' in-edges.  A row's terms are added in in-edge order (not
-  bit-identical to the push: another order of float64 additions before the one rounding); the
-  changed messages' deltas are float64 differences, as the push's (``PULL_DM_F32``: float32, their
-  rounding added to the row's drift budget).
+  large share of the affected rows' in-edges.  A row's terms are added in in-edge order, four at a
+  time (not bit-identical to the push: another order of float64 additions before the one rounding);
+  the changed messages' deltas are float64 differences rounded once to float32, their rounding added
+  to the row's drift budget (``PULL_DM_F32``, on; off: float64 deltas, as the push's).
 * :func:`finish_gathered` (numba ``gather_mean_self`` or ``gather_mean`` + one ``addmm``): SAGE mean's
   widening finish.
 
@@ -75,11 +75,11 @@ _NO_BIAS = np.zeros(0, dtype=np.float32)
 _NO_BUDGET = (np.zeros(0, dtype=np.float32), 0, 0, 0.0, np.zeros(0, dtype=bool))  # sum_rows: no drift budget
 _PULL_CHUNKS = 256  # chunks of about equal work in pull_rows' parallel loop (one accumulator each)
 _PULL_ROW_WEIGHT = 16  # a row's own work in pull_rows (load, E+/E-, store, budget), in in-edges scanned
-_PULL_DM_AHEAD = 4  # terms ahead whose delta row pull_rows prefetches
-# pull_rows reads the changed messages' deltas as float64 (exact, as the push), or as float32 with their
-# rounding in the drift budget: half the bytes per term, but measured no faster (within +-15% either way
-# over repeated single-thread runs on R-MAT-like in-blocks: the conversions cost what the bytes save)
-PULL_DM_F32 = False
+# pull_rows reads the changed messages' deltas as float32 with their rounding in the drift budget (half
+# the bytes per term: at scale 21 / B = 10,000 the 8.5K sources' deltas are 1.6 MB in float32, inside a
+# core's 2 MB L2, and 3.2 MB in float64, outside it; the pull measured ~20% faster, docs/engine.md), or
+# as float64 (exact, as the push; no faster where the deltas fit L2 either way, e.g. at scale 19)
+PULL_DM_F32 = True
 _PULL_WINDOW = 512  # in-edges pull_rows scans before adding their hits' delta rows
 _NARROW_CHUNK = 64  # rows per scratch row in sum_rows' float32 pass
 RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.Tensor.relu)  # activations the kernels fuse
@@ -758,8 +758,9 @@ if cpu_kernels.AVAILABLE:
         d = agg.shape[1]
         n = rows.shape[0]
         na, nr, ns = add_src.shape[0], rem_src.shape[0], srcs.shape[0]
-        # E+ and E- terms bucketed by row (batch order kept), through posmap = position in rows
-        for i in range(n):
+        # E+ and E- terms bucketed by row (batch order kept), through posmap = position in rows (the rows
+        # are distinct: marked and cleared in parallel)
+        for i in numba.prange(n):
             posmap[rows[i]] = i
         e_start = np.zeros(n + 1, dtype=np.int64)
         for c in range(na + nr):
@@ -783,7 +784,7 @@ if cpu_kernels.AVAILABLE:
             if p >= 0:
                 e_ids[fill[p]] = c
                 fill[p] += 1
-        for i in range(n):
+        for i in numba.prange(n):
             posmap[rows[i]] = -1
         # the sources: a bitmap, each word's rank (sources in the words before it) and the delta rows
         nw = posmap.shape[0] // 64 + 1
@@ -796,7 +797,9 @@ if cpu_kernels.AVAILABLE:
         for w in range(nw):
             rank[w] = c
             c += np.int64(popcount(is_src[w]))
+        dp = dm.shape[1]  # dm's rows padded to whole cache lines: the padding is zeroed and added too
         dm_err = np.zeros(ns, dtype=np.float64)  # max_k |dm[j, k] - (m_new - msg)[j, k]|: 0 in float64
+        any_err = False
         for j in range(ns):
             u = srcs[j]
             e = 0.0
@@ -804,7 +807,10 @@ if cpu_kernels.AVAILABLE:
                 x = np.float64(m_new[j, k]) - np.float64(msg[u, k])
                 dm[j, k] = x
                 e = max(e, abs(np.float64(dm[j, k]) - x))
+            for k in range(d, dp):
+                dm[j, k] = 0
             dm_err[j] = e
+            any_err |= e > 0.0
         has_self = selfc.shape[0] > 0
         has_bias = bias.shape[0] > 0
         budget = drift.shape[0] > 0
@@ -813,11 +819,11 @@ if cpu_kernels.AVAILABLE:
         # hit window per chunk: the parallel loop splits its range evenly between the threads, and on a
         # skewed graph the hubs' rows (low slots in R-MAT) would otherwise load one thread
         work = np.empty(n, dtype=np.int64)
-        for i in range(n):
+        for i in numba.prange(n):
             work[i] = in_length[rows[i]] + _PULL_ROW_WEIGHT
         bounds = balanced_bounds(work, min(n, _PULL_CHUNKS))
         for ch in numba.prange(bounds.shape[0] - 1):
-            acc = np.empty(d, dtype=np.float64)
+            acc = np.zeros(dp, dtype=np.float64)  # (its padding stays 0)
             win = np.empty(_PULL_WINDOW, dtype=np.int64)
             for i in range(bounds[ch], bounds[ch + 1]):
                 if i + PREFETCH_AHEAD < n:
@@ -854,12 +860,24 @@ if cpu_kernels.AVAILABLE:
                         u = win[t]
                         below = is_src[u >> 6] & ((np.uint64(1) << np.uint64(u & 63)) - np.uint64(1))
                         win[t] = rank[u >> 6] + np.int64(popcount(below))
-                    for t in range(nh):
-                        if t + _PULL_DM_AHEAD < nh:
-                            prefetch_row(dm, win[t + _PULL_DM_AHEAD])
-                        j = win[t]
-                        err += dm_err[j]
-                        for k in range(d):
+                    if any_err:
+                        for t in range(nh):
+                            err += dm_err[win[t]]
+                    # four terms at a time, summed in float64 before they meet the row (a quarter of the
+                    # accumulator's loads and stores), then the one to three left
+                    t = 0
+                    while t + 4 <= nh:
+                        for q in range(t + 4, min(t + 8, nh)):
+                            prefetch_row(dm, win[q])
+                        j0, j1, j2, j3 = win[t], win[t + 1], win[t + 2], win[t + 3]
+                        for k in range(dp):
+                            acc[k] += (np.float64(dm[j0, k]) + np.float64(dm[j1, k])) + (
+                                np.float64(dm[j2, k]) + np.float64(dm[j3, k])
+                            )
+                        t += 4
+                    for q in range(t, nh):
+                        j = win[q]
+                        for k in range(dp):
                             acc[k] += np.float64(dm[j, k])
                 for k in range(d):
                     agg[r, k] = acc[k]

@@ -86,3 +86,52 @@ def test_slots_are_not_reused_within_a_batch() -> None:
     g.end_batch()
     (reused,) = g.add_vertices(np.array([5]))
     assert reused == slot_2
+
+
+@pytest.mark.skipif(not cpu_kernels.enabled(), reason="no fused kernels")
+def test_fused_removal_keeps_the_block_order_of_the_numpy_path() -> None:
+    """``remove_pairs`` (fused) drops each pair's first copies in block order and closes the gaps as
+    ``find`` + ``rewrite`` do, entry for entry: blocks whose first removal is at their head, in their
+    middle or at their end, multi-edges, and blocks no pair touches (left as they were)."""
+    rng = np.random.default_rng(3)
+    n = 60
+    src = np.concatenate([rng.integers(0, n, 4000), np.zeros(300, np.int64)])  # vertex 0: a hub of sources
+    dst = np.concatenate([rng.zipf(1.3, 4000) % n, rng.integers(0, n, 300)])  # low vertices: hubs' in-blocks
+    graphs = []
+    for kernels in (True, False):
+        with contextlib.nullcontext() if kernels else cpu_kernels.disabled():
+            g = MutableGraph()
+            g.add_vertices(np.arange(n))
+            g.add_edges_slots(src, dst)
+            pick = np.random.default_rng(4).choice(len(src), 700, replace=False)
+            g.remove_edges_slots(src[pick], dst[pick])
+            graphs.append(g)
+    fused, plain = graphs
+    for adj in ("inn", "out"):
+        a, b = getattr(fused, adj), getattr(plain, adj)
+        for o in range(n):
+            assert np.array_equal(_block(a, o), _block(b, o))
+
+
+def _block(adj, o: int) -> np.ndarray:
+    return adj.pool[adj.start[o] : adj.start[o] + adj.length[o]]
+
+
+@pytest.mark.skipif(not cpu_kernels.enabled(), reason="no fused kernels")
+def test_edge_copies_are_counted_in_either_block() -> None:
+    """``count_edges_slots`` counts each edge in the shorter of its two blocks (a hub's in-block against
+    a leaf's out-block, and the other way round): the multiset's copies, 0 for an absent edge."""
+    rng = np.random.default_rng(7)
+    n = 50
+    src = np.concatenate([rng.integers(0, n, 3000), np.zeros(400, np.int64), rng.integers(0, n, 400)])
+    dst = np.concatenate([rng.zipf(1.4, 3000) % n, rng.integers(0, n, 400), np.ones(400, np.int64)])
+    g = MutableGraph()
+    g.add_vertices(np.arange(n))
+    g.add_edges_slots(src, dst)
+    model = Counter(zip(src.tolist(), dst.tolist()))
+    qs, qd = np.meshgrid(np.arange(n), np.arange(n))
+    qs, qd = qs.ravel(), qd.ravel()
+    by_out = g.out.length[qs] < g.inn.length[qd]
+    assert by_out.any() and (~by_out).any()
+    got = g.count_edges_slots(qs, qd)
+    assert got.tolist() == [model[(a, b)] for a, b in zip(qs.tolist(), qd.tolist())]

@@ -6,8 +6,9 @@ layers past the first, which multiply before the sum.
   relative of the plain torch path's (it adds a row's terms in in-edge order, so not bit for bit), and the
   outputs within tolerance of DGL's forward; the step counters show that it ran.  Reading the affected
   rows from the out-blocks and then pushing leaves every cache bit-identical to the torch path's.
-* The pull kernel itself: a row's terms whatever the order of its in-edges, and (``PULL_DM_F32``, off by
-  default) the float32 deltas' rounding added to the row's drift budget.
+* The pull kernel itself: a row's terms whatever the order of its in-edges, and (``PULL_DM_F32``, on by
+  default) the float32 deltas' rounding added to the row's drift budget; a long in-block (several scan
+  windows, hits added four at a time and the one to three left) over wide rows sums every term.
 * A model with square SAGE-mean layers (8 -> 8 -> 8 -> 5) matches DGL's forward, fused and plain, with
   the message of every layer past the first premultiplied (and so a self-term table there).
 """
@@ -158,6 +159,51 @@ def test_pull_finds_a_rows_terms_in_any_in_edge_order() -> None:
         want = 7.0 + sum({0: 2.0, 2: 8.0}.get(u, 0.0) for u in block)
         for dt in (np.float32, np.float64):
             assert _pull(srcs, m_new, msg, block, 7.0, dt)[0] == want
+
+
+@needs_kernels
+@pytest.mark.parametrize("n_in", [1, 3, 4, 7, 1301])  # 1301: three scan windows, a remainder of hits
+def test_pull_sums_every_term_of_a_long_in_block(n_in: int) -> None:
+    """Rows 5 wide (deltas padded to whole lines), sources drawn with repeats from 40 vertices of which
+    17 changed: each row's float64 sum, rounded once, is the exact sum of its terms within one float32
+    rounding plus (float32 deltas) the rounding of each term, which the drift budget covers."""
+    import numpy as np
+
+    from clustergnn.aggregate.sum import _MEAN, _aligned_rows, pull_rows
+
+    rng = np.random.default_rng(n_in)
+    nv, d = 41, 5
+    msg = rng.standard_normal((nv, d)).astype(np.float32)
+    srcs = np.sort(rng.choice(nv - 1, 17, replace=False)).astype(np.int64)
+    m_new = rng.standard_normal((17, d)).astype(np.float32)
+    m_new[::3] = msg[srcs[::3]] * np.float32(1.0 + 2.0**-20)  # small deltas (exact in float32 or not)
+    block = rng.integers(0, nv - 1, n_in).astype(np.int32)
+    dmap = {int(u): m_new[j].astype(np.float64) - msg[u].astype(np.float64) for j, u in enumerate(srcs)}
+    agg0 = rng.standard_normal(d).astype(np.float32)
+    exact = agg0.astype(np.float64) + sum((dmap.get(int(u), np.zeros(d)) for u in block), np.zeros(d))
+    r = nv - 1  # the row: the last vertex, whose in-block is ``block``
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    for dt in (np.float32, np.float64):
+        agg = np.zeros((nv, d), np.float32)
+        agg[r] = agg0
+        drift = np.zeros(nv, np.float32)
+        start, length = np.zeros(nv, np.int64), np.zeros(nv, np.int64)
+        length[r] = n_in
+        pull_rows(
+            agg, msg.copy(), i64(r), i64(), i64(), i64(), i64(), srcs, m_new, start, length, block,
+            np.full(nv, -1, np.int64), False, np.zeros((0, 0), np.float32), i64(n_in), _MEAN,
+            np.zeros((0, 0), np.float32), np.zeros(0, np.float32), False, np.zeros(1, bool),
+            _aligned_rows(len(srcs), d, dt), drift, 1 << 20, 1 << 20, 2.0**-24, np.zeros(1, bool),
+        )  # fmt: skip
+        got = agg[r].astype(np.float64)
+        own = np.abs(got).max() * 2.0**-24  # the row's one rounding, at its size
+        assert drift[r] >= own * (1 - 1e-6)
+        assert np.abs(got - exact).max() <= drift[r] * (1 + 1e-6)
+        if dt is np.float64:  # exact deltas: the sum is the exact one rounded once (to float64 rounding)
+            assert np.abs(got - exact).max() <= own * (1 + 1e-6)
+        else:  # the float32 deltas' rounding budgeted where a term could not be held
+            errs = [np.abs(dmap[int(u)].astype(np.float32) - dmap[int(u)]).max() for u in block if int(u) in dmap]
+            assert drift[r] >= own + sum(errs) * (1 - 1e-6) - 1e-30
 
 
 @needs_kernels
