@@ -883,12 +883,7 @@ if cpu_kernels.AVAILABLE:
         (``block_append``'s growth rule: ``max(length + c, 2 cap, min_block)``)."""
         for i in range(owners.shape[0]):
             count[owners[i]] += 1
-        need = 0
-        for o in range(count.shape[0]):
-            c = count[o]
-            if c > 0 and length[o] + c > cap[o]:
-                need += max(length[o] + c, 2 * cap[o], min_block)
-        return need
+        return _need_of_counts(length, cap, count, min_block)
 
     @pjit
     def _count_need_pair(
