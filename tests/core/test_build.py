@@ -72,9 +72,9 @@ def test_build_equals_the_old_build_bit_for_bit(
 
 def _compare(monkeypatch: pytest.MonkeyPatch, run) -> None:
     # one torch thread: the two builds must differ only in the paths compared.  With two, GAT's
-    # torch-kernel case (dgl-sized) failed 3 of 49 runs, stop 24's code included (h1 after the stream
-    # off by up to 8.2e-5 in 19 of 512 rows); with one it passed 20 of 20 (weak evidence at that rate).
-    # The cause is not traced yet (docs/engine.md, "The merged code of session 25")
+    # torch-kernel case (dgl-sized) failed 3 of 49 runs: the first engine in a process to take DGL's ops
+    # was sometimes off in the rows its first batch changed, whichever build it used (docs/engine.md,
+    # "A flaky bit-for-bit test"); with one thread it passed 20 of 20 (weak evidence at that rate)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
