@@ -12,6 +12,7 @@ disagree the fake is wrong and is changed (it shares the real rules: ``clustergn
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def _real(kafka_bootstrap: str, replica_finish: bool) -> Iterator[Api]:
     )
     single.bulk_load(init)
     cluster.wait_for(cluster.apply(init), timeout_s=60)
+    _wait_healthy(cluster, timeout_s=60)
     ch, api = _channel_api("real", gw.target, single)
     api.backend = cluster
     try:
@@ -125,6 +127,19 @@ def _real(kafka_bootstrap: str, replica_finish: bool) -> Iterator[Api]:
         ch.close()
         gw.stop()
         cluster.stop()
+
+
+def _wait_healthy(cluster, timeout_s: float) -> None:
+    """Until the cluster says it serves (its start's replay over: on an empty log, its first two rounds),
+    as a readiness probe waits.  A write can be visible a little before that: the contract tests start
+    from a serving cluster (a busy box once made ``status`` right after the first write say unhealthy)."""
+    deadline = time.monotonic() + timeout_s
+    while not cluster.healthy:
+        if cluster.error is not None or time.monotonic() > deadline:
+            raise AssertionError(
+                f"the cluster is not healthy {timeout_s}s after its first write (error {cluster.error!r})"
+            )
+        time.sleep(0.02)
 
 
 def _fake() -> Iterator[Api]:
