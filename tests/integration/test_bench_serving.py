@@ -20,7 +20,8 @@ def test_bench_serving_tiny_run_reports_every_part(tmp_path: Path) -> None:
     cmd = [sys.executable, "scripts/bench_serving.py", "--rate", "1000", "--read-rate", "50", "--seconds", "2",
            "--dataset", "collegemsg", "--partitions", "2", "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a target missed on a busy machine, not a crash
+    # 3: the run completed and a target was missed (a busy machine); 1 would be a crash
+    assert proc.returncode in (0, 3) and out.exists(), f"exit {proc.returncode}; stderr ends:\n{proc.stderr[-6000:]}"
     s = json.loads(out.read_text())["summary"]
     assert s["reads"]["requests"] == 100 and s["floor"]["requests"] == 100
     assert s["reads"]["ok"] + sum(s["reads"]["errors"].values()) + s["reads"]["unsent"] == 100
