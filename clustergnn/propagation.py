@@ -362,6 +362,18 @@ class Propagation:
             redo = rows[over.cpu().numpy()]
         if not redo.size:
             return redo, None
+        msg = self.msg[li]
+        if (
+            self.fused
+            and self.device.type == "cpu"
+            and self.rules[li].aggregation is Aggregation.SUM
+            and sum_family.refresh_is_recompute(msg, int(indeg[over].sum()))
+        ):  # recompute_agg's sums, read from the blocks in one kernel (the table holds them)
+            inn = self.graph.inn
+            slots = np.ascontiguousarray(redo, dtype=np.int64)
+            trows = np.ascontiguousarray(self.caches.rows(slots), dtype=np.int64)
+            sum_family.refresh_rows(agg.numpy(), msg.numpy(), slots, trows, inn.start, inn.length, inn.pool)
+            return redo, None
         agg_rows = self.recompute_agg(li, redo)
         put_rows(agg, self.caches.rt(redo), agg_rows)
         return redo, agg_rows

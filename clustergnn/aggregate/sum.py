@@ -62,7 +62,7 @@ from clustergnn import cpu_kernels, steptimes
 from clustergnn.aggregate.base import DeltaStep, FinishKind
 from clustergnn.caches import LayerTables, Scratch, gather_rows, put_rows
 from clustergnn.graph import argsort_stable
-from clustergnn.kernels import EdgeIndex, segment_sum
+from clustergnn.kernels import DGL_MIN_EDGES, EdgeIndex, segment_sum
 
 if TYPE_CHECKING:  # rules.py imports this module
     from clustergnn.rules import LayerRule
@@ -89,6 +89,35 @@ def recompute(msg: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
     """``(edges.n_rows, msg_dim)`` sums of ``msg`` over each row's in-edges, in ``msg``'s dtype (float32,
     as DGL sums; callers widen what they cache)."""
     return segment_sum(msg, edges)
+
+
+_IN_ORDER: dict[tuple[int, torch.dtype], bool] = {}
+
+
+def refresh_is_recompute(msg: torch.Tensor, n_edges: int) -> bool:
+    """Whether ``refresh_rows`` (a float32 running sum of each row's terms, in block order) gives
+    :func:`recompute`'s bits for rows of ``msg`` with ``n_edges`` in-edges in all.  Below
+    ``kernels.DGL_MIN_EDGES`` recompute is torch's CSR product, which adds a row's terms in order at
+    most widths but not all (at widths 4, 8 and 16 this torch's MKL kernels add them in another order):
+    probed once per width and dtype, on rows whose sums depend on the order.  From the threshold on it is
+    DGL's ``copy_u_sum``, left to itself (its threads split a large refresh's rows)."""
+    if n_edges >= DGL_MIN_EDGES or not cpu_kernels.AVAILABLE or msg.dtype != torch.float32:
+        return False
+    key = (int(msg.shape[1]), msg.dtype)
+    if key not in _IN_ORDER:
+        rng = np.random.default_rng(0)
+        n, d = 256, key[0]
+        table = (rng.standard_normal((n, d)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(np.float32)
+        deg = rng.integers(0, 40, 64)
+        indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+        src = rng.integers(0, n, int(indptr[-1])).astype(np.int64)
+        torch_sum = segment_sum(torch.from_numpy(table), EdgeIndex(torch.from_numpy(src), torch.from_numpy(indptr)))
+        in_order = np.zeros((len(deg), d), dtype=np.float32)
+        for i in range(len(deg)):
+            for e in range(indptr[i], indptr[i + 1]):
+                in_order[i] += table[src[e]]
+        _IN_ORDER[key] = bool(np.array_equal(torch_sum.numpy(), in_order))
+    return _IN_ORDER[key]
 
 
 def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -401,6 +430,7 @@ if cpu_kernels.AVAILABLE:
 
     from clustergnn.cpu_kernels import (
         PREFETCH_AHEAD,
+        abs_max_row,
         balanced_bounds,
         jit,
         pjit,
@@ -490,17 +520,39 @@ if cpu_kernels.AVAILABLE:
         for i in numba.prange(rows.shape[0]):
             over[i] = _budget_row(agg, drift, rows[i], indeg[i], lo, hi, u, 0.0)
 
+    @pjit
+    def refresh_rows(agg, msg, slots, trows, start, length, pool):  # pragma: no cover - jitted
+        """``agg[trows[i]] = sum of msg[u]`` over the in-edges ``u -> slots[i]`` (the in-adjacency's blocks
+        ``start``/``length``/``pool``), each term added to a float32 running sum in block order, then
+        stored (widened where ``agg`` is float64): the arithmetic of :func:`recompute` (torch's CSR
+        product and DGL's ``copy_u_sum`` add a row's terms in order), bit for bit, read straight from the
+        blocks (no CSR, no index tensors): a drifting row's refresh costs its in-edges, not the ~0.3 ms of
+        building and running a sparse product for a few hundred rows."""
+        d = msg.shape[1]
+        n = slots.shape[0]
+        per = max(1, min(16, n // 8))
+        for ch in numba.prange((n + per - 1) // per):
+            acc = np.empty(d, dtype=np.float32)
+            for i in range(ch * per, min(n, (ch + 1) * per)):
+                a, m = start[slots[i]], length[slots[i]]
+                for k in range(d):
+                    acc[k] = np.float32(0.0)
+                for e in range(m):
+                    if e + PREFETCH_AHEAD < m:
+                        prefetch_row(msg, np.int64(pool[a + e + PREFETCH_AHEAD]))
+                    u = pool[a + e]
+                    for k in range(d):
+                        acc[k] += msg[u, k]
+                r = trows[i]
+                for k in range(d):
+                    agg[r, k] = acc[k]
+
     @jit
     def _budget_row(agg, drift, r, deg, lo, hi, u, extra):  # pragma: no cover - jitted
         """Row ``r``'s step of ``drift_budget`` (``u``: the float32 unit); True where it is over budget.
         ``extra`` (float64, >= 0): a further bound on the update's error (``pull_rows``' float32 deltas),
         added to the budget rounded up."""
-        big = np.float32(0.0)
-        for k in range(agg.shape[1]):
-            a = abs(agg[r, k])
-            if a > big:
-                big = a
-        step = big * u
+        step = abs_max_row(agg, r) * u
         b = drift[r] + step
         if extra > 0.0:
             b = b + np.float32(extra * (1.0 + 2.0**-20))
@@ -520,6 +572,8 @@ if cpu_kernels.AVAILABLE:
         has_self = selfc.shape[0] > 0
         for i in range(rows.shape[0]):
             prefetch_ahead(msg, rows, i)
+            if has_self:
+                prefetch_ahead(selfc, rows, i)
             r = rows[i]
             diff = False
             for k in range(d):
@@ -970,6 +1024,8 @@ def warm_up_kernels() -> None:
     gather_mean(np.zeros((2, 2), f32), one, one, np.zeros((1, 2), f32))
     drift_budget(np.zeros((2, 2), f32), np.zeros(2, f32), one, one, 16, 1024, 2.0**-24, changed)
     gather_f32(np.zeros((2, 2), f64), one, np.zeros((1, 2), f32))
+    for agg_dtype in (f32, f64):  # Propagation._budget_drift's refresh (the in-adjacency's int32 pool)
+        refresh_rows(np.zeros((2, 2), agg_dtype), t32, one, one, one, one, np.zeros(1, dtype=np.int32))
     for n in (1, 2):  # Propagation._store_images: the message, the self term (a view: contiguous if one row)
         both = np.zeros((n, 4), f32)
         images_changed(t32, t32, one, np.ascontiguousarray(both[:, :2]), both[:, 2:], changed)

@@ -154,3 +154,63 @@ def test_net_effect_stretches_stay_within_tolerance(model: str) -> None:
             assert err <= REL_TOL, f"{model}, {where}: {name} relative error {err:.1e} > {REL_TOL}"
 
     run_both(layers, fence_removals=False, check=check)
+
+
+def test_drift_refreshes_are_bit_identical(monkeypatch) -> None:
+    """A drifting float32 sum's refresh (``Propagation._budget_drift``): the fused path reads the rows'
+    in-edges straight from the blocks (``sum.refresh_rows``), the torch path recomputes them with a CSR
+    product; at widths where that product adds a row's terms in order (``refresh_is_recompute``) the two
+    agree bit for bit.  The budgets are cut to one rounding so that rows are refreshed all the time."""
+    import clustergnn.propagation as propagation_mod
+    from clustergnn.aggregate import sum as sum_family
+
+    monkeypatch.setattr(propagation_mod, "DRIFT_MIN", 1)
+    monkeypatch.setattr(propagation_mod, "DRIFT_MAX", 1)
+    refreshed = []
+    kernel = sum_family.refresh_rows
+    monkeypatch.setattr(sum_family, "refresh_rows", lambda *a: (refreshed.append(len(a[2])), kernel(*a))[1])
+    layers = randomize([dglnn.SAGEConv(F_IN, 7, "mean"), dglnn.SAGEConv(7, 5, "mean")], seed=3)
+    assert sum_family.refresh_is_recompute(torch.zeros(1, 7), 10)  # (so the fused path takes the kernel)
+
+    def check(where: str, got: dict, want: dict) -> None:
+        for name in want:
+            assert torch.equal(got[name], want[name]), (
+                f"{where}: {name} differs (relative {rel_error(got[name], want[name]):.1e})"
+            )
+
+    run_both(layers, fence_removals=True, check=check)
+    assert sum(refreshed) > 0, "no row was refreshed: the test did not reach the kernel"
+
+
+@pytest.mark.parametrize("d", [1, 3, 4, 7, 8, 16, 47, 128])
+def test_refresh_is_recompute_only_where_it_is(d: int) -> None:
+    """``refresh_rows`` on random blocks (with slack between them) is the in-order float32 sum of each row's
+    terms, widened where the table is float64, and equals ``recompute`` bit for bit wherever
+    ``refresh_is_recompute`` says so (at some widths torch's CSR product adds in another order: there
+    the fused path keeps the product)."""
+    import numpy as np
+
+    from clustergnn.aggregate import sum as sum_family
+    from clustergnn.kernels import EdgeIndex
+
+    rng = np.random.default_rng(d)
+    n = 300
+    msg = (rng.standard_normal((n, d)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(np.float32)
+    length = rng.integers(0, 50, n).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(length + 3)[:-1]]).astype(np.int64)  # blocks with slack
+    pool = rng.integers(0, n, int(start[-1] + length[-1] + 3)).astype(np.int32)
+    slots = rng.permutation(n)[:120].astype(np.int64)
+    trows = rng.permutation(n)[:120].astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(length[slots])]).astype(np.int64)
+    src = np.concatenate([pool[start[s] : start[s] + length[s]] for s in slots]).astype(np.int64)
+    want = sum_family.recompute(torch.from_numpy(msg), EdgeIndex(torch.from_numpy(src), torch.from_numpy(indptr)))
+    in_order = np.zeros((len(slots), d), dtype=np.float32)  # each term added to a float32 sum, in block order
+    for i in range(len(slots)):
+        for e in range(indptr[i], indptr[i + 1]):
+            in_order[i] += msg[src[e]]
+    for dtype in (np.float32, np.float64):
+        agg = np.full((n, d), np.nan, dtype=dtype)
+        sum_family.refresh_rows(agg, msg, slots, trows, start, length, pool)
+        assert np.array_equal(agg[trows], in_order.astype(dtype)), f"width {d}: not the in-order float32 sums"
+        if sum_family.refresh_is_recompute(torch.from_numpy(msg), len(src)):
+            assert np.array_equal(agg[trows], want.numpy().astype(dtype)), f"width {d}: differs from recompute"
