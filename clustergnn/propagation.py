@@ -27,7 +27,7 @@ from clustergnn.aggregate import max as max_family
 from clustergnn.aggregate import sum as sum_family
 from clustergnn.aggregate.base import Aggregation, BatchContext, DeltaStep
 from clustergnn.caches import DRIFT_MAX, DRIFT_MIN, ROUNDING, gather_rows, put_rows
-from clustergnn.graph import EdgeLog, union
+from clustergnn.graph import EdgeLog, members, union
 from clustergnn.results import LayerDelta
 
 DELTA_COST = 3  # cost of one delta contribution relative to one in-edge of a recomputed row (measured)
@@ -415,7 +415,10 @@ class Propagation:
                 selfc = sum_family._NO_ROWS if s is None else self.selfc[li + 1].numpy()
                 sv = sum_family._NO_ROWS if s is None else s.numpy()
                 rows64 = np.ascontiguousarray(rows, dtype=np.int64)
-                sum_family.images_changed(self.msg[li + 1].numpy(), selfc, rows64, m.numpy(), sv, keep)
+                row_bytes = (m.shape[1] + (0 if s is None else s.shape[1])) * m.element_size()
+                wide = len(rows) * row_bytes >= sum_family.IMAGES_PARALLEL_BYTES
+                kernel = sum_family.images_changed_parallel if wide else sum_family.images_changed
+                kernel(self.msg[li + 1].numpy(), selfc, rows64, m.numpy(), sv, keep)
             else:
                 idx = self.caches.t(rows)
                 diff = (m != gather_rows(self.msg[li + 1], idx)).any(dim=1)
@@ -423,7 +426,7 @@ class Propagation:
                     diff |= (s != gather_rows(self.selfc[li + 1], self.caches.rt(rows))).any(dim=1)
                 keep = diff.cpu().numpy()
             if force.size:
-                keep |= np.isin(rows, force)
+                keep |= members(rows, force)
             if keep.all():  # all changed (the usual case): no gathers
                 self._images[li + 1] = (rows, m, s)
                 return rows

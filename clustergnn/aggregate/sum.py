@@ -563,14 +563,12 @@ if cpu_kernels.AVAILABLE:
         drift[r] = b
         return False
 
-    @jit
-    def images_changed(msg, selfc, rows, m, s, changed):  # pragma: no cover - jitted
+    def _images_changed(msg, selfc, rows, m, s, changed):  # pragma: no cover - jitted
         """``changed[i]``: whether ``m[i]`` differs bit for bit from ``msg[rows[i]]`` or ``s[i]`` from
-        ``selfc[rows[i]]`` (``selfc`` ``(0, 0)``: no self term), ``Propagation._store_images``' test.
-        One core: the rows are few (a layer's changed rows, not its fan-out), a parallel region costs more."""
+        ``selfc[rows[i]]`` (``selfc`` ``(0, 0)``: no self term), ``Propagation._store_images``' test."""
         d, ds = msg.shape[1], selfc.shape[1]
         has_self = selfc.shape[0] > 0
-        for i in range(rows.shape[0]):
+        for i in numba.prange(rows.shape[0]):
             prefetch_ahead(msg, rows, i)
             if has_self:
                 prefetch_ahead(selfc, rows, i)
@@ -584,6 +582,12 @@ if cpu_kernels.AVAILABLE:
                     if s[i, k] != selfc[r, k]:
                         diff = True
             changed[i] = diff
+
+    # a layer's changed rows are usually few: one core (a parallel region costs more); a wide batch's
+    # hundreds of rows (two random rows of 0.5 KB each at width 128) are worth both
+    images_changed = jit(_images_changed)
+    images_changed_parallel = pjit(_images_changed)
+    IMAGES_PARALLEL_BYTES = 1 << 17  # rows x (message + self term) bytes from which both cores compare
 
     @jit
     def _add_terms_once(agg, msg, dm, r, lo, hi, ids, na, nr, add_src, rem_src, se_pos, acc):  # pragma: no cover
@@ -1028,6 +1032,7 @@ def warm_up_kernels() -> None:
         refresh_rows(np.zeros((2, 2), agg_dtype), t32, one, one, one, one, np.zeros(1, dtype=np.int32))
     for n in (1, 2):  # Propagation._store_images: the message, the self term (a view: contiguous if one row)
         both = np.zeros((n, 4), f32)
-        images_changed(t32, t32, one, np.ascontiguousarray(both[:, :2]), both[:, 2:], changed)
+        for kernel in (images_changed, images_changed_parallel):
+            kernel(t32, t32, one, np.ascontiguousarray(both[:, :2]), both[:, 2:], changed)
     gather_mean_self(np.zeros((2, 2), f64), t32, one, one, np.zeros((1, 2), f32), np.zeros((1, 2), f32))
     gather_mean(np.zeros((2, 2), f64), one, one, np.zeros((1, 2), f32))

@@ -274,3 +274,48 @@ def test_abs_max_row_is_the_branchy_max_bit_for_bit() -> None:
                 big = abs(x)
         got = cpu_kernels.abs_max_row(a, 1)
         assert np.float32(got).tobytes() == big.tobytes(), (case, got, big)
+
+
+@needs_kernels
+def test_images_changed_serial_and_parallel_agree() -> None:
+    """``_store_images``' test, on one core and on both (a wide batch's rows): a row changed where an entry
+    of its message or its self term differs (by one ulp, by 1.0), and only there; a -0 against a 0 is no
+    change (they are equal, as the torch path's ``!=`` says too)."""
+    import numpy as np
+
+    from clustergnn.aggregate import sum as sum_family
+
+    rng = np.random.default_rng(2)
+    n, d, ds = 5000, 128, 47
+    msg = rng.standard_normal((n, d)).astype(np.float32)
+    selfc = rng.standard_normal((n, ds)).astype(np.float32)
+    rows = rng.permutation(n)[:1500].astype(np.int64)
+    m, s = msg[rows].copy(), selfc[rows].copy()
+    want = rng.random(len(rows)) < 0.3
+    for i in np.flatnonzero(want):
+        if i % 3 == 0:
+            s[i, rng.integers(ds)] = np.nextafter(s[i, 0], np.float32(np.inf))
+        elif i % 3 == 1:
+            m[i, rng.integers(d)] += np.float32(1.0)
+        else:
+            msg[rows[i], 5] = np.float32(0.0)
+            m[i, 5] = np.float32(-0.0)  # equal as floats: != does not see it
+            want[i] = False
+    for kernel in (sum_family.images_changed, sum_family.images_changed_parallel):
+        got = np.zeros(len(rows), dtype=bool)
+        kernel(msg, selfc, rows, m, s, got)
+        assert np.array_equal(got, want), kernel
+
+
+def test_members_is_isin_for_row_sets() -> None:
+    import numpy as np
+
+    from clustergnn.graph import members
+
+    rng = np.random.default_rng(4)
+    for case in range(500):
+        values = np.unique(rng.integers(0, 60, int(rng.integers(0, 40))))
+        if case % 4 == 0:
+            values = rng.permutation(values)  # not sorted: np.isin's answer all the same
+        probe = rng.integers(-5, 70, int(rng.integers(0, 25)))
+        assert np.array_equal(members(values, probe), np.isin(values, probe)), (values, probe)
