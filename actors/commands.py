@@ -185,7 +185,10 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _wait_healthy(target: str, timeout_s: float, proc: subprocess.Popen | None = None, **creds) -> None:
+def wait_healthy(target: str, timeout_s: float, proc: subprocess.Popen | None = None, **creds) -> None:
+    """Poll the gateway at ``target`` until its cluster says it serves (``Status.healthy``: after a start,
+    once every partition has replayed its log; reads before that fail with UNAVAILABLE), as a readiness
+    probe does.  ``proc``: the serve process, whose exit ends the wait at once.  Raises on timeout."""
     from actors.gateway.client import GatewayClient
 
     deadline = time.monotonic() + timeout_s
@@ -379,7 +382,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     (d / "state.json").write_text(json.dumps(state, indent=2))
     print(f"serve: pid {proc.pid}, log {log_path}; loading {cfg.graph.dataset or 'no dataset'} ...", flush=True)
     try:
-        _wait_healthy(target, args.timeout_s, proc, **credentials(state))
+        wait_healthy(target, args.timeout_s, proc, **credentials(state))
     except (TimeoutError, RuntimeError) as exc:
         print(f"clustergnn up failed: {exc}; see {log_path}", file=sys.stderr)
         return 1

@@ -615,6 +615,7 @@ def plot(res: dict, s: dict, path: Path) -> bool:
 def run(args: argparse.Namespace) -> dict:
     import multiprocessing as mp
 
+    from actors.commands import wait_healthy
     from actors.gateway.client import GatewayClient
     from clustergnn.datasets import load
     from streams.broker import EmbeddedBroker
@@ -634,6 +635,10 @@ def run(args: argparse.Namespace) -> dict:
             progress(f"broker {broker.bootstrap}; starting clustergnn serve (P = {P}, {dataset}); log {work}/serve.log")
             serve, target = start_serve(work / "config.json", work / "serve.log", args.startup_timeout_s)
             progress(f"gateway {target} up in {time.time() - t_begin:.0f}s (serve pid {serve.pid})")
+            # "serving on" is the gateway's start; reads fail (UNAVAILABLE) until the cluster's start-up replay
+            # is over, which on a slow machine can still be running here: wait for healthy, as a readiness probe
+            wait_healthy(target, args.startup_timeout_s, serve)
+            progress(f"cluster healthy after {time.time() - t_begin:.0f}s")
             ds = load(dataset)
             np.save(work / "ids.npy", ds.initial_vertices)
             q = ctx.Queue()

@@ -107,7 +107,7 @@ def _alive(pid: int) -> bool:
 def test_serve_drains_on_sigterm_and_exits_0(tmp_path: Path, kafka_bootstrap: str) -> None:
     import uuid
 
-    from actors.commands import SERVE_DRAIN_BOUND_S, _wait_healthy, descendants
+    from actors.commands import SERVE_DRAIN_BOUND_S, descendants, wait_healthy
 
     port = free_port()
     cfg = tmp_path / "serve.json"
@@ -131,7 +131,7 @@ def test_serve_drains_on_sigterm_and_exits_0(tmp_path: Path, kafka_bootstrap: st
     )
     started: set[int] = set()
     try:
-        _wait_healthy(f"127.0.0.1:{port}", 180, proc)
+        wait_healthy(f"127.0.0.1:{port}", 180, proc)
         started = descendants(proc.pid)
         assert started, "serve started no processes (Ray)?"
         proc.send_signal(signal.SIGTERM)
