@@ -467,8 +467,7 @@ if AVAILABLE:
             length[o] += 1
         return used, garbage
 
-    @pjit
-    def block_append_pair(
+    def _block_append_pair(
         in_start,
         in_length,
         in_cap,
@@ -496,6 +495,11 @@ if AVAILABLE:
                 u, g = block_append(out_start, out_length, out_cap, out_pool, out_used, src, dst, out_count, min_block)
             result[2 * side] = u
             result[2 * side + 1] = g
+
+    block_append_pair = pjit(_block_append_pair)
+    # a few edges (a small batch's): both sides on this core, no parallel region to wake (~15 µs of a B = 1 batch)
+    block_append_pair_serial = jit(_block_append_pair)
+    APPEND_PAIR_PARALLEL = 64  # edges from which the two sides go to two cores
 
     def _gather_blocks(start, length, pool, owners, indptr, out):  # pragma: no cover - jitted
         """CSR of ``owners``' blocks: ``out[indptr[i]:indptr[i+1]] = block(owners[i])`` (int64)."""
@@ -557,24 +561,25 @@ def warm_up(sum_dtypes: tuple[type, ...] = (np.float32,)) -> None:
         count = np.zeros(2, dtype=i64)
         append_need(np.zeros(2, i64), np.zeros(2, i64), idx, count, 4)
         res = np.zeros(4, dtype=i64)
-        block_append_pair(
-            np.zeros(2, i64),
-            np.zeros(2, i64),
-            np.zeros(2, i64),
-            np.zeros(16, np.int32),
-            0,
-            count,
-            np.zeros(2, i64),
-            np.zeros(2, i64),
-            np.zeros(2, i64),
-            np.zeros(16, np.int32),
-            0,
-            count.copy(),
-            idx,
-            idx,
-            4,
-            res,
-        )
+        for kernel in (block_append_pair, block_append_pair_serial):
+            kernel(
+                np.zeros(2, i64),
+                np.zeros(2, i64),
+                np.zeros(2, i64),
+                np.zeros(16, np.int32),
+                0,
+                count,
+                np.zeros(2, i64),
+                np.zeros(2, i64),
+                np.zeros(2, i64),
+                np.zeros(16, np.int32),
+                0,
+                count.copy(),
+                idx,
+                idx,
+                4,
+                res,
+            )
         for kernel in (gather_blocks, gather_blocks_serial):  # Adjacency.gather_csr: int64 or int32 rows
             kernel(np.zeros(2, i64), np.zeros(2, i64), np.zeros(4, np.int32), one, np.zeros(2, ix), np.zeros(0, ix))
     for apply in (False, True):

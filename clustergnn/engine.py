@@ -40,7 +40,7 @@ from clustergnn.errors import MutationError
 from clustergnn.graph import MutableGraph, union, unique
 from clustergnn.kernels import EdgeIndex
 from clustergnn.memory import MemoryEntry, entries_of, tensors_of
-from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.mutations import K_REMOVE_VERTEX, MutationBatch
 from clustergnn.propagation import Propagation
 from clustergnn.recompute import recompute_all
 from clustergnn.results import ApplyResult, LayerDelta
@@ -397,7 +397,7 @@ class Engine(Propagation):
             num_mutations=len(batch),
             layers=deltas,
             added_ids=ext[new],
-            removed_ids=np.asarray(batch.src[batch.kind == MutationKind.REMOVE_VERTEX]),
+            removed_ids=np.asarray(batch.src[batch.kind == K_REMOVE_VERTEX]),
             feature_changed_ids=ext[feat],
             seconds=time.perf_counter() - t0,
         )

@@ -749,7 +749,8 @@ class MutableGraph:
             # room first, so that neither side can fail half-way
             adj._reserve_pool(int(cpu_kernels.append_need(adj.length, adj.cap, owners, adj._count, _MIN_BLOCK)))
         res = np.zeros(4, dtype=np.int64)
-        cpu_kernels.block_append_pair(
+        few = len(src) < cpu_kernels.APPEND_PAIR_PARALLEL
+        (cpu_kernels.block_append_pair_serial if few else cpu_kernels.block_append_pair)(
             a.start,
             a.length,
             a.cap,

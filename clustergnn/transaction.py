@@ -24,7 +24,7 @@ import torch
 from clustergnn.caches import Caches, put_rows
 from clustergnn.errors import MutationError, UnknownVertexError
 from clustergnn.graph import EdgeLog, MutableGraph, unique
-from clustergnn.mutations import MutationBatch, MutationKind
+from clustergnn.mutations import K_ADD_EDGE, K_ADD_VERTEX, K_REMOVE_EDGE, MutationBatch, MutationKind
 
 Run = tuple[MutationKind, int, int]  # (kind, start, stop) of a run of equal mutation kinds
 STRETCH_KINDS = (MutationKind.ADD_VERTEX, MutationKind.ADD_EDGE, MutationKind.REMOVE_EDGE)
@@ -195,10 +195,10 @@ class StructureEditor:
         order as the stretch; False (nothing changed) where the batch has another shape or is invalid:
         the general path then applies it or raises the error sequential application meets first."""
         kind, n = batch.kind, len(batch)
-        not_v = kind != MutationKind.ADD_VERTEX
+        not_v = kind != K_ADD_VERTEX
         nv = int(np.argmax(not_v)) if n and not_v.any() else n
         del not_v
-        if n == 0 or np.count_nonzero(kind[nv:] == MutationKind.ADD_EDGE) != n - nv:
+        if n == 0 or np.count_nonzero(kind[nv:] == K_ADD_EDGE) != n - nv:
             return False
         g = self.graph
         vids, es, ed = batch.src[:nv], batch.src[nv:], batch.dst[nv:]
@@ -252,7 +252,7 @@ class StructureEditor:
         """
         g = self.graph
         kind = batch.kind[a:b]
-        is_v = kind == MutationKind.ADD_VERTEX
+        is_v = kind == K_ADD_VERTEX
         v_at, e_at = np.flatnonzero(is_v), np.flatnonzero(~is_v)
         src, dst = batch.src[a:b], batch.dst[a:b]
         vids, es, ed = src[v_at], src[e_at], dst[e_at]
@@ -286,7 +286,7 @@ class StructureEditor:
                 if not ((sv[i] == ids[miss]) & (v_at[order[i]] < e_at[miss])).all():
                     return False
                 fills.append((slots, miss, order[i]))
-        rem = kind[e_at] == MutationKind.REMOVE_EDGE
+        rem = kind[e_at] == K_REMOVE_EDGE
         if rem.any():
             if not self.fused:
                 return self._undo_first(pend, first)  # counting copies needs the fused kernels: run by run
