@@ -380,6 +380,16 @@ def owner_pids(target: str, driver: Driver) -> list[int]:
     return [p for p in driver.owner_pids() if p in named]
 
 
+def _describe(pid: int) -> str:
+    """``pid (state) command line``, from /proc (or ``pid (gone)``)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} ({state}) {cmd[:160]}"
+
+
 def node_loss(nc, target: str, sched: random.Random, how: str) -> dict:
     """Lose the worker node that holds the most partition owners: its link cut (``cut``: the node goes on
     running, unreachable) or every process in it killed (``kill``); wait until health is SERVING again.
@@ -404,7 +414,10 @@ def node_loss(nc, target: str, sched: random.Random, how: str) -> dict:
         t1 = time.monotonic()
         while node.pids() and time.monotonic() - t1 < 30:
             time.sleep(0.1)
-        out["fenced_s"] = None if node.pids() else round(time.monotonic() - t1, 2)
+        left = node.pids()
+        out["fenced_s"] = None if left else round(time.monotonic() - t1, 2)
+        if left:  # which of the node's processes outlived the fence, to say why (a raylet, a worker, an agent)
+            out["not_fenced"] = [_describe(pid) for pid in left]
     after = owner_nodes(target) if out["to_serving_s"] is not None else {}
     out["served_from_lost_node"] = sorted(p for p, i in after.items() if i == ip)
     nc.restart_node(node)
