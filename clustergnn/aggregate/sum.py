@@ -99,8 +99,9 @@ def refresh_is_recompute(msg: torch.Tensor, n_edges: int) -> bool:
     :func:`recompute`'s bits for rows of ``msg`` with ``n_edges`` in-edges in all.  Below
     ``kernels.DGL_MIN_EDGES`` recompute is torch's CSR product, which adds a row's terms in order at
     most widths but not all (at widths 4, 8 and 16 this torch's MKL kernels add them in another order):
-    probed once per width and dtype, on rows whose sums depend on the order.  From the threshold on it is
-    DGL's ``copy_u_sum``, left to itself (its threads split a large refresh's rows)."""
+    probed once per width and dtype, the kernel against the product on rows whose sums depend on the
+    order.  From the threshold on it is DGL's ``copy_u_sum``, left to itself (its threads split a large
+    refresh's rows)."""
     if n_edges >= DGL_MIN_EDGES or not cpu_kernels.AVAILABLE or msg.dtype != torch.float32:
         return False
     key = (int(msg.shape[1]), msg.dtype)
@@ -112,11 +113,10 @@ def refresh_is_recompute(msg: torch.Tensor, n_edges: int) -> bool:
         indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
         src = rng.integers(0, n, int(indptr[-1])).astype(np.int64)
         torch_sum = segment_sum(torch.from_numpy(table), EdgeIndex(torch.from_numpy(src), torch.from_numpy(indptr)))
-        in_order = np.zeros((len(deg), d), dtype=np.float32)
-        for i in range(len(deg)):
-            for e in range(indptr[i], indptr[i + 1]):
-                in_order[i] += table[src[e]]
-        _IN_ORDER[key] = bool(np.array_equal(torch_sum.numpy(), in_order))
+        rows = np.arange(len(deg), dtype=np.int64)  # the same rows as blocks, summed by the kernel itself
+        kernel_sum = np.empty((len(deg), d), dtype=np.float32)
+        refresh_rows(kernel_sum, table, rows, rows, indptr[:-1], deg.astype(np.int64), src.astype(np.int32))
+        _IN_ORDER[key] = bool(np.array_equal(torch_sum.numpy(), kernel_sum))
     return _IN_ORDER[key]
 
 
